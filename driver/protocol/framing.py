@@ -1,0 +1,256 @@
+"""Incremental framing of PostgreSQL v3 protocol messages (sans-I/O).
+
+Two readers share one implementation:
+
+* :class:`MessageReader` reads *typed* messages -- one type byte followed by
+  an int32 length that counts itself but not the type byte.  Every backend
+  message, and every frontend message after the startup phase, looks like
+  this.
+* :class:`FrontendReader` additionally understands the *untyped* messages a
+  client sends first (StartupMessage, SSLRequest, GSSENCRequest,
+  CancelRequest): an int32 length followed by an int32 code.  Untyped
+  messages are reported with type ``0`` and their body starts at the code.
+
+Feed bytes as they arrive, split any way, and take complete messages out.
+No method ever allocates more than the configured maximum message size: a
+length prefix that is negative, too short for its header, or larger than
+``max_size`` raises :class:`ProtocolError` (or its subclass
+:class:`MessageTooLarge`) -- the *only* exception a reader raises.
+
+Two ways to take messages out:
+
+* :meth:`MessageReader.read` returns ``[(type, body), ...]`` -- what a
+  client that decodes everything wants.
+* :meth:`MessageReader.read_raw` returns ``(chunk, [(type, start, end), ...])``
+  where ``chunk`` is one contiguous ``bytes`` holding whole messages and each
+  triple locates a message *body* inside it.  A proxy that forwards most
+  messages unchanged (the gateway) inspects only the types it cares about and
+  forwards ``chunk`` (or slices of it) without re-encoding anything.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = [
+    "ProtocolError",
+    "MessageTooLarge",
+    "MessageReader",
+    "FrontendReader",
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "MAX_STARTUP_SIZE",
+    "UNTYPED",
+]
+
+#: PostgreSQL itself refuses anything over 1 GiB; a reader rejects larger lengths.
+DEFAULT_MAX_MESSAGE_SIZE: Final = 0x3FFFFFFF
+#: Postgres caps the startup packet at 10,000 bytes (MAX_STARTUP_PACKET_LENGTH).
+MAX_STARTUP_SIZE: Final = 10000
+#: Type code reported for untyped (startup-phase) frontend messages.
+UNTYPED: Final = 0
+
+
+class ProtocolError(Exception):
+    """The byte stream violates the framing of the PostgreSQL v3 protocol.
+
+    ``sqlstate`` is ``08P01`` (protocol_violation), the code Postgres sends
+    for the same fault.  After a ProtocolError the stream cannot be
+    resynchronised: the connection must be closed.
+    """
+
+    sqlstate = "08P01"
+
+
+class MessageTooLarge(ProtocolError):
+    """A length prefix exceeds the reader's ``max_size``."""
+
+    sqlstate = "08P01"
+
+    def __init__(self, length: int, limit: int) -> None:
+        super().__init__(f"message length {length} exceeds the limit of {limit} bytes")
+        self.length = length
+        self.limit = limit
+
+
+class MessageReader:
+    """Incremental reader of typed messages (``type:u8, len:i32, body``).
+
+    ``max_size`` bounds the length field (which includes its own 4 bytes);
+    the buffered bytes never exceed ``max_size + 5`` plus the size of the
+    last chunk fed.
+    """
+
+    __slots__ = ("_buf", "_pos", "max_size")
+
+    def __init__(self, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+        if max_size < 4:
+            raise ValueError("max_size must be at least 4")
+        self._buf = bytearray()
+        self._pos = 0
+        self.max_size = max_size
+
+    # -- input -------------------------------------------------------------
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Append received bytes.  Never raises."""
+        if self._pos:
+            # Drop what has been consumed before growing the buffer.
+            del self._buf[: self._pos]
+            self._pos = 0
+        self._buf += data
+
+    @property
+    def buffered(self) -> int:
+        """Number of bytes received but not yet returned as messages."""
+        return len(self._buf) - self._pos
+
+    def _check_length(self, mtype: int, length: int) -> None:
+        if length < 4:
+            raise ProtocolError(f"invalid message length {length} for message type {mtype!r}")
+        if length > self.max_size:
+            raise MessageTooLarge(length, self.max_size)
+
+    # -- output ------------------------------------------------------------
+    def read(self) -> list[tuple[int, bytes]]:
+        """Return every complete message as ``(type, body)``; keep the rest."""
+        buf = self._buf
+        pos = self._pos
+        end = len(buf)
+        out: list[tuple[int, bytes]] = []
+        append = out.append
+        max_size = self.max_size
+        from_bytes = int.from_bytes
+        while end - pos >= 5:
+            length = from_bytes(buf[pos + 1 : pos + 5], "big", signed=True)
+            if length < 4 or length > max_size:
+                if out:
+                    break  # hand out the good messages first; fail on the next call
+                self._pos = pos
+                self._check_length(buf[pos], length)
+            stop = pos + 1 + length
+            if stop > end:
+                break
+            append((buf[pos], bytes(buf[pos + 5 : stop])))
+            pos = stop
+        self._consume(pos)
+        return out
+
+    def read_raw(self) -> tuple[bytes, list[tuple[int, int, int]]]:
+        """Return ``(chunk, [(type, body_start, body_end), ...])``.
+
+        ``chunk`` holds every complete message received so far, verbatim;
+        the offsets index into it.  Incomplete trailing bytes stay buffered.
+        """
+        buf = self._buf
+        start = pos = self._pos
+        end = len(buf)
+        index: list[tuple[int, int, int]] = []
+        append = index.append
+        max_size = self.max_size
+        from_bytes = int.from_bytes
+        while end - pos >= 5:
+            length = from_bytes(buf[pos + 1 : pos + 5], "big", signed=True)
+            if length < 4 or length > max_size:
+                if index:
+                    break  # hand out the good messages first; fail on the next call
+                self._pos = pos
+                self._check_length(buf[pos], length)
+            stop = pos + 1 + length
+            if stop > end:
+                break
+            append((buf[pos], pos + 5 - start, stop - start))
+            pos = stop
+        if pos == start:
+            return b"", index
+        chunk = bytes(buf[start:pos])
+        self._consume(pos)
+        return chunk, index
+
+    def _consume(self, pos: int) -> None:
+        if pos >= len(self._buf):
+            self._buf.clear()
+            self._pos = 0
+        else:
+            self._pos = pos
+
+    def take_buffer(self) -> bytes:
+        """Remove and return every buffered byte, complete or not.
+
+        Used when a stream switches to another protocol (e.g. after
+        CopyBoth or a TLS upgrade) or is handed to another reader.
+        """
+        data = bytes(self._buf[self._pos :])
+        self._buf.clear()
+        self._pos = 0
+        return data
+
+
+class FrontendReader(MessageReader):
+    """Reader of the client-to-server stream, startup phase included.
+
+    While :attr:`in_startup` is true the next message is untyped (int32
+    length, int32 code, payload) and is reported as ``(UNTYPED, body)`` where
+    ``body`` starts with the 4-byte code.  SSLRequest and GSSENCRequest keep
+    the reader in the startup phase (a StartupMessage follows); a
+    StartupMessage or CancelRequest ends it.  ``max_startup_size`` bounds
+    untyped messages as Postgres does.
+    """
+
+    __slots__ = ("in_startup", "max_startup_size")
+
+    SSL_REQUEST_CODE: Final = 80877103
+    GSSENC_REQUEST_CODE: Final = 80877104
+    CANCEL_REQUEST_CODE: Final = 80877102
+
+    def __init__(
+        self,
+        max_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        *,
+        startup: bool = True,
+        max_startup_size: int = MAX_STARTUP_SIZE,
+    ) -> None:
+        super().__init__(max_size)
+        self.in_startup = startup
+        self.max_startup_size = max_startup_size
+
+    def _read_untyped(self) -> tuple[int, int, int] | None:
+        """Locate one untyped message: ``(start, body_start, stop)``."""
+        buf = self._buf
+        pos = self._pos
+        if len(buf) - pos < 8:
+            return None
+        length = int.from_bytes(buf[pos : pos + 4], "big", signed=True)
+        if length < 8:
+            raise ProtocolError(f"invalid startup packet length {length}")
+        if length > self.max_startup_size:
+            raise MessageTooLarge(length, self.max_startup_size)
+        stop = pos + length
+        if stop > len(buf):
+            return None
+        code = int.from_bytes(buf[pos + 4 : pos + 8], "big")
+        if code not in (self.SSL_REQUEST_CODE, self.GSSENC_REQUEST_CODE):
+            self.in_startup = False
+        return pos, pos + 4, stop
+
+    def read(self) -> list[tuple[int, bytes]]:
+        out: list[tuple[int, bytes]] = []
+        while self.in_startup:
+            loc = self._read_untyped()
+            if loc is None:
+                return out
+            _, body, stop = loc
+            out.append((UNTYPED, bytes(self._buf[body:stop])))
+            self._consume(stop)
+        out.extend(super().read())
+        return out
+
+    def read_raw(self) -> tuple[bytes, list[tuple[int, int, int]]]:
+        if not self.in_startup:
+            return super().read_raw()
+        # Startup phase: one untyped message per call keeps offsets simple.
+        loc = self._read_untyped()
+        if loc is None:
+            return b"", []
+        start, body, stop = loc
+        chunk = bytes(self._buf[start:stop])
+        self._consume(stop)
+        return chunk, [(UNTYPED, body - start, stop - start)]
