@@ -1,0 +1,262 @@
+"""Framing: any split of a valid stream yields the same messages; garbage only
+ever raises ProtocolError; lengths are bounded before anything is allocated."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from driver.protocol import messages as m
+from driver.protocol.framing import (
+    UNTYPED,
+    FrontendReader,
+    MessageReader,
+    MessageTooLarge,
+    ProtocolError,
+)
+
+# --- strategies --------------------------------------------------------------
+
+names = st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=20)
+blobs = st.binary(max_size=300)
+values = st.one_of(st.none(), blobs)
+
+backend_msgs = st.one_of(
+    st.builds(m.data_row, st.lists(values, max_size=8)),
+    st.builds(m.command_complete, names),
+    st.builds(m.parameter_status, names, names),
+    st.builds(m.ready_for_query, st.sampled_from("ITE")),
+    st.builds(m.backend_key_data, st.integers(-(2**31), 2**31 - 1), st.integers(-(2**31), 2**31 - 1)),
+    st.builds(lambda c, msg: m.error(c, msg), st.sampled_from(["42P01", "23505", "08P01"]), names),
+    st.builds(
+        m.row_description,
+        st.lists(st.builds(m.FieldDescription, names, type_oid=st.integers(0, 2**32 - 1)), max_size=5),
+    ),
+    st.just(m.PARSE_COMPLETE),
+    st.just(m.BIND_COMPLETE),
+    st.just(m.NO_DATA),
+    st.builds(m.copy_data, blobs),
+    st.builds(m.parameter_description, st.lists(st.integers(0, 2**32 - 1), max_size=6)),
+    st.builds(m.notification_response, st.integers(0, 2**31 - 1), names, names),
+)
+
+frontend_msgs = st.one_of(
+    st.builds(m.query, names),
+    st.builds(m.parse, names, names, st.lists(st.integers(0, 2**32 - 1), max_size=4)),
+    st.builds(
+        m.bind,
+        names,
+        names,
+        st.lists(st.sampled_from([0, 1]), max_size=3),
+        st.lists(values, max_size=4),
+        st.lists(st.sampled_from([0, 1]), max_size=3),
+    ),
+    st.builds(m.describe, st.sampled_from("SP"), names),
+    st.builds(m.execute, names, st.integers(0, 1000)),
+    st.builds(m.close, st.sampled_from("SP"), names),
+    st.just(m.SYNC),
+    st.just(m.FLUSH),
+    st.builds(m.password_message, names),
+    st.builds(m.copy_data, blobs),
+)
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    pieces, prev = [], 0
+    for p in points + [len(data)]:
+        pieces.append(data[prev:p])
+        prev = p
+    return pieces
+
+
+# --- typed messages ------------------------------------------------------------
+
+
+@given(st.lists(backend_msgs, max_size=12), st.lists(st.integers(0, 10_000), max_size=20))
+def test_backend_stream_any_split(msgs: list[bytes], cuts: list[int]) -> None:
+    stream = b"".join(msgs)
+    reader = MessageReader()
+    got = []
+    for piece in split(stream, cuts):
+        reader.feed(piece)
+        got.extend(reader.read())
+    assert reader.buffered == 0
+    # Re-encoding each (type, body) gives back the exact stream, and each decodes.
+    assert b"".join(bytes([t]) + (len(b) + 4).to_bytes(4, "big") + b for t, b in got) == stream
+    assert len(got) == len(msgs)
+    for t, b in got:
+        m.decode_backend(t, b)
+
+
+@given(st.lists(frontend_msgs, max_size=12), st.lists(st.integers(0, 10_000), max_size=20))
+def test_read_raw_chunks_cover_the_stream(msgs: list[bytes], cuts: list[int]) -> None:
+    stream = m.startup_message({"user": "u", "database": "d"}) + b"".join(msgs)
+    reader = FrontendReader()
+    chunks, types = [], []
+    for piece in split(stream, cuts):
+        reader.feed(piece)
+        while True:
+            chunk, index = reader.read_raw()
+            if not chunk:
+                break
+            chunks.append(chunk)
+            for t, start, end in index:
+                types.append(t)
+                assert 0 <= start <= end <= len(chunk)
+                m.decode_frontend(t, chunk[start:end])
+    assert b"".join(chunks) == stream
+    assert types[0] == UNTYPED
+    assert types[1:] == [msg[0] for msg in msgs]
+
+
+def test_one_byte_at_a_time() -> None:
+    stream = m.ssl_request() + m.startup_message({"user": "alice"}) + m.query("select 1") + m.SYNC
+    reader = FrontendReader()
+    got = []
+    for i in range(len(stream)):
+        reader.feed(stream[i : i + 1])
+        got.extend(reader.read())
+    decoded = [m.decode_frontend(t, b) for t, b in got]
+    assert decoded == [
+        m.SSLRequest(),
+        m.StartupMessage(196608, {"user": "alice"}),
+        m.Query("select 1"),
+        m.Sync(),
+    ]
+
+
+def test_cancel_request_ends_startup() -> None:
+    reader = FrontendReader()
+    reader.feed(m.cancel_request(42, -7))
+    [(t, body)] = reader.read()
+    assert m.decode_frontend(t, body) == m.CancelRequest(42, -7)
+    assert not reader.in_startup
+
+
+@given(st.binary(max_size=2000), st.lists(st.integers(0, 5000), max_size=10), st.booleans())
+@settings(suppress_health_check=[HealthCheck.too_slow])
+def test_garbage_only_raises_protocol_error(garbage: bytes, cuts: list[int], frontend: bool) -> None:
+    reader: MessageReader = FrontendReader(max_size=1 << 16) if frontend else MessageReader(max_size=1 << 16)
+    try:
+        for piece in split(garbage, cuts):
+            reader.feed(piece)
+            for t, body in reader.read():
+                try:
+                    (m.decode_frontend if frontend else m.decode_backend)(t, body)
+                except ProtocolError:
+                    pass
+    except ProtocolError:
+        pass
+    # Whatever happened, nothing beyond the input and one message limit is held.
+    assert reader.buffered <= len(garbage)
+
+
+@pytest.mark.parametrize("length", [-1, 0, 3, -(2**31)])
+def test_short_or_negative_length(length: int) -> None:
+    reader = MessageReader()
+    reader.feed(b"D" + length.to_bytes(4, "big", signed=True) + b"xxxx")
+    with pytest.raises(ProtocolError):
+        reader.read()
+
+
+def test_huge_length_rejected_before_allocation() -> None:
+    reader = MessageReader(max_size=1 << 20)
+    tracemalloc.start()
+    try:
+        reader.feed(b"D\x7f\xff\xff\xff" + b"x" * 100)
+        with pytest.raises(MessageTooLarge) as info:
+            reader.read()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert info.value.length == 0x7FFFFFFF
+    assert info.value.sqlstate == "08P01"
+    assert peak < 1 << 16
+
+
+def test_huge_startup_rejected() -> None:
+    reader = FrontendReader()
+    reader.feed((1 << 30).to_bytes(4, "big") + (196608).to_bytes(4, "big"))
+    with pytest.raises(MessageTooLarge):
+        reader.read()
+
+
+def test_good_messages_before_a_bad_length_are_delivered() -> None:
+    reader = MessageReader(max_size=100)
+    reader.feed(m.command_complete("SELECT 1") + b"D\x00\x10\x00\x00")
+    [(t, body)] = reader.read()
+    assert m.decode_backend(t, body) == m.CommandComplete("SELECT 1")
+    with pytest.raises(MessageTooLarge):
+        reader.read()
+
+
+def test_large_stream_memory_is_bounded() -> None:
+    """Feeding 10,000 messages in small pieces keeps the buffer small."""
+    reader = MessageReader()
+    row = m.data_row([b"x" * 50] * 4)
+    peak = 0
+    count = 0
+    for _ in range(10_000):
+        reader.feed(row[:7])
+        reader.feed(row[7:])
+        count += len(reader.read())
+        peak = max(peak, reader.buffered)
+    assert count == 10_000
+    assert peak <= len(row)
+
+
+def test_backend_encoders_round_trip() -> None:
+    fields = [m.FieldDescription("a", 1, 2, 23, 4, -1, 1), m.FieldDescription("é", type_oid=25)]
+    cases = {
+        m.row_description(fields): m.RowDescription(tuple(fields)),
+        m.data_row([b"1", None, b""]): m.DataRow((b"1", None, b"")),
+        m.authentication_sasl(["SCRAM-SHA-256"]): m.AuthenticationRequest(10, b"SCRAM-SHA-256\x00\x00"),
+        m.authentication_md5_password(b"abcd"): m.AuthenticationRequest(5, b"abcd"),
+        m.negotiate_protocol_version(0, ["_pq_.x"]): m.NegotiateProtocolVersion(0, ("_pq_.x",)),
+        m.copy_in_response(0, [0, 0]): m.CopyInResponse(0, (0, 0)),
+        m.parameter_description([23, 25]): m.ParameterDescription((23, 25)),
+        m.notification_response(7, "ch", "hi"): m.NotificationResponse(7, "ch", "hi"),
+    }
+    for encoded, expected in cases.items():
+        reader = MessageReader()
+        reader.feed(encoded)
+        [(t, body)] = reader.read()
+        assert m.decode_backend(t, body) == expected
+    assert m.AuthenticationRequest(10, b"SCRAM-SHA-256\x00\x00").mechanisms == ["SCRAM-SHA-256"]
+
+
+def test_error_fields_round_trip() -> None:
+    reader = MessageReader()
+    reader.feed(m.error("28P01", 'password authentication failed for user "x"', detail="d"))
+    [(t, body)] = reader.read()
+    err = m.decode_backend(t, body)
+    assert isinstance(err, m.ErrorResponse)
+    assert err.sqlstate == "28P01" and err.fields["D"] == "d" and err.severity == "ERROR"
+
+
+def test_sasl_and_password_decoding() -> None:
+    msg = m.sasl_initial_response("SCRAM-SHA-256", b"n,,n=,r=abc")
+    assert m.decode_sasl_initial_response(msg[5:]) == ("SCRAM-SHA-256", b"n,,n=,r=abc")
+    assert m.decode_password(m.password_message("s3cret")[5:]) == "s3cret"
+    with pytest.raises(ProtocolError):
+        m.decode_password(b"no-terminator")
+    with pytest.raises(ProtocolError):
+        m.decode_sasl_initial_response(b"SCRAM-SHA-256\x00\x00\x00\x00\x09abc")
+
+
+def test_malformed_bodies_raise_protocol_error() -> None:
+    for t, body in [(ord("T"), b"\x00\x02a"), (ord("Z"), b""), (ord("D"), b"\x00\x01\x00\x00\x00\x09ab"), (ord("?"), b"")]:
+        with pytest.raises(ProtocolError):
+            m.decode_backend(t, body)
+    for t, body in [(ord("B"), b"\x00\x00\x00\x05"), (ord("P"), b"n"), (0, b"\x00\x03\x00\x00user\x00")]:
+        with pytest.raises(ProtocolError):
+            m.decode_frontend(t, body)
+
+
+def test_nul_in_sent_string_is_refused() -> None:
+    with pytest.raises(ValueError):
+        m.query("select 1\x00; drop table x")
