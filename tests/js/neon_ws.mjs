@@ -1,5 +1,6 @@
 // Drives the real @neondatabase/serverless driver (WebSocket mode) against a
 // Wirepool gateway and prints one JSON object with what it observed.
+// The table neon_rb (x int) must exist and be empty (the Python test creates it).
 // Usage: node neon_ws.mjs <gateway host:port> <postgresql:// connection string> <pipelineConnect: false|password>
 import { Pool, neonConfig } from "@neondatabase/serverless";
 import ws from "ws";
@@ -23,7 +24,6 @@ try {
 
   const client = await pool.connect();
   try {
-    await client.query("create temp table if not exists neon_rb (x int)");
     await client.query("begin");
     await client.query("insert into neon_rb values (1)");
     const inside = await client.query("select count(*)::int as n from neon_rb");
