@@ -1,0 +1,110 @@
+"""The ``wirepool`` console script.
+
+    wirepool check --config PATH     validate, print the effective settings (secrets masked)
+    wirepool serve --config PATH     run the gateway
+    wirepool serve                   embedded PostgreSQL (pgserver) + generated config
+
+Exit codes: 0 ok, 2 configuration error (``error: <key>: <reason>`` on stderr),
+1 any other failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+from gateway.config import (Config, ConfigError, config_to_display, display_to_toml, load_config,
+                            parse_address)
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+
+def _config_error(e: ConfigError) -> int:
+    print(f"error: {e}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="wirepool", description="Postgres over WebSocket/HTTP/TCP with transaction pooling")
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("check", help="validate a config file and print the effective settings")
+    c.add_argument("--config", "-c", required=True, metavar="PATH")
+    s = sub.add_parser("serve", help="run the gateway (no --config: embedded PostgreSQL)")
+    s.add_argument("--config", "-c", metavar="PATH")
+    s.add_argument("--listen", metavar="HOST:PORT", help="override gateway.listen (HTTP + WebSocket)")
+    s.add_argument("--pg-listen", metavar="HOST:PORT",
+                   help='override gateway.pg_listen (plain Postgres protocol; "" disables)')
+    s.add_argument("--data-dir", metavar="DIR", help="embedded mode: where PostgreSQL keeps its data")
+    s.add_argument("--log-level", choices=("debug", "info", "warning", "error", "critical"))
+    return p
+
+
+def _apply_overrides(cfg: Config, args: argparse.Namespace) -> Config:
+    changes: dict[str, object] = {}
+    if args.listen is not None:
+        changes["listen"] = parse_address(args.listen, "--listen")
+    if args.pg_listen is not None:
+        changes["pg_listen"] = None if args.pg_listen == "" else parse_address(args.pg_listen, "--pg-listen")
+    if args.log_level is not None:
+        changes["log_level"] = args.log_level
+    if not changes:
+        return cfg
+    new = cfg.with_gateway(**changes)
+    g = new.gateway
+    if g.pg_listen is not None and g.pg_listen[1] != 0 and g.pg_listen == g.listen:
+        raise ConfigError("--pg-listen", f"port {g.pg_listen[1]} is already used by listen")
+    return new
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _check(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        return _config_error(e)
+    sys.stdout.write(f"# {args.config}: OK\n")
+    sys.stdout.write(display_to_toml(config_to_display(cfg)))
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from gateway import app
+
+    if args.config is None:
+        from gateway import embedded
+        try:
+            return embedded.serve_embedded(listen=args.listen, pg_listen=args.pg_listen,
+                                           data_dir=args.data_dir, log_level=args.log_level or "info")
+        except ConfigError as e:
+            return _config_error(e)
+        except embedded.EmbeddedError as e:
+            print(f"error: embedded PostgreSQL: {e}", file=sys.stderr)
+            return EXIT_FAILURE
+    try:
+        cfg = _apply_overrides(load_config(args.config), args)
+    except ConfigError as e:
+        return _config_error(e)
+    _setup_logging(cfg.gateway.log_level)
+    return app.run_forever(cfg)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    if args.command == "check":
+        return _check(args)
+    if args.command == "serve":
+        return _serve(args)
+    return EXIT_FAILURE  # pragma: no cover - argparse enforces the choice
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,531 @@
+"""Gateway configuration: a TOML file read with :mod:`tomllib`, validated strictly.
+
+Setting names, meanings and defaults follow PgBouncer's where it has the same
+concept.  Every problem -- an unknown key, a wrong type, an impossible value --
+raises :class:`ConfigError` naming the dotted key path (``databases.app.port``)
+and the reason, so ``wirepool check`` can print ``error: <key>: <reason>``.
+
+Types: where a float is expected an int is accepted (``30`` means 30.0 s); a
+bool is never accepted as a number.  Durations are seconds.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = [
+    "AUTH_TYPES", "POOL_MODES", "LOG_LEVELS", "ConfigError", "GatewaySettings",
+    "DatabaseConfig", "UserConfig", "Config", "load_config", "parse_config",
+    "config_to_display", "format_address", "parse_address", "MASK",
+]
+
+AUTH_TYPES = ("scram-sha-256", "password", "md5", "trust")
+POOL_MODES = ("transaction", "session")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+MASK = "***"
+SCRAM_PREFIX = "SCRAM-SHA-256$"
+MIN_MESSAGE_SIZE = 1024
+
+
+class ConfigError(Exception):
+    """A configuration problem at ``key`` (a dotted path; ``""`` = the whole file)."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(f"{key}: {reason}" if key else reason)
+
+
+# --------------------------------------------------------------------------- model
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    listen: tuple[str, int] = ("127.0.0.1", 8432)
+    pg_listen: tuple[str, int] | None = None
+    auth_type: str = "scram-sha-256"
+    max_client_conn: int = 10000
+    pool_mode: str = "transaction"
+    default_pool_size: int = 20
+    min_pool_size: int = 0
+    reserve_pool_size: int = 0
+    reserve_pool_timeout: float = 5.0
+    query_wait_timeout: float = 120.0
+    client_login_timeout: float = 60.0
+    server_connect_timeout: float = 15.0
+    server_login_retry: float = 15.0
+    server_idle_timeout: float = 600.0
+    server_lifetime: float = 3600.0
+    idle_transaction_timeout: float = 0.0
+    query_timeout: float = 0.0
+    client_idle_timeout: float = 0.0
+    server_reset_query: str = "DISCARD ALL"
+    server_check_delay: float = 30.0
+    server_check_query: str = "select 1"
+    max_prepared_statements: int = 200
+    max_message_size: int = 16777216
+    shutdown_timeout: float = 30.0
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    """One ``[databases.<name>]`` section: where the pool for ``name`` connects.
+
+    ``dbname`` defaults to ``name``.  ``user`` is the upstream role the pool logs
+    in as (required in a file; the empty default exists only so the dataclass
+    can be built positionally).  ``None`` overrides fall back to [gateway].
+    """
+
+    name: str
+    host: str = "127.0.0.1"
+    port: int = 5432
+    dbname: str = ""
+    user: str = ""
+    password: str | None = None
+    pool_size: int | None = None
+    pool_mode: str | None = None
+    min_pool_size: int | None = None
+    reserve_pool_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.dbname:
+            object.__setattr__(self, "dbname", self.name)
+
+    def effective_pool_size(self, g: GatewaySettings) -> int:
+        return g.default_pool_size if self.pool_size is None else self.pool_size
+
+    def effective_pool_mode(self, g: GatewaySettings) -> str:
+        return g.pool_mode if self.pool_mode is None else self.pool_mode
+
+    def effective_min_pool_size(self, g: GatewaySettings) -> int:
+        return g.min_pool_size if self.min_pool_size is None else self.min_pool_size
+
+    def effective_reserve_pool_size(self, g: GatewaySettings) -> int:
+        return g.reserve_pool_size if self.reserve_pool_size is None else self.reserve_pool_size
+
+    def __repr__(self) -> str:  # never leak the password into logs
+        pw = None if self.password is None else MASK
+        return (f"DatabaseConfig(name={self.name!r}, host={self.host!r}, port={self.port}, "
+                f"dbname={self.dbname!r}, user={self.user!r}, password={pw!r}, "
+                f"pool_size={self.pool_size}, pool_mode={self.pool_mode!r}, "
+                f"min_pool_size={self.min_pool_size}, reserve_pool_size={self.reserve_pool_size})")
+
+
+@dataclass(frozen=True)
+class UserConfig:
+    """One ``[users.<name>]`` section: edge credentials the gateway checks.
+
+    ``password`` is plaintext or a ``SCRAM-SHA-256$...`` verifier (``None``:
+    no password login, e.g. trust or token-only users).
+    """
+
+    name: str
+    password: str | None = None
+    tokens: tuple[str, ...] = ()
+
+    @property
+    def is_scram_verifier(self) -> bool:
+        return self.password is not None and self.password.startswith(SCRAM_PREFIX)
+
+    def __repr__(self) -> str:
+        pw = None if self.password is None else MASK
+        return f"UserConfig(name={self.name!r}, password={pw!r}, tokens=<{len(self.tokens)}>)"
+
+
+@dataclass(frozen=True)
+class Config:
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
+    databases: dict[str, DatabaseConfig] = field(default_factory=dict)
+    users: dict[str, UserConfig] = field(default_factory=dict)
+
+    def with_gateway(self, **changes: Any) -> "Config":
+        """A copy with some [gateway] settings replaced (no re-validation)."""
+        return replace(self, gateway=replace(self.gateway, **changes))
+
+
+# --------------------------------------------------------------------------- helpers
+
+def parse_address(text: str, key: str) -> tuple[str, int]:
+    """``"host:port"`` / ``"[v6]:port"`` -> ``(host, port)``; port 0 = ephemeral."""
+    if not isinstance(text, str):
+        raise ConfigError(key, f'expected a string "host:port", got {_tname(text)}')
+    s = text.strip()
+    if s.startswith("["):
+        end = s.find("]")
+        if end < 0 or s[end + 1:end + 2] != ":":
+            raise ConfigError(key, f'invalid address {text!r}: expected "[ipv6]:port"')
+        host, port_text = s[1:end], s[end + 2:]
+    else:
+        host, sep, port_text = s.rpartition(":")
+        if not sep:
+            raise ConfigError(key, f'invalid address {text!r}: expected "host:port"')
+        if ":" in host:
+            raise ConfigError(key, f'invalid address {text!r}: write IPv6 hosts as "[addr]:port"')
+    if not host:
+        raise ConfigError(key, f'invalid address {text!r}: missing host (use "0.0.0.0:port" for all interfaces)')
+    if any(c.isspace() for c in host) or "/" in host:
+        raise ConfigError(key, f"invalid address {text!r}: bad host")
+    if not port_text.isascii() or not port_text.isdigit():
+        raise ConfigError(key, f"invalid address {text!r}: port must be a number")
+    port = int(port_text)
+    if port > 65535:
+        raise ConfigError(key, f"invalid address {text!r}: port must be 0..65535")
+    return host, port
+
+
+def format_address(addr: tuple[str, int]) -> str:
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _tname(v: Any) -> str:
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, int):
+        return "an integer"
+    if isinstance(v, float):
+        return "a float"
+    if isinstance(v, str):
+        return "a string"
+    if isinstance(v, list):
+        return "an array"
+    if isinstance(v, dict):
+        return "a table"
+    return type(v).__name__
+
+
+def _int(v: Any, key: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ConfigError(key, f"expected an integer, got {_tname(v)}")
+    if minimum is not None and v < minimum:
+        raise ConfigError(key, f"must be >= {minimum}, got {v}")
+    if maximum is not None and v > maximum:
+        raise ConfigError(key, f"must be <= {maximum}, got {v}")
+    return v
+
+
+def _float(v: Any, key: str, *, positive: bool = False) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ConfigError(key, f"expected a number of seconds, got {_tname(v)}")
+    f = float(v)
+    if not math.isfinite(f):
+        raise ConfigError(key, f"must be a finite number, got {v}")
+    if f < 0:
+        raise ConfigError(key, f"must not be negative, got {v}")
+    if positive and f == 0:
+        raise ConfigError(key, "must be greater than 0")
+    return f
+
+
+def _str(v: Any, key: str, *, nonempty: bool = False) -> str:
+    if not isinstance(v, str):
+        raise ConfigError(key, f"expected a string, got {_tname(v)}")
+    if nonempty and not v.strip():
+        raise ConfigError(key, "must not be empty")
+    if "\x00" in v:
+        raise ConfigError(key, "must not contain NUL characters")
+    return v
+
+
+def _choice(v: Any, key: str, choices: tuple[str, ...]) -> str:
+    s = _str(v, key)
+    if s not in choices:
+        raise ConfigError(key, f"unknown value {s!r} (expected one of: {', '.join(choices)})")
+    return s
+
+
+def _table(v: Any, key: str) -> Mapping[str, Any]:
+    if not isinstance(v, dict):
+        raise ConfigError(key, f"expected a table, got {_tname(v)}")
+    return v
+
+
+def _unknown(section: Mapping[str, Any], allowed: set[str] | frozenset[str], prefix: str) -> None:
+    for k in section:
+        if k not in allowed:
+            raise ConfigError(f"{prefix}.{k}" if prefix else k, "unknown key")
+
+
+def _is_valid_scram_verifier(text: str) -> bool:
+    try:
+        from driver.protocol.auth import is_scram_verifier
+    except ImportError:  # pragma: no cover - the driver always ships auth
+        import base64
+        import binascii
+        try:
+            scheme, params, keys = text.split("$")
+            it, salt = params.split(":")
+            sk, svk = keys.split(":")
+            ok = scheme == "SCRAM-SHA-256" and it.isdigit() and int(it) > 0
+            ok = ok and len(base64.b64decode(salt, validate=True)) > 0
+            ok = ok and len(base64.b64decode(sk, validate=True)) == 32
+            return ok and len(base64.b64decode(svk, validate=True)) == 32
+        except (ValueError, binascii.Error):
+            return False
+    return is_scram_verifier(text)
+
+
+# --------------------------------------------------------------------------- parsing
+
+_FLOAT_SETTINGS = {f.name for f in fields(GatewaySettings) if f.type in ("float", float)}
+_POSITIVE_FLOATS = {"server_connect_timeout"}
+_INT_MIN = {
+    "max_client_conn": 1,
+    "default_pool_size": 1,
+    "min_pool_size": 0,
+    "reserve_pool_size": 0,
+    "max_prepared_statements": 0,
+    "max_message_size": MIN_MESSAGE_SIZE,
+}
+_INT_MAX = {"max_message_size": 1 << 30}
+_GATEWAY_KEYS = frozenset(f.name for f in fields(GatewaySettings))
+_DB_KEYS = frozenset({"host", "port", "dbname", "user", "password", "pool_size", "pool_mode",
+                      "min_pool_size", "reserve_pool_size"})
+_USER_KEYS = frozenset({"password", "tokens"})
+_TOP_KEYS = frozenset({"gateway", "databases", "users"})
+
+
+def _parse_gateway(raw: Mapping[str, Any], base_dir: Path | None) -> GatewaySettings:
+    _unknown(raw, _GATEWAY_KEYS, "gateway")
+    kw: dict[str, Any] = {}
+    for name, value in raw.items():
+        key = f"gateway.{name}"
+        if name == "listen":
+            kw[name] = parse_address(value, key)
+        elif name == "pg_listen":
+            # "" disables it explicitly (TOML has no null).
+            kw[name] = None if value == "" else parse_address(value, key)
+        elif name == "auth_type":
+            kw[name] = _choice(value, key, AUTH_TYPES)
+        elif name == "pool_mode":
+            kw[name] = _choice(value, key, POOL_MODES)
+        elif name == "log_level":
+            kw[name] = _choice(value.lower() if isinstance(value, str) else value, key, LOG_LEVELS)
+        elif name in _INT_MIN:
+            kw[name] = _int(value, key, minimum=_INT_MIN[name], maximum=_INT_MAX.get(name))
+        elif name in _FLOAT_SETTINGS:
+            kw[name] = _float(value, key, positive=name in _POSITIVE_FLOATS)
+        elif name in ("tls_cert_file", "tls_key_file"):
+            p = Path(_str(value, key, nonempty=True)).expanduser()
+            if base_dir is not None and not p.is_absolute():
+                p = base_dir / p
+            if not p.is_file():
+                raise ConfigError(key, f"file not found: {str(p)!r}")
+            kw[name] = str(p)
+        elif name == "server_reset_query":
+            kw[name] = _str(value, key)  # "" disables the reset
+        elif name == "server_check_query":
+            kw[name] = _str(value, key)  # "" disables the check
+        else:  # pragma: no cover - every field is handled above
+            raise ConfigError(key, "unknown key")
+    g = GatewaySettings(**kw)
+    if g.min_pool_size > g.default_pool_size:
+        raise ConfigError("gateway.min_pool_size",
+                          f"must not exceed default_pool_size ({g.min_pool_size} > {g.default_pool_size})")
+    if (g.tls_cert_file is None) != (g.tls_key_file is None):
+        missing = "tls_key_file" if g.tls_key_file is None else "tls_cert_file"
+        raise ConfigError(f"gateway.{missing}", "tls_cert_file and tls_key_file must be set together")
+    if g.pg_listen is not None and g.pg_listen[1] != 0 and g.pg_listen[1] == g.listen[1]:
+        h1, h2 = g.listen[0], g.pg_listen[0]
+        wild = ("0.0.0.0", "::", "*")
+        if h1 == h2 or h1 in wild or h2 in wild:
+            raise ConfigError("gateway.pg_listen",
+                              f"port {g.pg_listen[1]} is already used by gateway.listen")
+    return g
+
+
+def _parse_database(name: str, raw: Mapping[str, Any], g: GatewaySettings) -> DatabaseConfig:
+    prefix = f"databases.{name}"
+    if not name.strip():
+        raise ConfigError(prefix, "database name must not be empty")
+    _unknown(raw, _DB_KEYS, prefix)
+    kw: dict[str, Any] = {"name": name}
+    if "host" in raw:
+        kw["host"] = _str(raw["host"], f"{prefix}.host", nonempty=True)
+    if "port" in raw:
+        kw["port"] = _int(raw["port"], f"{prefix}.port", minimum=1, maximum=65535)
+    if "dbname" in raw:
+        kw["dbname"] = _str(raw["dbname"], f"{prefix}.dbname", nonempty=True)
+    if "user" not in raw:
+        raise ConfigError(f"{prefix}.user", "required (the upstream role the pool logs in as)")
+    kw["user"] = _str(raw["user"], f"{prefix}.user", nonempty=True)
+    if "password" in raw:
+        kw["password"] = _str(raw["password"], f"{prefix}.password")
+    if "pool_size" in raw:
+        kw["pool_size"] = _int(raw["pool_size"], f"{prefix}.pool_size", minimum=1)
+    if "pool_mode" in raw:
+        kw["pool_mode"] = _choice(raw["pool_mode"], f"{prefix}.pool_mode", POOL_MODES)
+    if "min_pool_size" in raw:
+        kw["min_pool_size"] = _int(raw["min_pool_size"], f"{prefix}.min_pool_size", minimum=0)
+    if "reserve_pool_size" in raw:
+        kw["reserve_pool_size"] = _int(raw["reserve_pool_size"], f"{prefix}.reserve_pool_size", minimum=0)
+    db = DatabaseConfig(**kw)
+    size, min_size = db.effective_pool_size(g), db.effective_min_pool_size(g)
+    if min_size > size:
+        key = f"{prefix}.min_pool_size" if db.min_pool_size is not None else f"{prefix}.pool_size"
+        raise ConfigError(key, f"min_pool_size ({min_size}) must not exceed the pool size ({size})")
+    return db
+
+
+def _parse_user(name: str, raw: Mapping[str, Any], g: GatewaySettings) -> UserConfig:
+    prefix = f"users.{name}"
+    if not name.strip():
+        raise ConfigError(prefix, "user name must not be empty")
+    _unknown(raw, _USER_KEYS, prefix)
+    password: str | None = None
+    if "password" in raw:
+        password = _str(raw["password"], f"{prefix}.password")
+    tokens: list[str] = []
+    if "tokens" in raw:
+        tv = raw["tokens"]
+        if not isinstance(tv, list):
+            raise ConfigError(f"{prefix}.tokens", f"expected an array of strings, got {_tname(tv)}")
+        for i, t in enumerate(tv):
+            tokens.append(_str(t, f"{prefix}.tokens[{i}]", nonempty=True))
+        if len(set(tokens)) != len(tokens):
+            raise ConfigError(f"{prefix}.tokens", "duplicate token")
+    pkey = f"{prefix}.password"
+    if password is not None:
+        if password == "":
+            raise ConfigError(pkey, "must not be empty (omit it for trust or token-only users)")
+        if password.startswith(SCRAM_PREFIX):
+            if not _is_valid_scram_verifier(password):
+                raise ConfigError(pkey, "malformed SCRAM-SHA-256 verifier")
+            if g.auth_type == "md5":
+                raise ConfigError(pkey, "a SCRAM-SHA-256 verifier cannot be used with auth_type = \"md5\" "
+                                        "(store the plaintext password, or use scram-sha-256/password)")
+    elif g.auth_type != "trust" and not tokens:
+        raise ConfigError(pkey, f"required with auth_type = {g.auth_type!r}")
+    return UserConfig(name=name, password=password, tokens=tuple(tokens))
+
+
+def parse_config(data: Mapping[str, Any], *, base_dir: str | os.PathLike[str] | None = None) -> Config:
+    """Validate an already-parsed TOML document.  ``base_dir`` resolves relative file paths."""
+    top = _table(data, "")
+    _unknown(top, _TOP_KEYS, "")
+    bd = Path(base_dir) if base_dir is not None else None
+    g = _parse_gateway(_table(top.get("gateway", {}), "gateway"), bd)
+
+    raw_dbs = _table(top.get("databases", {}), "databases")
+    if not raw_dbs:
+        raise ConfigError("databases", "at least one [databases.<name>] section is required")
+    dbs: dict[str, DatabaseConfig] = {}
+    for name, raw in raw_dbs.items():
+        dbs[name] = _parse_database(name, _table(raw, f"databases.{name}"), g)
+
+    raw_users = _table(top.get("users", {}), "users")
+    users: dict[str, UserConfig] = {}
+    seen_tokens: dict[str, str] = {}
+    for name, raw in raw_users.items():
+        u = _parse_user(name, _table(raw, f"users.{name}"), g)
+        for t in u.tokens:
+            if t in seen_tokens:
+                raise ConfigError(f"users.{name}.tokens", f"token also belongs to user {seen_tokens[t]!r}")
+            seen_tokens[t] = name
+        users[name] = u
+    return Config(gateway=g, databases=dbs, users=users)
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a TOML config file.  Raises :class:`ConfigError`."""
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError("", f"config file not found: {str(p)!r}") from None
+    except OSError as e:
+        raise ConfigError("", f"cannot read config file {str(p)!r}: {e.strerror or e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("", f"invalid TOML in {str(p)!r}: {e}") from None
+    return parse_config(data, base_dir=p.resolve().parent)
+
+
+# --------------------------------------------------------------------------- display
+
+def config_to_display(cfg: Config) -> dict[str, Any]:
+    """The effective settings (defaults filled in) as plain data, secrets masked."""
+    g = cfg.gateway
+    gw: dict[str, Any] = {}
+    for f in fields(GatewaySettings):
+        v = getattr(g, f.name)
+        if f.name in ("listen", "pg_listen"):
+            v = "" if v is None else format_address(v)
+        gw[f.name] = v
+    dbs: dict[str, Any] = {}
+    for name, d in cfg.databases.items():
+        dbs[name] = {
+            "host": d.host, "port": d.port, "dbname": d.dbname, "user": d.user,
+            "password": None if d.password is None else MASK,
+            "pool_size": d.effective_pool_size(g), "pool_mode": d.effective_pool_mode(g),
+            "min_pool_size": d.effective_min_pool_size(g),
+            "reserve_pool_size": d.effective_reserve_pool_size(g),
+        }
+    users: dict[str, Any] = {}
+    for name, u in cfg.users.items():
+        entry: dict[str, Any] = {"password": None if u.password is None else MASK}
+        if u.password is not None:
+            entry["password_kind"] = "scram-sha-256 verifier" if u.is_scram_verifier else "plaintext"
+        entry["tokens"] = [MASK] * len(u.tokens)
+        users[name] = entry
+    return {"gateway": gw, "databases": dbs, "users": users}
+
+
+def _toml_key(k: str) -> str:
+    import re
+    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else _toml_str(k)
+
+
+def _toml_str(s: str) -> str:
+    out = ['"']
+    for ch in s:
+        if ch == '"':
+            out.append('\\"')
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return _toml_str(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(type(v))
+
+
+def display_to_toml(display: Mapping[str, Any]) -> str:
+    """Render :func:`config_to_display` output as TOML (``None`` values are omitted)."""
+    lines: list[str] = []
+
+    def section(header: str, body: Mapping[str, Any]) -> None:
+        lines.append(f"[{header}]")
+        for k, v in body.items():
+            if v is None:
+                lines.append(f"# {k} = (not set)")
+            else:
+                lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
+        lines.append("")
+
+    section("gateway", display["gateway"])
+    for name, body in display["databases"].items():
+        section(f"databases.{_toml_key(name)}", body)
+    for name, body in display["users"].items():
+        section(f"users.{_toml_key(name)}", body)
+    return "\n".join(lines)
