@@ -1,0 +1,43 @@
+"""Transports: how protocol bytes reach a server, chosen by DSN scheme."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .base import Connector, Endpoint, Transport, TransportError
+
+__all__ = ["Connector", "Endpoint", "Transport", "TransportError", "get_connector",
+           "register_connector", "TransportNotAvailable"]
+
+
+class TransportNotAvailable(ValueError):
+    """The DSN scheme names a transport that is not available."""
+
+
+def _tcp() -> Connector:
+    from .tcp import TcpConnector
+
+    return TcpConnector()
+
+
+_CONNECTORS: dict[str, Callable[[], Connector]] = {
+    "postgresql": _tcp,
+    "postgres": _tcp,
+}
+
+_LATER = ("ws", "wss", "http", "https")
+
+
+def register_connector(scheme: str, factory: Callable[[], Connector]) -> None:
+    """Make ``scheme://`` DSNs use connectors built by ``factory``."""
+    _CONNECTORS[scheme.lower()] = factory
+
+
+def get_connector(scheme: str) -> Connector:
+    """The connector for a DSN scheme (``postgresql``/``postgres`` = TCP)."""
+    factory = _CONNECTORS.get((scheme or "postgresql").lower())
+    if factory is None:
+        if scheme.lower() in _LATER:
+            raise TransportNotAvailable(f"the {scheme}:// transport is not available yet")
+        raise TransportNotAvailable(f"unsupported DSN scheme {scheme!r}")
+    return factory()
