@@ -202,7 +202,8 @@ def encode_numeric(v: Any) -> bytes:
     sign_bit, digit_tuple, exp = d.as_tuple()
     if not isinstance(exp, int):
         if exp == "F":
-            return struct.pack("!HhHH", 0, 0, _NUMERIC_NINF if sign_bit else _NUMERIC_PINF, 0)
+            # dscale 0x20: byte-identical to what numeric_send() emits for infinities
+            return struct.pack("!HhHH", 0, 0, _NUMERIC_NINF if sign_bit else _NUMERIC_PINF, 0x20)
         return struct.pack("!HhHH", 0, 0, _NUMERIC_NAN, 0)
     dscale = -exp if exp < 0 else 0
     if dscale > _NUMERIC_MAX_DSCALE:

@@ -30,6 +30,9 @@ _TEXT_ONLY_TYPES = {
     oids.REGCONFIG: "regconfig", oids.REGDICTIONARY: "regdictionary",
     oids.REGNAMESPACE: "regnamespace", oids.REGROLE: "regrole", oids.REGCOLLATION: "regcollation",
     oids.UNKNOWN: "unknown",
+    # types asyncpg also returns as str
+    oids.MONEY: "money", oids.MACADDR: "macaddr", oids.MACADDR8: "macaddr8",
+    oids.TSVECTOR: "tsvector", oids.TSQUERY: "tsquery", oids.ACLITEM: "aclitem",
 }
 
 

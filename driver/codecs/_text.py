@@ -67,6 +67,8 @@ def decode_bytea(b: Any) -> bytes:
 
 def decode_char(b: Any) -> bytes:
     raw = bytes(b)
+    if not raw:  # the NUL "char" is output as an empty string
+        return b"\x00"
     if len(raw) == 4 and raw[:1] == b"\\":
         return bytes((int(raw[1:], 8),))
     return raw
@@ -138,15 +140,30 @@ def decode_timetz(b: Any) -> _dt.time:
                     tzinfo=_dt.timezone(_dt.timedelta(minutes=minutes)))
 
 
-def _parse_ts(s: str) -> tuple[_dt.datetime, int | None]:
+_DAYS_PER_400Y = 146097
+
+
+def _parse_ts(s: str, *, utc: bool) -> _dt.datetime:
     m = _TS.match(s)
     if m is None:
         raise ValueError(f"cannot parse timestamp {s!r} (DateStyle must be ISO)")
-    _bc_check(m.group(12), s)
-    dt = _dt.datetime(int(m.group(1)), int(m.group(2)), int(m.group(3)), int(m.group(4)),
+    year = int(m.group(1))
+    if m.group(12):
+        if not utc:
+            _bc_check(m.group(12), s)
+        year = 1 - year  # astronomical numbering: 1 BC is year 0
+    off = 0 if m.group(8) is None else _tz(m.group(8), m.group(9), m.group(10), m.group(11))
+    # a timestamptz shown in local time may lie just outside Python's year range
+    # (e.g. 9999-12-31 23:00 UTC at +05:45): shift by whole 400-year cycles
+    shift = 0
+    if utc and (year < 1 or year > 9999):
+        shift = -((year - 1) // 400) if year < 1 else -((year - 9999 + 399) // 400)
+        year += 400 * shift
+    dt = _dt.datetime(year, int(m.group(2)), int(m.group(3)), int(m.group(4)),
                       int(m.group(5)), int(m.group(6)), _micro(m.group(7)))
-    off = None if m.group(8) is None else _tz(m.group(8), m.group(9), m.group(10), m.group(11))
-    return dt, off
+    if not utc:
+        return dt
+    return (dt - _dt.timedelta(seconds=off)) - _dt.timedelta(days=_DAYS_PER_400Y * shift)
 
 
 def decode_timestamp(b: Any) -> _dt.datetime:
@@ -155,7 +172,7 @@ def decode_timestamp(b: Any) -> _dt.datetime:
         return B.INFINITY_DATETIME
     if s == "-infinity":
         return B.NEG_INFINITY_DATETIME
-    return _parse_ts(s)[0]
+    return _parse_ts(s, utc=False)
 
 
 def decode_timestamptz(b: Any) -> _dt.datetime:
@@ -164,10 +181,7 @@ def decode_timestamptz(b: Any) -> _dt.datetime:
         return B.INFINITY_DATETIME
     if s == "-infinity":
         return B.NEG_INFINITY_DATETIME
-    dt, off = _parse_ts(s)
-    if off is None:
-        return dt.replace(tzinfo=B.UTC)
-    return (dt - _dt.timedelta(seconds=off)).replace(tzinfo=B.UTC)
+    return _parse_ts(s, utc=True).replace(tzinfo=B.UTC)
 
 
 _IV_UNIT = re.compile(
