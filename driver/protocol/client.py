@@ -278,7 +278,7 @@ class SimpleQuery(Request):
     only when ``keep_rows`` (decoded in text format by the factory).
     """
 
-    __slots__ = ("sql", "results", "keep_rows", "_current", "_factory")
+    __slots__ = ("sql", "results", "keep_rows", "_current")
 
     def __init__(self, sql: str, *, keep_rows: bool = False) -> None:
         super().__init__()
@@ -338,7 +338,7 @@ class ExtendedQuery(Request):
     when a RowDescription arrives in the same batch; otherwise rows are raw.
     """
 
-    __slots__ = ("_parts", "results", "param_oids", "fields", "_exec_index", "_factory_needed")
+    __slots__ = ("_parts", "results", "param_oids", "fields", "_exec_index")
 
     def __init__(self) -> None:
         super().__init__()
@@ -500,6 +500,10 @@ class ClientProtocol:
     @property
     def in_flight(self) -> int:
         return len(self._pending) + len(self._held)
+
+    @property
+    def has_data_to_send(self) -> bool:
+        return bool(self._out)
 
     @property
     def startup_request(self) -> StartupRequest | None:
@@ -677,8 +681,7 @@ class ClientProtocol:
         head = self._head()
         if mtype == _ERROR_RESPONSE:
             fields = m.decode_fields(body)
-            if head is None or (self._skipping and fields.get("V", fields.get("S")) not in
-                                ("FATAL", "PANIC")):
+            if head is None or head.error is not None:
                 self._events.append(ServerError(fields))
                 return
             if head.error is None:

@@ -1,0 +1,895 @@
+"""asyncpg-compatible connection over any :mod:`driver.transport`.
+
+``Connection`` drives a sans-I/O :class:`~driver.protocol.client.ClientProtocol`:
+a background reader task feeds it received bytes and dispatches its events
+(request completions, notifications, notices); operations submit requests
+and await their completion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import importlib
+import inspect
+import os
+import re
+from typing import Any, Awaitable, Callable, Iterable, NamedTuple, Sequence
+
+from . import codecs
+from . import exceptions as exc
+from .protocol import client as pc
+from .protocol.auth import AuthenticationError
+from .protocol.framing import ProtocolError as FramingError
+from .protocol.messages import FieldDescription
+from .transport import Connector, Endpoint, Transport, TransportError, get_connector
+
+__all__ = ["Connection", "connect", "ServerVersion", "ConnectionSettings"]
+
+_BUSY_MSG = "cannot perform operation: another operation is in progress"
+
+
+class ServerVersion(NamedTuple):
+    major: int
+    minor: int
+    micro: int
+    releaselevel: str
+    serial: int
+
+
+def _parse_server_version(text: str) -> ServerVersion:
+    m = re.match(r"\s*(\d+)(?:\.(\d+))?(?:\.(\d+))?\s*(?:(devel|beta|alpha|rc)(\d+)?)?", text)
+    if m is None:
+        return ServerVersion(0, 0, 0, "final", 0)
+    major = int(m.group(1))
+    minor = int(m.group(2) or 0)
+    micro = int(m.group(3) or 0)
+    level = m.group(4) or "final"
+    serial = int(m.group(5) or 0)
+    if major >= 10 and m.group(3) is None:
+        # Since PostgreSQL 10 "X.Y" means major X, minor Y (no micro).
+        pass
+    return ServerVersion(major, minor, micro, level, serial)
+
+
+class ConnectionSettings:
+    """Server parameters (ParameterStatus) with attribute access, like asyncpg."""
+
+    __slots__ = ("_params",)
+
+    def __init__(self, params: dict[str, str]) -> None:
+        self._params = params
+
+    def __getattr__(self, name: str) -> str:
+        try:
+            return self._params[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __repr__(self) -> str:
+        return f"<ConnectionSettings {self._params!r}>"
+
+
+# ---------------------------------------------------------------------------
+# Optional collaborators (driver.record, driver.dsn) -- imported lazily
+# ---------------------------------------------------------------------------
+
+
+def _record_class() -> Any:
+    try:
+        return importlib.import_module("driver.record").Record
+    except (ImportError, AttributeError):
+        return None
+
+
+class _Params:
+    """What connect() needs from the DSN and keyword arguments."""
+
+    def __init__(self) -> None:
+        self.scheme = "postgresql"
+        self.host = "localhost"
+        self.port = 5432
+        self.user = ""
+        self.password: str | None = None
+        self.database = ""
+        self.sslmode = "prefer"
+        self.ssl: Any = None
+        self.connect_timeout: float | None = None
+        self.server_settings: dict[str, str] = {}
+        self.options: dict[str, Any] = {}
+
+
+def _fallback_parse_dsn(dsn: str | None, **kw: Any) -> _Params:
+    from urllib.parse import parse_qsl, unquote, urlsplit
+
+    p = _Params()
+    q: dict[str, str] = {}
+    if dsn:
+        u = urlsplit(dsn)
+        p.scheme = u.scheme or "postgresql"
+        if u.hostname:
+            p.host = unquote(u.hostname)
+        if u.port:
+            p.port = u.port
+        if u.username:
+            p.user = unquote(u.username)
+        if u.password is not None:
+            p.password = unquote(u.password)
+        if u.path and u.path != "/":
+            p.database = unquote(u.path[1:])
+        q = dict(parse_qsl(u.query))
+    env = os.environ
+    if not dsn:
+        p.host = env.get("PGHOST", p.host)
+        p.port = int(env.get("PGPORT", p.port))
+    if "host" in q:
+        p.host = q.pop("host")
+    if "port" in q:
+        p.port = int(q.pop("port"))
+    if "user" in q:
+        p.user = q.pop("user")
+    if "password" in q:
+        p.password = q.pop("password")
+    if "dbname" in q:
+        p.database = q.pop("dbname")
+    if "database" in q:
+        p.database = q.pop("database")
+    if "sslmode" in q:
+        p.sslmode = q.pop("sslmode")
+    if "connect_timeout" in q:
+        p.connect_timeout = float(q.pop("connect_timeout"))
+    p.server_settings.update(q)
+    if kw.get("host") is not None:
+        p.host = kw["host"]
+    if kw.get("port") is not None:
+        p.port = int(kw["port"])
+    if kw.get("user") is not None:
+        p.user = kw["user"]
+    if kw.get("password") is not None:
+        p.password = kw["password"]
+    if kw.get("database") is not None:
+        p.database = kw["database"]
+    if kw.get("server_settings"):
+        p.server_settings.update(kw["server_settings"])
+    ssl = kw.get("ssl")
+    if ssl is not None:
+        if isinstance(ssl, str):
+            p.sslmode = ssl
+        elif ssl is True:
+            p.sslmode = "require"
+        elif ssl is False:
+            p.sslmode = "disable"
+        else:
+            p.ssl = ssl
+            p.sslmode = "require"
+    if not p.user:
+        p.user = env.get("PGUSER") or _default_user()
+    if p.password is None:
+        p.password = env.get("PGPASSWORD")
+    if not p.database:
+        p.database = env.get("PGDATABASE") or p.user
+    return p
+
+
+def _default_user() -> str:
+    try:
+        import getpass
+
+        return getpass.getuser()
+    except Exception:
+        return "postgres"
+
+
+def _parse_params(dsn: str | None, **kw: Any) -> _Params:
+    try:
+        mod = importlib.import_module("driver.dsn")
+    except ImportError:
+        return _fallback_parse_dsn(dsn, **kw)
+    cp = mod.parse_dsn(dsn, **kw)
+    p = _Params()
+    p.scheme = getattr(cp, "scheme", None) or "postgresql"
+    host = getattr(cp, "host", None)
+    port = getattr(cp, "port", None)
+    if isinstance(host, (list, tuple)):
+        host = host[0] if host else None
+    if isinstance(port, (list, tuple)):
+        port = port[0] if port else None
+    if host:
+        p.host = str(host)
+    if port:
+        p.port = int(port)
+    p.user = getattr(cp, "user", None) or _default_user()
+    p.password = getattr(cp, "password", None)
+    p.database = getattr(cp, "database", None) or p.user
+    ssl = getattr(cp, "ssl", None)
+    sslmode = getattr(cp, "sslmode", None)
+    if sslmode is not None and not isinstance(sslmode, str):
+        sslmode = getattr(sslmode, "name", str(sslmode)).replace("_", "-")
+    if isinstance(ssl, str) and sslmode is None:
+        sslmode = ssl
+    elif ssl is True and sslmode is None:
+        sslmode = "require"
+    elif ssl is False and sslmode is None:
+        sslmode = "disable"
+    elif ssl is not None and not isinstance(ssl, (str, bool)):
+        p.ssl = ssl
+    p.sslmode = sslmode or "prefer"
+    ct = getattr(cp, "connect_timeout", None)
+    p.connect_timeout = float(ct) if ct else None
+    p.server_settings = dict(getattr(cp, "server_settings", None) or {})
+    p.options = dict(getattr(cp, "options", None) or {}) if isinstance(
+        getattr(cp, "options", None), dict) else {}
+    return p
+
+
+# ---------------------------------------------------------------------------
+# Statements
+# ---------------------------------------------------------------------------
+
+
+class _Statement:
+    """A server-side prepared statement (or the unnamed one) and its codecs."""
+
+    __slots__ = ("name", "query", "param_oids", "fields", "result_formats", "row_decoder",
+                 "mapping", "closed", "last_status")
+
+    def __init__(self, name: str, query: str, param_oids: Sequence[int],
+                 fields: Sequence[FieldDescription], record_cls: Any) -> None:
+        self.name = name
+        self.query = query
+        self.param_oids = tuple(param_oids)
+        self.fields = tuple(fields)
+        self.result_formats = [codecs.result_format_for(f.type_oid) for f in self.fields]
+        dec = codecs.build_row_decoder([(f.type_oid, fmt) for f, fmt in
+                                        zip(self.fields, self.result_formats)])
+        mapping: dict[str, int] = {}
+        for i, f in enumerate(self.fields):
+            mapping.setdefault(f.name, i)
+        self.mapping = mapping
+        if record_cls is None:
+            self.row_decoder: pc.RowDecoder = dec
+        else:
+            def decode(body: bytes, _rec: Any = record_cls, _m: dict[str, int] = mapping,
+                       _d: Any = dec) -> Any:
+                return _rec(_m, _d(body))
+            self.row_decoder = decode
+        self.closed = False
+        self.last_status: str | None = None
+
+
+def _text_row_factory(columns: Sequence[tuple[int, int]]) -> pc.RowDecoder:
+    return codecs.build_row_decoder(columns)
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _status_rowcount(status: str | None) -> int:
+    if not status:
+        return 0
+    parts = status.split()
+    try:
+        return int(parts[-1])
+    except (ValueError, IndexError):
+        return 0
+
+
+# ---------------------------------------------------------------------------
+# Connection
+# ---------------------------------------------------------------------------
+
+
+class Connection:
+    """A connection to PostgreSQL (asyncpg-compatible subset)."""
+
+    def __init__(self, transport: Transport, protocol: pc.ClientProtocol, connector: Connector,
+                 endpoint: Endpoint, *, statement_cache_size: int = 100,
+                 command_timeout: float | None = None, params: _Params | None = None) -> None:
+        self._transport = transport
+        self._protocol = protocol
+        self._connector = connector
+        self._endpoint = endpoint
+        self._params = params
+        self._cache_size = max(0, int(statement_cache_size))
+        self._command_timeout = command_timeout
+        self._stmt_cache: collections.OrderedDict[str, _Statement] = collections.OrderedDict()
+        self._pending_closes: list[str] = []
+        self._stmt_counter = 0
+        self._portal_counter = 0
+        self._savepoint_counter = 0
+        self._record_cls = _record_class()
+        self._listeners: dict[str, list[Callable[..., Any]]] = {}
+        self._log_listeners: list[Callable[..., Any]] = []
+        self._termination_listeners: list[Callable[..., Any]] = []
+        self._busy = False
+        self._closed = False
+        self._send_lock = asyncio.Lock()
+        self._loop = asyncio.get_running_loop()
+        self._reader_task: asyncio.Task[None] | None = None
+        self._top_xact: Any = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self._last_server_error: dict[str, str] | None = None
+        protocol.on_notice = None
+
+    # -- lifecycle -----------------------------------------------------------
+    def _start_reader(self) -> None:
+        self._reader_task = self._loop.create_task(self._read_loop())
+
+    async def _read_loop(self) -> None:
+        proto = self._protocol
+        transport = self._transport
+        error: BaseException | None = None
+        try:
+            while True:
+                data = await transport.recv()
+                if not data:
+                    break
+                proto.receive_data(data)
+                events = proto.next_events()
+                if proto.has_data_to_send:
+                    await self._flush()
+                if events:
+                    self._dispatch(events)
+                if proto.state is pc.ProtocolState.FAILED:
+                    break
+        except asyncio.CancelledError:
+            error = ConnectionAbortedError("reader cancelled")
+        except Exception as e:  # transport failure
+            error = e
+        finally:
+            proto.connection_lost(error)
+            self._dispatch(proto.next_events())
+            self._mark_closed()
+
+    def _mark_closed(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._transport.abort()
+        except Exception:
+            pass
+        for cb in list(self._termination_listeners):
+            self._call_soon(cb, self)
+
+    def _dispatch(self, events: list[pc.Event]) -> None:
+        for ev in events:
+            t = type(ev)
+            if t is pc.RequestDone:
+                assert isinstance(ev, pc.RequestDone)
+                fut = ev.request.tag
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
+            elif t is pc.Notification:
+                assert isinstance(ev, pc.Notification)
+                for cb in list(self._listeners.get(ev.channel, ())):
+                    self._call_soon(cb, self, ev.process_id, ev.channel, ev.payload)
+            elif t is pc.Notice:
+                assert isinstance(ev, pc.Notice)
+                if self._log_listeners:
+                    msg = exc.PostgresLogMessage.new(ev.fields)
+                    for cb in list(self._log_listeners):
+                        self._call_soon(cb, self, msg)
+            elif t is pc.CopyInStarted:
+                # COPY FROM STDIN is not offered by this driver yet.
+                self._protocol.copy_fail("COPY FROM STDIN is not supported by this client")
+                self._spawn(self._flush())
+            elif t is pc.ServerError:
+                assert isinstance(ev, pc.ServerError)
+                self._last_server_error = ev.fields
+
+    def _call_soon(self, cb: Callable[..., Any], *args: Any) -> None:
+        def run() -> None:
+            try:
+                res = cb(*args)
+                if inspect.isawaitable(res):
+                    self._spawn(res)
+            except Exception as e:  # a listener must not break the connection
+                self._loop.call_exception_handler({
+                    "message": "unhandled exception in a connection callback",
+                    "exception": e})
+        self._loop.call_soon(run)
+
+    def _spawn(self, aw: Awaitable[Any]) -> None:
+        async def wrap() -> None:
+            await aw
+        task = self._loop.create_task(wrap())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _flush(self) -> None:
+        async with self._send_lock:
+            data = self._protocol.data_to_send()
+            if data:
+                await self._transport.send(data)
+
+    # -- request plumbing ----------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise exc.InterfaceError("connection is closed")
+
+    def _acquire(self) -> None:
+        self._check_open()
+        if self._busy:
+            raise exc.InterfaceError(_BUSY_MSG)
+        self._busy = True
+
+    def _release(self) -> None:
+        self._busy = False
+
+    def _deadline(self, timeout: float | None) -> float | None:
+        if timeout is None:
+            timeout = self._command_timeout
+        if timeout is None:
+            return None
+        if timeout <= 0:
+            raise ValueError("timeout must be a positive number")
+        return self._loop.time() + timeout
+
+    async def _request(self, req: pc.Request, deadline: float | None,
+                       query: str | None = None) -> pc.Request:
+        """Submit ``req``, wait for it (cancelling on the server at the deadline)."""
+        self._check_open()
+        fut: asyncio.Future[None] = self._loop.create_future()
+        req.tag = fut
+        try:
+            self._protocol.submit(req)
+            await self._flush()
+        except pc.ConnectionLost as e:
+            raise exc.ConnectionDoesNotExistError(
+                "connection was closed in the middle of operation") from e
+        except (OSError, TransportError) as e:
+            self._protocol.connection_lost(e)
+            self._dispatch(self._protocol.next_events())
+            self._mark_closed()
+            raise exc.ConnectionDoesNotExistError(
+                "connection was closed in the middle of operation") from e
+        if not fut.done():
+            if deadline is None:
+                try:
+                    await asyncio.shield(fut)
+                except asyncio.CancelledError:
+                    self._cancel_in_background(fut)
+                    raise
+            else:
+                remaining = deadline - self._loop.time()
+                try:
+                    if remaining <= 0:
+                        raise asyncio.TimeoutError()
+                    await asyncio.wait_for(asyncio.shield(fut), remaining)
+                except asyncio.TimeoutError:
+                    await self._cancel_and_wait(fut)
+                    raise asyncio.TimeoutError() from None
+                except asyncio.CancelledError:
+                    self._cancel_in_background(fut)
+                    raise
+        self._raise_for(req, query)
+        return req
+
+    def _raise_for(self, req: pc.Request, query: str | None) -> None:
+        if req.error is not None:
+            raise exc.PostgresError.new(req.error, query)
+        if req.exception is not None:
+            e = req.exception
+            if isinstance(e, pc.ConnectionLost):
+                raise exc.ConnectionDoesNotExistError(
+                    "connection was closed in the middle of operation") from e
+            if isinstance(e, (FramingError, pc.ClientProtocolError)):
+                raise exc.InterfaceError(f"protocol error: {e}") from e
+            raise exc.InterfaceError(str(e)) from e
+
+    async def _send_cancel(self) -> None:
+        pid = self._protocol.backend_pid
+        key = self._protocol.backend_secret
+        if pid is None or key is None:
+            raise exc.InterfaceError("cannot cancel: no BackendKeyData received")
+        await self._connector.cancel(self._endpoint, pid, key)
+
+    async def _cancel_and_wait(self, fut: asyncio.Future[None]) -> None:
+        """Cancel the running query on the server and wait for its request to end."""
+        try:
+            await asyncio.wait_for(self._send_cancel(), 30)
+            await asyncio.wait_for(asyncio.shield(fut), 30)
+        except BaseException:
+            self.terminate()
+            raise
+
+    def _cancel_in_background(self, fut: asyncio.Future[None]) -> None:
+        """The awaiting task was cancelled: cancel on the server, keep the
+        connection busy until the request has ended."""
+        self._busy = True
+
+        async def run() -> None:
+            try:
+                await self._cancel_and_wait(fut)
+            except BaseException:
+                pass
+            finally:
+                self._busy = False
+
+        self._spawn(run())
+
+    # -- statements ------------------------------------------------------------
+    def _next_stmt_name(self) -> str:
+        self._stmt_counter += 1
+        return f"__wp_stmt_{self._stmt_counter}__"
+
+    def _queue_closes(self, req: pc.ExtendedQuery) -> None:
+        if self._pending_closes:
+            for name in self._pending_closes:
+                req.close_statement(name)
+            self._pending_closes.clear()
+
+    async def _prepare_statement(self, query: str, deadline: float | None, *,
+                                 named: bool = False, use_cache: bool = True) -> _Statement:
+        cacheable = use_cache and not named and self._cache_size > 0
+        if cacheable:
+            st = self._stmt_cache.get(query)
+            if st is not None:
+                self._stmt_cache.move_to_end(query)
+                return st
+        name = self._next_stmt_name() if (named or cacheable) else ""
+        req = pc.ExtendedQuery()
+        self._queue_closes(req)
+        req.parse(name, query).describe_statement(name)
+        await self._request(req, deadline, query)
+        st = _Statement(name, query, req.param_oids or (), req.fields or (), self._record_cls)
+        if cacheable:
+            self._stmt_cache[query] = st
+            while len(self._stmt_cache) > self._cache_size:
+                _, old = self._stmt_cache.popitem(last=False)
+                old.closed = True
+                self._pending_closes.append(old.name)
+        return st
+
+    def _invalidate(self, st: _Statement) -> None:
+        cached = self._stmt_cache.get(st.query)
+        if cached is st:
+            del self._stmt_cache[st.query]
+            self._pending_closes.append(st.name)
+            st.closed = True
+
+    def _encode(self, st: _Statement, args: Sequence[Any]) -> tuple[list[int], list[bytes | None]]:
+        try:
+            return codecs.encode_params(st.param_oids, args)
+        except codecs.EncodeError as e:
+            if e.position is None:
+                raise exc.InterfaceError(str(e)) from None
+            raise exc.DataError(str(e)) from None
+
+    def _add_bind_execute(self, req: pc.ExtendedQuery, st: _Statement, args: Sequence[Any], *,
+                          portal: str = "", max_rows: int = 0) -> pc.QueryResult:
+        formats, values = self._encode(st, args)
+        req.bind(portal, st.name, formats, values, st.result_formats)
+        return req.execute(portal, max_rows, st.row_decoder)
+
+    @staticmethod
+    def _is_stale_statement_error(e: exc.PostgresError) -> bool:
+        code = getattr(e, "sqlstate", None)
+        if code == "26000":  # invalid_sql_statement_name: the server lost it
+            return True
+        if code == "0A000" and "cached plan must not change result type" in str(e):
+            return True
+        return False
+
+    async def _bind_execute(self, query: str, args: Sequence[Any], deadline: float | None, *,
+                            st: _Statement | None = None, limit: int = 0
+                            ) -> tuple[_Statement, pc.QueryResult]:
+        retry = st is None
+        while True:
+            stmt = st if st is not None else await self._prepare_statement(query, deadline)
+            req = pc.ExtendedQuery()
+            self._queue_closes(req)
+            if stmt.name == "":
+                req.parse("", stmt.query, stmt.param_oids)
+            result = self._add_bind_execute(req, stmt, args, max_rows=limit)
+            try:
+                await self._request(req, deadline, query)
+            except exc.PostgresError as e:
+                if self._is_stale_statement_error(e):
+                    self._invalidate(stmt)
+                    if retry and self._protocol.transaction_status == "I":
+                        retry = False
+                        continue
+                    if "cached plan" in str(e):
+                        raise exc.InvalidCachedStatementError(str(e)) from e
+                raise
+            stmt.last_status = result.status
+            return stmt, result
+
+    # -- public API: queries ---------------------------------------------------
+    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
+        """Run ``query``; return the command tag of the (last) statement."""
+        self._acquire()
+        try:
+            deadline = self._deadline(timeout)
+            if not args:
+                req = pc.SimpleQuery(query)
+                await self._request(req, deadline, query)
+                return req.status or ""
+            _, result = await self._bind_execute(query, args, deadline)
+            return result.status or ""
+        finally:
+            self._release()
+
+    async def executemany(self, command: str, args: Iterable[Sequence[Any]], *,
+                          timeout: float | None = None) -> None:
+        """Run ``command`` for every argument tuple: one pipelined batch, one Sync."""
+        self._acquire()
+        try:
+            deadline = self._deadline(timeout)
+            await self._executemany(command, args, deadline)
+        finally:
+            self._release()
+
+    async def _executemany(self, command: str, args: Iterable[Sequence[Any]],
+                           deadline: float | None, st: _Statement | None = None) -> None:
+        stmt = st if st is not None else await self._prepare_statement(command, deadline)
+        req = pc.ExtendedQuery()
+        self._queue_closes(req)
+        if stmt.name == "":
+            req.parse("", stmt.query, stmt.param_oids)
+        n = 0
+        for a in args:
+            self._add_bind_execute(req, stmt, a)
+            n += 1
+        if n == 0:
+            return
+        try:
+            await self._request(req, deadline, command)
+        except exc.PostgresError as e:
+            if self._is_stale_statement_error(e):
+                self._invalidate(stmt)
+            raise
+        if req.results:
+            stmt.last_status = req.results[-1].status
+
+    async def fetch(self, query: str, *args: Any, timeout: float | None = None,
+                    record_class: Any = None) -> list[Any]:
+        self._acquire()
+        try:
+            _, result = await self._bind_execute(query, args, self._deadline(timeout))
+            return result.rows
+        finally:
+            self._release()
+
+    async def fetchrow(self, query: str, *args: Any, timeout: float | None = None,
+                       record_class: Any = None) -> Any:
+        self._acquire()
+        try:
+            _, result = await self._bind_execute(query, args, self._deadline(timeout), limit=0)
+            return result.rows[0] if result.rows else None
+        finally:
+            self._release()
+
+    async def fetchval(self, query: str, *args: Any, column: int = 0,
+                       timeout: float | None = None) -> Any:
+        self._acquire()
+        try:
+            _, result = await self._bind_execute(query, args, self._deadline(timeout))
+            if not result.rows:
+                return None
+            return result.rows[0][column]
+        finally:
+            self._release()
+
+    async def prepare(self, query: str, *, name: str | None = None, timeout: float | None = None,
+                      record_class: Any = None) -> Any:
+        from .prepared import PreparedStatement
+
+        self._acquire()
+        try:
+            st = await self._prepare_statement(query, self._deadline(timeout), named=True)
+        finally:
+            self._release()
+        return PreparedStatement(self, st)
+
+    def cursor(self, query: str, *args: Any, prefetch: int | None = None,
+               timeout: float | None = None, record_class: Any = None) -> Any:
+        from .cursor import CursorFactory
+
+        self._check_open()
+        return CursorFactory(self, query, None, args, prefetch, timeout)
+
+    def transaction(self, *, isolation: str | None = None, readonly: bool = False,
+                    deferrable: bool = False) -> Any:
+        from .transaction import Transaction
+
+        self._check_open()
+        return Transaction(self, isolation, readonly, deferrable)
+
+    # -- LISTEN / NOTIFY, notices ----------------------------------------------
+    async def add_listener(self, channel: str, callback: Callable[..., Any]) -> None:
+        self._check_open()
+        cbs = self._listeners.get(channel)
+        if cbs is None:
+            await self.execute(f"LISTEN {_quote_ident(channel)}")
+            cbs = self._listeners.setdefault(channel, [])
+        cbs.append(callback)
+
+    async def remove_listener(self, channel: str, callback: Callable[..., Any]) -> None:
+        if self.is_closed():
+            return
+        cbs = self._listeners.get(channel)
+        if not cbs:
+            return
+        try:
+            cbs.remove(callback)
+        except ValueError:
+            return
+        if not cbs:
+            del self._listeners[channel]
+            await self.execute(f"UNLISTEN {_quote_ident(channel)}")
+
+    def add_log_listener(self, callback: Callable[..., Any]) -> None:
+        self._log_listeners.append(callback)
+
+    def remove_log_listener(self, callback: Callable[..., Any]) -> None:
+        try:
+            self._log_listeners.remove(callback)
+        except ValueError:
+            pass
+
+    def add_termination_listener(self, callback: Callable[..., Any]) -> None:
+        self._termination_listeners.append(callback)
+
+    def remove_termination_listener(self, callback: Callable[..., Any]) -> None:
+        try:
+            self._termination_listeners.remove(callback)
+        except ValueError:
+            pass
+
+    # -- state -------------------------------------------------------------------
+    def is_closed(self) -> bool:
+        return self._closed
+
+    def is_in_transaction(self) -> bool:
+        return self._protocol.transaction_status != "I"
+
+    def get_server_pid(self) -> int:
+        return self._protocol.backend_pid or 0
+
+    def get_server_version(self) -> ServerVersion:
+        return _parse_server_version(self._protocol.parameters.get("server_version", ""))
+
+    def get_settings(self) -> ConnectionSettings:
+        return ConnectionSettings(self._protocol.parameters)
+
+    @property
+    def transport(self) -> Transport:
+        return self._transport
+
+    @property
+    def protocol(self) -> pc.ClientProtocol:
+        return self._protocol
+
+    async def reset(self, *, timeout: float | None = None) -> None:
+        """Return the session to a clean state (as a pool does on release)."""
+        self._check_open()
+        parts = []
+        if self.is_in_transaction():
+            parts.append("ROLLBACK;")
+        self._top_xact = None
+        parts.append("SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;")
+        self._listeners.clear()
+        await self.execute("".join(parts), timeout=timeout)
+
+    async def close(self, *, timeout: float | None = None) -> None:
+        """Close gracefully: send Terminate and close the transport."""
+        if self._closed:
+            return
+        try:
+            self._protocol.terminate()
+            self._dispatch(self._protocol.next_events())
+            await asyncio.wait_for(self._flush(), timeout)
+        except Exception:
+            pass
+        self._closed = True
+        try:
+            self._transport.close()
+            await asyncio.wait_for(self._transport.wait_closed(), timeout or 5)
+        except Exception:
+            self._transport.abort()
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            try:
+                await self._reader_task
+            except BaseException:
+                pass
+        for cb in list(self._termination_listeners):
+            self._call_soon(cb, self)
+
+    def terminate(self) -> None:
+        """Close the connection immediately."""
+        if not self._closed:
+            self._protocol.connection_lost(ConnectionAbortedError("terminated"))
+            self._dispatch(self._protocol.next_events())
+        self._mark_closed()
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<driver.Connection {state} pid={self._protocol.backend_pid}>"
+
+
+# ---------------------------------------------------------------------------
+# connect()
+# ---------------------------------------------------------------------------
+
+
+async def connect(dsn: str | None = None, *, host: str | None = None, port: int | None = None,
+                  user: str | None = None, password: str | None = None,
+                  database: str | None = None, ssl: Any = None, timeout: float = 60,
+                  command_timeout: float | None = None, statement_cache_size: int = 100,
+                  server_settings: dict[str, str] | None = None,
+                  pipeline_password: bool = False, connection_class: type[Connection] = Connection,
+                  **extra: Any) -> Connection:
+    """Open a connection (asyncpg-compatible signature).
+
+    ``pipeline_password=True``: send the cleartext password together with the
+    StartupMessage (only for servers known to ask for a cleartext password,
+    e.g. a wirepool gateway with ``auth_type = "password"``).
+    """
+    kw: dict[str, Any] = {"host": host, "port": port, "user": user, "password": password,
+                          "database": database, "ssl": ssl, "server_settings": server_settings}
+    for k in ("passfile", "direct_tls", "target_session_attrs", "krbsrvname", "gsslib"):
+        if k in extra and extra[k] is not None:
+            kw[k] = extra[k]
+    try:
+        params = _parse_params(dsn, **{k: v for k, v in kw.items() if v is not None})
+    except exc.InterfaceError:
+        raise
+    except ValueError as e:
+        raise exc.ClientConfigurationError(str(e)) from e
+    try:
+        connector = get_connector(params.scheme)
+    except ValueError as e:
+        raise exc.ClientConfigurationError(str(e)) from e
+    if params.connect_timeout and (timeout is None or params.connect_timeout < timeout):
+        timeout = params.connect_timeout
+    endpoint = Endpoint(scheme=params.scheme, host=params.host, port=params.port,
+                        sslmode=params.sslmode, ssl_context=params.ssl,
+                        connect_timeout=timeout, options=params.options)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout if timeout else None
+
+    def remaining() -> float | None:
+        return None if deadline is None else max(0.0, deadline - loop.time())
+
+    transport = await asyncio.wait_for(connector.connect(endpoint), remaining())
+    protocol = pc.ClientProtocol(params.user, params.database, password=params.password,
+                                 server_settings=params.server_settings,
+                                 row_decoder_factory=_text_row_factory)
+    conn = connection_class(transport, protocol, connector, endpoint,
+                            statement_cache_size=statement_cache_size,
+                            command_timeout=command_timeout, params=params)
+    startup = protocol.start(pipeline_password=pipeline_password and params.password is not None)
+    fut: asyncio.Future[None] = loop.create_future()
+    startup.tag = fut
+    conn._start_reader()
+    try:
+        await conn._flush()
+        await asyncio.wait_for(asyncio.shield(fut), remaining())
+    except BaseException:
+        conn.terminate()
+        raise
+    if startup.error is not None or startup.exception is not None:
+        conn.terminate()
+        if startup.error is not None:
+            raise exc.PostgresError.new(startup.error)
+        failure = startup.exception
+        if isinstance(failure, AuthenticationError):
+            if failure.sqlstate == "28P01":
+                raise exc.InvalidPasswordError(str(failure)) from failure
+            raise exc.InterfaceError(f"authentication failed: {failure}") from failure
+        if isinstance(failure, pc.UnsupportedAuthentication):
+            raise exc.InterfaceError(str(failure)) from failure
+        if isinstance(failure, pc.ConnectionLost):
+            if conn._last_server_error is not None:
+                raise exc.PostgresError.new(conn._last_server_error)
+            raise exc.ConnectionDoesNotExistError(
+                "connection was closed in the middle of operation") from failure
+        raise exc.InterfaceError(str(failure)) from failure
+    return conn

@@ -1,0 +1,106 @@
+"""Prepared statements (``Connection.prepare``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Sequence
+
+from . import codecs
+
+if TYPE_CHECKING:
+    from .connection import Connection, _Statement
+
+__all__ = ["PreparedStatement", "Type", "Attribute"]
+
+
+class Type(NamedTuple):
+    oid: int
+    name: str
+    kind: str
+    schema: str
+
+
+class Attribute(NamedTuple):
+    name: str
+    type: Type
+
+
+def _type_of(oid: int) -> Type:
+    info = codecs.DEFAULT_REGISTRY.get(oid)
+    if info is None:
+        return Type(oid, "", "scalar", "")
+    name = info.name
+    kind = "array" if info.element_oid else "scalar"
+    if kind == "array" and name.endswith("[]"):
+        elem = codecs.DEFAULT_REGISTRY.get(info.element_oid)
+        name = "_" + (elem.name if elem is not None else name[:-2])
+    return Type(oid, name, kind, "pg_catalog")
+
+
+class PreparedStatement:
+    """A named server-side prepared statement bound to its connection."""
+
+    __slots__ = ("_conn", "_st", "_last_status")
+
+    def __init__(self, connection: Connection, state: _Statement) -> None:
+        self._conn = connection
+        self._st = state
+        self._last_status: str | None = None
+
+    def get_name(self) -> str:
+        return self._st.name
+
+    def get_query(self) -> str:
+        return self._st.query
+
+    def get_statusmsg(self) -> str | None:
+        """The command tag of the last execution."""
+        return self._last_status
+
+    def get_parameters(self) -> tuple[Type, ...]:
+        return tuple(_type_of(oid) for oid in self._st.param_oids)
+
+    def get_attributes(self) -> tuple[Attribute, ...]:
+        return tuple(Attribute(f.name, _type_of(f.type_oid)) for f in self._st.fields)
+
+    async def _run(self, args: Sequence[Any], timeout: float | None) -> Any:
+        conn = self._conn
+        conn._acquire()
+        try:
+            _, result = await conn._bind_execute(self._st.query, args, conn._deadline(timeout),
+                                                 st=self._st)
+            self._last_status = result.status
+            return result
+        finally:
+            conn._release()
+
+    async def fetch(self, *args: Any, timeout: float | None = None) -> list[Any]:
+        result = await self._run(args, timeout)
+        rows: list[Any] = result.rows
+        return rows
+
+    async def fetchrow(self, *args: Any, timeout: float | None = None) -> Any:
+        result = await self._run(args, timeout)
+        return result.rows[0] if result.rows else None
+
+    async def fetchval(self, *args: Any, column: int = 0, timeout: float | None = None) -> Any:
+        result = await self._run(args, timeout)
+        return result.rows[0][column] if result.rows else None
+
+    async def executemany(self, args: Iterable[Sequence[Any]], *,
+                          timeout: float | None = None) -> None:
+        conn = self._conn
+        conn._acquire()
+        try:
+            await conn._executemany(self._st.query, args, conn._deadline(timeout), st=self._st)
+            self._last_status = self._st.last_status
+        finally:
+            conn._release()
+
+    def cursor(self, *args: Any, prefetch: int | None = None,
+               timeout: float | None = None) -> Any:
+        from .cursor import CursorFactory
+
+        return CursorFactory(self._conn, self._st.query, self._st, args, prefetch, timeout)
+
+    def __repr__(self) -> str:
+        return f"<PreparedStatement {self._st.name} {self._st.query!r}>"
