@@ -1,0 +1,4 @@
+"""Wirepool benchmarks: ``python -m bench [driver|burst|steady|latency|hold|micro] [--quick] [--out DIR]``.
+
+See bench/README.md.
+"""

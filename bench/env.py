@@ -1,0 +1,428 @@
+"""The processes a benchmark run starts and stops itself.
+
+- :class:`BenchCluster`: a private PostgreSQL (``max_connections = 100``) with a
+  ``bench`` role (SCRAM), a ``bench`` database, an indexed ``items`` table and
+  (on demand) pgbench tables at scale 10.
+- :class:`PgBouncer`: ``/usr/sbin/pgbouncer`` with an ini + userlist written to
+  a temp dir, transaction mode, the same pool size as the gateway, run as the
+  ``postgres`` system user (PgBouncer refuses to run as root).
+- :class:`Gateway`: ``wirepool serve --config`` in its own process (never in
+  the load generator's process).
+
+Everything listens on 127.0.0.1 only and is removed at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.pgcluster import PgCluster, free_port  # noqa: E402
+
+PGBOUNCER_BIN = os.environ.get("PGBOUNCER", "/usr/sbin/pgbouncer")
+PGBOUNCER_HINT = "install it with: apt-get install pgbouncer (Debian/Ubuntu package `pgbouncer`)"
+
+BENCH_USER = "bench"
+BENCH_PASSWORD = "bench_pw"
+BENCH_DB = "bench"
+ITEMS = 10_000
+#: the indexed SELECT every session runs
+QUERY = "SELECT val FROM items WHERE id = $1"
+POOL_SIZE = 20
+
+
+def wait_port(host: str, port: int, timeout: float = 30.0, proc: subprocess.Popen[Any] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                return
+        except OSError:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nothing listens on {host}:{port} after {timeout}s")
+            time.sleep(0.05)
+
+
+class BenchCluster:
+    """A private PgCluster prepared for the benchmarks."""
+
+    def __init__(self, max_connections: int = 100) -> None:
+        self.pg = PgCluster({"max_connections": max_connections,
+                             "superuser_reserved_connections": 3})
+        self.host = self.pg.host
+        self.port = self.pg.port
+        self.pg.psql(f"CREATE ROLE {BENCH_USER} LOGIN PASSWORD '{BENCH_PASSWORD}';", db="postgres")
+        self.pg.psql(f"CREATE DATABASE {BENCH_DB} OWNER {BENCH_USER};", db="postgres")
+        self.pg.psql(
+            "CREATE TABLE items (id int PRIMARY KEY, val text NOT NULL);\n"
+            f"INSERT INTO items SELECT i, 'item-' || i FROM generate_series(1, {ITEMS}) i;\n"
+            "ANALYZE items;", user=BENCH_USER, db=BENCH_DB)
+        self._pgbench_ready = False
+
+    def conn_kwargs(self) -> dict[str, Any]:
+        return {"host": self.host, "port": self.port, "user": BENCH_USER,
+                "password": BENCH_PASSWORD, "database": BENCH_DB}
+
+    def admin_kwargs(self) -> dict[str, Any]:
+        return {"host": self.host, "port": self.port, "user": PgCluster.SUPERUSER,
+                "password": PgCluster.SUPERUSER_PASSWORD, "database": "postgres"}
+
+    def pgbench_init(self, scale: int = 10) -> None:
+        if self._pgbench_ready:
+            return
+        env = dict(os.environ, PGPASSWORD=BENCH_PASSWORD)
+        r = subprocess.run(["pgbench", "-i", "-q", "-s", str(scale), "-h", self.host, "-p", str(self.port),
+                            "-U", BENCH_USER, BENCH_DB], env=env, capture_output=True, text=True, timeout=600)
+        if r.returncode != 0:
+            raise RuntimeError(f"pgbench -i failed: {r.stderr}")
+        self._pgbench_ready = True
+
+    def bench_backends(self) -> int:
+        out = self.pg.psql(f"SELECT count(*) FROM pg_stat_activity WHERE usename = '{BENCH_USER}' "
+                           "AND backend_type = 'client backend'", db="postgres")
+        return int(out)
+
+    def wait_backends_gone(self, timeout: float = 15.0) -> None:
+        """Wait until no ``bench`` backend is left (closed sessions disappear asynchronously)."""
+        deadline = time.monotonic() + timeout
+        while self.bench_backends() > 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        self.pg.cleanup()
+
+
+class _Service:
+    """A child process we started, with psutil accounting."""
+
+    proc: subprocess.Popen[Any] | None = None
+    name = "service"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        p = self.proc
+        if p is None:
+            return
+        self.proc = None
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+
+    def __enter__(self) -> "_Service":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class PgBouncer(_Service):
+    name = "pgbouncer"
+
+    def __init__(self, cluster: BenchCluster, pool_size: int = POOL_SIZE, max_client_conn: int = 12000) -> None:
+        self.cluster = cluster
+        self.pool_size = pool_size
+        self.max_client_conn = max_client_conn
+        self.host = "127.0.0.1"
+        self.port = 0
+        self.dir: Path | None = None
+
+    @staticmethod
+    def available() -> bool:
+        return os.access(PGBOUNCER_BIN, os.X_OK)
+
+    def start(self) -> None:
+        if not self.available():
+            raise RuntimeError(f"{PGBOUNCER_BIN} not found; {PGBOUNCER_HINT}")
+        self.dir = Path(tempfile.mkdtemp(prefix="wirepool-bench-pgbouncer-"))
+        self.port = free_port()
+        ini = self.dir / "pgbouncer.ini"
+        users = self.dir / "userlist.txt"
+        c = self.cluster
+        users.write_text(f'"{BENCH_USER}" "{BENCH_PASSWORD}"\n')
+        ini.write_text(f"""[databases]
+{BENCH_DB} = host={c.host} port={c.port} dbname={BENCH_DB}
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {self.port}
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = {users}
+pool_mode = transaction
+default_pool_size = {self.pool_size}
+min_pool_size = 0
+reserve_pool_size = 0
+max_client_conn = {self.max_client_conn}
+max_db_connections = 0
+server_login_retry = 1
+ignore_startup_parameters = extra_float_digits,options
+listen_backlog = 4096
+logfile = {self.dir / 'pgbouncer.log'}
+log_connections = 0
+log_disconnections = 0
+log_pooler_errors = 1
+pidfile = {self.dir / 'pgbouncer.pid'}
+""")
+        kw: dict[str, Any] = {}
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam("postgres")
+            shutil.chown(self.dir, user="postgres")
+            for f in (ini, users):
+                shutil.chown(f, user="postgres")
+                os.chmod(f, 0o600)
+            kw = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+        self.proc = subprocess.Popen([PGBOUNCER_BIN, str(ini)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, **kw)
+        try:
+            wait_port(self.host, self.port, proc=self.proc)
+        except RuntimeError:
+            err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+            self.stop()
+            raise RuntimeError(f"pgbouncer did not start: {err}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        super().stop(timeout)
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
+
+    def conn_kwargs(self) -> dict[str, Any]:
+        return {"host": self.host, "port": self.port, "user": BENCH_USER,
+                "password": BENCH_PASSWORD, "database": BENCH_DB}
+
+
+def gateway_available() -> tuple[bool, str]:
+    """Can a gateway be started from this checkout? (``gateway.cli`` exists)"""
+    import importlib.util
+    if importlib.util.find_spec("gateway.cli") is None:
+        return False, "gateway.cli not in this checkout yet"
+    return True, ""
+
+
+def gateway_command(config_path: str) -> list[str]:
+    exe = shutil.which("wirepool")
+    if exe:
+        return [exe, "serve", "--config", config_path]
+    return [sys.executable, "-c", "import sys; from gateway.cli import main; sys.exit(main())",
+            "serve", "--config", config_path]
+
+
+class Gateway(_Service):
+    """``wirepool serve --config`` in a child process."""
+
+    name = "gateway"
+
+    def __init__(self, cluster: BenchCluster, *, auth_type: str = "scram-sha-256",
+                 pool_size: int = POOL_SIZE, max_client_conn: int = 12000,
+                 extra: dict[str, Any] | None = None) -> None:
+        self.cluster = cluster
+        self.auth_type = auth_type
+        self.pool_size = pool_size
+        self.max_client_conn = max_client_conn
+        self.extra = extra or {}
+        self.host = "127.0.0.1"
+        self.port = 0       # HTTP + WebSocket
+        self.pg_port = 0    # pg_listen
+        self.dir: Path | None = None
+        self.log: Path | None = None
+
+    def config_text(self) -> str:
+        c = self.cluster
+        extra = "".join(f"{k} = {_toml(v)}\n" for k, v in self.extra.items())
+        return f"""[gateway]
+listen = "127.0.0.1:{self.port}"
+pg_listen = "127.0.0.1:{self.pg_port}"
+auth_type = "{self.auth_type}"
+max_client_conn = {self.max_client_conn}
+pool_mode = "transaction"
+default_pool_size = {self.pool_size}
+log_level = "warning"
+{extra}
+[databases.{BENCH_DB}]
+host = "{c.host}"
+port = {c.port}
+dbname = "{BENCH_DB}"
+user = "{BENCH_USER}"
+password = "{BENCH_PASSWORD}"
+
+[users.{BENCH_USER}]
+password = "{BENCH_PASSWORD}"
+"""
+
+    def start(self) -> None:
+        ok, why = gateway_available()
+        if not ok:
+            raise RuntimeError(why)
+        self.dir = Path(tempfile.mkdtemp(prefix="wirepool-bench-gateway-"))
+        self.port = free_port()
+        self.pg_port = free_port()
+        cfg = self.dir / "gateway.toml"
+        cfg.write_text(self.config_text())
+        self.log = self.dir / "gateway.log"
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+        with open(self.log, "wb") as logf:
+            self.proc = subprocess.Popen(gateway_command(str(cfg)), stdout=logf, stderr=subprocess.STDOUT,
+                                         env=env, cwd=str(REPO))
+        try:
+            wait_port(self.host, self.pg_port, proc=self.proc)
+            wait_port(self.host, self.port, proc=self.proc)
+        except RuntimeError as e:
+            self.stop()
+            raise RuntimeError(f"gateway did not start ({e}): {self.log_tail()}")
+
+    def log_tail(self, n: int = 20) -> str:
+        try:
+            return "\n".join((self.log or Path("/nonexistent")).read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 10.0) -> None:
+        super().stop(timeout)
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
+
+    def tcp_kwargs(self) -> dict[str, Any]:
+        return {"host": self.host, "port": self.pg_port, "user": BENCH_USER,
+                "password": BENCH_PASSWORD, "database": BENCH_DB}
+
+    def ws_url(self, port: int | None = None) -> str:
+        return f"ws://{BENCH_USER}:{BENCH_PASSWORD}@127.0.0.1:{port or self.port}/{BENCH_DB}"
+
+
+def _toml(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class ProcWatch:
+    """Peak RSS and CPU seconds of a process (and its children) over a window."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self.peak_rss = 0
+        self.cpu0 = 0.0
+        self._procs: list[psutil.Process] = []
+        if pid is not None:
+            try:
+                p = psutil.Process(pid)
+                self._procs = [p] + p.children(recursive=True)
+            except psutil.NoSuchProcess:
+                self._procs = []
+        self.cpu0 = self._cpu()
+        self.sample()
+
+    def _cpu(self) -> float:
+        total = 0.0
+        for p in self._procs:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def rss(self) -> int:
+        total = 0
+        for p in self._procs:
+            try:
+                total += p.memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def sample(self) -> int:
+        r = self.rss()
+        if r > self.peak_rss:
+            self.peak_rss = r
+        return r
+
+    def cpu_seconds(self) -> float:
+        return self._cpu() - self.cpu0
+
+
+class BackendSampler:
+    """Samples ``pg_stat_activity`` from a separate superuser connection (a
+    reserved slot, so it never competes with the load) and the pooler's RSS,
+    in a thread of the orchestrating process (which generates no load)."""
+
+    def __init__(self, cluster: BenchCluster, watch: ProcWatch | None, interval: float = 0.01) -> None:
+        self.cluster = cluster
+        self.watch = watch
+        self.interval = interval
+        self.peak = 0
+        self.samples = 0
+        self._stop = False
+        self._thread: Any = None
+        self._error: BaseException | None = None
+
+    def __enter__(self) -> "BackendSampler":
+        import threading
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
+        self._thread.start()
+        ready.wait(30)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop = True
+        if self._thread is not None:
+            self._thread.join(30)
+
+    def _run(self, ready: Any) -> None:
+        try:
+            asyncio.run(self._loop(ready))
+        except BaseException as e:  # noqa: BLE001 - reported by the caller
+            self._error = e
+            ready.set()
+
+    async def _loop(self, ready: Any) -> None:
+        import asyncpg
+        conn = await asyncpg.connect(**self.cluster.admin_kwargs())
+        try:
+            stmt = await conn.prepare(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND backend_type = 'client backend'")
+            ready.set()
+            while not self._stop:
+                n = await stmt.fetchval(BENCH_USER)
+                self.samples += 1
+                if n > self.peak:
+                    self.peak = n
+                if self.watch is not None:
+                    self.watch.sample()
+                await asyncio.sleep(self.interval)
+        finally:
+            await conn.close()
