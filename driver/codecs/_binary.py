@@ -162,6 +162,10 @@ _DEC_PINF = Decimal("Infinity")
 _DEC_NINF = Decimal("-Infinity")
 
 
+_digit_structs = [struct.Struct(f"!{i}H").unpack_from for i in range(64)]
+_digit_fmts = ["%04d" * i for i in range(64)]
+
+
 def decode_numeric(b: Any) -> Decimal:
     ndigits, weight, sign, dscale = _numeric_head.unpack_from(b)
     if sign >= _NUMERIC_NAN:
@@ -174,8 +178,10 @@ def decode_numeric(b: Any) -> Decimal:
         raise ValueError(f"invalid numeric sign 0x{sign:04x}")
     if ndigits == 0:
         return Decimal((0, (0,), -dscale))
-    digits = struct.unpack_from(f"!{ndigits}H", b, 8)
-    coeff = ("%04d" * ndigits) % digits
+    if ndigits < 64:
+        coeff = _digit_fmts[ndigits] % _digit_structs[ndigits](b, 8)
+    else:
+        coeff = ("%04d" * ndigits) % struct.unpack_from(f"!{ndigits}H", b, 8)
     # value = int(coeff) * 10 ** exp10
     exp10 = 4 * (weight - ndigits + 1)
     if dscale:
@@ -185,7 +191,9 @@ def decode_numeric(b: Any) -> Decimal:
         elif adj < 0:
             coeff = coeff[:adj] or "0"
         exp10 = -dscale
-    return Decimal(f"{'-' if sign == _NUMERIC_NEG else ''}{coeff}E{exp10}")
+    if sign:
+        return Decimal(f"-{coeff}E{exp10}")
+    return Decimal(f"{coeff}E{exp10}")
 
 
 def encode_numeric(v: Any) -> bytes:

@@ -352,3 +352,11 @@ def test_encode_params_nulls_unknown_and_count() -> None:
     # unknown OIDs decode to str, and results are requested in text
     assert codecs.result_format_for(99999) == 0
     assert codecs.decoder_for(99999, 0)(b"\xc3\xa9") == "\u00e9"
+
+
+async def test_interval_overflow_raises_instead_of_wrapping(apg: asyncpg.Connection) -> None:
+    # Known, deliberate difference: asyncpg computes years*365 in int32 and silently
+    # wraps (178000000 years -> 545490560 days); we raise OverflowError instead.
+    raw = await apg.fetchval("SELECT interval_send('178000000 years'::interval)")
+    with pytest.raises(OverflowError):
+        codecs.decoder_for(oids.INTERVAL, 1)(raw)
