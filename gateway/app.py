@@ -1,0 +1,282 @@
+"""Wiring: config -> Gateway + listeners (+ signals, graceful shutdown).
+
+In-process use (tests, embedding)::
+
+    async with GatewayApp(config) as app:      # ports 0 in the config -> ephemeral
+        app.ws_url      # "ws://127.0.0.1:<port>/v2"
+        app.http_port, app.pg_port, app.pg_dsn("alice", "secret", "app")
+
+Command line use: :func:`run_forever` (``wirepool serve``) runs :func:`run`
+under uvloop when available.  SIGINT/SIGTERM: stop accepting, let running
+transactions finish for up to ``shutdown_timeout`` (``Gateway.shutdown``), then
+close everything.  A second signal aborts the wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import signal
+from typing import Any, Awaitable, Callable, Mapping
+from urllib.parse import quote
+
+from gateway.config import Config
+from gateway.http import HttpListener, HttpRequest, HttpResponse
+from gateway.metrics import CONTENT_TYPE, make_registry, render
+from gateway.tcp import TcpListener, make_server_ssl_context
+
+log = logging.getLogger("wirepool")
+
+WS_PATH = "/v2"
+WS_SLACK = 1 << 20  # a WebSocket message may hold several Postgres messages
+
+
+def _client_host(host: str) -> str:
+    if host in ("0.0.0.0", "", "*"):
+        return "127.0.0.1"
+    if host == "::":
+        return "::1"
+    return host
+
+
+def _url_host(host: str) -> str:
+    h = _client_host(host)
+    return f"[{h}]" if ":" in h else h
+
+
+class GatewayApp:
+    """A Gateway plus its listeners, startable in-process.
+
+    ``gateway``: an object with the ``gateway.core.Gateway`` interface; by
+    default ``Gateway(config)`` is created.
+    """
+
+    def __init__(self, config: Config, *, gateway: Any = None) -> None:
+        self.config = config
+        self.gateway: Any = gateway
+        self.http: HttpListener | None = None
+        self.tcp: TcpListener | None = None
+        self._shutting_down = False
+        self._stopped = False
+        self._registry: Any = None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        cfg = self.config
+        g = cfg.gateway
+        if self.gateway is None:
+            from gateway.core import Gateway  # written by the gateway-pool engineer
+            self.gateway = Gateway(cfg)
+        await self.gateway.start()
+        try:
+            self.http = HttpListener(g.listen[0], g.listen[1],
+                                     ws_max_message_size=g.max_message_size + WS_SLACK)
+            self.http.add_websocket(WS_PATH, self.gateway.handle_client)
+            # The driver's ws:// DSN may put something else in the path: any
+            # non-HTTP path upgrades too (routing is by the StartupMessage's database).
+            self.http.ws_default = self.gateway.handle_client
+            self.http.add_route("GET", "/healthz", self._healthz)
+            self.http.add_route("GET", "/metrics", self._metrics)
+            self._registry = make_registry(self._gateway_stats, self.listener_stats)
+            await self.http.start()
+            if g.pg_listen is not None:
+                ctx = None
+                if g.tls_cert_file and g.tls_key_file:
+                    ctx = make_server_ssl_context(g.tls_cert_file, g.tls_key_file)
+                self.tcp = TcpListener(g.pg_listen[0], g.pg_listen[1], self.gateway.handle_client,
+                                       ssl_context=ctx)
+                await self.tcp.start()
+        except BaseException:
+            await self._close_listeners()
+            await self._close_gateway()
+            raise
+        log.info("listening: http+ws %s%s", self.http_url,
+                 f", postgres {self.pg_host}:{self.pg_port}" if self.tcp else "")
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """Stop accepting; let sessions finish up to ``timeout``; close everything. Idempotent."""
+        if self._stopped:
+            return
+        self._shutting_down = True
+        t = self.config.gateway.shutdown_timeout if timeout is None else timeout
+        if self.http is not None:
+            self.http.stop_accepting()
+            await self.http.close_idle_http()
+        if self.tcp is not None:
+            self.tcp.stop_accepting()
+        try:
+            if self.gateway is not None:
+                await self.gateway.shutdown(t)
+        finally:
+            self._stopped = True
+            await self._close_listeners()
+            await self._close_gateway()
+
+    async def _close_listeners(self) -> None:
+        if self.http is not None:
+            await self.http.close()
+        if self.tcp is not None:
+            await self.tcp.close()
+
+    async def _close_gateway(self) -> None:
+        if self.gateway is not None:
+            try:
+                await self.gateway.close()
+            except Exception:
+                log.exception("gateway close failed")
+
+    async def __aenter__(self) -> "GatewayApp":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.shutdown()
+
+    # ------------------------------------------------------------------ addresses
+    @property
+    def http_host(self) -> str:
+        return _client_host(self.config.gateway.listen[0])
+
+    @property
+    def http_port(self) -> int:
+        assert self.http is not None
+        return self.http.port
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{_url_host(self.config.gateway.listen[0])}:{self.http_port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{_url_host(self.config.gateway.listen[0])}:{self.http_port}{WS_PATH}"
+
+    @property
+    def pg_host(self) -> str | None:
+        pl = self.config.gateway.pg_listen
+        return None if pl is None else _client_host(pl[0])
+
+    @property
+    def pg_port(self) -> int | None:
+        return None if self.tcp is None else self.tcp.port
+
+    def pg_dsn(self, user: str, password: str | None, database: str) -> str:
+        """``postgresql://`` URL through ``pg_listen``."""
+        assert self.tcp is not None, "pg_listen is disabled"
+        pl = self.config.gateway.pg_listen
+        assert pl is not None
+        auth = quote(user, safe="") + (":" + quote(password, safe="") if password is not None else "")
+        return f"postgresql://{auth}@{_url_host(pl[0])}:{self.pg_port}/{quote(database, safe='')}"
+
+    def ws_dsn(self, user: str, password: str | None, database: str) -> str:
+        """``ws://`` DSN for the driver (endpoint /v2, database as ``dbname``)."""
+        auth = quote(user, safe="") + (":" + quote(password, safe="") if password is not None else "")
+        return (f"ws://{auth}@{_url_host(self.config.gateway.listen[0])}:{self.http_port}{WS_PATH}"
+                f"?dbname={quote(database, safe='')}")
+
+    # ------------------------------------------------------------------ HTTP routes
+    def is_ready(self) -> bool:
+        if self._shutting_down or self.gateway is None:
+            return False
+        try:
+            return bool(self.gateway.is_ready())
+        except Exception:
+            return False
+
+    async def _healthz(self, req: HttpRequest) -> HttpResponse:
+        if self.is_ready():
+            return HttpResponse(200, b"ok\n", headers=[("cache-control", "no-store")])
+        return HttpResponse(503, b"unavailable\n", headers=[("cache-control", "no-store")])
+
+    def _gateway_stats(self) -> Mapping[str, Any]:
+        return self.gateway.stats() if self.gateway is not None else {}
+
+    def listener_stats(self) -> dict[str, Any]:
+        http, tcp = self.http, self.tcp
+        return {
+            "http_connections": len(http.connections) if http else 0,
+            "http_connections_accepted": http.accepted_total if http else 0,
+            "ws_open": http.ws_open if http else 0,
+            "ws_opened": http.ws_opened_total if http else 0,
+            "tcp_connections": len(tcp.connections) if tcp else 0,
+            "tcp_connections_accepted": tcp.accepted_total if tcp else 0,
+            "ready": 1 if self.is_ready() else 0,
+        }
+
+    async def _metrics(self, req: HttpRequest) -> HttpResponse:
+        return HttpResponse(200, render(self._registry), CONTENT_TYPE)
+
+
+ReadyCallback = Callable[[GatewayApp], "Awaitable[None] | None"]
+
+
+async def run(config: Config, *, ready_callback: ReadyCallback | None = None, gateway: Any = None) -> None:
+    """Run until SIGINT/SIGTERM, then shut down gracefully."""
+    loop = asyncio.get_running_loop()
+    app = GatewayApp(config, gateway=gateway)
+    await app.start()
+    stop = asyncio.Event()
+    signals = 0
+
+    def on_signal(signame: str) -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            log.info("%s: shutting down (waiting up to %.0fs for running transactions)",
+                     signame, config.gateway.shutdown_timeout)
+            stop.set()
+        else:
+            log.warning("%s again: closing now", signame)
+            if shutdown_task is not None:
+                shutdown_task.cancel()
+
+    shutdown_task: asyncio.Task[None] | None = None
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, on_signal, sig.name)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - not the main thread / Windows
+            pass
+    try:
+        if ready_callback is not None:
+            r = ready_callback(app)
+            if inspect.isawaitable(r):
+                await r
+        await stop.wait()
+        shutdown_task = loop.create_task(app.shutdown())
+        try:
+            await shutdown_task
+        except asyncio.CancelledError:
+            if not shutdown_task.cancelled():
+                raise
+            app._stopped = True
+            await app._close_listeners()
+            await app._close_gateway()
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        if not app._stopped:
+            await app.shutdown(0)
+
+
+def install_uvloop() -> bool:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
+
+
+def run_forever(config: Config, *, ready_callback: ReadyCallback | None = None) -> int:
+    """Blocking entry point of ``wirepool serve``; returns the exit status."""
+    install_uvloop()
+    try:
+        asyncio.run(run(config, ready_callback=ready_callback))
+    except KeyboardInterrupt:  # pragma: no cover - signal before handlers were installed
+        return 130
+    except OSError as e:
+        log.error("cannot start: %s", e)
+        return 1
+    return 0

@@ -1,0 +1,624 @@
+"""The ``listen`` port: HTTP/1.1 (h11) and WebSocket (websockets' sans-I/O protocol).
+
+One asyncio Protocol per connection.  HTTP/1.1 is parsed by ``h11`` (keep-alive,
+pipelined requests answered in order, request bodies read with a size limit),
+then routed through a small table::
+
+    listener.add_route("GET", "/healthz", handler)        # async def handler(req) -> HttpResponse
+    listener.add_websocket("/v2", on_stream)              # async def on_stream(stream) -> None
+
+A ``GET`` with ``Upgrade: websocket`` on a WebSocket route is handed to
+``websockets.server.ServerProtocol`` (the request as received is fed to it;
+permessage-deflate is negotiated when the client offers it) and the connection
+becomes a :class:`WebSocketStream` -- a ``ClientStream`` whose ``recv()``
+returns the payload bytes of binary messages, coalesced, with message
+boundaries carrying no meaning.  The ``address`` query parameter is captured
+(``stream.query``) but never used to open anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from http import HTTPStatus
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+from urllib.parse import parse_qsl, urlsplit
+
+import h11
+from websockets.datastructures import Headers
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+from websockets.frames import CloseCode, Frame, Opcode
+from websockets.http11 import Request as WsRequest
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+from gateway.streams import TransportError
+from gateway.tcp import WRITE_HIGH_WATER, ProtocolStream, set_nodelay
+
+log = logging.getLogger("wirepool.http")
+# websockets logs every open/close at INFO; keep that out of the gateway's logs by default.
+ws_log = logging.getLogger("wirepool.websockets")
+ws_log.setLevel(logging.WARNING)
+
+MAX_BODY_SIZE = 10 << 20
+MAX_HEADER_SIZE = 16 << 10
+KEEPALIVE_TIMEOUT = 75.0
+WS_CLOSE_TIMEOUT = 5.0
+
+
+# --------------------------------------------------------------------------- request/response
+
+@dataclass
+class HttpRequest:
+    method: str
+    target: str
+    path: str
+    query: dict[str, str]
+    headers: list[tuple[str, str]]      # names lower-cased, values latin-1 decoded
+    body: bytes
+    peer: str
+    http_version: str = "1.1"
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        name = name.lower()
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return default
+
+
+@dataclass
+class HttpResponse:
+    status: int = 200
+    body: bytes = b""
+    content_type: str | None = "text/plain; charset=utf-8"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+    @classmethod
+    def text(cls, status: int, text: str) -> "HttpResponse":
+        return cls(status, text.encode())
+
+    @classmethod
+    def json(cls, status: int, obj: Any) -> "HttpResponse":
+        import json
+        return cls(status, json.dumps(obj, separators=(",", ":")).encode(), "application/json")
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
+
+
+HttpHandler = Callable[[HttpRequest], Awaitable[HttpResponse]]
+StreamHandler = Callable[["WebSocketStream"], Awaitable[None]]
+
+
+# --------------------------------------------------------------------------- WebSocket stream
+
+class WebSocketStream(ProtocolStream):
+    """A ``ClientStream`` over a WebSocket (``kind == "ws"``).
+
+    - ``recv()``: payload of binary messages (fragments and messages coalesced);
+      ``b""`` once the client closed (close frame or TCP EOF); a text frame raises
+      :class:`TransportError` (after any binary bytes received before it).
+    - ``send(data)``: one binary message per call.
+    - ``close()``: sends a close frame (1000, or 1003 after a text frame) and
+      closes TCP when the client answers (or after a timeout).
+    - ``path``, ``query`` (dict), ``headers`` (list of (lower-name, value)),
+      ``token`` (``?token=`` or ``Authorization: Bearer``), ``authorization``
+      (raw header), ``extensions`` (negotiated, e.g. ``["permessage-deflate"]``).
+    """
+
+    kind = "ws"
+
+    def __init__(self, transport: asyncio.Transport, ws: ServerProtocol, request: HttpRequest) -> None:
+        super().__init__(transport)
+        self.peer = request.peer
+        self.ws = ws
+        self.path = request.path
+        self.query = request.query
+        self.headers = request.headers
+        self.authorization: str | None = request.header("authorization")
+        tok = request.query.get("token")
+        if tok is None and self.authorization and self.authorization[:7].lower() == "bearer ":
+            tok = self.authorization[7:].strip()
+        self.token: str | None = tok
+        self.extensions = [e.name for e in ws.extensions]
+        self._text = False          # inside a text message (its continuation frames are dropped)
+        self._close_timer: asyncio.TimerHandle | None = None
+
+    # -- protocol side
+    def _ws_data(self, data: bytes) -> None:
+        ws = self.ws
+        ws.receive_data(data)
+        self._process()
+
+    def _ws_eof(self) -> None:
+        self.ws.receive_eof()
+        self._process()
+        self._feed_eof()
+
+    def _process(self) -> None:
+        ws = self.ws
+        for ev in ws.events_received():
+            if not isinstance(ev, Frame):  # pragma: no cover - only frames once OPEN
+                continue
+            op = ev.opcode
+            if op is Opcode.BINARY:
+                self._text = False
+                self._feed(ev.data if type(ev.data) is bytes else bytes(ev.data))
+            elif op is Opcode.CONT:
+                if not self._text:
+                    self._feed(ev.data if type(ev.data) is bytes else bytes(ev.data))
+            elif op is Opcode.TEXT:
+                self._text = True
+                self._feed_error(TransportError(
+                    "text WebSocket frame received: only binary messages carry the Postgres protocol"))
+                if not self._reading_paused and not self._lost:
+                    self._reading_paused = True
+                    self.transport.pause_reading()
+            elif op is Opcode.CLOSE:
+                self._feed_eof()
+            # PING is answered by the protocol (pong queued in data_to_send); PONG ignored.
+        if ws.parser_exc is not None and self._error is None and not self._eof:
+            self._feed_error(TransportError(f"WebSocket protocol error: {ws.parser_exc}"))
+        self._flush_ws()
+
+    def _flush_ws(self) -> None:
+        out = self.ws.data_to_send()
+        if not out:
+            return
+        t = self.transport
+        for chunk in out:
+            if chunk:
+                if not self._lost:
+                    t.write(chunk)
+                    self.bytes_sent += len(chunk)
+            else:  # SEND_EOF: the server closes the TCP connection
+                if self._close_timer is not None:
+                    self._close_timer.cancel()
+                    self._close_timer = None
+                t.close()
+
+    # -- ClientStream API
+    async def send(self, data: bytes) -> None:
+        if self._lost or self._closed or self.ws.state is not State.OPEN:
+            raise ConnectionResetError(f"ws client {self.peer} is gone")
+        if not data:
+            return
+        self.ws.send_binary(data)
+        out = self.ws.data_to_send()
+        t = self.transport
+        for chunk in out:
+            t.write(chunk)
+            self.bytes_sent += len(chunk)
+        if self._write_paused:
+            await self._drain()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._lost:
+            return
+        try:
+            if self.ws.state is State.OPEN:
+                code = CloseCode.UNSUPPORTED_DATA if self._text else CloseCode.NORMAL_CLOSURE
+                self.ws.send_close(code)
+                if self._reading_paused:
+                    self._reading_paused = False
+                    self.transport.resume_reading()
+                self._flush_ws()
+                if not self._lost and not self.transport.is_closing():
+                    self._close_timer = self._loop.call_later(WS_CLOSE_TIMEOUT, self._close_timeout)
+            elif not self.transport.is_closing():
+                self.transport.close()
+        except Exception:  # pragma: no cover - close never raises
+            self.transport.abort()
+
+    def _close_timeout(self) -> None:
+        self._close_timer = None
+        if not self._lost:
+            self.transport.abort()
+
+    def _connection_lost(self, exc: Exception | None) -> None:
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        super()._connection_lost(exc)
+
+
+# --------------------------------------------------------------------------- connection protocol
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection on ``listen``: HTTP/1.1 until (maybe) a WebSocket upgrade."""
+
+    def __init__(self, listener: "HttpListener") -> None:
+        self.listener = listener
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_SIZE)
+        self.ws: WebSocketStream | None = None
+        self.task: asyncio.Task[None] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._paused = False
+        self._lost = False
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+
+    # -- asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        set_nodelay(transport)
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        from gateway.tcp import _peer_of
+        self.peer = _peer_of(transport)
+        self.listener.connections.add(self)
+        self.listener.accepted_total += 1
+        self.task = asyncio.get_running_loop().create_task(self._serve())
+
+    def data_received(self, data: bytes) -> None:
+        ws = self.ws
+        if ws is not None:
+            ws._ws_data(data)
+            return
+        try:
+            self.h11.receive_data(data)
+        except RuntimeError:  # h11 already closed/errored: ignore trailing bytes
+            return
+        w = self._waiter
+        if w is not None:
+            if not w.done():
+                w.set_result(None)
+        elif not self._paused and self.transport is not None:
+            # The request loop is busy; don't buffer further pipelined requests.
+            self._paused = True
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool | None:
+        if self.ws is not None:
+            self.ws._ws_eof()
+            return False
+        try:
+            self.h11.receive_data(b"")
+        except RuntimeError:
+            pass
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self.listener.connections.discard(self)
+        if self.ws is not None:
+            self.ws._connection_lost(exc)
+        self._wake()
+        self.resume_writing()
+
+    def pause_writing(self) -> None:
+        if self.ws is not None:
+            self.ws._pause_writing()
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self.ws is not None:
+            self.ws._resume_writing()
+        w = self._drain_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    # -- HTTP request loop
+    async def _wait_data(self) -> None:
+        if self._lost:
+            raise ConnectionResetError
+        assert self.transport is not None
+        if self._paused:
+            self._paused = False
+            self.transport.resume_reading()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._waiter = fut
+        timer = loop.call_later(self.listener.keepalive_timeout, self._timeout)
+        try:
+            await fut
+        finally:
+            timer.cancel()
+            self._waiter = None
+        if self._lost:
+            raise ConnectionResetError
+
+    def _timeout(self) -> None:
+        if self.transport is not None and not self._lost:
+            self.transport.close()
+        self._wake()
+
+    def _next_event(self) -> Any:
+        return self.h11.next_event()
+
+    async def _serve(self) -> None:
+        try:
+            while True:
+                ev = self._next_event()
+                if ev is h11.NEED_DATA:
+                    await self._wait_data()
+                    continue
+                if isinstance(ev, h11.Request):
+                    if await self._handle(ev):
+                        return  # connection taken over (WebSocket) or closed
+                    continue
+                if isinstance(ev, h11.ConnectionClosed) or ev is h11.PAUSED:
+                    break
+                # Data/EndOfMessage of a request we already answered: ignore.
+        except h11.RemoteProtocolError as e:
+            status = e.error_status_hint if isinstance(e.error_status_hint, int) else 400
+            self._send_error_and_close(status, f"bad request: {e}\n")
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        except Exception:
+            log.exception("HTTP connection %s failed", self.peer)
+            self._send_error_and_close(500, "internal error\n")
+        finally:
+            if self.ws is None and self.transport is not None and not self.transport.is_closing():
+                self.transport.close()
+
+    def _send_error_and_close(self, status: int, text: str) -> None:
+        if self._lost or self.transport is None:
+            return
+        if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            body = text.encode()
+            try:
+                data = self.h11.send(h11.Response(status_code=status, headers=[
+                    ("content-type", "text/plain; charset=utf-8"), ("content-length", str(len(body))),
+                    ("connection", "close")]))
+                data += self.h11.send(h11.Data(data=body)) or b""
+                data += self.h11.send(h11.EndOfMessage()) or b""
+                self.transport.write(data)
+            except h11.LocalProtocolError:
+                self.transport.write(
+                    f"HTTP/1.1 {status} Bad Request\r\nconnection: close\r\ncontent-length: {len(body)}\r\n"
+                    f"content-type: text/plain; charset=utf-8\r\n\r\n".encode() + body)
+        self.transport.close()
+
+    async def _read_body(self, limit: int) -> bytes | None:
+        """The request body, or None if it exceeds ``limit`` (not fully read then)."""
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            ev = self._next_event()
+            if ev is h11.NEED_DATA:
+                if self.h11.they_are_waiting_for_100_continue:
+                    assert self.transport is not None
+                    self.transport.write(self.h11.send(h11.InformationalResponse(
+                        status_code=100, headers=[])) or b"")
+                await self._wait_data()
+                continue
+            if isinstance(ev, h11.Data):
+                size += len(ev.data)
+                if size > limit:
+                    return None
+                parts.append(bytes(ev.data))
+                continue
+            if isinstance(ev, h11.EndOfMessage):
+                return b"".join(parts)
+            if ev is h11.PAUSED:
+                # Upgrade/CONNECT request: h11 stops at EndOfMessage + PAUSED.
+                return b"".join(parts)
+            if isinstance(ev, h11.ConnectionClosed):
+                raise ConnectionResetError
+            raise h11.RemoteProtocolError(f"unexpected {type(ev).__name__}")  # pragma: no cover
+
+    async def _handle(self, ev: h11.Request) -> bool:
+        """Serve one request; True if the connection is no longer in HTTP mode."""
+        listener = self.listener
+        method = ev.method.decode("ascii", "replace")
+        target = ev.target.decode("latin-1")
+        parts = urlsplit(target)
+        path = parts.path or "/"
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in ev.headers]
+        req = HttpRequest(method, target, path, query, headers, b"", self.peer,
+                          ev.http_version.decode("ascii", "replace"))
+
+        on_stream = listener.ws_routes.get(path)
+        wants_ws = method == "GET" and "websocket" in (req.header("upgrade") or "").lower()
+        if (wants_ws and on_stream is None and listener.ws_default is not None
+                and ("GET", path) not in listener.routes):
+            on_stream = listener.ws_default
+        if on_stream is not None and wants_ws:
+            body = await self._read_body(0)
+            if body is None:
+                self._send_error_and_close(400, "a WebSocket handshake has no body\n")
+                return True
+            return await self._upgrade(ev, req, on_stream)
+
+        clen = req.header("content-length")
+        if clen is not None and clen.strip().isdigit() and int(clen) > listener.max_body_size:
+            await self._respond(HttpResponse(413, b"request body too large\n"), close=True)
+            return True
+        body = await self._read_body(listener.max_body_size)
+        if body is None:
+            await self._respond(HttpResponse(413, b"request body too large\n"), close=True)
+            return True
+        req.body = body
+
+        handler = listener.routes.get((method, path))
+        if handler is None and method == "HEAD":
+            handler = listener.routes.get(("GET", path))
+        if handler is None:
+            if on_stream is not None and method == "GET":
+                resp = HttpResponse(426, b"WebSocket upgrade required\n",
+                                    headers=[("upgrade", "websocket"), ("connection", "upgrade")])
+            else:
+                allowed = sorted({m for (m, p) in listener.routes if p == path}
+                                 | ({"GET"} if on_stream is not None else set()))
+                if allowed:
+                    resp = HttpResponse(405, b"method not allowed\n", headers=[("allow", ", ".join(allowed))])
+                else:
+                    resp = HttpResponse(404, b"not found\n")
+        else:
+            try:
+                resp = await handler(req)
+            except Exception:
+                log.exception("handler for %s %s failed", method, path)
+                resp = HttpResponse(500, b"internal error\n")
+        if method == "HEAD":
+            resp = HttpResponse(resp.status, b"", resp.content_type,
+                                resp.headers + [("content-length", str(len(resp.body)))])
+        await self._respond(resp)
+        return self._lost or self.transport is None or self.transport.is_closing()
+
+    async def _respond(self, resp: HttpResponse, *, close: bool = False) -> None:
+        """Send ``resp``; keep the connection for the next request unless ``close``."""
+        if self._lost or self.transport is None:
+            return
+        h = self.h11
+        hdrs: list[tuple[str, str]] = []
+        if resp.content_type is not None:
+            hdrs.append(("content-type", resp.content_type))
+        if not any(k.lower() == "content-length" for k, _ in resp.headers):
+            hdrs.append(("content-length", str(len(resp.body))))
+        hdrs.extend(resp.headers)
+        if close:
+            hdrs.append(("connection", "close"))
+        data = h.send(h11.Response(status_code=resp.status, headers=hdrs, reason=_reason(resp.status))) or b""
+        if resp.body:
+            data += h.send(h11.Data(data=resp.body)) or b""
+        data += h.send(h11.EndOfMessage()) or b""
+        self.transport.write(data)
+        if close or h.our_state is h11.MUST_CLOSE or h.their_state is not h11.DONE:
+            self.transport.close()
+            return
+        h.start_next_cycle()
+        if self._write_paused:
+            fut = asyncio.get_running_loop().create_future()
+            self._drain_waiter = fut
+            try:
+                await fut
+            finally:
+                self._drain_waiter = None
+
+    async def _upgrade(self, ev: h11.Request, req: HttpRequest, on_stream: StreamHandler) -> bool:
+        assert self.transport is not None
+        listener = self.listener
+        ws = ServerProtocol(extensions=listener.ws_extensions, max_size=listener.ws_max_message_size,
+                            logger=ws_log)
+        # Feed the request as received (method, target, header lines) to websockets.
+        raw = [b"GET ", ev.target, b" HTTP/1.1\r\n"]
+        for name, value in ev.headers.raw_items():
+            raw += [name, b": ", value, b"\r\n"]
+        raw.append(b"\r\n")
+        ws.receive_data(b"".join(raw))
+        events = ws.events_received()
+        wreq = events[0] if events and isinstance(events[0], WsRequest) else None
+        if wreq is None:
+            for chunk in ws.data_to_send():
+                if chunk:
+                    self.transport.write(chunk)
+            self._send_error_and_close(400, "invalid WebSocket handshake\n")
+            return True
+        response = ws.accept(wreq)
+        ws.send_response(response)
+        for chunk in ws.data_to_send():
+            if chunk:
+                self.transport.write(chunk)
+        if response.status_code != 101:
+            self.transport.close()
+            return True
+        trailing, closed = self.h11.trailing_data
+        stream = WebSocketStream(self.transport, ws, req)
+        self.ws = stream
+        if self._write_paused:
+            stream._pause_writing()
+        if self._paused:
+            self._paused = False
+            self.transport.resume_reading()
+        if trailing:
+            stream._ws_data(bytes(trailing))
+        if closed:
+            stream._ws_eof()
+        listener.ws_opened_total += 1
+        try:
+            await on_stream(stream)
+        except Exception:
+            log.exception("WebSocket session for %s failed", self.peer)
+        finally:
+            await stream.close()
+        return True
+
+
+# --------------------------------------------------------------------------- listener
+
+class HttpListener:
+    def __init__(self, host: str, port: int, *, max_body_size: int = MAX_BODY_SIZE,
+                 ws_max_message_size: int | None = None, keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+                 permessage_deflate: bool = True, backlog: int = 2048) -> None:
+        self.host = host
+        self.port = port
+        self.routes: dict[tuple[str, str], HttpHandler] = {}
+        self.ws_routes: dict[str, StreamHandler] = {}
+        #: WebSocket handler for upgrades on any path that is not an HTTP route (None: 404).
+        self.ws_default: StreamHandler | None = None
+        self.max_body_size = max_body_size
+        self.ws_max_message_size = ws_max_message_size if ws_max_message_size is not None else (17 << 20)
+        self.keepalive_timeout = keepalive_timeout
+        self.ws_extensions = ([ServerPerMessageDeflateFactory(
+            server_max_window_bits=12, client_max_window_bits=12, compress_settings={"memLevel": 5})]
+            if permessage_deflate else [])
+        self.backlog = backlog
+        self.server: asyncio.base_events.Server | None = None
+        self.connections: set[HttpConnection] = set()
+        self.accepted_total = 0
+        self.ws_opened_total = 0
+
+    def add_route(self, method: str, path: str, handler: HttpHandler) -> None:
+        self.routes[(method.upper(), path)] = handler
+
+    def add_websocket(self, path: str, on_stream: StreamHandler) -> None:
+        self.ws_routes[path] = on_stream
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(lambda: HttpConnection(self), self.host, self.port,
+                                               backlog=self.backlog, reuse_address=True)
+        self.port = self.bound_port
+
+    @property
+    def bound_port(self) -> int:
+        assert self.server is not None and self.server.sockets
+        return int(self.server.sockets[0].getsockname()[1])
+
+    @property
+    def ws_open(self) -> int:
+        return sum(1 for c in self.connections if c.ws is not None)
+
+    def stop_accepting(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    async def close(self) -> None:
+        self.stop_accepting()
+        for c in list(self.connections):
+            if c.transport is not None:
+                c.transport.abort()
+        tasks = [c.task for c in self.connections if c.task is not None and not c.task.done()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+
+    async def close_idle_http(self) -> None:
+        """Close keep-alive HTTP connections that are between requests (used at shutdown)."""
+        for c in list(self.connections):
+            if c.ws is None and c._waiter is not None and c.h11.their_state is h11.IDLE and c.transport:
+                c.transport.close()
+
+
+def headers_of(h: Headers) -> list[tuple[str, str]]:  # pragma: no cover - helper for later issues
+    return [(k.lower(), v) for k, v in h.raw_items()]

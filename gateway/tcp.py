@@ -1,0 +1,340 @@
+"""``pg_listen``: the Postgres protocol directly over TCP (psql, pgbench, asyncpg...).
+
+Each accepted connection becomes a :class:`TcpStream` (a ``ClientStream``)
+handed to ``gateway.handle_client``.  Built on asyncio Protocols/transports
+(no StreamReader/Writer layer): received chunks are queued as they arrive and
+handed out by ``recv()`` coalesced; reading pauses while more than
+``read_high_water`` bytes sit unconsumed (the session is not keeping up), and
+``send()`` waits while the kernel send buffer is full (the client is slow).
+
+This module also holds :class:`ProtocolStream`, the buffering/backpressure
+core shared with the WebSocket stream of :mod:`gateway.http`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from typing import Any, Awaitable, Callable
+
+from gateway.streams import TransportError
+
+log = logging.getLogger("wirepool.tcp")
+
+READ_HIGH_WATER = 1 << 20      # pause reading above this many unconsumed bytes
+WRITE_HIGH_WATER = 1 << 18     # send() waits while the transport buffer exceeds this
+
+
+def _peer_of(transport: asyncio.BaseTransport) -> str:
+    p = transport.get_extra_info("peername")
+    if isinstance(p, tuple) and len(p) >= 2:
+        host = str(p[0])
+        return f"[{host}]:{p[1]}" if ":" in host else f"{host}:{p[1]}"
+    return str(p) if p else "?"
+
+
+def set_nodelay(transport: asyncio.BaseTransport) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    try:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):  # pragma: no cover - exotic transports
+        pass
+
+
+class ProtocolStream:
+    """Receive queue + write flow control over an asyncio transport.
+
+    Subclasses (or the owning asyncio.Protocol) call :meth:`_feed`,
+    :meth:`_feed_eof`, :meth:`_feed_error`, :meth:`_pause_writing`,
+    :meth:`_resume_writing` and :meth:`_connection_lost`.
+    """
+
+    kind = "?"
+
+    def __init__(self, transport: asyncio.Transport, *, read_high_water: int = READ_HIGH_WATER) -> None:
+        self.transport: asyncio.Transport = transport
+        self.peer: str = _peer_of(transport)
+        self._loop = asyncio.get_running_loop()
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        self._eof = False
+        self._error: Exception | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._reading_paused = False
+        self._high_water = read_high_water
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._lost = False          # the transport is gone (peer closed, reset, or we closed)
+        self._closed = False        # close() was called
+        self.bytes_received = 0
+        self.bytes_sent = 0
+
+    # ------------------------------------------------------ protocol side
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _feed(self, data: bytes) -> None:
+        if not data:
+            return
+        self._chunks.append(data)
+        self._buffered += len(data)
+        self.bytes_received += len(data)
+        if self._buffered > self._high_water and not self._reading_paused and not self._lost:
+            self._reading_paused = True
+            try:
+                self.transport.pause_reading()
+            except (RuntimeError, AttributeError):  # pragma: no cover - closing transport
+                pass
+        self._wake()
+
+    def _feed_eof(self) -> None:
+        self._eof = True
+        self._wake()
+
+    def _feed_error(self, exc: Exception) -> None:
+        if self._error is None:
+            self._error = exc
+        self._wake()
+
+    def _pause_writing(self) -> None:
+        self._write_paused = True
+
+    def _resume_writing(self) -> None:
+        self._write_paused = False
+        w = self._drain_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._eof = True
+        self._wake()
+        self._resume_writing()
+
+    # ------------------------------------------------------ ClientStream API
+    async def recv(self) -> bytes:
+        while True:
+            chunks = self._chunks
+            if chunks:
+                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                self._chunks = []
+                self._buffered = 0
+                if self._reading_paused and not self._lost and self._error is None:
+                    self._reading_paused = False
+                    try:
+                        self.transport.resume_reading()
+                    except (RuntimeError, AttributeError):  # pragma: no cover
+                        pass
+                return data
+            if self._error is not None:
+                raise self._error
+            if self._eof:
+                return b""
+            fut = self._loop.create_future()
+            self._waiter = fut
+            try:
+                await fut
+            finally:
+                self._waiter = None
+
+    def _write(self, data: bytes) -> None:
+        self.transport.write(data)
+        self.bytes_sent += len(data)
+
+    async def send(self, data: bytes) -> None:
+        if self._lost or self._closed:
+            raise ConnectionResetError(f"{self.kind} client {self.peer} is gone")
+        if not data:
+            return
+        self._write(data)
+        if self._write_paused:
+            await self._drain()
+
+    async def _drain(self) -> None:
+        while self._write_paused and not self._lost:
+            fut = self._loop.create_future()
+            self._drain_waiter = fut
+            try:
+                await fut
+            finally:
+                self._drain_waiter = None
+        if self._lost:
+            raise ConnectionResetError(f"{self.kind} client {self.peer} is gone")
+
+    @property
+    def at_eof(self) -> bool:
+        return self._eof and not self._chunks
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.transport.close()
+        except Exception:  # pragma: no cover - never raises
+            pass
+
+    def abort(self) -> None:
+        self._closed = True
+        try:
+            self.transport.abort()
+        except Exception:  # pragma: no cover
+            pass
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.peer}>"
+
+
+class TcpStream(ProtocolStream):
+    """A ``ClientStream`` over a plain TCP connection (``kind == "tcp"``).
+
+    TLS: ``tls_available`` is True when the listener has a certificate; the
+    session answers an SSLRequest with ``S`` and then, without awaiting anything
+    else in between, calls ``await stream.start_tls()``.
+    """
+
+    kind = "tcp"
+
+    def __init__(self, transport: asyncio.Transport, protocol: "TcpProtocol",
+                 ssl_context: ssl.SSLContext | None) -> None:
+        super().__init__(transport)
+        self._protocol = protocol
+        self._ssl_context = ssl_context
+        self.token: str | None = None
+        self.headers: list[tuple[str, str]] = []
+        self.tls = False
+
+    @property
+    def tls_available(self) -> bool:
+        return self._ssl_context is not None and not self.tls
+
+    async def start_tls(self) -> None:
+        """Upgrade to TLS (server side).  Raises TransportError if impossible."""
+        if self._ssl_context is None:
+            raise TransportError("TLS is not configured")
+        if self.tls:
+            raise TransportError("TLS already active")
+        if self._chunks:
+            # Bytes that arrived in clear after the SSLRequest must not be
+            # treated as if they came over TLS (CVE-2021-23214 class of bug).
+            raise TransportError("unencrypted data received after SSLRequest")
+        new = await self._loop.start_tls(self.transport, self._protocol, self._ssl_context,
+                                         server_side=True)
+        if new is None:  # pragma: no cover - transport closed during handshake
+            raise TransportError("connection closed during the TLS handshake")
+        self.transport = new  # type: ignore[assignment]
+        self.tls = True
+
+
+class TcpProtocol(asyncio.Protocol):
+    __slots__ = ("listener", "stream", "task")
+
+    def __init__(self, listener: "TcpListener") -> None:
+        self.listener = listener
+        self.stream: TcpStream | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        if self.stream is not None:  # start_tls re-calls connection_made on some loops
+            return
+        set_nodelay(transport)
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        self.stream = TcpStream(transport, self, self.listener.ssl_context)
+        self.listener._started(self)
+
+    def data_received(self, data: bytes) -> None:
+        assert self.stream is not None
+        self.stream._feed(data)
+
+    def eof_received(self) -> bool | None:
+        if self.stream is not None:
+            self.stream._feed_eof()
+        return False  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.stream is not None:
+            self.stream._connection_lost(exc)
+        self.listener._lost(self)
+
+    def pause_writing(self) -> None:
+        if self.stream is not None:
+            self.stream._pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.stream is not None:
+            self.stream._resume_writing()
+
+
+Handler = Callable[[Any], Awaitable[None]]
+
+
+class TcpListener:
+    """Accepts TCP connections on ``(host, port)`` and runs ``handler(stream)`` for each."""
+
+    def __init__(self, host: str, port: int, handler: Handler, *,
+                 ssl_context: ssl.SSLContext | None = None, backlog: int = 2048) -> None:
+        self.host = host
+        self.port = port
+        self.handler = handler
+        self.ssl_context = ssl_context
+        self.backlog = backlog
+        self.server: asyncio.base_events.Server | None = None
+        self.connections: set[TcpProtocol] = set()
+        self.accepted_total = 0
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(lambda: TcpProtocol(self), self.host, self.port,
+                                               backlog=self.backlog, reuse_address=True)
+        self.port = self.bound_port
+
+    @property
+    def bound_port(self) -> int:
+        assert self.server is not None and self.server.sockets
+        return int(self.server.sockets[0].getsockname()[1])
+
+    def _started(self, proto: TcpProtocol) -> None:
+        self.connections.add(proto)
+        self.accepted_total += 1
+        assert proto.stream is not None
+        proto.task = asyncio.get_running_loop().create_task(self._run(proto.stream))
+
+    async def _run(self, stream: TcpStream) -> None:
+        try:
+            await self.handler(stream)
+        except Exception:  # handle_client should never raise; be defensive
+            log.exception("session for %s failed", stream.peer)
+        finally:
+            await stream.close()
+
+    def _lost(self, proto: TcpProtocol) -> None:
+        self.connections.discard(proto)
+
+    def stop_accepting(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    async def close(self) -> None:
+        """Stop accepting and abort connections still open (sessions are ended by the gateway)."""
+        self.stop_accepting()
+        for proto in list(self.connections):
+            if proto.stream is not None:
+                proto.stream.abort()
+        tasks = [p.task for p in self.connections if p.task is not None and not p.task.done()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+
+
+def make_server_ssl_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert_file, key_file)
+    return ctx
