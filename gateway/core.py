@@ -1,0 +1,176 @@
+"""The Gateway: pools, sessions, cancel keys, the janitor, shutdown.
+
+Listeners (gateway/tcp.py, gateway/http.py) call :meth:`Gateway.handle_client`
+with a :class:`~gateway.streams.ClientStream`; everything else happens here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from typing import Any, Coroutine
+
+from .auth import Authenticator
+from .cancel import send_cancel
+from .pool import Pool
+from .session import Session
+
+log = logging.getLogger("wirepool.gateway")
+
+
+class Gateway:
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self.settings = config.gateway
+        self.authenticator = Authenticator(self.settings.auth_type, config.users)
+        self.pools: dict[str, Pool] = {name: Pool(self, db, self.settings)
+                                       for name, db in config.databases.items()}
+        #: gateway-issued process id -> session (for CancelRequest)
+        self.sessions: dict[int, Session] = {}
+        self._all_sessions: set[Session] = set()
+        self.n_clients = 0
+        self.accepting = True
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._janitor: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+        self.interval = _janitor_interval(self.settings)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Start the janitor (timeouts, reserve pool, idle servers) and warm
+        up ``min_pool_size`` connections."""
+        self._loop = asyncio.get_running_loop()
+        if self._janitor is None:
+            self._janitor = self.loop.create_task(self._janitor_loop())
+            for pool in self.pools.values():
+                pool.tick(self.loop.time())
+
+    def _ensure_started(self) -> None:
+        if self._janitor is None and not self._closed:
+            self._janitor = self.loop.create_task(self._janitor_loop())
+
+    async def _janitor_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            now = self.loop.time()
+            for pool in self.pools.values():
+                try:
+                    pool.tick(now)
+                except Exception:  # pragma: no cover - a bug; keep the janitor alive
+                    log.exception("janitor failed for pool %s", pool.name)
+            if self.settings.client_idle_timeout > 0:
+                for session in list(self._all_sessions):
+                    session.check_idle(now)
+
+    def is_ready(self) -> bool:
+        """True when new clients can be served (for /healthz)."""
+        if self._closed or not self.accepting:
+            return False
+        if not self.pools:
+            return True
+        now = self.loop.time() if self._loop is not None else 0.0
+        retry = self.settings.server_login_retry
+        for pool in self.pools.values():
+            if pool.last_login_error is None or pool.total_servers() or \
+                    now - pool.last_login_failure >= retry:
+                return True
+        return False
+
+    def stats(self) -> dict[str, Any]:
+        """``{"clients": n, "pools": {database: {cl_active, cl_waiting, sv_active,
+        sv_idle, sv_used, sv_login, maxwait, xact_count, query_count, ...}}}``."""
+        return {
+            "clients": self.n_clients,
+            "pools": {name: pool.stats() for name, pool in self.pools.items()},
+        }
+
+    async def shutdown(self, timeout: float) -> None:
+        """Stop taking new sessions; let linked (in-transaction) clients finish
+        for up to ``timeout`` seconds; then close everything."""
+        self.accepting = False
+        loop = self.loop
+        deadline = loop.time() + max(timeout, 0.0)
+        while loop.time() < deadline and any(p.sv_active or p.sv_used for p in self.pools.values()):
+            await asyncio.sleep(0.05)
+        await self.close()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.accepting = False
+        if self._janitor is not None:
+            self._janitor.cancel()
+        for session in list(self._all_sessions):
+            session.terminate("57P01", "terminating connection due to administrator command")
+        # Give the sessions a moment to flush their FATAL and return servers.
+        pending = [s._main for s in self._all_sessions if s._main is not None and not s._main.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=2.0)
+        for pool in self.pools.values():
+            await pool.close()
+        for task in list(self._tasks):
+            task.cancel()
+
+    # ------------------------------------------------------------- clients
+    async def handle_client(self, stream: Any) -> None:
+        """Run one client session to completion.  Never raises (except
+        CancelledError when the caller cancels it)."""
+        self._ensure_started()
+        session = Session(self, stream)
+        self._all_sessions.add(session)
+        try:
+            await session.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # pragma: no cover - Session.run handles everything
+            log.exception("unexpected error in session")
+        finally:
+            self._all_sessions.discard(session)
+
+    def register_session(self, session: Session) -> None:
+        """Issue a unique BackendKeyData for ``session``."""
+        while True:
+            pid = secrets.randbelow(0x7FFFFFFF) + 1
+            if pid not in self.sessions:
+                break
+        session.process_id = pid
+        session.secret_key = int.from_bytes(secrets.token_bytes(4), "big", signed=True)
+        self.sessions[pid] = session
+
+    def unregister_session(self, session: Session) -> None:
+        if session.process_id and self.sessions.get(session.process_id) is session:
+            del self.sessions[session.process_id]
+
+    async def handle_cancel(self, process_id: int, secret_key: int) -> None:
+        """Forward a CancelRequest to the backend serving that client, if any."""
+        session = self.sessions.get(process_id)
+        if session is None or session.secret_key != secret_key:
+            return
+        server = session.server
+        if server is None or server.closed:
+            return
+        await send_cancel(server.host, server.port, server.backend_pid, server.backend_key)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run a fire-and-forget background coroutine."""
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _janitor_interval(s: Any) -> float:
+    candidates = [v for v in (s.query_wait_timeout, s.idle_transaction_timeout, s.query_timeout,
+                              s.reserve_pool_timeout if s.reserve_pool_size else 0.0,
+                              s.client_idle_timeout, s.server_idle_timeout) if v and v > 0]
+    if not candidates:
+        return 1.0
+    return min(1.0, max(0.02, min(candidates) / 4))

@@ -1,0 +1,643 @@
+"""Client sessions: the server side of startup, authentication, and the
+transaction-pooling loop.
+
+One :class:`Session` per :class:`~gateway.streams.ClientStream`.
+
+Startup: SSLRequest / GSSENCRequest are answered ``N``; a CancelRequest is
+forwarded (see :mod:`gateway.cancel`) and the stream closed; protocol 3.x with
+x > 0 (or ``_pq_.`` options) gets NegotiateProtocolVersion, any other major
+version a FATAL 0A000.  Then authentication (:mod:`gateway.auth`), the
+database lookup (unknown -> 3D000, no upstream attempt), and the reply:
+AuthenticationOk, the upstream's ParameterStatus values (cached per pool),
+a gateway-issued BackendKeyData and ReadyForQuery -- without a server.
+Bytes are processed strictly in order, so StartupMessage + PasswordMessage +
+the first query in one chunk work.
+
+Pooling loop (the hot path): every client chunk is framed with
+``FrontendReader.read_raw()`` and forwarded whole; only message types are
+inspected.  A server is linked at the first message of a transaction; Query,
+Sync and FunctionCall are counted as *outstanding* and each ReadyForQuery
+from the server decrements the count.  In transaction mode the server is
+released when ReadyForQuery says ``I``, nothing is outstanding and no
+extended-protocol message is waiting for its Sync.  In session mode it stays
+linked until the client leaves.  Server -> client bytes are handled in the
+server's ``data_received`` callback (:meth:`Session.on_server_data`) and
+queued for a per-session writer task.
+
+Named prepared statements (transaction mode) are not supported yet: a server
+on which the client created one (Parse with a non-empty name) gets
+``DEALLOCATE ALL`` before it goes back to the pool, so no other client can
+ever see (or execute) it; the client itself gets PostgreSQL's own error
+(26000 "prepared statement ... does not exist") when it uses the name in a
+later transaction.  Statements used within one transaction work.
+SQL-level PREPARE is not detected (as with PgBouncer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from typing import TYPE_CHECKING, Any
+
+from driver.protocol import messages as m
+from driver.protocol.framing import FrontendReader, ProtocolError
+
+from .auth import AuthFailed
+from .cancel import send_cancel
+from .pool import Pool, PoolError
+from .server import ServerConnection, parse_parameter_status
+from .streams import TransportError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .core import Gateway
+
+log = logging.getLogger("wirepool.gateway.session")
+
+#: lower-case name -> the canonical name PostgreSQL reports.
+TRACKED: dict[str, str] = {
+    "client_encoding": "client_encoding",
+    "datestyle": "DateStyle",
+    "intervalstyle": "IntervalStyle",
+    "timezone": "TimeZone",
+    "standard_conforming_strings": "standard_conforming_strings",
+    "application_name": "application_name",
+}
+TRACKED_NAMES = frozenset(TRACKED.values())
+#: Startup parameters accepted and ignored.
+IGNORED_STARTUP = frozenset({"extra_float_digits"})
+
+_Q, _S, _F, _X, _P = 81, 83, 70, 88, 80  # frontend types
+_COPY = frozenset({100, 99, 102})  # d c f
+_Z = 90
+_IDLE = 73  # 'I'
+
+_DEALLOCATE_ALL = m.query("DEALLOCATE ALL")
+_ROLLBACK = m.query("ROLLBACK")
+
+_OUT_HIGH = 1 << 20  # pause the server when this much is queued for a slow client
+_OUT_LOW = 1 << 18
+
+
+class _ClientGone(Exception):
+    pass
+
+
+def _fatal(sqlstate: str, message: str) -> bytes:
+    return m.error(sqlstate, message, severity="FATAL")
+
+
+def _quote_literal(value: str) -> str:
+    if "\\" in value:
+        return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _normalize(name: str, value: str) -> str:
+    if name == "client_encoding" and value.lower().replace("-", "").replace("_", "") == "utf8":
+        return "UTF8"
+    return value
+
+
+class Session:
+    """One client connection."""
+
+    def __init__(self, gateway: "Gateway", stream: Any) -> None:
+        self.gw = gateway
+        self.stream = stream
+        self.loop = gateway.loop
+        s = gateway.settings
+        self.settings = s
+        self.reader = FrontendReader(max_size=s.max_message_size)
+        # pool bookkeeping (lists are maintained by Pool._move)
+        self.pool: Pool | None = None
+        self.pool_list: dict[Any, None] | None = None
+        self.wait_future: asyncio.Future[ServerConnection] | None = None
+        self.wait_start = 0.0
+        self.transaction_mode = True
+        # link state
+        self.server: ServerConnection | None = None
+        self.outstanding = 0
+        self.dirty = False
+        self.named = False
+        self.swallow = 0
+        self._swallow_keys: tuple[str, ...] = ()
+        self.last_z = 0.0
+        self.query_start = 0.0
+        self.last_activity = 0.0
+        self._cancel_sent = False
+        self._track_times = s.idle_transaction_timeout > 0 or s.query_timeout > 0
+        self._track_activity = s.client_idle_timeout > 0
+        # identity
+        self.user = ""
+        self.database = ""
+        self.params: dict[str, str] = {}
+        self.process_id = 0
+        self.secret_key = 0
+        self.counted = False
+        # output
+        self._out: list[bytes] = []
+        self._out_bytes = 0
+        self._wake: asyncio.Future[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._writer_stop = False
+        self._paused: ServerConnection | None = None
+        self._main: asyncio.Task[Any] | None = None
+        self._aborted = False
+        self._finished = False
+        # startup-phase buffered messages (pipelined input, in order)
+        self._pend_chunk = b""
+        self._pend_idx: list[tuple[int, int, int]] = []
+        self._pend_pos = 0
+
+    def __repr__(self) -> str:
+        return f"<Session {getattr(self.stream, 'peer', '?')} {self.user}@{self.database}>"
+
+    # ================================================================ run
+    async def run(self) -> None:
+        self._main = asyncio.current_task()
+        try:
+            try:
+                ok = await self._startup()
+                if ok:
+                    await self._serve()
+            except asyncio.CancelledError:
+                if not self._aborted:
+                    raise
+                if self._main is not None:
+                    self._main.uncancel()
+            except ProtocolError as exc:
+                self._send_or_queue(_fatal(exc.sqlstate, str(exc)))
+            except (_ClientGone, TransportError, ConnectionError, OSError):
+                pass
+            except AuthFailed as exc:
+                self._send_or_queue(_fatal(exc.sqlstate, exc.message))
+            except PoolError as exc:
+                self._send_or_queue(_fatal(exc.sqlstate, exc.message))
+            except Exception:  # pragma: no cover - a bug; do not take the gateway down
+                log.exception("session %r failed", self)
+                self._send_or_queue(_fatal("XX000", "internal error in the gateway"))
+        finally:
+            await self._cleanup()
+
+    def _send_or_queue(self, data: bytes) -> None:
+        """Queue a final message; sent by the writer (or directly in cleanup)."""
+        self._out.append(data)
+        self._out_bytes += len(data)
+        w = self._wake
+        if w is not None:
+            self._wake = None
+            if not w.done():
+                w.set_result(None)
+
+    # ============================================================ startup
+    async def _next_message(self) -> tuple[int, bytes]:
+        """Next complete message, in arrival order (startup/auth phase)."""
+        while True:
+            pos = self._pend_pos
+            if pos < len(self._pend_idx):
+                t, s, e = self._pend_idx[pos]
+                self._pend_pos = pos + 1
+                return t, self._pend_chunk[s:e]
+            chunk, idx = self.reader.read_raw()
+            if chunk:
+                self._pend_chunk, self._pend_idx, self._pend_pos = chunk, idx, 0
+                continue
+            data = await self.stream.recv()
+            if not data:
+                raise _ClientGone()
+            self.reader.feed(data)
+
+    def _take_pending(self) -> tuple[bytes, list[tuple[int, int, int]]]:
+        """Messages buffered during startup but not consumed (pipelined query)."""
+        pos = self._pend_pos
+        idx = self._pend_idx
+        if pos >= len(idx):
+            return b"", []
+        start = idx[pos][1] - 5
+        chunk = self._pend_chunk[start:]
+        rest = [(t, s - start, e - start) for t, s, e in idx[pos:]]
+        self._pend_chunk, self._pend_idx, self._pend_pos = b"", [], 0
+        return chunk, rest
+
+    async def _startup(self) -> bool:
+        gw = self.gw
+        s = self.settings
+        timeout = s.client_login_timeout if s.client_login_timeout > 0 else None
+        try:
+            async with asyncio.timeout(timeout):
+                prefix = await self._handshake()
+        except TimeoutError:
+            raise AuthFailed("08006", "client_login_timeout: login not completed in time") from None
+        if prefix is None:
+            return False
+        # Database lookup only after authentication (as PostgreSQL does).
+        pool = gw.pools.get(self.database)
+        if pool is None:
+            raise AuthFailed("3D000", f'database "{self.database}" does not exist')
+        self.pool = pool
+        self.transaction_mode = pool.transaction_mode
+        pool.add_client(self)
+        server_params = await pool.ensure_params(self)
+        # Client's tracked values: what it asked for, else the server default.
+        params = self.params
+        for name in TRACKED_NAMES:
+            if name not in params and name in server_params:
+                params[name] = server_params[name]
+        gw.register_session(self)
+        parts = [prefix, m.AUTHENTICATION_OK]
+        for name, value in server_params.items():
+            parts.append(m.parameter_status(name, params.get(name, value)))
+        parts.append(m.backend_key_data(self.process_id, self.secret_key))
+        parts.append(m.ready_for_query("I"))
+        await self.stream.send(b"".join(parts))
+        return True
+
+    async def _handshake(self) -> bytes | None:
+        """Startup packet(s) and authentication.  Returns the bytes to send
+        before AuthenticationOk, or None when the stream is done (cancel)."""
+        gw = self.gw
+        send = self.stream.send
+        while True:
+            mtype, body = await self._next_message()
+            if mtype != m.F.UNTYPED:  # pragma: no cover - the reader guarantees it
+                raise ProtocolError("expected a startup packet")
+            msg = m.decode_frontend(mtype, body)
+            if isinstance(msg, m.SSLRequest) and getattr(self.stream, "tls_available", False):
+                if self.reader.buffered or self._pend_pos < len(self._pend_idx):
+                    # Bytes sent in clear after the SSLRequest must not count as encrypted.
+                    raise ProtocolError("unencrypted data received after SSLRequest")
+                await send(b"S")
+                await self.stream.start_tls()
+                continue
+            if isinstance(msg, (m.SSLRequest, m.GSSENCRequest)):
+                await send(m.SSL_REFUSED)
+                continue
+            if isinstance(msg, m.CancelRequest):
+                await gw.handle_cancel(msg.process_id, msg.secret_key)
+                return None
+            assert isinstance(msg, m.StartupMessage)
+            break
+        if msg.major != 3:
+            raise AuthFailed("0A000", f"unsupported frontend protocol {msg.major}.{msg.minor}: "
+                                      "server supports 3.0 to 3.0")
+        unrecognized: list[str] = []
+        user = msg.params.get("user", "")
+        for key, value in msg.params.items():
+            if key in ("user", "database"):
+                continue
+            lk = key.lower()
+            canonical = TRACKED.get(lk)
+            if canonical is not None:
+                self.params[canonical] = _normalize(canonical, value)
+            elif key.startswith("_pq_."):
+                unrecognized.append(key)
+            elif lk in IGNORED_STARTUP or (lk == "options" and not value.strip()):
+                pass
+            else:
+                raise AuthFailed("08P01", f"unsupported startup parameter: {key}")
+        if msg.minor > 0 or unrecognized:
+            await send(m.negotiate_protocol_version(0, unrecognized))
+        if not user:
+            raise AuthFailed("28000", "no PostgreSQL user name specified in startup packet")
+        self.user = user
+        self.database = msg.params.get("database") or user
+        if not gw.accepting:
+            raise AuthFailed("57P03", "the gateway is shutting down")
+        if gw.n_clients >= self.settings.max_client_conn:
+            raise AuthFailed("53300", "sorry, too many clients already")
+        gw.n_clients += 1
+        self.counted = True
+        return await gw.authenticator.authenticate(user, send, self._next_message)
+
+    # ======================================================== pooling loop
+    async def _serve(self) -> None:
+        self._writer = self.loop.create_task(self._write_loop())
+        chunk, idx = self._take_pending()
+        if chunk and not await self._from_client(chunk, idx):
+            return
+        reader = self.reader
+        recv = self.stream.recv
+        while True:
+            data = await recv()
+            if not data:
+                return
+            reader.feed(data)
+            chunk, idx = reader.read_raw()
+            if not chunk:
+                continue
+            # Fast path: linked, plain messages.
+            server = self.server
+            if server is not None and not self._track_times and not self._track_activity:
+                out = self.outstanding
+                dirty = self.dirty
+                for t, s, _e in idx:
+                    if t == _Q or t == _S:
+                        out += 1
+                        dirty = False
+                    elif t == _X or t == _F or t == _P:
+                        break
+                    elif t not in _COPY:
+                        dirty = True
+                else:
+                    self.pool.query_count += out - self.outstanding  # type: ignore[union-attr]
+                    self.outstanding = out
+                    self.dirty = dirty
+                    server.write(chunk)
+                    if server.write_paused:
+                        await server.drain()
+                    continue
+            if not await self._from_client(chunk, idx):
+                return
+
+    async def _from_client(self, chunk: bytes, idx: list[tuple[int, int, int]]) -> bool:
+        """Forward one framed chunk; False when the client terminated."""
+        before = out = self.outstanding
+        dirty = self.dirty
+        terminate = False
+        for t, s, _e in idx:
+            if t == _Q or t == _S or t == _F:
+                out += 1
+                dirty = False
+            elif t == _X:
+                chunk = chunk[: s - 5]
+                terminate = True
+                break
+            elif t == _P:
+                dirty = True
+                if chunk[s]:
+                    self.named = True
+            elif t not in _COPY:
+                dirty = True
+        now = self.loop.time() if (self._track_times or self._track_activity) else 0.0
+        self.last_activity = now
+        if chunk:
+            server = self.server
+            if server is None:
+                server = await self._link()
+            if before == 0 and out > 0:
+                self.query_start = now
+                self._cancel_sent = False
+            self.pool.query_count += out - before  # type: ignore[union-attr]
+            self.outstanding = out
+            self.dirty = dirty
+            server.write(chunk)
+            if server.write_paused:
+                await server.drain()
+        return not terminate
+
+    async def _link(self) -> ServerConnection:
+        pool = self.pool
+        assert pool is not None
+        server = pool.try_acquire()
+        if server is None:
+            server = await pool.wait_for_server(self)
+        self.server = server
+        server.client = self
+        # Tracked parameters: one SET batch when this server's values differ.
+        sp = server.params
+        diffs = [(k, v) for k, v in self.params.items() if sp.get(k) != v]
+        if diffs:
+            sql = ";".join(f"SET {k} TO {_quote_literal(v)}" for k, v in diffs)
+            self.swallow = 1
+            self._swallow_keys = tuple(k for k, _ in diffs)
+            server.write(m.query(sql))
+        return server
+
+    # ------------------------------------------------ server -> client (hot)
+    def on_server_data(self, server: ServerConnection, data: bytes) -> None:
+        reader = server.reader
+        reader.feed(data)
+        try:
+            chunk, idx = reader.read_raw()
+        except ProtocolError:
+            log.warning("%r sent a malformed message; closing it", server)
+            server.close()
+            return
+        if not chunk:
+            return
+        if self.swallow:
+            chunk, idx = self._swallow(server, chunk, idx)
+            if not chunk:
+                return
+        z = -1
+        out = self.outstanding
+        for t, s, e in idx:
+            if t == _Z:
+                out -= 1
+                z = chunk[s]
+            elif t == _S:
+                self._param_status(server, chunk[s:e])
+        # queue for the client
+        self._out.append(chunk)
+        self._out_bytes += len(chunk)
+        w = self._wake
+        if w is not None:
+            self._wake = None
+            w.set_result(None)
+        if z < 0:
+            if self._out_bytes > _OUT_HIGH and self._paused is None and server.transport is not None:
+                self._paused = server
+                server.transport.pause_reading()
+            return
+        server.status = z
+        if out <= 0:
+            self.outstanding = 0
+            if z == _IDLE and not self.dirty and self.transaction_mode:
+                self._release()
+            elif self._track_times:
+                self.last_z = self.loop.time()
+        else:
+            self.outstanding = out
+
+    def _swallow(self, server: ServerConnection, chunk: bytes,
+                 idx: list[tuple[int, int, int]]) -> tuple[bytes, list[tuple[int, int, int]]]:
+        """Drop the replies to our own SET batch from the front of the stream."""
+        n = 0
+        cut = 0
+        for t, s, e in idx:
+            n += 1
+            if t == _S:
+                self._param_status(server, chunk[s:e])
+            elif t == m.B.ERROR_RESPONSE:
+                fields = m.decode_fields(chunk[s:e])
+                log.warning("%r: applying tracked parameters failed: %s", self, fields.get("M"))
+            elif t == _Z:
+                server.status = chunk[s]
+                self.swallow -= 1
+                if self.swallow == 0:
+                    cut = e
+                    # Adopt the server's resulting values (canonical spelling, or
+                    # its unchanged value if our SET failed): no SET loop.
+                    for k in self._swallow_keys:
+                        if k in server.params:
+                            self.params[k] = server.params[k]
+                    break
+        if self.swallow:
+            return b"", []
+        return chunk[cut:], [(t, s - cut, e - cut) for t, s, e in idx[n:]]
+
+    def _param_status(self, server: ServerConnection, body: bytes) -> None:
+        name, value = parse_parameter_status(body)
+        server.params[name] = value
+        if name in TRACKED_NAMES:
+            self.params[name] = value
+
+    def _release(self) -> None:
+        server = self.server
+        if server is None:
+            return
+        self.server = None
+        server.client = None
+        pool = self.pool
+        assert pool is not None
+        pool.xact_count += 1
+        if self._paused is server:
+            self._paused = None
+            if server.transport is not None:
+                server.transport.resume_reading()
+        if self.named:
+            self.named = False
+            pool.reset_and_release(server, _DEALLOCATE_ALL, 1)
+        else:
+            pool.release(server)
+
+    def on_server_lost(self, server: ServerConnection) -> None:
+        """The linked server died: the client gets an error and is disconnected."""
+        if self.server is not server:
+            return
+        self.server = None
+        self.outstanding = 0
+        self._abort("08006", "server connection lost: the upstream server closed the connection unexpectedly")
+
+    # --------------------------------------------------------- writer task
+    async def _write_loop(self) -> None:
+        out = self._out
+        send = self.stream.send
+        try:
+            while True:
+                if not out:
+                    if self._writer_stop:
+                        return
+                    w = self._wake = self.loop.create_future()
+                    await w
+                    continue
+                data = out[0] if len(out) == 1 else b"".join(out)
+                out.clear()
+                self._out_bytes = 0
+                await send(data)
+                p = self._paused
+                if p is not None and self._out_bytes < _OUT_LOW:
+                    self._paused = None
+                    if p.transport is not None:
+                        p.transport.resume_reading()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Client gone: stop the session (its recv will end too).
+            out.clear()
+            self._out_bytes = 0
+            self._abort(None, None)
+
+    # ------------------------------------------------------------ timeouts
+    def check_timeouts(self, now: float) -> None:
+        """Called by the janitor for linked clients."""
+        s = self.settings
+        server = self.server
+        if server is None:
+            return
+        if self.outstanding == 0:
+            if (s.idle_transaction_timeout > 0 and not self.dirty and server.status != _IDLE
+                    and now - self.last_z >= s.idle_transaction_timeout):
+                self._abort("25P03", "terminating connection due to idle-in-transaction timeout")
+        elif s.query_timeout > 0 and not self._cancel_sent and now - self.query_start >= s.query_timeout:
+            self._cancel_sent = True
+            self.gw.spawn(send_cancel(server.host, server.port, server.backend_pid, server.backend_key))
+
+    def check_idle(self, now: float) -> None:
+        s = self.settings
+        if (s.client_idle_timeout > 0 and self.server is None and self.last_activity
+                and now - self.last_activity >= s.client_idle_timeout):
+            self._abort("08P01", "client_idle_timeout")
+
+    # ------------------------------------------------------------- closing
+    def _abort(self, sqlstate: str | None, message: str | None) -> None:
+        """Stop the session from a callback: queue a FATAL, end the main task."""
+        if self._aborted or self._finished:
+            return
+        self._aborted = True
+        if sqlstate is not None and message is not None:
+            self._send_or_queue(_fatal(sqlstate, message))
+        t = self._main
+        if t is not None and not t.done():
+            t.cancel()
+
+    def terminate(self, sqlstate: str, message: str) -> None:
+        """Used by the Gateway at shutdown."""
+        self._abort(sqlstate, message)
+
+    async def _cleanup(self) -> None:
+        self._finished = True
+        gw = self.gw
+        gw.unregister_session(self)
+        if self.counted:
+            self.counted = False
+            gw.n_clients -= 1
+        server = self.server
+        if server is not None:
+            self.server = None
+            self._return_server(server)
+        if self.pool is not None:
+            self.pool.remove_client(self)
+        # flush what is queued, then close
+        try:
+            if self._writer is not None:
+                self._writer_stop = True
+                w = self._wake
+                if w is not None and not w.done():
+                    self._wake = None
+                    w.set_result(None)
+                try:
+                    await asyncio.wait_for(asyncio.shield(self._writer), 5.0)
+                except (asyncio.TimeoutError, Exception):
+                    self._writer.cancel()
+            elif self._out:
+                data = b"".join(self._out)
+                self._out.clear()
+                await asyncio.wait_for(self.stream.send(data), 5.0)
+        except BaseException:  # client already gone; nothing else to do
+            pass
+        try:
+            await self.stream.close()
+        except Exception:  # pragma: no cover
+            pass
+
+    def _return_server(self, server: ServerConnection) -> None:
+        """The client leaves while linked: make the server safe for others."""
+        pool = self.pool
+        assert pool is not None
+        server.client = None
+        if self._paused is server:
+            self._paused = None
+            if server.transport is not None:
+                server.transport.resume_reading()
+        if server.closed:
+            pool.discard(server)
+            return
+        if self.outstanding or self.dirty or self.swallow:
+            # Mid-result or mid-pipeline: cancel whatever runs, then close it.
+            if self.outstanding:
+                self.gw.spawn(send_cancel(server.host, server.port, server.backend_pid, server.backend_key))
+            pool.discard(server)
+            return
+        parts: list[bytes] = []
+        if server.status != _IDLE:
+            parts.append(_ROLLBACK)
+        if not self.transaction_mode and self.settings.server_reset_query:
+            parts.append(m.query(self.settings.server_reset_query))
+        elif self.named:
+            parts.append(_DEALLOCATE_ALL)
+        if parts:
+            pool.reset_and_release(server, b"".join(parts), len(parts))
+        else:
+            pool.release(server)
