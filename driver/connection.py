@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import importlib
 import inspect
-import os
 import re
+import ssl as ssl_module
 from typing import Any, Awaitable, Callable, Iterable, NamedTuple, Sequence
 
 from . import codecs
 from . import exceptions as exc
+from .dsn import ConnectParams, parse_dsn
 from .protocol import client as pc
 from .protocol.auth import AuthenticationError
 from .protocol.framing import ProtocolError as FramingError
 from .protocol.messages import FieldDescription
+from .record import Record, make_mapping
 from .transport import Connector, Endpoint, Transport, TransportError, get_connector
 
 __all__ = ["Connection", "connect", "ServerVersion", "ConnectionSettings"]
@@ -71,158 +72,6 @@ class ConnectionSettings:
 
 
 # ---------------------------------------------------------------------------
-# Optional collaborators (driver.record, driver.dsn) -- imported lazily
-# ---------------------------------------------------------------------------
-
-
-def _record_class() -> Any:
-    try:
-        return importlib.import_module("driver.record").Record
-    except (ImportError, AttributeError):
-        return None
-
-
-class _Params:
-    """What connect() needs from the DSN and keyword arguments."""
-
-    def __init__(self) -> None:
-        self.scheme = "postgresql"
-        self.host = "localhost"
-        self.port = 5432
-        self.user = ""
-        self.password: str | None = None
-        self.database = ""
-        self.sslmode = "prefer"
-        self.ssl: Any = None
-        self.connect_timeout: float | None = None
-        self.server_settings: dict[str, str] = {}
-        self.options: dict[str, Any] = {}
-
-
-def _fallback_parse_dsn(dsn: str | None, **kw: Any) -> _Params:
-    from urllib.parse import parse_qsl, unquote, urlsplit
-
-    p = _Params()
-    q: dict[str, str] = {}
-    if dsn:
-        u = urlsplit(dsn)
-        p.scheme = u.scheme or "postgresql"
-        if u.hostname:
-            p.host = unquote(u.hostname)
-        if u.port:
-            p.port = u.port
-        if u.username:
-            p.user = unquote(u.username)
-        if u.password is not None:
-            p.password = unquote(u.password)
-        if u.path and u.path != "/":
-            p.database = unquote(u.path[1:])
-        q = dict(parse_qsl(u.query))
-    env = os.environ
-    if not dsn:
-        p.host = env.get("PGHOST", p.host)
-        p.port = int(env.get("PGPORT", p.port))
-    if "host" in q:
-        p.host = q.pop("host")
-    if "port" in q:
-        p.port = int(q.pop("port"))
-    if "user" in q:
-        p.user = q.pop("user")
-    if "password" in q:
-        p.password = q.pop("password")
-    if "dbname" in q:
-        p.database = q.pop("dbname")
-    if "database" in q:
-        p.database = q.pop("database")
-    if "sslmode" in q:
-        p.sslmode = q.pop("sslmode")
-    if "connect_timeout" in q:
-        p.connect_timeout = float(q.pop("connect_timeout"))
-    p.server_settings.update(q)
-    if kw.get("host") is not None:
-        p.host = kw["host"]
-    if kw.get("port") is not None:
-        p.port = int(kw["port"])
-    if kw.get("user") is not None:
-        p.user = kw["user"]
-    if kw.get("password") is not None:
-        p.password = kw["password"]
-    if kw.get("database") is not None:
-        p.database = kw["database"]
-    if kw.get("server_settings"):
-        p.server_settings.update(kw["server_settings"])
-    ssl = kw.get("ssl")
-    if ssl is not None:
-        if isinstance(ssl, str):
-            p.sslmode = ssl
-        elif ssl is True:
-            p.sslmode = "require"
-        elif ssl is False:
-            p.sslmode = "disable"
-        else:
-            p.ssl = ssl
-            p.sslmode = "require"
-    if not p.user:
-        p.user = env.get("PGUSER") or _default_user()
-    if p.password is None:
-        p.password = env.get("PGPASSWORD")
-    if not p.database:
-        p.database = env.get("PGDATABASE") or p.user
-    return p
-
-
-def _default_user() -> str:
-    try:
-        import getpass
-
-        return getpass.getuser()
-    except Exception:
-        return "postgres"
-
-
-def _parse_params(dsn: str | None, **kw: Any) -> _Params:
-    try:
-        mod = importlib.import_module("driver.dsn")
-    except ImportError:
-        return _fallback_parse_dsn(dsn, **kw)
-    cp = mod.parse_dsn(dsn, **kw)
-    p = _Params()
-    p.scheme = getattr(cp, "scheme", None) or "postgresql"
-    host = getattr(cp, "host", None)
-    port = getattr(cp, "port", None)
-    if isinstance(host, (list, tuple)):
-        host = host[0] if host else None
-    if isinstance(port, (list, tuple)):
-        port = port[0] if port else None
-    if host:
-        p.host = str(host)
-    if port:
-        p.port = int(port)
-    p.user = getattr(cp, "user", None) or _default_user()
-    p.password = getattr(cp, "password", None)
-    p.database = getattr(cp, "database", None) or p.user
-    ssl = getattr(cp, "ssl", None)
-    sslmode = getattr(cp, "sslmode", None)
-    if sslmode is not None and not isinstance(sslmode, str):
-        sslmode = getattr(sslmode, "name", str(sslmode)).replace("_", "-")
-    if isinstance(ssl, str) and sslmode is None:
-        sslmode = ssl
-    elif ssl is True and sslmode is None:
-        sslmode = "require"
-    elif ssl is False and sslmode is None:
-        sslmode = "disable"
-    elif ssl is not None and not isinstance(ssl, (str, bool)):
-        p.ssl = ssl
-    p.sslmode = sslmode or "prefer"
-    ct = getattr(cp, "connect_timeout", None)
-    p.connect_timeout = float(ct) if ct else None
-    p.server_settings = dict(getattr(cp, "server_settings", None) or {})
-    p.options = dict(getattr(cp, "options", None) or {}) if isinstance(
-        getattr(cp, "options", None), dict) else {}
-    return p
-
-
-# ---------------------------------------------------------------------------
 # Statements
 # ---------------------------------------------------------------------------
 
@@ -242,17 +91,14 @@ class _Statement:
         self.result_formats = [codecs.result_format_for(f.type_oid) for f in self.fields]
         dec = codecs.build_row_decoder([(f.type_oid, fmt) for f, fmt in
                                         zip(self.fields, self.result_formats)])
-        mapping: dict[str, int] = {}
-        for i, f in enumerate(self.fields):
-            mapping.setdefault(f.name, i)
+        mapping = make_mapping([f.name for f in self.fields])
         self.mapping = mapping
-        if record_cls is None:
-            self.row_decoder: pc.RowDecoder = dec
-        else:
-            def decode(body: bytes, _rec: Any = record_cls, _m: dict[str, int] = mapping,
-                       _d: Any = dec) -> Any:
-                return _rec(_m, _d(body))
-            self.row_decoder = decode
+        rec = Record if record_cls is None else record_cls
+
+        def decode(body: bytes, _rec: Any = rec, _m: dict[str, int] = mapping,
+                   _d: Any = dec) -> Any:
+            return _rec(_m, _d(body))
+        self.row_decoder: pc.RowDecoder = decode
         self.closed = False
         self.last_status: str | None = None
 
@@ -285,7 +131,7 @@ class Connection:
 
     def __init__(self, transport: Transport, protocol: pc.ClientProtocol, connector: Connector,
                  endpoint: Endpoint, *, statement_cache_size: int = 100,
-                 command_timeout: float | None = None, params: _Params | None = None) -> None:
+                 command_timeout: float | None = None, params: ConnectParams | None = None) -> None:
         self._transport = transport
         self._protocol = protocol
         self._connector = connector
@@ -298,7 +144,7 @@ class Connection:
         self._stmt_counter = 0
         self._portal_counter = 0
         self._savepoint_counter = 0
-        self._record_cls = _record_class()
+        self._record_cls: Any = None
         self._listeners: dict[str, list[Callable[..., Any]]] = {}
         self._log_listeners: list[Callable[..., Any]] = []
         self._termination_listeners: list[Callable[..., Any]] = []
@@ -468,6 +314,11 @@ class Connection:
         return req
 
     def _raise_for(self, req: pc.Request, query: str | None) -> None:
+        if req.error is not None and isinstance(req.exception, pc.ConnectionLost):
+            # A FATAL error, then the server closed the connection (as asyncpg reports it).
+            raise exc.ConnectionDoesNotExistError(
+                "connection was closed in the middle of operation: "
+                + req.error.get("M", "")) from exc.PostgresError.new(req.error, query)
         if req.error is not None:
             raise exc.PostgresError.new(req.error, query)
         if req.exception is not None:
@@ -832,13 +683,10 @@ async def connect(dsn: str | None = None, *, host: str | None = None, port: int 
     StartupMessage (only for servers known to ask for a cleartext password,
     e.g. a wirepool gateway with ``auth_type = "password"``).
     """
-    kw: dict[str, Any] = {"host": host, "port": port, "user": user, "password": password,
-                          "database": database, "ssl": ssl, "server_settings": server_settings}
-    for k in ("passfile", "direct_tls", "target_session_attrs", "krbsrvname", "gsslib"):
-        if k in extra and extra[k] is not None:
-            kw[k] = extra[k]
     try:
-        params = _parse_params(dsn, **{k: v for k, v in kw.items() if v is not None})
+        params = parse_dsn(dsn, host=host, port=port, user=user, password=password,
+                           database=database, ssl=ssl, timeout=timeout,
+                           server_settings=server_settings, **extra)
     except exc.InterfaceError:
         raise
     except ValueError as e:
@@ -849,9 +697,12 @@ async def connect(dsn: str | None = None, *, host: str | None = None, port: int 
         raise exc.ClientConfigurationError(str(e)) from e
     if params.connect_timeout and (timeout is None or params.connect_timeout < timeout):
         timeout = params.connect_timeout
+    ssl_context = params.ssl if isinstance(params.ssl, ssl_module.SSLContext) else None
     endpoint = Endpoint(scheme=params.scheme, host=params.host, port=params.port,
-                        sslmode=params.sslmode, ssl_context=params.ssl,
-                        connect_timeout=timeout, options=params.options)
+                        sslmode=params.sslmode, ssl_context=ssl_context,
+                        connect_timeout=timeout,
+                        options={"path": params.path, "query": dict(params.query),
+                                 "params": params})
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout if timeout else None
 

@@ -635,8 +635,8 @@ class ClientProtocol:
     def _fail_all(self, exc: BaseException) -> None:
         for req in list(self._pending) + self._held:
             if not req.done:
-                if req.exception is None and req.error is None:
-                    req.exception = exc
+                if req.exception is None:
+                    req.exception = exc  # kept alongside a FATAL ``error``
                 req.done = True
                 self._events.append(RequestDone(req))
         self._pending.clear()
