@@ -299,9 +299,9 @@ async def test_address_parameter_never_dialled(echo_app: EchoApp) -> None:
 async def test_ws_backpressure_pauses_reading(echo_app: EchoApp) -> None:
     app, fake = echo_app
     fake.hold = asyncio.Event()
-    total = 4 << 20
+    total = 24 << 20
     chunk = os.urandom(64 << 10)
-    async with websockets.connect(app.ws_url, max_size=None, write_limit=1 << 16) as ws:
+    async with websockets.connect(app.ws_url, max_size=None, write_limit=1 << 16, compression=None) as ws:
         stream = await asyncio.wait_for(fake.new_stream.get(), 10)
 
         async def sender() -> None:
