@@ -156,6 +156,7 @@ class Connection:
         self._top_xact: Any = None
         self._background: set[asyncio.Task[Any]] = set()
         self._last_server_error: dict[str, str] | None = None
+        self._cancelling: asyncio.Task[None] | None = None
         protocol.on_notice = None
 
     # -- lifecycle -----------------------------------------------------------
@@ -255,7 +256,10 @@ class Connection:
         if self._closed:
             raise exc.InterfaceError("connection is closed")
 
-    def _acquire(self) -> None:
+    async def _acquire(self) -> None:
+        if self._cancelling is not None:
+            # A cancelled operation is still being cancelled on the server: wait for it.
+            await asyncio.shield(self._cancelling)
         self._check_open()
         if self._busy:
             raise exc.InterfaceError(_BUSY_MSG)
@@ -358,8 +362,9 @@ class Connection:
                 pass
             finally:
                 self._busy = False
+                self._cancelling = None
 
-        self._spawn(run())
+        self._cancelling = self._loop.create_task(run())
 
     # -- statements ------------------------------------------------------------
     def _next_stmt_name(self) -> str:
@@ -452,7 +457,7 @@ class Connection:
     # -- public API: queries ---------------------------------------------------
     async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
         """Run ``query``; return the command tag of the (last) statement."""
-        self._acquire()
+        await self._acquire()
         try:
             deadline = self._deadline(timeout)
             if not args:
@@ -467,7 +472,7 @@ class Connection:
     async def executemany(self, command: str, args: Iterable[Sequence[Any]], *,
                           timeout: float | None = None) -> None:
         """Run ``command`` for every argument tuple: one pipelined batch, one Sync."""
-        self._acquire()
+        await self._acquire()
         try:
             deadline = self._deadline(timeout)
             await self._executemany(command, args, deadline)
@@ -498,7 +503,7 @@ class Connection:
 
     async def fetch(self, query: str, *args: Any, timeout: float | None = None,
                     record_class: Any = None) -> list[Any]:
-        self._acquire()
+        await self._acquire()
         try:
             _, result = await self._bind_execute(query, args, self._deadline(timeout))
             return result.rows
@@ -507,7 +512,7 @@ class Connection:
 
     async def fetchrow(self, query: str, *args: Any, timeout: float | None = None,
                        record_class: Any = None) -> Any:
-        self._acquire()
+        await self._acquire()
         try:
             _, result = await self._bind_execute(query, args, self._deadline(timeout), limit=0)
             return result.rows[0] if result.rows else None
@@ -516,7 +521,7 @@ class Connection:
 
     async def fetchval(self, query: str, *args: Any, column: int = 0,
                        timeout: float | None = None) -> Any:
-        self._acquire()
+        await self._acquire()
         try:
             _, result = await self._bind_execute(query, args, self._deadline(timeout))
             if not result.rows:
@@ -529,7 +534,7 @@ class Connection:
                       record_class: Any = None) -> Any:
         from .prepared import PreparedStatement
 
-        self._acquire()
+        await self._acquire()
         try:
             st = await self._prepare_statement(query, self._deadline(timeout), named=True)
         finally:

@@ -63,7 +63,7 @@ class _BaseCursor:
         if self._portal is not None:
             raise exc.InterfaceError("cursor already has an open portal")
         conn = self._conn
-        conn._acquire()
+        await conn._acquire()
         try:
             deadline = conn._deadline(timeout)
             st = self._state
@@ -94,7 +94,7 @@ class _BaseCursor:
             raise exc.InterfaceError("cursor does not have an open portal")
         assert self._state is not None
         conn = self._conn
-        conn._acquire()
+        await conn._acquire()
         try:
             req = pc.ExtendedQuery()
             result = req.execute(self._portal, n, self._state.row_decoder)

@@ -64,7 +64,7 @@ class PreparedStatement:
 
     async def _run(self, args: Sequence[Any], timeout: float | None) -> Any:
         conn = self._conn
-        conn._acquire()
+        await conn._acquire()
         try:
             _, result = await conn._bind_execute(self._st.query, args, conn._deadline(timeout),
                                                  st=self._st)
@@ -89,7 +89,7 @@ class PreparedStatement:
     async def executemany(self, args: Iterable[Sequence[Any]], *,
                           timeout: float | None = None) -> None:
         conn = self._conn
-        conn._acquire()
+        await conn._acquire()
         try:
             await conn._executemany(self._st.query, args, conn._deadline(timeout), st=self._st)
             self._last_status = self._st.last_status
