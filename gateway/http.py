@@ -22,7 +22,7 @@ import asyncio
 import logging
 from http import HTTPStatus
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, cast
 from urllib.parse import parse_qsl, urlsplit
 
 import h11
@@ -251,7 +251,7 @@ class HttpConnection(asyncio.Protocol):
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop transports are not asyncio.Transport subclasses
         self.transport = transport
         set_nodelay(transport)
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)

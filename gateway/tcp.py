@@ -17,7 +17,7 @@ import asyncio
 import logging
 import socket
 import ssl
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, cast
 
 from gateway.streams import TransportError
 
@@ -242,7 +242,7 @@ class TcpProtocol(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop transports are not asyncio.Transport subclasses
         if self.stream is not None:  # start_tls re-calls connection_made on some loops
             return
         set_nodelay(transport)
