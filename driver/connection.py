@@ -48,8 +48,8 @@ def _parse_server_version(text: str) -> ServerVersion:
     level = m.group(4) or "final"
     serial = int(m.group(5) or 0)
     if major >= 10 and m.group(3) is None:
-        # Since PostgreSQL 10 "X.Y" means major X, minor Y (no micro).
-        pass
+        # Since PostgreSQL 10 "X.Y" is major X, patch Y: asyncpg reports (X, 0, Y).
+        minor, micro = 0, minor
     return ServerVersion(major, minor, micro, level, serial)
 
 
@@ -411,7 +411,8 @@ class Connection:
             return codecs.encode_params(st.param_oids, args)
         except codecs.EncodeError as e:
             if e.position is None:
-                raise exc.InterfaceError(str(e)) from None
+                raise exc.InterfaceError(
+                    str(e), hint="Check the query against the passed list of arguments.") from None
             raise exc.DataError(str(e)) from None
 
     def _add_bind_execute(self, req: pc.ExtendedQuery, st: _Statement, args: Sequence[Any], *,

@@ -28,12 +28,11 @@ def _type_of(oid: int) -> Type:
     info = codecs.DEFAULT_REGISTRY.get(oid)
     if info is None:
         return Type(oid, "", "scalar", "")
-    name = info.name
-    kind = "array" if info.element_oid else "scalar"
-    if kind == "array" and name.endswith("[]"):
+    if info.element_oid:
         elem = codecs.DEFAULT_REGISTRY.get(info.element_oid)
-        name = "_" + (elem.name if elem is not None else name[:-2])
-    return Type(oid, name, kind, "pg_catalog")
+        name = (elem.name if elem is not None else info.name.lstrip("_")) + "[]"
+        return Type(oid, name, "array", "pg_catalog")  # asyncpg spells arrays "text[]"
+    return Type(oid, info.name, "scalar", "pg_catalog")
 
 
 class PreparedStatement:
@@ -92,7 +91,6 @@ class PreparedStatement:
         await conn._acquire()
         try:
             await conn._executemany(self._st.query, args, conn._deadline(timeout), st=self._st)
-            self._last_status = self._st.last_status
         finally:
             conn._release()
 
