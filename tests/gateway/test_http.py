@@ -399,3 +399,49 @@ async def test_healthz_503_while_shutting_down() -> None:
         assert st == 503
     finally:
         await app.shutdown(0.5)
+
+
+# --------------------------------------------------------------------------- with the real Gateway
+
+async def test_real_gateway_ws_pipelined_and_metrics(gateway_app: Any) -> None:
+    """StartupMessage + PasswordMessage + Query in ONE WebSocket message (Neon's
+    pipelineConnect), the reply split arbitrarily; then /healthz and /metrics."""
+    from driver.protocol import messages
+    from tests.gateway.conftest import ALICE_PASSWORD
+    app = await gateway_app(auth_type="password")
+    blob = (messages.startup_message({"user": "alice", "database": "app"}) +
+            messages.password_message(ALICE_PASSWORD) + messages.query("select 6 * 7 as answer"))
+    async with websockets.connect(app.ws_url + "?address=127.0.0.1:1") as ws:
+        await ws.send(blob)
+        got = b""
+        while True:
+            got += await asyncio.wait_for(ws.recv(), 20)
+            # parse only message headers: stop after the ReadyForQuery following the query
+            pos, kinds = 0, []
+            while pos + 5 <= len(got):
+                n = int.from_bytes(got[pos + 1:pos + 5], "big")
+                if pos + 1 + n > len(got):
+                    break
+                kinds.append(got[pos:pos + 1])
+                pos += 1 + n
+            if kinds.count(b"Z") >= 2 or b"E" in kinds:
+                break
+        assert b"E" not in kinds, got
+        assert kinds[0] == b"R" and b"T" in kinds and b"D" in kinds
+        assert b"42" in got
+        await ws.send(messages.terminate())
+    [(st, _, _)], _ = await http(app.http_port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert st == 200
+    [(st, _, body)], _ = await http(app.http_port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert st == 200 and b"wirepool_pools_" in body and b"wirepool_clients" in body
+
+
+async def test_real_gateway_pg_listen_asyncpg(gateway_app: Any) -> None:
+    import asyncpg
+    from tests.gateway.conftest import ALICE_PASSWORD
+    app = await gateway_app()
+    conn = await asyncpg.connect(app.pg_dsn("alice", ALICE_PASSWORD, "app"), statement_cache_size=0)
+    try:
+        assert await conn.fetchval("select 1 + 1") == 2
+    finally:
+        await conn.close()
