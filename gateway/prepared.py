@@ -1,0 +1,697 @@
+"""Protocol-level named prepared statements across a transaction pool (sans-I/O).
+
+In transaction mode every transaction may run on another server connection,
+where a statement the client prepared earlier does not exist.  This module
+rewrites the client's extended-protocol stream so that named statements
+follow the client from server to server, the way PgBouncer (>= 1.21) does:
+
+* :class:`StatementRegistry` (one per gateway): every distinct
+  (query text, parameter type OIDs) -- the raw tail of the Parse body, so
+  any ``client_encoding`` stays byte-exact -- gets ONE gateway-wide name
+  ``__wp_<n>`` and the Parse message that creates it.  Entries are
+  reference-counted by client mappings.
+* :class:`ClientStatements` (one per client): the client's own statement
+  names -> registry entries, capped by ``max_client_statements`` and
+  ``max_client_statement_bytes`` (total query bytes); past a cap the Parse
+  gets an ErrorResponse 53400 (in order) instead of a disconnect.
+* :class:`ServerStatements` (one per server connection, see
+  :func:`server_statements`): an LRU of the gateway names the server has
+  prepared, bounded by ``max_prepared_statements``; the oldest is evicted
+  with an injected ``Close('S')`` whose CloseComplete is swallowed.
+* :class:`Rewriter` (one per client session, bound to the linked server with
+  :meth:`Rewriter.link`): ``rewrite_frontend(chunk, index)`` returns
+  ``(bytes_to_server, local_replies_now)`` and ``rewrite_backend(chunk,
+  index)`` returns ``(chunk, index)`` for the client.
+
+Rewriting rules (named statements only; the unnamed statement and all
+portals pass through untouched):
+
+* Parse ``s``: ``s`` already mapped -> 42P05 ``prepared statement "s" already
+  exists``.  Else map it; if the server already has the gateway statement a
+  synthetic ParseComplete is queued, otherwise the Parse is forwarded renamed.
+* Bind / Describe('S') of ``s``: renamed; if the server lacks the statement
+  its Parse is injected first and the ParseComplete swallowed.  An unknown
+  ``s`` gets 26000 ``prepared statement "s" does not exist`` locally.
+* Close('S') of ``s`` drops the client mapping; CloseComplete is synthesized.
+* Simple Query text containing ``DEALLOCATE ALL`` / ``DISCARD ALL`` clears the
+  client's mappings (and makes the server's statements "uncertain", below).
+
+Order: every forwarded message that the server answers gets an entry in a
+reply queue (how its reply ends; pass / swallow / synthesize).  Synthetic
+replies are emitted exactly when every reply before them has been delivered;
+those with nothing before them come back at once as ``local_replies_now``.
+
+Errors: an ErrorResponse to an extended-protocol message makes the server skip
+everything up to Sync, so the queue drops the entries up to the next Sync and
+undoes their effects (client mappings created or closed, statements assumed
+created or evicted on the server).  A locally generated error (42P05, 26000,
+caps) does the same on the client side: the messages after it up to Sync are
+not forwarded; the Sync is, so the server answers ReadyForQuery.  A failed
+injected Parse passes its error to the client.
+
+Uncertainty: a statement whose last change on a server happened in an earlier
+pipeline segment (before a Sync) that the server has not answered yet may or
+may not exist there (that segment may still fail).  Such a statement -- and any
+statement marked "maybe" after a skip, a ``DISCARD ALL``, an abandoned link
+or a 26000 from the server -- is re-created with ``Close`` + ``Parse`` (Close
+of a missing statement is no error), so the server's state never has to be
+guessed.  A 0A000 (e.g. ``cached plan must not change result type``) in
+reply to a statement's Bind/Describe/Execute gives the registry entry a fresh
+gateway name, so no other client keeps hitting the stale plan.
+
+Hot path: a chunk without Parse/Bind/Describe/Close is returned unchanged
+(the same object) after one pass over its index; a server chunk is returned
+unchanged when the queue needs no change to it.  ``max_prepared_statements
+= 0`` disables everything (``Rewriter.enabled`` is false; callers skip it).
+
+Headers only: Parse bodies are validated with
+:func:`driver.protocol.messages.decode_frontend`; renaming splices the name
+out of the body (NUL-terminated name fields) instead of re-encoding, so
+parameter values are never decoded and the bytes stay exact.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import weakref
+from collections import OrderedDict, deque
+from typing import Any
+
+from driver.protocol import messages as m
+from driver.protocol.framing import MessageReader, ProtocolError
+
+__all__ = [
+    "DEFAULT_MAX_CLIENT_STATEMENTS",
+    "DEFAULT_MAX_CLIENT_STATEMENT_BYTES",
+    "Statement",
+    "StatementRegistry",
+    "ClientStatements",
+    "ServerStatements",
+    "server_statements",
+    "Rewriter",
+]
+
+#: Per-client cap on the number of named statements.
+DEFAULT_MAX_CLIENT_STATEMENTS = 1000
+#: Per-client cap on the total size of their query texts (bytes).
+DEFAULT_MAX_CLIENT_STATEMENT_BYTES = 8 * 1024 * 1024
+
+_pack_i32 = struct.Struct("!i").pack
+
+# frontend types
+_P, _B, _D, _C, _E, _S, _Q, _F, _H = (ord(c) for c in "PBDCESQFH")
+# backend types
+_Z = ord("Z")
+_ERR = ord("E")
+_ASYNC = frozenset(map(ord, "NSA"))  # Notice, ParameterStatus, Notification
+_EXEC_END = frozenset(map(ord, "CIs"))  # CommandComplete, EmptyQuery, PortalSuspended
+_CC = ord("C")
+
+# how an entry's reply ends
+_R1 = 0      # exactly one message (ParseComplete, BindComplete, CloseComplete, T/n)
+_RDESC = 1   # ParameterDescription then T/n (Describe 'S')
+_REXEC = 2   # ... CommandComplete / EmptyQueryResponse / PortalSuspended (Execute)
+_RZ = 3      # ... ReadyForQuery (Sync, Query, FunctionCall)
+_RSYN = 4    # nothing from the server: synthesized reply bytes
+# what to do with the reply
+_PASS = 0
+_SWALLOW = 1
+
+# entry fields (lists: the Describe rule mutates)
+_KIND, _ACT, _DATA, _STMT, _UNDO, _SYNC = range(6)
+
+_DISCARD_RE = re.compile(rb"(?i)\b(?:discard\s+all|deallocate\s+(?:prepare\s+)?all)\b")
+_DISCARD_TAGS = (b"DISCARD ALL\x00", b"DEALLOCATE ALL\x00")
+
+
+class Statement:
+    """One gateway-wide statement: its name and the Parse that creates it."""
+
+    __slots__ = ("key", "name", "parse", "refs", "size", "__weakref__")
+
+    def __init__(self, key: bytes, name: bytes) -> None:
+        self.key = key          # raw Parse body after the name: query\0 + int16 n + oids
+        self.size = len(key)
+        self.refs = 0
+        self.name = name
+        self.parse = b""
+        self.rename(name)
+
+    def rename(self, name: bytes) -> None:
+        self.name = name
+        body = name + b"\x00" + self.key
+        self.parse = b"P" + _pack_i32(len(body) + 4) + body
+
+    def __repr__(self) -> str:
+        return f"<Statement {self.name.decode()} refs={self.refs}>"
+
+
+class StatementRegistry:
+    """Gateway-wide: (query, param OIDs) -> :class:`Statement` with a unique name."""
+
+    def __init__(self, prefix: str = "__wp_", keep_unused: int = 1000) -> None:
+        self._prefix = prefix.encode()
+        self._by_key: dict[bytes, Statement] = {}
+        #: statements no client maps any more, kept (bounded) because servers
+        #: probably still have them: a client preparing them again reuses the name
+        self._unused: OrderedDict[bytes, None] = OrderedDict()
+        self.keep_unused = keep_unused
+        self._counter = 0
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def _new_name(self) -> bytes:
+        self._counter += 1
+        return self._prefix + str(self._counter).encode()
+
+    def get(self, key: bytes) -> Statement:
+        st = self._by_key.get(key)
+        if st is None:
+            st = self._by_key[key] = Statement(key, self._new_name())
+        return st
+
+    def acquire(self, st: Statement) -> None:
+        if st.refs == 0:
+            cur = self._by_key.setdefault(st.key, st)
+            if cur is st:
+                self._unused.pop(st.key, None)
+        st.refs += 1
+
+    def release(self, st: Statement) -> None:
+        st.refs -= 1
+        if st.refs <= 0:
+            st.refs = 0
+            if self._by_key.get(st.key) is st:
+                unused = self._unused
+                unused[st.key] = None
+                while len(unused) > self.keep_unused:
+                    key, _ = unused.popitem(last=False)
+                    del self._by_key[key]
+
+    def invalidate(self, st: Statement, name: bytes) -> None:
+        """The server said the statement's plan is stale: give it a new name
+        (only once per stale name), so every server re-creates it."""
+        if st.name == name:
+            st.rename(self._new_name())
+
+
+class ClientStatements:
+    """One client's statement names -> registry entries, with caps."""
+
+    def __init__(self, registry: StatementRegistry,
+                 max_statements: int = DEFAULT_MAX_CLIENT_STATEMENTS,
+                 max_bytes: int = DEFAULT_MAX_CLIENT_STATEMENT_BYTES) -> None:
+        self.registry = registry
+        self.max_statements = max_statements
+        self.max_bytes = max_bytes
+        self.names: dict[bytes, Statement] = {}
+        self.total_bytes = 0
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def check_caps(self, size: int) -> str | None:
+        """None if one more statement of ``size`` query bytes fits, else why not."""
+        if self.max_statements and len(self.names) >= self.max_statements:
+            return (f"too many prepared statements for this client: the limit is {self.max_statements}"
+                    " (max_client_statements); close some first")
+        if self.max_bytes and self.total_bytes + size > self.max_bytes:
+            return (f"prepared statements of this client exceed {self.max_bytes} bytes of query text"
+                    " (max_client_statement_bytes); close some first")
+        return None
+
+    def add(self, name: bytes, st: Statement) -> None:
+        old = self.names.get(name)
+        if old is not None:
+            self.remove(name)
+        self.names[name] = st
+        self.total_bytes += st.size
+        self.registry.acquire(st)
+
+    def remove(self, name: bytes) -> Statement | None:
+        st = self.names.pop(name, None)
+        if st is not None:
+            self.total_bytes -= st.size
+            self.registry.release(st)
+        return st
+
+    def clear(self) -> None:
+        for name in list(self.names):
+            self.remove(name)
+
+
+class ServerStatements:
+    """What one server connection has prepared (gateway names), as an LRU.
+
+    ``lru`` maps name -> pipeline segment in which it was (assumed) created;
+    ``changed`` records the segment of each name's last change while
+    segments are unanswered; ``maybe`` holds names that may or may not exist
+    (to be closed before any re-creation).  ``sent``/``acked`` count Syncs
+    forwarded / answered.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.lru: OrderedDict[bytes, int] = OrderedDict()
+        self.maybe: set[bytes] = set()
+        self.changed: dict[bytes, int] = {}
+        self.sent = 0
+        self.acked = 0
+
+    def __len__(self) -> int:
+        return len(self.lru)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.lru
+
+    def forget_all(self) -> None:
+        """Every statement may be gone (DISCARD ALL / DEALLOCATE ALL ran or may run)."""
+        self.maybe.update(self.lru)
+        self.lru.clear()
+
+    def reset(self) -> None:
+        """The server has no statements at all (e.g. after a reset query)."""
+        self.lru.clear()
+        self.maybe.clear()
+        self.changed.clear()
+        self.acked = self.sent
+
+
+_SERVERS: "weakref.WeakKeyDictionary[Any, ServerStatements]" = weakref.WeakKeyDictionary()
+
+
+def server_statements(server: Any, limit: int) -> ServerStatements:
+    """The :class:`ServerStatements` of a server connection object (created
+    on first use, dropped with the object)."""
+    st = _SERVERS.get(server)
+    if st is None:
+        st = _SERVERS[server] = ServerStatements(limit)
+    return st
+
+
+def _cstr_end(chunk: bytes, pos: int, end: int) -> int:
+    """Index of the NUL ending the string at ``pos`` (ProtocolError if none)."""
+    i = chunk.find(b"\x00", pos, end)
+    if i < 0:
+        raise ProtocolError("malformed frontend message: unterminated name")
+    return i
+
+
+def _msg(mtype: bytes, body: bytes) -> bytes:
+    return mtype + _pack_i32(len(body) + 4) + body
+
+
+def _close_msg(name: bytes) -> bytes:
+    return _msg(b"C", b"S" + name + b"\x00")
+
+
+class Rewriter:
+    """Rewrites one client's stream for the server it is linked to.
+
+    One per client session; :meth:`link` binds it to a server at each link
+    (the queue is empty then, since a server is only released with nothing
+    outstanding), :meth:`abandon` when a server is given up mid-pipeline.
+    """
+
+    def __init__(self, client: ClientStatements, limit: int) -> None:
+        self.client = client
+        self.limit = limit
+        self.enabled = limit > 0
+        self.server: ServerStatements | None = None
+        self._q: deque[list[Any]] = deque()
+        self._skipping = False       # a local error: drop client messages until Sync
+        self._last_stmt: tuple[Statement, bytes] | None = None
+        #: Query/FunctionCall messages dropped while skipping in the last
+        #: rewrite_frontend call (they will get no ReadyForQuery).
+        self.dropped_rfq = 0
+
+    # -------------------------------------------------------------- linking
+    def link(self, server: ServerStatements) -> None:
+        if self._q:
+            self.abandon()
+        self.server = server
+
+    def unlink(self) -> None:
+        if self._q:
+            self.abandon()
+        self.server = None
+
+    @property
+    def outstanding(self) -> int:
+        """Entries still waiting for (or holding) replies."""
+        return len(self._q)
+
+    def abandon(self) -> None:
+        """The linked server is given up mid-pipeline (client gone, error):
+        whatever was in flight may or may not have happened there."""
+        sv = self.server
+        q = self._q
+        if sv is not None:
+            for entry in q:
+                for op in entry[_UNDO]:
+                    if op[0] in ("sparse", "sclose"):
+                        name = op[1]
+                        sv.lru.pop(name, None)
+                        sv.maybe.add(name)
+            sv.changed.clear()
+            sv.acked = sv.sent
+        q.clear()
+        self._skipping = False
+
+    # ------------------------------------------------------------- frontend
+    def rewrite_frontend(self, chunk: bytes, index: list[tuple[int, int, int]]) -> tuple[bytes, bytes]:
+        """Client chunk -> ``(bytes for the server, replies for the client now)``."""
+        self.dropped_rfq = 0
+        sv = self.server
+        if not self.enabled or sv is None:
+            return chunk, b""
+        q = self._q
+        if not self._skipping:
+            # Fast path: nothing names a statement.
+            for t, s, e in index:
+                if t == _P or t == _B or t == _D or t == _C:
+                    break
+            else:
+                for t, s, e in index:
+                    if t == _E:
+                        q.append([_REXEC, _PASS, None, self._last_stmt, (), 0])
+                    elif t == _S:
+                        q.append([_RZ, _PASS, None, None, (), 1])
+                        sv.sent += 1
+                    elif t == _Q:
+                        q.append([_RZ, _PASS, None, None, (), 0])
+                        if _DISCARD_RE.search(chunk, s, e) is not None:
+                            self._discard_all()
+                    elif t == _F:
+                        q.append([_RZ, _PASS, None, None, (), 0])
+                return chunk, b""
+        return self._slow_frontend(chunk, index, sv)
+
+    def _discard_all(self) -> None:
+        self.client.clear()
+        if self.server is not None:
+            self.server.forget_all()
+
+    def _slow_frontend(self, chunk: bytes, index: list[tuple[int, int, int]],
+                       sv: ServerStatements) -> tuple[bytes, bytes]:
+        q = self._q
+        client = self.client
+        names = client.names
+        out: list[bytes] = []
+        copy_from = 0           # start of the pending verbatim run of chunk
+        self._close_maybe(sv, out)
+
+        def flush_run(upto: int) -> None:
+            nonlocal copy_from
+            if upto > copy_from:
+                out.append(chunk[copy_from:upto])
+            copy_from = upto
+
+        for t, s, e in index:
+            start = s - 5
+            if self._skipping:
+                flush_run(start)
+                copy_from = e
+                if t == _S:
+                    self._skipping = False
+                    out.append(m.SYNC)
+                    q.append([_RZ, _PASS, None, None, (), 1])
+                    sv.sent += 1
+                elif t == _Q or t == _F:
+                    self.dropped_rfq += 1
+                continue
+            if t == _P:
+                ne = _cstr_end(chunk, s, e)
+                if ne == s:
+                    q.append([_R1, _PASS, None, None, (), 0])
+                    continue
+                name = chunk[s:ne]
+                m.decode_frontend(_P, chunk[s:e])  # validates (ProtocolError)
+                flush_run(start)
+                copy_from = e
+                if name in names:
+                    self._local_error(m.error("42P05", f'prepared statement "{_txt(name)}" already exists'))
+                    continue
+                key = chunk[ne + 1:e]
+                why = client.check_caps(len(key))
+                if why is not None:
+                    self._local_error(m.error("53400", why))
+                    continue
+                st = client.registry.get(key)
+                client.add(name, st)
+                cundo = ("cdel", name, st)
+                gname = st.name
+                if self._certain(sv, gname):
+                    sv.lru.move_to_end(gname)
+                    q.append([_RSYN, _PASS, m.PARSE_COMPLETE, None, (cundo,), 0])
+                else:
+                    sundo = self._make_room(sv, gname, out)
+                    out.append(st.parse)
+                    q.append([_R1, _PASS, None, (st, gname), (cundo, sundo), 0])
+            elif t == _B or (t == _D and chunk[s] == 83):  # Bind / Describe 'S'
+                if t == _B:
+                    pe = _cstr_end(chunk, s, e)
+                    ns = pe + 1
+                else:
+                    ns = s + 1
+                ne = _cstr_end(chunk, ns, e)
+                kind = _R1 if t == _B else _RDESC
+                if ne == ns:
+                    q.append([kind, _PASS, None, None, (), 0])
+                    if t == _B:
+                        self._last_stmt = None
+                    continue
+                flush_run(start)
+                copy_from = e
+                name = chunk[ns:ne]
+                st2 = names.get(name)
+                if st2 is None:
+                    self._local_error(m.error("26000", f'prepared statement "{_txt(name)}" does not exist'))
+                    continue
+                gname = st2.name
+                self._ensure(sv, st2, out)
+                body = chunk[s:ns] + gname + chunk[ne:e]
+                out.append(chr(t).encode() + _pack_i32(len(body) + 4) + body)
+                ref = (st2, gname)
+                if t == _B:
+                    self._last_stmt = ref
+                q.append([kind, _PASS, None, ref, (), 0])
+            elif t == _D:  # Describe 'P'
+                q.append([_R1, _PASS, None, None, (), 0])
+            elif t == _C:
+                if chunk[s] != 83:  # Close 'P'
+                    q.append([_R1, _PASS, None, None, (), 0])
+                    continue
+                ne = _cstr_end(chunk, s + 1, e)
+                if ne == s + 1:
+                    q.append([_R1, _PASS, None, None, (), 0])
+                    continue
+                flush_run(start)
+                copy_from = e
+                name = chunk[s + 1:ne]
+                st3 = client.remove(name)
+                undo: tuple[Any, ...] = (("cadd", name, st3),) if st3 is not None else ()
+                q.append([_RSYN, _PASS, m.CLOSE_COMPLETE, None, undo, 0])
+            elif t == _E:
+                q.append([_REXEC, _PASS, None, self._last_stmt, (), 0])
+            elif t == _S:
+                q.append([_RZ, _PASS, None, None, (), 1])
+                sv.sent += 1
+            elif t == _Q:
+                q.append([_RZ, _PASS, None, None, (), 0])
+                if _DISCARD_RE.search(chunk, s, e) is not None:
+                    self._discard_all()
+            elif t == _F:
+                q.append([_RZ, _PASS, None, None, (), 0])
+        flush_run(len(chunk))
+        # Synthetic replies at the head of the queue (nothing before them) go out now.
+        now: list[bytes] = []
+        while q and q[0][_KIND] == _RSYN:
+            now.append(q.popleft()[_DATA])
+        to_server = out[0] if len(out) == 1 else b"".join(out)
+        return to_server, b"".join(now)
+
+    def _local_error(self, err: bytes) -> None:
+        self._q.append([_RSYN, _PASS, err, None, (), 0])
+        self._skipping = True
+
+    def _certain(self, sv: ServerStatements, gname: bytes) -> bool:
+        """Does the server certainly have ``gname`` once what was sent so far runs?"""
+        seg = sv.lru.get(gname)
+        if seg is None:
+            return False
+        ch = sv.changed.get(gname)
+        return ch is None or ch == sv.sent or ch < sv.acked
+
+    def _ensure(self, sv: ServerStatements, st: Statement, out: list[bytes]) -> None:
+        """Make sure the server has ``st`` before the next message: inject its Parse."""
+        gname = st.name
+        if self._certain(sv, gname):
+            sv.lru.move_to_end(gname)
+            return
+        sundo = self._make_room(sv, gname, out)
+        out.append(st.parse)
+        self._q.append([_R1, _SWALLOW, None, (st, gname), (sundo,), 0])
+
+    def _make_room(self, sv: ServerStatements, gname: bytes, out: list[bytes]) -> tuple[Any, ...]:
+        """Record ``gname`` as being created now; inject a Close first when its
+        presence is uncertain, and evict the oldest past the limit."""
+        seg = sv.sent
+        ch = sv.changed.get(gname)
+        uncertain = gname in sv.maybe or gname in sv.lru or (ch is not None and ch != seg and ch >= sv.acked)
+        if uncertain:
+            sv.maybe.discard(gname)
+            sv.lru.pop(gname, None)
+            out.append(_close_msg(gname))
+            self._q.append([_R1, _SWALLOW, None, None, (), 0])
+        while len(sv.lru) >= sv.limit:
+            old, _ = sv.lru.popitem(last=False)
+            sv.changed[old] = seg
+            out.append(_close_msg(old))
+            self._q.append([_R1, _SWALLOW, None, None, (("sclose", old, seg),), 0])
+        sv.lru[gname] = seg
+        sv.changed[gname] = seg
+        return ("sparse", gname, seg, uncertain)
+
+    def _close_maybe(self, sv: ServerStatements, out: list[bytes]) -> None:
+        """Close statements whose existence is uncertain (and not in use)."""
+        if not sv.maybe:
+            return
+        seg = sv.sent
+        for name in sorted(sv.maybe):
+            sv.changed[name] = seg
+            out.append(_close_msg(name))
+            self._q.append([_R1, _SWALLOW, None, None, (("sclose", name, seg),), 0])
+        sv.maybe.clear()
+
+    # -------------------------------------------------------------- backend
+    def rewrite_backend(self, chunk: bytes, index: list[tuple[int, int, int]]
+                        ) -> tuple[bytes, list[tuple[int, int, int]]]:
+        """Server chunk -> ``(chunk, index)`` for the client (same objects when
+        nothing changes)."""
+        q = self._q
+        if not q:
+            return chunk, index
+        sv = self.server
+        out: list[bytes] | None = None   # built only when something changes
+        copy_from = 0
+        for t, s, e in index:
+            if q and q[0][_KIND] == _RSYN:
+                # synthetic replies due before this message
+                if out is None:
+                    out = []
+                if s - 5 > copy_from:
+                    out.append(chunk[copy_from:s - 5])
+                copy_from = s - 5
+                while q and q[0][_KIND] == _RSYN:
+                    out.append(q.popleft()[_DATA])
+            if t in _ASYNC:
+                continue
+            if not q:
+                continue
+            head = q[0]
+            kind = head[_KIND]
+            if t == _ERR:
+                if kind == _RZ:
+                    continue  # Query / Sync / FunctionCall error: ReadyForQuery follows
+                q.popleft()
+                self._failed(head, chunk[s:e], sv)
+                self._skip_to_sync(sv)
+                continue  # the error always reaches the client
+            if kind == _R1:
+                done = True
+            elif kind == _RDESC:
+                head[_KIND] = _R1
+                done = False
+            elif kind == _REXEC:
+                done = t in _EXEC_END
+                if t == _CC and (chunk.startswith(_DISCARD_TAGS[0], s) or chunk.startswith(_DISCARD_TAGS[1], s)):
+                    if sv is not None:
+                        sv.forget_all()
+            else:  # _RZ
+                done = t == _Z
+                if t == _CC and (chunk.startswith(_DISCARD_TAGS[0], s) or chunk.startswith(_DISCARD_TAGS[1], s)):
+                    if sv is not None:
+                        sv.forget_all()
+            if head[_ACT] == _SWALLOW:
+                if out is None:
+                    out = []
+                if s - 5 > copy_from:
+                    out.append(chunk[copy_from:s - 5])
+                copy_from = e
+            if done:
+                q.popleft()
+                if head[_SYNC] and sv is not None:
+                    sv.acked += 1
+                    if sv.acked >= sv.sent:
+                        sv.changed.clear()
+        # synthetic replies due after everything received
+        if q and q[0][_KIND] == _RSYN:
+            if out is None:
+                out = []
+            if len(chunk) > copy_from:
+                out.append(chunk[copy_from:])
+            copy_from = len(chunk)
+            while q and q[0][_KIND] == _RSYN:
+                out.append(q.popleft()[_DATA])
+        if out is None:
+            return chunk, index
+        if copy_from < len(chunk):
+            out.append(chunk[copy_from:])
+        new = b"".join(out)
+        reader = MessageReader()
+        reader.feed(new)
+        return reader.read_raw()
+
+    def _failed(self, head: list[Any], body: bytes, sv: ServerStatements | None) -> None:
+        """The server answered ``head`` with an ErrorResponse."""
+        for op in head[_UNDO]:
+            self._undo(op, sv, failed=True)
+        ref = head[_STMT]
+        if ref is None or sv is None:
+            return
+        st, gname = ref
+        code = m.decode_fields(body).get("C", "")
+        if code == "0A000":  # e.g. cached plan must not change result type
+            self.client.registry.invalidate(st, gname)
+        elif code == "26000" and head[_KIND] != _REXEC:
+            sv.lru.pop(gname, None)
+            sv.maybe.add(gname)
+
+    def _skip_to_sync(self, sv: ServerStatements | None) -> None:
+        """The server skips everything up to the next Sync: so do we (LIFO undo)."""
+        q = self._q
+        skipped: list[list[Any]] = []
+        while q and not q[0][_SYNC]:
+            skipped.append(q.popleft())
+        for entry in reversed(skipped):
+            for op in reversed(entry[_UNDO]):
+                self._undo(op, sv)
+
+    def _undo(self, op: tuple[Any, ...], sv: ServerStatements | None, failed: bool = False) -> None:
+        """Revert the effect of a message the server skipped (or that failed)."""
+        what = op[0]
+        if what == "cdel":       # a client Parse did not happen
+            _, name, st = op
+            if self.client.names.get(name) is st:
+                self.client.remove(name)
+        elif what == "cadd":     # a client Close did not happen
+            _, name, st = op
+            if name not in self.client.names and st is not None:
+                self.client.add(name, st)
+        elif sv is not None:
+            name, seg = op[1], op[2]
+            if sv.changed.get(name, seg) != seg:
+                return  # changed again later; that change decides
+            if what == "sparse":  # a Parse did not happen (or failed)
+                sv.lru.pop(name, None)
+                if op[3] and not failed:
+                    sv.maybe.add(name)  # its preceding Close was skipped too
+            elif what == "sclose" and name not in sv.lru:  # a Close did not happen
+                sv.maybe.add(name)
+
+
+def _txt(name: bytes) -> str:
+    return name.decode("utf-8", "replace")
