@@ -45,8 +45,12 @@ Errors: an ErrorResponse to an extended-protocol message makes the server skip
 everything up to Sync, so the queue drops the entries up to the next Sync and
 undoes their effects (client mappings created or closed, statements assumed
 created or evicted on the server).  A locally generated error (42P05, 26000,
-caps) does the same on the client side: the messages after it up to Sync are
-not forwarded; the Sync is, so the server answers ReadyForQuery.  A failed
+caps) is made real on the server: a Describe of a statement that cannot exist
+(:data:`FAIL_MESSAGE`) is sent in place of the refused message, so the server
+fails at exactly that point -- aborting the implicit or explicit transaction
+as Postgres would -- and its ErrorResponse is replaced by the gateway's.  The
+client messages after it up to Sync are not forwarded (the server would skip
+them); the Sync is.  A failed
 injected Parse passes its error to the client.
 
 Uncertainty: a statement whose last change on a server happened in an earlier
@@ -117,6 +121,13 @@ _RSYN = 4    # nothing from the server: synthesized reply bytes
 # what to do with the reply
 _PASS = 0
 _SWALLOW = 1
+_REPLACE = 2   # the server's ErrorResponse is replaced by the entry's data
+
+#: Sent in place of a message the gateway refuses (42P05, 26000, caps): it
+#: fails on the server with 26000 -- no gateway or client statement has this
+#: name -- so the server aborts the (implicit) transaction and skips to Sync
+#: exactly as it would have for the refused message; the reply is replaced.
+FAIL_MESSAGE = m.describe("S", "__wp_refused")
 
 # entry fields (lists: the Describe rule mutates)
 _KIND, _ACT, _DATA, _STMT, _UNDO, _SYNC = range(6)
@@ -432,12 +443,12 @@ class Rewriter:
                 flush_run(start)
                 copy_from = e
                 if name in names:
-                    self._local_error(m.error("42P05", f'prepared statement "{_txt(name)}" already exists'))
+                    self._local_error(out, m.error("42P05", f'prepared statement "{_txt(name)}" already exists'))
                     continue
                 key = chunk[ne + 1:e]
                 why = client.check_caps(len(key))
                 if why is not None:
-                    self._local_error(m.error("53400", why))
+                    self._local_error(out, m.error("53400", why))
                     continue
                 st = client.registry.get(key)
                 client.add(name, st)
@@ -468,7 +479,7 @@ class Rewriter:
                 name = chunk[ns:ne]
                 st2 = names.get(name)
                 if st2 is None:
-                    self._local_error(m.error("26000", f'prepared statement "{_txt(name)}" does not exist'))
+                    self._local_error(out, m.error("26000", f'prepared statement "{_txt(name)}" does not exist'))
                     continue
                 gname = st2.name
                 self._ensure(sv, st2, out)
@@ -513,9 +524,12 @@ class Rewriter:
         to_server = out[0] if len(out) == 1 else b"".join(out)
         return to_server, b"".join(now)
 
-    def _local_error(self, err: bytes) -> None:
-        self._q.append([_RSYN, _PASS, err, None, (), 0])
-        self._skipping = True
+    def _local_error(self, out: list[bytes], err: bytes) -> None:
+        """Refuse the current message with ``err``, in order, with Postgres'
+        error semantics (transaction aborted, messages skipped up to Sync)."""
+        out.append(FAIL_MESSAGE)
+        self._q.append([_RDESC, _REPLACE, err, None, (), 0])
+        self._skipping = True  # no need to send what the server would skip
 
     def _certain(self, sv: ServerStatements, gname: bytes) -> bool:
         """Does the server certainly have ``gname`` once what was sent so far runs?"""
@@ -597,7 +611,15 @@ class Rewriter:
                 if kind == _RZ:
                     continue  # Query / Sync / FunctionCall error: ReadyForQuery follows
                 q.popleft()
-                self._failed(head, chunk[s:e], sv)
+                if head[_ACT] == _REPLACE:
+                    if out is None:
+                        out = []
+                    if s - 5 > copy_from:
+                        out.append(chunk[copy_from:s - 5])
+                    out.append(head[_DATA])
+                    copy_from = e
+                else:
+                    self._failed(head, chunk[s:e], sv)
                 self._skip_to_sync(sv)
                 continue  # the error always reaches the client
             if kind == _R1:
@@ -615,11 +637,14 @@ class Rewriter:
                 if t == _CC and (chunk.startswith(_DISCARD_TAGS[0], s) or chunk.startswith(_DISCARD_TAGS[1], s)):
                     if sv is not None:
                         sv.forget_all()
-            if head[_ACT] == _SWALLOW:
+            act = head[_ACT]
+            if act:  # swallowed (or, impossibly, a refused message succeeded)
                 if out is None:
                     out = []
                 if s - 5 > copy_from:
                     out.append(chunk[copy_from:s - 5])
+                if act == _REPLACE and done:
+                    out.append(head[_DATA])
                 copy_from = e
             if done:
                 q.popleft()

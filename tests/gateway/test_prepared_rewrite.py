@@ -11,6 +11,7 @@ import pytest
 from driver.protocol import messages as m
 from driver.protocol.framing import FrontendReader, MessageReader
 from gateway.prepared import (
+    FAIL_MESSAGE,
     ClientStatements,
     Rewriter,
     ServerStatements,
@@ -58,6 +59,8 @@ CC = m.command_complete("SELECT 1")
 ZI = m.ready_for_query("I")
 ZE = m.ready_for_query("E")
 ZT = m.ready_for_query("T")
+#: what the server answers to FAIL_MESSAGE (the gateway replaces it)
+REFUSED = m.error("26000", 'prepared statement "__wp_refused" does not exist')
 
 
 class Client:
@@ -236,9 +239,11 @@ def test_duplicate_name_gets_42P05_and_skips_to_sync(reg: StatementRegistry) -> 
     c.recv(ONE, ZI)
     err = m.error("42P05", 'prepared statement "s1" already exists')
     out, local = c.send(P("s1", Q3, ()), B("s1", b"1"), E, S)
-    assert out == S  # nothing after the failure point reaches the server
-    assert local == err
-    assert c.recv(ZI) == ZI
+    # the server fails at the same point (so its transaction aborts as
+    # Postgres' would); nothing after the failure point reaches it
+    assert out == FAIL_MESSAGE + S
+    assert local == b""
+    assert c.recv(REFUSED, ZI) == err + ZI
     # the old mapping is intact
     out, _ = c.send(B("s1", b"7"), E, S)
     assert out == B("__wp_1", b"7") + E + S
@@ -252,11 +257,26 @@ def test_42P05_in_the_middle_of_a_pipeline(reg: StatementRegistry) -> None:
     err = m.error("42P05", 'prepared statement "s1" already exists')
     # the Sync arrives in a later chunk: skipping lasts across chunks
     out, local = c.send(B("s1", b"1"), E, P("s1"), B("s1", b"2"), E)
-    assert out == B("__wp_1", b"1") + E and local == b""
+    assert out == B("__wp_1", b"1") + E + FAIL_MESSAGE and local == b""
     out, local = c.send(B("s1", b"3"), E, m.query("select 1"), S)
     assert out == S and local == b""
     assert c.rw.dropped_rfq == 1  # the Query was skipped, as Postgres skips it
-    assert c.recv(TWO, ROW, CC, ZT) == TWO + ROW + CC + err + ZT
+    # inside an explicit transaction: the server's own status says it aborted
+    assert c.recv(TWO, ROW, CC, REFUSED, ZE) == TWO + ROW + CC + err + ZE
+    assert c.rw.outstanding == 0
+
+
+def test_refused_message_after_a_server_error_is_not_reported(reg: StatementRegistry) -> None:
+    """Only the first error of a pipeline reaches the client, as with Postgres."""
+    c = Client(reg)
+    c.link(ServerStatements(200))
+    c.send(P("s1"), S)
+    c.recv(ONE, ZI)
+    unnamed = m.bind("", "", [], [], [])
+    out, _ = c.send(unnamed, P("s1"), S)
+    assert out == unnamed + FAIL_MESSAGE + S
+    err = m.error("26000", "unnamed prepared statement does not exist")
+    assert c.recv(err, ZI) == err + ZI
     assert c.rw.outstanding == 0
 
 
@@ -264,12 +284,16 @@ def test_unknown_statement_gets_26000(reg: StatementRegistry) -> None:
     c = Client(reg)
     c.link(ServerStatements(200))
     out, local = c.send(B("ghost"), E, S)
-    assert out == S
-    assert local == m.error("26000", 'prepared statement "ghost" does not exist')
+    assert out == FAIL_MESSAGE + S and local == b""
     out, local = c.send(m.describe("S", "ghost"), S)
-    assert out == S
-    assert local == b""  # queued behind the first Sync's ReadyForQuery
-    assert c.recv(ZI, ZI) == ZI + m.error("26000", 'prepared statement "ghost" does not exist') + ZI
+    assert out == FAIL_MESSAGE + S and local == b""
+    err = m.error("26000", 'prepared statement "ghost" does not exist')
+    assert c.recv(REFUSED, ZI, REFUSED, ZI) == err + ZI + err + ZI
+    # a client name that happens to look like a gateway name is not forwarded
+    c.send(P("s1"), S)
+    c.recv(ONE, ZI)
+    out, _ = c.send(B("__wp_1"), E, S)
+    assert out == FAIL_MESSAGE + S
 
 
 def test_error_in_the_middle_of_a_pipeline(reg: StatementRegistry) -> None:
@@ -427,11 +451,11 @@ def test_caps_give_a_clear_error(reg: StatementRegistry) -> None:
     c.send(P("a", "select 1", ()), P("b", "select 2", ()), S)
     c.recv(ONE, ONE, ZI)
     out, local = c.send(P("c", "select 3", ()), S)
-    assert out == S
-    assert m.decode_backend(local[0], local[5:]) == m.ErrorResponse(m.error_fields(
+    assert out == FAIL_MESSAGE + S and local == b""
+    got = c.recv(REFUSED, ZI)
+    assert m.decode_backend(got[0], got[5:-6]) == m.ErrorResponse(m.error_fields(
         "53400", "too many prepared statements for this client: the limit is 2 (max_client_statements);"
         " close some first"))
-    c.recv(ZI)
     # closing one makes room
     out, local = c.send(m.close("S", "a"), P("c", "select 3", ()), S)
     assert out == P("__wp_3", "select 3", ()) + S and local == THREE
@@ -439,8 +463,9 @@ def test_caps_give_a_clear_error(reg: StatementRegistry) -> None:
     big = Client(reg, max_statements=0, max_bytes=30)
     big.link(ServerStatements(200))
     out, local = big.send(P("x", "select 'a long query text here'", ()), S)
-    assert out == S
-    assert b"53400" in local and b"max_client_statement_bytes" in local
+    assert out == FAIL_MESSAGE + S
+    got = big.recv(REFUSED, ZI)
+    assert b"53400" in got and b"max_client_statement_bytes" in got
 
 
 def test_stale_plan_gets_a_fresh_gateway_name(reg: StatementRegistry) -> None:
