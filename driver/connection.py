@@ -515,7 +515,7 @@ class Connection:
                        record_class: Any = None) -> Any:
         await self._acquire()
         try:
-            _, result = await self._bind_execute(query, args, self._deadline(timeout), limit=0)
+            _, result = await self._bind_execute(query, args, self._deadline(timeout), limit=1)
             return result.rows[0] if result.rows else None
         finally:
             self._release()
@@ -524,7 +524,7 @@ class Connection:
                        timeout: float | None = None) -> Any:
         await self._acquire()
         try:
-            _, result = await self._bind_execute(query, args, self._deadline(timeout))
+            _, result = await self._bind_execute(query, args, self._deadline(timeout), limit=1)
             if not result.rows:
                 return None
             return result.rows[0][column]

@@ -369,3 +369,109 @@ async def test_large_result(conn: driver.Connection) -> None:
     assert len(rows) == 20000 and rows[-1][0] == 20000
     big = await conn.fetchval("SELECT repeat('y', 3000000)")
     assert len(big) == 3000000
+
+
+# ---------------------------------------------------------------------------
+# Pipelining at the protocol level, against the real server
+# ---------------------------------------------------------------------------
+
+
+async def test_protocol_pipelining_against_server(pg: PgCluster) -> None:
+    """Several requests queued in ONE write; an error fails only its own request."""
+    from driver.protocol.client import ClientProtocol, ExtendedQuery, RequestDone, SimpleQuery
+    from driver import codecs
+
+    transport = await get_connector("postgresql").connect(Endpoint(host=pg.host, port=pg.port,
+                                                                   sslmode="disable"))
+    proto = ClientProtocol(PgCluster.PLAIN_USER, PgCluster.DATABASE, password=PgCluster.PLAIN_PASSWORD,
+                           row_decoder_factory=codecs.build_row_decoder)
+    try:
+        startup = proto.start(pipeline_password=True)
+        reqs: list[Any] = []
+        for value in (b"1", b"oops", b"3"):
+            req = ExtendedQuery().parse("", "SELECT $1::int4 * 10", [23]).bind("", "", [0], [value], [1])
+            req.describe_portal("")
+            req.execute("", 0)
+            reqs.append(proto.submit(req))
+        reqs.append(proto.submit(SimpleQuery("SELECT 'four'", keep_rows=True)))
+        await transport.send(proto.data_to_send())  # startup + password + 4 requests
+        done: list[Any] = []
+        while len(done) < 5:
+            data = await asyncio.wait_for(transport.recv(), 10)
+            assert data
+            proto.receive_data(data)
+            done += [e.request for e in proto.next_events() if isinstance(e, RequestDone)]
+        assert done == [startup] + reqs
+        assert not startup.failed
+        assert reqs[0].results[0].rows == [(10,)]
+        assert reqs[1].error is not None and reqs[1].error["C"] == "22P02"
+        assert reqs[2].results[0].rows == [(30,)]
+        assert reqs[3].results[0].rows == [("four",)]
+        proto.terminate()
+        await transport.send(proto.data_to_send())
+    finally:
+        transport.close()
+
+
+# ---------------------------------------------------------------------------
+# TLS
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_cluster() -> Any:
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl CLI not available")
+    d = Path(tempfile.mkdtemp(prefix="wirepool-tls-"))  # readable by the postgres user
+    os.chmod(d, 0o755)
+    crt, key = d / "server.crt", d / "server.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-keyout", str(key), "-out", str(crt), "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost"], check=True, capture_output=True)
+    os.chmod(key, 0o600)
+    os.chmod(crt, 0o644)
+    if os.geteuid() == 0:
+        shutil.chown(key, "postgres")
+        shutil.chown(crt, "postgres")
+    cluster = PgCluster({"ssl": "on", "ssl_cert_file": str(crt), "ssl_key_file": str(key)})
+    try:
+        yield cluster, str(crt)
+    finally:
+        cluster.cleanup()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+async def test_tls_modes(tls_cluster: Any) -> None:
+    import ssl
+
+    cluster, cafile = tls_cluster
+    dsn = cluster.dsn(PgCluster.SCRAM_USER, PgCluster.SCRAM_PASSWORD)
+    for mode, secure in (("disable", False), ("prefer", True), ("require", True)):
+        c = await driver.connect(dsn + f"?sslmode={mode}")
+        try:
+            assert c.transport.secure is secure
+            assert await c.fetchval("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()") is secure
+        finally:
+            await c.close()
+    # verify-full with the system CA store: the self-signed certificate is refused.
+    with pytest.raises(OSError, match="SSL handshake"):
+        await driver.connect(dsn + "?sslmode=verify-full")
+    # Trusting the certificate: host name checked (the cert names "localhost" only).
+    ctx = ssl.create_default_context(cafile=cafile)
+    with pytest.raises(OSError, match="SSL handshake"):
+        await driver.connect(dsn, ssl=ctx)  # 127.0.0.1 does not match
+    c = await driver.connect(dsn.replace("127.0.0.1", "localhost"), ssl=ctx)
+    try:
+        assert c.transport.secure and await c.fetchval("SELECT 1") == 1
+        # cancel over a fresh TLS connection works too
+        with pytest.raises(asyncio.TimeoutError):
+            await c.fetchval("SELECT pg_sleep(30)", timeout=0.2)
+        assert await c.fetchval("SELECT 2") == 2
+    finally:
+        await c.close()
