@@ -282,7 +282,7 @@ async def test_postgres_killed_and_restarted_under_load(gateway_app, pg_factory)
                 async with conn.transaction():
                     await conn.fetchval("SELECT pg_sleep(0.002)")
                 ok += 1
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError, OSError) as exc:
+        except Exception as exc:  # any client-side error will do: the point is "no hang"
             failures.append(exc)
         finally:
             conn.terminate()
