@@ -77,6 +77,10 @@ RowDecoderFactory = Callable[[Sequence[tuple[int, int]]], RowDecoder]
 """``[(type_oid, format), ...]`` -> RowDecoder."""
 
 
+def _discard(_: Any) -> None:
+    return None
+
+
 def raw_row_decoder(columns: Sequence[tuple[int, int]]) -> RowDecoder:
     """Default factory: rows are tuples of raw ``bytes`` (or None)."""
     return m.decode_data_row
@@ -231,7 +235,12 @@ class Request:
         pass
 
     def _data_row(self, body: bytes) -> None:
-        pass
+        append, decode = self._row_sink()
+        append(decode(body))
+
+    def _row_sink(self) -> tuple[Callable[[Any], None], RowDecoder]:
+        """Where the DataRows arriving now go: ``(list.append, decoder)``."""
+        return _discard, _discard
 
     def _complete(self, tag: str | None, suspended: bool = False) -> None:
         pass
@@ -304,10 +313,11 @@ class SimpleQuery(Request):
         if self.keep_rows:
             cur.decoder = factory([(f.type_oid, f.format) for f in fields])
 
-    def _data_row(self, body: bytes) -> None:
+    def _row_sink(self) -> tuple[Callable[[Any], None], RowDecoder]:
         cur = self._cur()
-        if cur.decoder is not None:
-            cur.rows.append(cur.decoder(body))
+        if cur.decoder is None:
+            return _discard, _discard
+        return cur.rows.append, cur.decoder
 
     def _complete(self, tag: str | None, suspended: bool = False) -> None:
         cur = self._cur()
@@ -413,10 +423,11 @@ class ExtendedQuery(Request):
     def _param_description(self, oids: tuple[int, ...]) -> None:
         self.param_oids = oids
 
-    def _data_row(self, body: bytes) -> None:
+    def _row_sink(self) -> tuple[Callable[[Any], None], RowDecoder]:
+        if self._exec_index >= len(self.results):
+            raise ProtocolError("DataRow without a matching Execute")
         res = self.results[self._exec_index]
-        dec = res.decoder
-        res.rows.append(m.decode_data_row(body) if dec is None else dec(body))
+        return res.rows.append, (m.decode_data_row if res.decoder is None else res.decoder)
 
     def _complete(self, tag: str | None, suspended: bool = False) -> None:
         if self._exec_index >= len(self.results):
@@ -645,11 +656,18 @@ class ClientProtocol:
 
     def _handle(self, msgs: list[tuple[int, bytes]]) -> None:
         pending = self._pending
+        # Hot path: runs of DataRows go straight to the current result's list.
+        append: Callable[[Any], None] | None = None
+        decode: RowDecoder = m.decode_data_row
         for mtype, body in msgs:
             if mtype == _DATA_ROW:
-                if not self._skipping and pending:
-                    pending[0]._data_row(body)
+                if append is None:
+                    if self._skipping or not pending:
+                        continue
+                    append, decode = pending[0]._row_sink()
+                append(decode(body))
                 continue
+            append = None
             if mtype == _COMMAND_COMPLETE:
                 if not self._skipping and pending:
                     pending[0]._complete(body[:-1].decode("utf-8", "replace"))
