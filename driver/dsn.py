@@ -10,13 +10,18 @@
 
       postgresql://user:secret@db.example:5432/app?sslmode=require&application_name=x
       postgresql:///app?host=/var/run/postgresql
-      wss://user:secret@gw.example/v2?dbname=app&token=...
+      ws://user:secret@127.0.0.1:8432/app
+      wss://user:secret@gw.example/app?endpoint=/v2&token=...
 
   User, password, host and database are percent-decoded; an IPv6 host is
-  written in brackets.  For ``postgresql://`` the URL path is the database;
-  for ws/http schemes the path is the endpoint path on the gateway (kept as
-  given, see :attr:`ConnectParams.path`) and the database comes from the
-  ``dbname`` (or ``database``) query parameter.
+  written in brackets.  For ``postgresql://``, ``ws://`` and ``wss://`` the
+  URL path is the database (``ws://h:8432/app`` = database ``app`` through
+  the gateway's WebSocket endpoint); the WebSocket endpoint path is
+  :data:`DEFAULT_WS_PATH` unless the ``endpoint`` query parameter names
+  another one (see :attr:`ConnectParams.path`).  For http/https the URL path
+  is the endpoint path on the gateway (kept as given) and the database comes
+  from the ``dbname`` (or ``database``) query parameter.  A ``dbname`` query
+  parameter overrides the URL path for every scheme.
 * libpq keyword/value strings: ``"host=localhost port=5432 dbname=app user=bob"``
   (values may be single-quoted, with ``\\'`` and ``\\\\`` escapes).
 
@@ -27,7 +32,8 @@ Query parameters understood: ``host``, ``port``, ``user``, ``password``,
 (``sslrootcert``, ``target_session_attrs``, ``passfile`` ...) are kept in
 :attr:`ConnectParams.query` and otherwise ignored.  Any other parameter is,
 for ``postgresql://``, a server setting sent at startup (as asyncpg does);
-for ws/http schemes it stays in :attr:`ConnectParams.query` (e.g. ``token``).
+for ws/http schemes it stays in :attr:`ConnectParams.query` (e.g. ``token``,
+``pipeline_connect``).  ``endpoint`` (ws/wss only) sets :attr:`ConnectParams.path`.
 
 Precedence, highest first: keyword arguments, the DSN, the environment
 (``PGHOST``, ``PGPORT``, ``PGSSLMODE``, ``PGCONNECT_TIMEOUT`` only for
@@ -98,7 +104,8 @@ class ConnectParams:
     connect_timeout: float | None = None
     #: Startup parameters (``application_name``, ``options``, GUCs...).
     server_settings: dict[str, str] = field(default_factory=dict)
-    #: ws/http: the URL path as written in the DSN ("" when absent).
+    #: http/https: the URL path as written in the DSN; ws/wss: the ``endpoint``
+    #: query parameter ("" when absent: :meth:`url` uses the default path).
     path: str = ""
     #: Query parameters not consumed above (ws/http extras such as ``token``,
     #: and ignored libpq parameters).
@@ -232,7 +239,7 @@ def _parse_url(dsn: str) -> tuple[str, dict[str, str], str, dict[str, str]]:
         if port:
             fields["port"] = port
     path = parts.path
-    if scheme == "postgresql":
+    if scheme in ("postgresql", "ws", "wss"):
         db = unquote(path[1:] if path.startswith("/") else path)
         if db:
             fields["dbname"] = db
@@ -335,6 +342,10 @@ def parse_dsn(
             q_sslmode = value
         elif key == "connect_timeout":
             q_timeout = value
+        elif key == "endpoint" and scheme in ("ws", "wss"):
+            if not value.startswith("/"):
+                raise _config_error(f"invalid endpoint {value!r}: must be a URL path starting with /")
+            path = value
         elif key in ("application_name", "options"):
             settings[key] = value
         elif key in _IGNORED_LIBPQ or scheme != "postgresql":

@@ -20,12 +20,20 @@ def _tcp() -> Connector:
     return TcpConnector()
 
 
+def _websocket() -> Connector:
+    from .websocket import WebSocketConnector  # imports ``websockets`` only when used
+
+    return WebSocketConnector()
+
+
 _CONNECTORS: dict[str, Callable[[], Connector]] = {
     "postgresql": _tcp,
     "postgres": _tcp,
+    "ws": _websocket,
+    "wss": _websocket,
 }
 
-_LATER = ("ws", "wss", "http", "https")
+_LATER = ("http", "https")
 
 
 def register_connector(scheme: str, factory: Callable[[], Connector]) -> None:
