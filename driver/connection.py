@@ -682,13 +682,27 @@ async def connect(dsn: str | None = None, *, host: str | None = None, port: int 
                   command_timeout: float | None = None, statement_cache_size: int = 100,
                   server_settings: dict[str, str] | None = None,
                   pipeline_password: bool = False, connection_class: type[Connection] = Connection,
+                  pipeline_connect: str | bool | None = None,
                   **extra: Any) -> Connection:
     """Open a connection (asyncpg-compatible signature).
 
-    ``pipeline_password=True``: send the cleartext password together with the
-    StartupMessage (only for servers known to ask for a cleartext password,
-    e.g. a wirepool gateway with ``auth_type = "password"``).
+    ``pipeline_connect="password"`` (or the DSN parameter
+    ``?pipeline_connect=password`` on ws/wss URLs; ``pipeline_password=True``
+    is the same): send the cleartext password in the same write as the
+    StartupMessage -- one round trip to log in -- for servers known to ask
+    for a cleartext password (a wirepool gateway with ``auth_type =
+    "password"``).  Off by default: it hands the password in clear to the
+    server.  If the server asks for another method (SCRAM, MD5) the attempt
+    is abandoned and the driver reconnects once without pipelining.
     """
+    if pipeline_connect is None:
+        dsn_mode = _dsn_pipeline_mode(dsn)
+        pipeline_connect = dsn_mode
+    if pipeline_connect not in (None, False, True, "password", "false", ""):
+        raise exc.ClientConfigurationError(
+            f"invalid pipeline_connect {pipeline_connect!r}: expected \"password\" or False")
+    if pipeline_connect in (True, "password"):
+        pipeline_password = True
     try:
         params = parse_dsn(dsn, host=host, port=port, user=user, password=password,
                            database=database, ssl=ssl, timeout=timeout,
@@ -722,7 +736,8 @@ async def connect(dsn: str | None = None, *, host: str | None = None, port: int 
     conn = connection_class(transport, protocol, connector, endpoint,
                             statement_cache_size=statement_cache_size,
                             command_timeout=command_timeout, params=params)
-    startup = protocol.start(pipeline_password=pipeline_password and params.password is not None)
+    pipelined = pipeline_password and params.password is not None
+    startup = protocol.start(pipeline_password=pipelined)
     fut: asyncio.Future[None] = loop.create_future()
     startup.tag = fut
     conn._start_reader()
@@ -742,6 +757,14 @@ async def connect(dsn: str | None = None, *, host: str | None = None, port: int 
                 raise exc.InvalidPasswordError(str(failure)) from failure
             raise exc.InterfaceError(f"authentication failed: {failure}") from failure
         if isinstance(failure, pc.UnsupportedAuthentication):
+            if pipelined:  # not a cleartext-password server: log in the normal way
+                return await connect(dsn, host=host, port=port, user=user, password=password,
+                                     database=database, ssl=ssl, timeout=max(remaining() or 0.0, 0.001) if deadline is not None else timeout,
+                                     command_timeout=command_timeout,
+                                     statement_cache_size=statement_cache_size,
+                                     server_settings=server_settings, pipeline_password=False,
+                                     connection_class=connection_class,
+                                     pipeline_connect=False, **extra)
             raise exc.InterfaceError(str(failure)) from failure
         if isinstance(failure, pc.ConnectionLost):
             if conn._last_server_error is not None:
@@ -750,3 +773,13 @@ async def connect(dsn: str | None = None, *, host: str | None = None, port: int 
                 "connection was closed in the middle of operation") from failure
         raise exc.InterfaceError(str(failure)) from failure
     return conn
+
+
+def _dsn_pipeline_mode(dsn: str | None) -> str | None:
+    """The ``pipeline_connect`` query parameter of a ws/wss DSN, if any."""
+    if not dsn or "pipeline_connect=" not in dsn or not dsn.lower().startswith(("ws:", "wss:")):
+        return None
+    from urllib.parse import parse_qs, urlsplit
+
+    values = parse_qs(urlsplit(dsn).query).get("pipeline_connect")
+    return values[-1] if values else None
