@@ -96,9 +96,14 @@ class Gateway:
         """Stop taking new sessions; let linked (in-transaction) clients finish
         for up to ``timeout`` seconds; then close everything."""
         self.accepting = False
+        # Clients outside a transaction go now; the others when their
+        # transaction ends (Session._release checks ``accepting``).
+        for session in list(self._all_sessions):
+            if not session.in_transaction():
+                session.terminate("57P01", "terminating connection due to administrator command")
         loop = self.loop
         deadline = loop.time() + max(timeout, 0.0)
-        while loop.time() < deadline and any(p.sv_active or p.sv_used for p in self.pools.values()):
+        while loop.time() < deadline and any(s.in_transaction() for s in self._all_sessions):
             await asyncio.sleep(0.05)
         await self.close()
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 from typing import TYPE_CHECKING, Any
 
 from driver.protocol import messages as m
@@ -501,6 +500,8 @@ class Session:
             pool.reset_and_release(server, _DEALLOCATE_ALL, 1)
         else:
             pool.release(server)
+        if not self.gw.accepting:
+            self._abort("57P01", "terminating connection due to administrator command")
 
     def on_server_lost(self, server: ServerConnection) -> None:
         """The linked server died: the client gets an error and is disconnected."""
@@ -571,6 +572,11 @@ class Session:
         t = self._main
         if t is not None and not t.done():
             t.cancel()
+
+    def in_transaction(self) -> bool:
+        """Linked with work in progress (what a graceful shutdown waits for)."""
+        server = self.server
+        return server is not None and bool(self.outstanding or self.dirty or server.status != _IDLE)
 
     def terminate(self, sqlstate: str, message: str) -> None:
         """Used by the Gateway at shutdown."""

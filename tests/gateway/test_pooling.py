@@ -332,3 +332,33 @@ async def test_server_lifetime(gateway_app, pg_db):
         assert p1 != p2
     finally:
         await a.close()
+
+
+async def test_graceful_shutdown_lets_transactions_finish(gateway_app, pg_db):
+    app = await gateway_app(databases={"app": {"dbname": pg_db, "pool_size": 2}})
+    busy = await _connect(app)
+    idle = await _connect(app)
+    try:
+        tr = busy.transaction()
+        await tr.start()
+        await busy.execute("CREATE TABLE t_shut (x int)")
+        t0 = asyncio.get_running_loop().time()
+        shutdown = asyncio.ensure_future(app.gateway.shutdown(10.0))
+        await eventually(lambda: idle.is_closed() or _probe_closed(idle), what="idle client to be closed")
+        assert not shutdown.done()
+        await busy.execute("INSERT INTO t_shut VALUES (1)")
+        await tr.commit()  # the running transaction finishes...
+        await asyncio.wait_for(shutdown, 10)  # ...and then the gateway stops, well before the timeout
+        assert asyncio.get_running_loop().time() - t0 < 5
+        assert not app.gateway.is_ready()
+    finally:
+        busy.terminate()
+        idle.terminate()
+
+
+async def _probe_closed(conn) -> bool:
+    try:
+        await conn.fetchval("SELECT 1")
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError):
+        return True
+    return False
