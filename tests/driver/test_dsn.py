@@ -113,8 +113,9 @@ def test_ssl_argument_forms() -> None:
 
 
 def test_websocket_and_http_schemes() -> None:
-    c = p("wss://alice:pw@gw.example/v2?dbname=app&token=tok&application_name=x", {"PGHOST": "ignored",
-                                                                                   "PGPORT": "1"})
+    # ws/wss: the URL path is the database; ?endpoint= names the gateway path.
+    c = p("wss://alice:pw@gw.example/app?endpoint=/v2&token=tok&application_name=x",
+          {"PGHOST": "ignored", "PGPORT": "1"})
     assert (c.scheme, c.host, c.port, c.user, c.password, c.database) == ("wss", "gw.example", 443, "alice",
                                                                           "pw", "app")
     assert c.path == "/v2" and c.query == {"token": "tok"}
@@ -125,6 +126,10 @@ def test_websocket_and_http_schemes() -> None:
     c = p("ws://u@127.0.0.1:8432")
     assert (c.port, c.path, c.sslmode, c.database) == (8432, "", "disable", "u")
     assert c.url() == "ws://127.0.0.1:8432/v2"
+    c = p("ws://u@127.0.0.1:8432/my%20db?endpoint=/custom")
+    assert (c.database, c.url()) == ("my db", "ws://127.0.0.1:8432/custom")
+    assert p("ws://u@h/app?dbname=other").database == "other"
+    # http/https: the URL path is the endpoint; the database is a query parameter.
     c = p("http://u@gw/custom/pg?database=d")
     assert (c.port, c.path, c.database) == (80, "/custom/pg", "d")
     assert c.url() == "http://gw:80/custom/pg"
@@ -149,6 +154,7 @@ def test_websocket_and_http_schemes() -> None:
     ("postgresql://[::1/db", {}, "IPv6"),
     ("ws://h/v2?sslmode=require", {}, "wss"),
     ("wss://h/v2?sslmode=disable", {}, "wss"),
+    ("ws://h/app?endpoint=v2", {}, "endpoint"),
     ("just-a-word", {}, "DSN"),
     ("host=h port", {}, "="),
     ("host='unterminated", {}, "unterminated"),
