@@ -82,10 +82,13 @@ async def test_pipelined_cleartext_login(pg: PgCluster) -> None:
         await c.close()
 
 
-async def test_pipelined_password_against_scram_fails_cleanly(pg: PgCluster) -> None:
-    with pytest.raises((exc.InterfaceError, exc.PostgresError)):
-        await driver.connect(pg.dsn(PgCluster.SCRAM_USER, PgCluster.SCRAM_PASSWORD),
+async def test_pipelined_password_against_scram_falls_back(pg: PgCluster) -> None:
+    c = await driver.connect(pg.dsn(PgCluster.SCRAM_USER, PgCluster.SCRAM_PASSWORD),
                              pipeline_password=True)
+    try:
+        assert await c.fetchval("SELECT current_user") == PgCluster.SCRAM_USER
+    finally:
+        await c.close()
 
 
 async def test_ssl_modes_without_server_ssl(pg: PgCluster) -> None:
@@ -97,8 +100,12 @@ async def test_ssl_modes_without_server_ssl(pg: PgCluster) -> None:
         await driver.connect(pg.dsn(PgCluster.TRUST_USER) + "?sslmode=require")
 
 
-@pytest.mark.parametrize("scheme", ["ws", "wss", "http", "https"])
+@pytest.mark.parametrize("scheme", ["http", "https"])
 async def test_future_transports_not_available(scheme: str) -> None:
+    from driver.transport import _CONNECTORS
+
+    if scheme in _CONNECTORS:
+        pytest.skip(f"the {scheme} transport exists now")
     with pytest.raises(exc.ClientConfigurationError, match="not available yet"):
         await driver.connect(f"{scheme}://u:p@127.0.0.1:1/db")
 
