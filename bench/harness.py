@@ -36,6 +36,8 @@ class Sizes:
     steady_procs: int = 2
     pgbench_duration: int = 10
     pgbench: bool = True
+    pgbench_scale: int = 10
+    pgbench_clients: int = 50
     delay: float = 0.025          # latency: one-way
     latency_samples: int = 20
     hold: int = 10_000
@@ -47,7 +49,7 @@ class Sizes:
 
     @classmethod
     def quick(cls) -> "Sizes":
-        return cls(sessions=100, clients=10, duration=2.0, pgbench_duration=2, delay=0.01,
+        return cls(sessions=100, clients=10, duration=2.0, pgbench_duration=2, pgbench_clients=10, delay=0.01,
                    latency_samples=3, hold=100, timeout=30.0, micro_quick=True, driver_quick=True)
 
 
@@ -62,8 +64,19 @@ class Run:
     cluster: E.BenchCluster | None = None
     dsn: str | None = None
     _ws_probe: tuple[bool, str] | None = None
+    _last: float = field(default_factory=time.monotonic)
 
     def add(self, row: dict[str, Any], latencies: list[float] | None = None) -> None:
+        if row.get("absent_reason"):
+            row["absent_reason"] = " ".join(str(row["absent_reason"]).split())
+        if str(row.get("target", "")).startswith("gateway") and not row.get("absent") \
+                and row.get("scenario") not in ("micro",):
+            row["gateway_loop"] = "uvloop" if E.Gateway.use_uvloop else "asyncio"
+            if E.Gateway.fallback_note:
+                row["note"] = E.Gateway.fallback_note
+        now = time.monotonic()
+        row.setdefault("step_s", round(now - self._last, 2))  # wall time of the step, set-up included
+        self._last = now
         self.rows.append(row)
         if latencies is not None:
             self.cdfs.setdefault(row["scenario"], {})[row["target"]] = cdf_points(latencies)
@@ -86,6 +99,8 @@ def target_absent_reason(target: str) -> str | None:
         why = driver_ws_absent_reason()
         if why:
             return why
+        if _WS_PROBE and not _WS_PROBE[0][0]:
+            return _WS_PROBE[0][1]
     if target == "gateway-http":
         return HTTP_ABSENT
     return None
@@ -123,8 +138,13 @@ def service_for(run: Run, target: str, **gw: Any) -> Iterator[tuple[Any, dict[st
     c.wait_backends_gone()
 
 
+_WS_PROBE: list[tuple[bool, str]] = []
+
+
 def _ws_probe(run: Run, g: E.Gateway) -> tuple[bool, str]:
     """Can our driver run the bench query over WebSocket against ``g``? (checked once)"""
+    if run._ws_probe is None and _WS_PROBE:
+        run._ws_probe = _WS_PROBE[0]
     if run._ws_probe is None:
         code = ("import asyncio, sys; sys.path.insert(0, %r)\n"
                 "import driver\n"
@@ -140,6 +160,7 @@ def _ws_probe(run: Run, g: E.Gateway) -> tuple[bool, str]:
         else:
             last = (r.stderr.strip().splitlines() or ["?"])[-1]
             run._ws_probe = (False, f"driver over WebSocket failed a probe query: {last[:160]}")
+        _WS_PROBE[:] = [run._ws_probe]
     return run._ws_probe
 
 
@@ -277,10 +298,10 @@ def scenario_pgbench(run: Run) -> None:
         for t in targets:
             run.add(absent("pgbench-S", t, "pgbench not on PATH (apt-get install postgresql-client)"))
         return
-    run.progress.start("pgbench -i -s 10")
-    c.pgbench_init(10)
+    run.progress.start(f"pgbench -i -s {s.pgbench_scale}")
+    c.pgbench_init(s.pgbench_scale)
     run.progress.step_done("initialised")
-    clients = 50 if not run.sizes.micro_quick else min(50, max(2, s.clients))
+    clients = s.pgbench_clients
     for target in targets:
         for scen, extra in (("pgbench-S", []), ("pgbench-S-C", ["-C"])):
             run.progress.start(f"{scen} {target}")
@@ -541,6 +562,7 @@ def machine_info() -> dict[str, Any]:
         "when": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "cpu": cpu, "cores": psutil.cpu_count(), "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "os": platform.platform(), "python": platform.python_version(),
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
     }
     try:
         info["pgbouncer"] = subprocess.run([E.PGBOUNCER_BIN, "--version"], capture_output=True,
@@ -589,6 +611,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, help="steady: concurrent clients (default 50)")
     ap.add_argument("--duration", type=float, help="steady: seconds (default 10)")
     ap.add_argument("--pgbench-duration", type=int, help="pgbench -T (default 10)")
+    ap.add_argument("--pgbench-clients", type=int, help="pgbench -c (default 50)")
+    ap.add_argument("--pgbench-scale", type=int, help="pgbench -i -s (default 10)")
     ap.add_argument("--no-pgbench", action="store_true", help="steady: skip the pgbench rows")
     ap.add_argument("--delay", type=float, help="latency: one-way delay in ms (default 25)")
     ap.add_argument("--samples", type=int, help="latency: sessions per target (default 20)")
@@ -598,7 +622,8 @@ def main(argv: list[str] | None = None) -> int:
 
     sizes = Sizes.quick() if a.quick else Sizes()
     for attr, val in (("sessions", a.sessions), ("clients", a.clients), ("duration", a.duration),
-                      ("pgbench_duration", a.pgbench_duration), ("latency_samples", a.samples),
+                      ("pgbench_duration", a.pgbench_duration), ("pgbench_scale", a.pgbench_scale),
+                      ("pgbench_clients", a.pgbench_clients), ("latency_samples", a.samples),
                       ("hold", a.hold), ("timeout", a.timeout)):
         if val is not None:
             setattr(sizes, attr, val)
@@ -638,6 +663,7 @@ def main(argv: list[str] | None = None) -> int:
         if run.cluster is not None:
             run.cluster.close()
         meta["elapsed_s"] = round(time.monotonic() - t0, 1)
+        meta["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
         write_json(out, run.rows, run.cdfs, meta)
         try:
             pngs = charts(out, run.rows, run.cdfs)
@@ -649,6 +675,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(run.rows))
     print()
     print(f"machine: {meta['cpu']}, {meta['cores']} cores, {meta['ram_gb']} GB; python {meta['python']}; "
-          f"elapsed {meta['elapsed_s']} s")
+          f"elapsed {meta['elapsed_s']} s; load average at start {meta['loadavg_at_start']}, "
+          f"at end {meta['loadavg_at_end']}")
     print(f"wrote {out / 'results.json'}, {out / 'results.md'}" + "".join(f", {p.name}" for p in pngs))
     return 0

@@ -102,6 +102,11 @@ COLUMNS = [
 ]
 
 
+def _clip(s: str, n: int = 110) -> str:
+    s = " ".join(s.split())
+    return s if len(s) <= n else s[: n - 3] + "..."
+
+
 def _columns(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return [(k, h) for k, h in COLUMNS
             if k in ("scenario", "target") or (k == "note" and any(r.get("absent") for r in rows))
@@ -116,10 +121,10 @@ def table(rows: list[dict[str, Any]]) -> str:
             cells = {k: "" for k, _ in cols}
             cells["scenario"] = r.get("scenario", "")
             cells["target"] = r.get("target", "")
-            cells["note"] = "ABSENT: " + str(r.get("absent_reason", ""))
+            cells["note"] = _clip("ABSENT: " + str(r.get("absent_reason", "")))
             body.append([cells.get(k, "") for k, _ in cols])
         else:
-            body.append([_fmt(r.get(k)) for k, _ in cols])
+            body.append([_clip(_fmt(r.get(k))) for k, _ in cols])
     heads = [h for _, h in cols]
     widths = [max(len(heads[i]), *(len(b[i]) for b in body)) if body else len(heads[i])
               for i in range(len(cols))]
