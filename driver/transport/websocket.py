@@ -14,8 +14,11 @@ database ``app``; ``wss://`` adds TLS (verify-full by default, the DSN's
   (message boundaries carry no meaning; the protocol core reframes).  A text
   message is a protocol violation (:class:`TransportError`).
 * Compression (permessage-deflate) is off by default: protocol traffic is
-  small and latency-bound, and deflate costs CPU on both ends (see the report
-  in tests/gateway/test_ws_driver.py).  ``?compression=deflate`` enables it.
+  latency-bound and deflate costs CPU on both ends.  Measured through a local
+  gateway (loopback, one process): ``select 1`` 302 us vs 327 us, a 20k-row
+  fetch 184 ms vs 249 ms, a 100 kB parameter round trip 1.45 ms vs 5.6 ms
+  (off vs on).  ``?compression=deflate`` in the DSN enables it (worth it only
+  on slow links with compressible results).
 * Keepalive pings are off (like TCP without keepalives): a busy event loop
   must not close healthy connections by missing a pong deadline.
 * CancelRequest: a fresh WebSocket carrying only the CancelRequest (the

@@ -350,3 +350,15 @@ async def test_wss_with_tls(gateway_app: Any, tmp_path: Any) -> None:
             await conn.close()
     finally:
         server.close()
+
+
+async def test_compression_is_off_by_default_and_can_be_enabled(gateway_app: Any) -> None:
+    app = await gateway_app(auth_type="password")
+    for query, expected in (("", []), ("?compression=deflate", ["permessage-deflate"])):
+        conn = await driver.connect(ws_dsn(app, query=query), statement_cache_size=0, pipeline_connect="password")
+        try:
+            ws = conn.transport.websocket  # type: ignore[attr-defined]
+            assert [e.name for e in ws.protocol.extensions] == expected
+            assert await conn.fetchval("select repeat($1::text, 100000)", "ab") == "ab" * 100000
+        finally:
+            await conn.close()
