@@ -499,6 +499,7 @@ class ClientProtocol:
         self._skipping = False  # head request failed: skip to its ReadyForQuery
         self._copy_in: Request | None = None
         self._password_sent_early = False
+        self._password_requested = False
         self._scram: ScramClient | None = None
         self._startup: StartupRequest | None = None
 
@@ -783,6 +784,11 @@ class ClientProtocol:
         code = int.from_bytes(body[:4], "big", signed=True)
         data = body[4:]
         if code == m.AUTH_OK:
+            if self._password_sent_early and not self._password_requested:
+                # (trust) The pipelined password would be read as a command.
+                raise UnsupportedAuthentication(
+                    "the server did not ask for a password but one was pipelined "
+                    "(auth method mismatch)")
             self.state = ProtocolState.STARTING
             self._scram = None
             held, self._held = self._held, []
@@ -791,6 +797,7 @@ class ClientProtocol:
                 self._pending.append(req)
             return
         if code == m.AUTH_CLEARTEXT_PASSWORD:
+            self._password_requested = True
             if self._password_sent_early:
                 return  # already on its way
             self._out.append(m.password_message(self._require_password("password")))

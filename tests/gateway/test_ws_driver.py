@@ -223,6 +223,19 @@ async def test_pipelined_connect_falls_back_when_the_server_wants_scram(gateway_
         await driver.connect(ws_dsn(app, password="wrong"), statement_cache_size=0, pipeline_connect="password")
 
 
+@pytest.mark.parametrize("auth_type", ["trust", "md5"])
+async def test_pipelined_connect_falls_back_for_trust_and_md5(gateway_app: Any, auth_type: str,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    app = await gateway_app(auth_type=auth_type)
+    wire = WireLog(monkeypatch)
+    conn = await driver.connect(ws_dsn(app), statement_cache_size=0, pipeline_connect="password")
+    try:
+        assert wire.opened == 2
+        assert await conn.fetchval("select 1") == 1
+    finally:
+        await conn.close()
+
+
 async def test_pipeline_connect_validation(gateway_app: Any) -> None:
     with pytest.raises(exc.ClientConfigurationError, match="pipeline_connect"):
         await driver.connect("ws://a:b@127.0.0.1:1/app", pipeline_connect="always")
