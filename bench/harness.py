@@ -24,6 +24,7 @@ from .report import Progress, cdf_points, charts, markdown_table, pct_ms, table,
 
 SCENARIOS = ("driver", "burst", "steady", "latency", "hold", "micro")
 TARGETS = ("direct", "pgbouncer", "gateway-tcp", "gateway-ws", "gateway-http")
+WS_CONNECT_KWARGS: dict[str, Any] = {"statement_cache_size": 0}
 HTTP_ABSENT = "SQL over HTTP is a later issue; no HTTP endpoint/driver transport in this checkout yet"
 
 
@@ -132,7 +133,9 @@ def service_for(run: Run, target: str, **gw: Any) -> Iterator[tuple[Any, dict[st
             if target == "gateway-tcp":
                 yield g, {"client": "asyncpg", "kwargs": g.tcp_kwargs(), "statement_cache_size": 0}
             else:
-                yield g, {"client": "driver", "dsn": g.ws_url()}
+                # like asyncpg via PgBouncer/pg_listen: no named statements until the gateway
+                # handles them in transaction mode (a later issue)
+                yield g, {"client": "driver", "dsn": g.ws_url(), "connect_kwargs": WS_CONNECT_KWARGS}
     else:
         raise ValueError(target)
     c.wait_backends_gone()
@@ -149,11 +152,11 @@ def _ws_probe(run: Run, g: E.Gateway) -> tuple[bool, str]:
         code = ("import asyncio, sys; sys.path.insert(0, %r)\n"
                 "import driver\n"
                 "async def m():\n"
-                "    c = await driver.connect(%r, timeout=10)\n"
+                "    c = await driver.connect(%r, timeout=10, **%r)\n"
                 "    v = await c.fetchval(%r, 1)\n"
                 "    await c.close()\n"
                 "    assert v == 'item-1', v\n"
-                "asyncio.run(m())\n") % (str(E.REPO), g.ws_url(), E.QUERY)
+                "asyncio.run(m())\n") % (str(E.REPO), g.ws_url(), WS_CONNECT_KWARGS, E.QUERY)
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
         if r.returncode == 0:
             run._ws_probe = (True, "")
@@ -357,7 +360,8 @@ def _which(name: str) -> bool:
 @contextlib.contextmanager
 def delay_proxy(target_port: int, delay: float) -> Iterator[int]:
     p = subprocess.Popen([sys.executable, "-m", "bench.proxy", "--target", f"127.0.0.1:{target_port}",
-                          "--delay", str(delay)], stdout=subprocess.PIPE, text=True, cwd=str(E.REPO))
+                          "--delay", str(delay)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                         text=True, cwd=str(E.REPO))
     try:
         assert p.stdout is not None
         line = p.stdout.readline()
@@ -413,7 +417,7 @@ def scenario_latency(run: Run) -> None:
                     else:
                         client["dsn"] = svc.ws_url(pport)
                         if name == "gateway-ws-pipelined":
-                            client["connect_kwargs"] = pipelined_connect_kwargs()
+                            client["connect_kwargs"] = dict(WS_CONNECT_KWARGS, **pipelined_connect_kwargs())
                     spec = dict(client, mode="latency", n=s.latency_samples, timeout=s.timeout, nitems=E.ITEMS)
                     with Workers(spec, 1) as w:
                         w.wait_ready()

@@ -2,7 +2,7 @@
 
 The orchestrating process (``python -m bench``) only starts services, samples
 ``pg_stat_activity`` and collects results; the load itself comes from
-``procs`` worker processes started with the ``spawn`` method, so a single
+``procs`` worker processes (``fork``), so a single
 Python process (one core) is never what limits the numbers on a 2-core
 machine. Each worker:
 
@@ -237,7 +237,9 @@ class Workers:
         total = int(spec.get("n", 1))
         procs = max(1, min(procs, total)) if total > 0 else 1
         shares = [total // procs + (1 if i < total % procs else 0) for i in range(procs)]
-        ctx = mp.get_context("spawn")
+        # fork where available (starts in milliseconds; the orchestrator has no running event
+        # loop and no sampler thread when workers are created), else spawn.
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         self.pipes: list[Any] = []
         self.procs: list[Any] = []
         for share in shares:
