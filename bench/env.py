@@ -61,15 +61,31 @@ def wait_port(host: str, port: int, timeout: float = 30.0, proc: subprocess.Pope
             time.sleep(0.05)
 
 
+def scram_verifier_for(password: str, iterations: int) -> str:
+    """A SCRAM-SHA-256 verifier (RFC 5802/7677, Postgres' storage format) with a chosen
+    iteration count: the client-side PBKDF2 cost of every login scales with it."""
+    import base64
+    import hashlib
+    import hmac
+    salt = os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(hashlib.sha256(client_key).digest())}:{b64(server_key)}"
+
+
 class BenchCluster:
     """A private PgCluster prepared for the benchmarks."""
 
-    def __init__(self, max_connections: int = 100) -> None:
+    def __init__(self, max_connections: int = 100, scram_iterations: int = 4096) -> None:
         self.pg = PgCluster({"max_connections": max_connections,
                              "superuser_reserved_connections": 3})
         self.host = self.pg.host
         self.port = self.pg.port
-        self.pg.psql(f"CREATE ROLE {BENCH_USER} LOGIN PASSWORD '{BENCH_PASSWORD}';", db="postgres")
+        self.scram_iterations = scram_iterations
+        pw = BENCH_PASSWORD if scram_iterations == 4096 else scram_verifier_for(BENCH_PASSWORD, scram_iterations)
+        self.pg.psql(f"CREATE ROLE {BENCH_USER} LOGIN PASSWORD '{pw}';", db="postgres")
         self.pg.psql(f"CREATE DATABASE {BENCH_DB} OWNER {BENCH_USER};", db="postgres")
         self.pg.psql(
             "CREATE TABLE items (id int PRIMARY KEY, val text NOT NULL);\n"

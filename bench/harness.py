@@ -45,6 +45,7 @@ class Sizes:
     hold_procs: int = 2
     hold_pool: int = 20
     timeout: float = 60.0
+    scram_iterations: int = 4096
     micro_quick: bool = False
     driver_quick: bool = False
 
@@ -622,13 +623,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, help="latency: sessions per target (default 20)")
     ap.add_argument("--hold", type=int, help="hold: idle sessions (default 10000)")
     ap.add_argument("--timeout", type=float, help="per-session timeout in seconds")
+    ap.add_argument("--scram-iterations", type=int, help="PBKDF2 iterations of the bench role's SCRAM verifier "
+                    "(default 4096 = Postgres'); only the client-side cost of a login depends on it")
     a = ap.parse_args(argv)
 
     sizes = Sizes.quick() if a.quick else Sizes()
     for attr, val in (("sessions", a.sessions), ("clients", a.clients), ("duration", a.duration),
                       ("pgbench_duration", a.pgbench_duration), ("pgbench_scale", a.pgbench_scale),
                       ("pgbench_clients", a.pgbench_clients), ("latency_samples", a.samples),
-                      ("hold", a.hold), ("timeout", a.timeout)):
+                      ("hold", a.hold), ("timeout", a.timeout),
+                      ("scram_iterations", a.scram_iterations)):
         if val is not None:
             setattr(sizes, attr, val)
     if a.delay is not None:
@@ -655,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if needs_cluster:
             run.progress.start("starting private PostgreSQL (max_connections=100)")
-            run.cluster = E.BenchCluster()
+            run.cluster = E.BenchCluster(scram_iterations=sizes.scram_iterations)
             meta["postgres"] = run.cluster.pg.psql("SHOW server_version", db="postgres")
             meta["max_connections"] = 100
             run.progress.update("ready", force=True)
