@@ -80,7 +80,7 @@ import re
 import struct
 import weakref
 from collections import OrderedDict, deque
-from typing import Any
+from typing import Any, Final
 
 from driver.protocol import messages as m
 from driver.protocol.framing import MessageReader, ProtocolError
@@ -129,8 +129,20 @@ _REPLACE = 2   # the server's ErrorResponse is replaced by the entry's data
 #: exactly as it would have for the refused message; the reply is replaced.
 FAIL_MESSAGE = m.describe("S", "__wp_refused")
 
-# entry fields (lists: the Describe rule mutates)
-_KIND, _ACT, _DATA, _STMT, _UNDO, _SYNC = range(6)
+# entry fields: (kind, action, data, (statement, gateway name) | None, undo ops, is_sync)
+_KIND: Final = 0
+_ACT: Final = 1
+_DATA: Final = 2
+_STMT: Final = 3
+_UNDO: Final = 4
+_SYNC: Final = 5
+Entry = tuple[int, int, Any, Any, tuple[Any, ...], int]
+# shared entries for plain messages (entries are never mutated)
+_E_R1: Entry = (_R1, _PASS, None, None, (), 0)
+_E_DESC: Entry = (_RDESC, _PASS, None, None, (), 0)
+_E_EXEC: Entry = (_REXEC, _PASS, None, None, (), 0)
+_E_RZ: Entry = (_RZ, _PASS, None, None, (), 0)
+_E_SYNC: Entry = (_RZ, _PASS, None, None, (), 1)
 
 _DISCARD_RE = re.compile(rb"(?i)\b(?:discard\s+all|deallocate\s+(?:prepare\s+)?all)\b")
 _DISCARD_TAGS = (b"DISCARD ALL\x00", b"DEALLOCATE ALL\x00")
@@ -331,7 +343,8 @@ class Rewriter:
         self.limit = limit
         self.enabled = limit > 0
         self.server: ServerStatements | None = None
-        self._q: deque[list[Any]] = deque()
+        self._q: deque[Entry] = deque()
+        self._desc_half = False      # the head Describe('S') got its ParameterDescription
         self._skipping = False       # a local error: drop client messages until Sync
         self._last_stmt: tuple[Statement, bytes] | None = None
         #: Query/FunctionCall messages dropped while skipping in the last
@@ -378,26 +391,51 @@ class Rewriter:
         sv = self.server
         if not self.enabled or sv is None:
             return chunk, b""
+        if self._skipping or sv.maybe:
+            return self._slow_frontend(chunk, index, sv)
+        # Fast path: nothing names a statement (unnamed ones are fine).
         q = self._q
-        if not self._skipping:
-            # Fast path: nothing names a statement.
-            for t, s, e in index:
-                if t == _P or t == _B or t == _D or t == _C:
+        n0 = len(q)
+        append = q.append
+        last = self._last_stmt
+        syncs = 0
+        for t, s, e in index:
+            if t == _E:
+                append(_E_EXEC if last is None else (_REXEC, _PASS, None, last, (), 0))
+            elif t == _S:
+                append(_E_SYNC)
+                syncs += 1
+            elif t == _B:
+                i = chunk.find(b"\x00", s, e) + 1
+                if i <= 0 or i >= e or chunk[i]:
                     break
-            else:
-                for t, s, e in index:
-                    if t == _E:
-                        q.append([_REXEC, _PASS, None, self._last_stmt, (), 0])
-                    elif t == _S:
-                        q.append([_RZ, _PASS, None, None, (), 1])
-                        sv.sent += 1
-                    elif t == _Q:
-                        q.append([_RZ, _PASS, None, None, (), 0])
-                        if _DISCARD_RE.search(chunk, s, e) is not None:
-                            self._discard_all()
-                    elif t == _F:
-                        q.append([_RZ, _PASS, None, None, (), 0])
-                return chunk, b""
+                append(_E_R1)
+                last = None
+            elif t == _P:
+                if s >= e or chunk[s]:
+                    break
+                append(_E_R1)
+            elif t == _D or t == _C:
+                if e - s < 2:
+                    break
+                if chunk[s] == 83:  # 'S'
+                    if chunk[s + 1]:
+                        break
+                    append(_E_DESC if t == _D else _E_R1)
+                else:
+                    append(_E_R1)
+            elif t == _Q:
+                if _DISCARD_RE.search(chunk, s, e) is not None:
+                    break
+                append(_E_RZ)
+            elif t == _F:
+                append(_E_RZ)
+        else:
+            sv.sent += syncs
+            self._last_stmt = last
+            return chunk, b""
+        while len(q) > n0:  # a named statement: start over on the slow path
+            q.pop()
         return self._slow_frontend(chunk, index, sv)
 
     def _discard_all(self) -> None:
@@ -412,23 +450,18 @@ class Rewriter:
         names = client.names
         out: list[bytes] = []
         copy_from = 0           # start of the pending verbatim run of chunk
-        self._close_maybe(sv, out)
-
-        def flush_run(upto: int) -> None:
-            nonlocal copy_from
-            if upto > copy_from:
-                out.append(chunk[copy_from:upto])
-            copy_from = upto
-
+        if sv.maybe:
+            self._close_maybe(sv, out)
         for t, s, e in index:
             start = s - 5
             if self._skipping:
-                flush_run(start)
+                if start > copy_from:
+                    out.append(chunk[copy_from:start])
                 copy_from = e
                 if t == _S:
                     self._skipping = False
                     out.append(m.SYNC)
-                    q.append([_RZ, _PASS, None, None, (), 1])
+                    q.append(_E_SYNC)
                     sv.sent += 1
                 elif t == _Q or t == _F:
                     self.dropped_rfq += 1
@@ -436,11 +469,12 @@ class Rewriter:
             if t == _P:
                 ne = _cstr_end(chunk, s, e)
                 if ne == s:
-                    q.append([_R1, _PASS, None, None, (), 0])
+                    q.append(_E_R1)
                     continue
                 name = chunk[s:ne]
                 m.decode_frontend(_P, chunk[s:e])  # validates (ProtocolError)
-                flush_run(start)
+                if start > copy_from:
+                    out.append(chunk[copy_from:start])
                 copy_from = e
                 if name in names:
                     self._local_error(out, m.error("42P05", f'prepared statement "{_txt(name)}" already exists'))
@@ -456,25 +490,22 @@ class Rewriter:
                 gname = st.name
                 if self._certain(sv, gname):
                     sv.lru.move_to_end(gname)
-                    q.append([_RSYN, _PASS, m.PARSE_COMPLETE, None, (cundo,), 0])
+                    q.append((_RSYN, _PASS, m.PARSE_COMPLETE, None, (cundo,), 0))
                 else:
                     sundo = self._make_room(sv, gname, out)
                     out.append(st.parse)
-                    q.append([_R1, _PASS, None, (st, gname), (cundo, sundo), 0])
-            elif t == _B or (t == _D and chunk[s] == 83):  # Bind / Describe 'S'
-                if t == _B:
-                    pe = _cstr_end(chunk, s, e)
-                    ns = pe + 1
-                else:
-                    ns = s + 1
+                    q.append((_R1, _PASS, None, (st, gname), (cundo, sundo), 0))
+            elif t == _B or (t == _D and s < e and chunk[s] == 83):  # Bind / Describe 'S'
+                ns = _cstr_end(chunk, s, e) + 1 if t == _B else s + 1
                 ne = _cstr_end(chunk, ns, e)
                 kind = _R1 if t == _B else _RDESC
                 if ne == ns:
-                    q.append([kind, _PASS, None, None, (), 0])
+                    q.append((kind, _PASS, None, None, (), 0))
                     if t == _B:
                         self._last_stmt = None
                     continue
-                flush_run(start)
+                if start > copy_from:
+                    out.append(chunk[copy_from:start])
                 copy_from = e
                 name = chunk[ns:ne]
                 st2 = names.get(name)
@@ -488,35 +519,37 @@ class Rewriter:
                 ref = (st2, gname)
                 if t == _B:
                     self._last_stmt = ref
-                q.append([kind, _PASS, None, ref, (), 0])
+                q.append((kind, _PASS, None, ref, (), 0))
             elif t == _D:  # Describe 'P'
-                q.append([_R1, _PASS, None, None, (), 0])
+                q.append(_E_R1)
             elif t == _C:
-                if chunk[s] != 83:  # Close 'P'
-                    q.append([_R1, _PASS, None, None, (), 0])
+                if s >= e or chunk[s] != 83:  # Close 'P' (or malformed: the server says so)
+                    q.append(_E_R1)
                     continue
                 ne = _cstr_end(chunk, s + 1, e)
                 if ne == s + 1:
-                    q.append([_R1, _PASS, None, None, (), 0])
+                    q.append(_E_R1)
                     continue
-                flush_run(start)
+                if start > copy_from:
+                    out.append(chunk[copy_from:start])
                 copy_from = e
                 name = chunk[s + 1:ne]
                 st3 = client.remove(name)
                 undo: tuple[Any, ...] = (("cadd", name, st3),) if st3 is not None else ()
-                q.append([_RSYN, _PASS, m.CLOSE_COMPLETE, None, undo, 0])
+                q.append((_RSYN, _PASS, m.CLOSE_COMPLETE, None, undo, 0))
             elif t == _E:
-                q.append([_REXEC, _PASS, None, self._last_stmt, (), 0])
+                q.append(_E_EXEC if self._last_stmt is None else (_REXEC, _PASS, None, self._last_stmt, (), 0))
             elif t == _S:
-                q.append([_RZ, _PASS, None, None, (), 1])
+                q.append(_E_SYNC)
                 sv.sent += 1
             elif t == _Q:
-                q.append([_RZ, _PASS, None, None, (), 0])
+                q.append(_E_RZ)
                 if _DISCARD_RE.search(chunk, s, e) is not None:
                     self._discard_all()
             elif t == _F:
-                q.append([_RZ, _PASS, None, None, (), 0])
-        flush_run(len(chunk))
+                q.append(_E_RZ)
+        if len(chunk) > copy_from:
+            out.append(chunk[copy_from:])
         # Synthetic replies at the head of the queue (nothing before them) go out now.
         now: list[bytes] = []
         while q and q[0][_KIND] == _RSYN:
@@ -528,7 +561,7 @@ class Rewriter:
         """Refuse the current message with ``err``, in order, with Postgres'
         error semantics (transaction aborted, messages skipped up to Sync)."""
         out.append(FAIL_MESSAGE)
-        self._q.append([_RDESC, _REPLACE, err, None, (), 0])
+        self._q.append((_RDESC, _REPLACE, err, None, (), 0))
         self._skipping = True  # no need to send what the server would skip
 
     def _certain(self, sv: ServerStatements, gname: bytes) -> bool:
@@ -547,7 +580,7 @@ class Rewriter:
             return
         sundo = self._make_room(sv, gname, out)
         out.append(st.parse)
-        self._q.append([_R1, _SWALLOW, None, (st, gname), (sundo,), 0])
+        self._q.append((_R1, _SWALLOW, None, (st, gname), (sundo,), 0))
 
     def _make_room(self, sv: ServerStatements, gname: bytes, out: list[bytes]) -> tuple[Any, ...]:
         """Record ``gname`` as being created now; inject a Close first when its
@@ -559,12 +592,12 @@ class Rewriter:
             sv.maybe.discard(gname)
             sv.lru.pop(gname, None)
             out.append(_close_msg(gname))
-            self._q.append([_R1, _SWALLOW, None, None, (), 0])
+            self._q.append((_R1, _SWALLOW, None, None, (), 0))
         while len(sv.lru) >= sv.limit:
             old, _ = sv.lru.popitem(last=False)
             sv.changed[old] = seg
             out.append(_close_msg(old))
-            self._q.append([_R1, _SWALLOW, None, None, (("sclose", old, seg),), 0])
+            self._q.append((_R1, _SWALLOW, None, None, (("sclose", old, seg),), 0))
         sv.lru[gname] = seg
         sv.changed[gname] = seg
         return ("sparse", gname, seg, uncertain)
@@ -577,7 +610,7 @@ class Rewriter:
         for name in sorted(sv.maybe):
             sv.changed[name] = seg
             out.append(_close_msg(name))
-            self._q.append([_R1, _SWALLOW, None, None, (("sclose", name, seg),), 0])
+            self._q.append((_R1, _SWALLOW, None, None, (("sclose", name, seg),), 0))
         sv.maybe.clear()
 
     # -------------------------------------------------------------- backend
@@ -592,26 +625,17 @@ class Rewriter:
         out: list[bytes] | None = None   # built only when something changes
         copy_from = 0
         for t, s, e in index:
-            if q and q[0][_KIND] == _RSYN:
-                # synthetic replies due before this message
-                if out is None:
-                    out = []
-                if s - 5 > copy_from:
-                    out.append(chunk[copy_from:s - 5])
-                copy_from = s - 5
-                while q and q[0][_KIND] == _RSYN:
-                    out.append(q.popleft()[_DATA])
-            if t in _ASYNC:
-                continue
-            if not q:
+            if t in _ASYNC or not q:
                 continue
             head = q[0]
             kind = head[_KIND]
+            act = head[_ACT]
             if t == _ERR:
                 if kind == _RZ:
                     continue  # Query / Sync / FunctionCall error: ReadyForQuery follows
                 q.popleft()
-                if head[_ACT] == _REPLACE:
+                self._desc_half = False
+                if act == _REPLACE:
                     if out is None:
                         out = []
                     if s - 5 > copy_from:
@@ -621,46 +645,45 @@ class Rewriter:
                 else:
                     self._failed(head, chunk[s:e], sv)
                 self._skip_to_sync(sv)
-                continue  # the error always reaches the client
-            if kind == _R1:
-                done = True
-            elif kind == _RDESC:
-                head[_KIND] = _R1
-                done = False
-            elif kind == _REXEC:
-                done = t in _EXEC_END
-                if t == _CC and (chunk.startswith(_DISCARD_TAGS[0], s) or chunk.startswith(_DISCARD_TAGS[1], s)):
-                    if sv is not None:
+                # (the error itself always reaches the client)
+            else:
+                if kind == _R1:
+                    done = True
+                elif kind == _REXEC:
+                    done = t in _EXEC_END
+                    if t == _CC and chunk[s] == 68 and chunk.startswith(_DISCARD_TAGS, s) and sv is not None:
                         sv.forget_all()
-            else:  # _RZ
-                done = t == _Z
-                if t == _CC and (chunk.startswith(_DISCARD_TAGS[0], s) or chunk.startswith(_DISCARD_TAGS[1], s)):
-                    if sv is not None:
+                elif kind == _RZ:
+                    done = t == _Z
+                    if t == _CC and chunk[s] == 68 and chunk.startswith(_DISCARD_TAGS, s) and sv is not None:
                         sv.forget_all()
-            act = head[_ACT]
-            if act:  # swallowed (or, impossibly, a refused message succeeded)
-                if out is None:
-                    out = []
-                if s - 5 > copy_from:
-                    out.append(chunk[copy_from:s - 5])
-                if act == _REPLACE and done:
-                    out.append(head[_DATA])
-                copy_from = e
-            if done:
+                else:  # _RDESC
+                    done = self._desc_half
+                    self._desc_half = not done
+                if act:  # swallowed (or, impossibly, a refused message succeeded)
+                    if out is None:
+                        out = []
+                    if s - 5 > copy_from:
+                        out.append(chunk[copy_from:s - 5])
+                    if act == _REPLACE and done:
+                        out.append(head[_DATA])
+                    copy_from = e
+                if not done:
+                    continue
                 q.popleft()
                 if head[_SYNC] and sv is not None:
                     sv.acked += 1
                     if sv.acked >= sv.sent:
                         sv.changed.clear()
-        # synthetic replies due after everything received
-        if q and q[0][_KIND] == _RSYN:
-            if out is None:
-                out = []
-            if len(chunk) > copy_from:
-                out.append(chunk[copy_from:])
-            copy_from = len(chunk)
-            while q and q[0][_KIND] == _RSYN:
-                out.append(q.popleft()[_DATA])
+            if q and q[0][_KIND] == _RSYN:
+                # synthetic replies due right after this message
+                if out is None:
+                    out = []
+                if e > copy_from:
+                    out.append(chunk[copy_from:e])
+                copy_from = e
+                while q and q[0][_KIND] == _RSYN:
+                    out.append(q.popleft()[_DATA])
         if out is None:
             return chunk, index
         if copy_from < len(chunk):
@@ -670,7 +693,7 @@ class Rewriter:
         reader.feed(new)
         return reader.read_raw()
 
-    def _failed(self, head: list[Any], body: bytes, sv: ServerStatements | None) -> None:
+    def _failed(self, head: Entry, body: bytes, sv: ServerStatements | None) -> None:
         """The server answered ``head`` with an ErrorResponse."""
         for op in head[_UNDO]:
             self._undo(op, sv, failed=True)
@@ -688,7 +711,7 @@ class Rewriter:
     def _skip_to_sync(self, sv: ServerStatements | None) -> None:
         """The server skips everything up to the next Sync: so do we (LIFO undo)."""
         q = self._q
-        skipped: list[list[Any]] = []
+        skipped: list[Entry] = []
         while q and not q[0][_SYNC]:
             skipped.append(q.popleft())
         for entry in reversed(skipped):
