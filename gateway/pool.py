@@ -108,6 +108,17 @@ class Pool:
             return server
         return None
 
+    def enqueue(self, client: Any) -> None:
+        """Queue ``client`` (FIFO); the pool later calls ``client.assign(server)``
+        -- or ``client.wait_failed(PoolError)``.  No future, no task switch:
+        the hot path under load.  Raises PoolError when failing fast."""
+        self._check_fail_fast()
+        client.wait_future = None
+        client.wait_start = self.gateway.loop.time()
+        self.wait_count += 1
+        self._move(client, self.cl_waiting)
+        self._launch_if_needed()
+
     async def wait_for_server(self, client: Any) -> ServerConnection:
         """Queue ``client`` (FIFO) until a server is handed to it.
 
@@ -171,7 +182,12 @@ class Pool:
             client = next(iter(waiting))
             self._move(client, self.cl_active)
             fut = client.wait_future
-            if fut is None or fut.done():
+            if fut is None:
+                self._move(server, self.sv_active)
+                if client.assign(server):
+                    return
+                continue
+            if fut.done():
                 continue
             self._move(server, self.sv_active)
             fut.set_result(server)
@@ -284,10 +300,15 @@ class Pool:
 
     def _fail_waiters(self, err: ServerError) -> None:
         for client in list(self.cl_waiting):
-            self._move(client, self.cl_active)
-            fut = client.wait_future
-            if fut is not None and not fut.done():
-                fut.set_exception(PoolError(err.sqlstate, err.message))
+            self._fail(client, PoolError(err.sqlstate, err.message))
+
+    def _fail(self, client: Any, err: PoolError) -> None:
+        self._move(client, self.cl_active)
+        fut = client.wait_future
+        if fut is None:
+            client.wait_failed(err)
+        elif not fut.done():
+            fut.set_exception(err)
 
     # ---------------------------------------------------------------- janitor
     def tick(self, now: float) -> None:
@@ -299,12 +320,9 @@ class Pool:
                 client = next(iter(self.cl_waiting))
                 if now - client.wait_start < s.query_wait_timeout:
                     break
-                self._move(client, self.cl_active)
-                fut = client.wait_future
-                if fut is not None and not fut.done():
-                    fut.set_exception(PoolError(
-                        "57014", f"query_wait_timeout: no server connection available within "
-                                 f"{s.query_wait_timeout:g}s"))
+                self._fail(client, PoolError(
+                    "57014", f"query_wait_timeout: no server connection available within "
+                             f"{s.query_wait_timeout:g}s"))
         self._launch_if_needed()  # covers reserve_pool_timeout
         # idle servers: oldest first (LIFO reuse leaves the oldest at the front)
         total = self.total_servers()

@@ -43,6 +43,16 @@ class ServerError(Exception):
         self.message = message
 
 
+#: The parameters tracked per client (PgBouncer's list), in a fixed order.
+TRACKED_ORDER: tuple[str, ...] = ("client_encoding", "DateStyle", "IntervalStyle", "TimeZone",
+                                  "standard_conforming_strings", "application_name")
+
+
+def tracked_signature(params: dict[str, str]) -> tuple[str | None, ...]:
+    """Tracked values in TRACKED_ORDER: equal signatures -> no SET needed."""
+    return tuple(params.get(k) for k in TRACKED_ORDER)
+
+
 def parse_parameter_status(body: bytes) -> tuple[str, str]:
     """``name\\0value\\0`` -> (name, value); tolerant (the upstream is trusted)."""
     i = body.find(b"\x00")
@@ -62,6 +72,8 @@ class ServerConnection(asyncio.Protocol):
         self.reader = MessageReader()
         #: Values the server reported with ParameterStatus (kept current).
         self.params: dict[str, str] = {}
+        #: tracked_signature(params), kept current (compared at every link).
+        self.sig: tuple[str | None, ...] = ()
         self.backend_pid = 0
         self.backend_key = 0
         #: Last ReadyForQuery status byte: 73 'I', 84 'T', 69 'E'.
@@ -215,6 +227,7 @@ class ServerConnection(asyncio.Protocol):
             elif mtype == _Z:
                 self.status = body[0] if body else 73
                 self._logged_in = True
+                self.sig = tracked_signature(self.params)
                 self._login_msgs.clear()
                 return
             # NoticeResponse, NegotiateProtocolVersion: ignored
@@ -233,6 +246,7 @@ class ServerConnection(asyncio.Protocol):
             if mtype == _S:
                 name, value = parse_parameter_status(body)
                 self.params[name] = value
+                self.sig = tracked_signature(self.params)
             elif mtype == _Z:
                 self.status = body[0] if body else 73
                 if self._internal_pending:

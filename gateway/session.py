@@ -36,6 +36,7 @@ SQL-level PREPARE is not detected (as with PgBouncer).
 from __future__ import annotations
 
 import asyncio
+import os
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +46,7 @@ from driver.protocol.framing import FrontendReader, ProtocolError
 from .auth import AuthFailed
 from .cancel import send_cancel
 from .pool import Pool, PoolError
-from .server import ServerConnection, parse_parameter_status
+from .server import TRACKED_ORDER, ServerConnection, parse_parameter_status, tracked_signature
 from .streams import TransportError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -63,6 +64,7 @@ TRACKED: dict[str, str] = {
     "application_name": "application_name",
 }
 TRACKED_NAMES = frozenset(TRACKED.values())
+assert TRACKED_NAMES == frozenset(TRACKED_ORDER)
 #: Startup parameters accepted and ignored.
 IGNORED_STARTUP = frozenset({"extra_float_digits"})
 
@@ -80,6 +82,35 @@ _OUT_LOW = 1 << 18
 
 class _ClientGone(Exception):
     pass
+
+
+def _direct_writer(stream: Any) -> tuple[Any, Any]:
+    """A synchronous write path to the client, if the stream has one:
+    ``(write(data) -> bool "no need to wait", async drain())`` or (None, None).
+
+    A stream may offer it publicly as ``send_nowait(data) -> bool`` plus
+    ``async drain()``.  Until the listeners do, the pg_listen TcpStream is
+    bridged through its (documented) ProtocolStream internals, because going
+    through ``await send()`` from a writer task costs a task switch per reply
+    on the hottest path.  Anything else uses the writer task.
+    """
+    nowait = getattr(stream, "send_nowait", None)
+    drain = getattr(stream, "drain", None)
+    if nowait is not None and drain is not None:
+        return nowait, drain
+    try:
+        from .tcp import TcpStream
+    except ImportError:  # pragma: no cover
+        return None, None
+    if type(stream) is TcpStream and all(hasattr(stream, a) for a in
+                                         ("_write", "_drain", "_write_paused", "_lost", "_closed")):
+        def write(data: bytes) -> bool:
+            if stream._lost or stream._closed:
+                raise ConnectionResetError("client is gone")
+            stream._write(data)
+            return not stream._write_paused
+        return write, stream._drain
+    return None, None
 
 
 def _fatal(sqlstate: str, message: str) -> bytes:
@@ -131,6 +162,7 @@ class Session:
         self.user = ""
         self.database = ""
         self.params: dict[str, str] = {}
+        self.sig: tuple[str | None, ...] = ()
         self.process_id = 0
         self.secret_key = 0
         self.counted = False
@@ -141,6 +173,10 @@ class Session:
         self._writer: asyncio.Task[None] | None = None
         self._writer_stop = False
         self._paused: ServerConnection | None = None
+        self._pending: list[bytes] = []  # client bytes waiting for a server
+        self._pending_bytes = 0
+        self._assigned: asyncio.Future[None] | None = None
+        self._direct, self._direct_drain = _direct_writer(stream) if not os.environ.get("WP_NO_DIRECT") else (None, None)
         self._main: asyncio.Task[Any] | None = None
         self._aborted = False
         self._finished = False
@@ -243,6 +279,7 @@ class Session:
         for name in TRACKED_NAMES:
             if name not in params and name in server_params:
                 params[name] = server_params[name]
+        self.sig = tracked_signature(params)
         gw.register_session(self)
         parts = [prefix, m.AUTHENTICATION_OK]
         for name, value in server_params.items():
@@ -313,10 +350,11 @@ class Session:
     async def _serve(self) -> None:
         self._writer = self.loop.create_task(self._write_loop())
         chunk, idx = self._take_pending()
-        if chunk and not await self._from_client(chunk, idx):
+        if chunk and not self._from_client(chunk, idx):
             return
         reader = self.reader
         recv = self.stream.recv
+        from_client = self._from_client
         while True:
             data = await recv()
             if not data:
@@ -325,32 +363,20 @@ class Session:
             chunk, idx = reader.read_raw()
             if not chunk:
                 continue
-            # Fast path: linked, plain messages.
-            server = self.server
-            if server is not None and not self._track_times and not self._track_activity:
-                out = self.outstanding
-                dirty = self.dirty
-                for t, s, _e in idx:
-                    if t == _Q or t == _S:
-                        out += 1
-                        dirty = False
-                    elif t == _X or t == _F or t == _P:
-                        break
-                    elif t not in _COPY:
-                        dirty = True
-                else:
-                    self.pool.query_count += out - self.outstanding  # type: ignore[union-attr]
-                    self.outstanding = out
-                    self.dirty = dirty
-                    server.write(chunk)
-                    if server.write_paused:
-                        await server.drain()
-                    continue
-            if not await self._from_client(chunk, idx):
+            if not from_client(chunk, idx):
                 return
+            server = self.server
+            if server is not None:
+                if server.write_paused:
+                    await server.drain()
+            elif self._pending_bytes > _OUT_HIGH:
+                # Waiting for a server while the client keeps sending: stop reading it.
+                fut = self._assigned = self.loop.create_future()
+                await fut
 
-    async def _from_client(self, chunk: bytes, idx: list[tuple[int, int, int]]) -> bool:
-        """Forward one framed chunk; False when the client terminated."""
+    def _from_client(self, chunk: bytes, idx: list[tuple[int, int, int]]) -> bool:
+        """Forward one framed chunk (or queue it until a server is assigned);
+        False when the client terminated.  Synchronous: no task switch."""
         before = out = self.outstanding
         dirty = self.dirty
         terminate = False
@@ -368,32 +394,62 @@ class Session:
                     self.named = True
             elif t not in _COPY:
                 dirty = True
-        now = self.loop.time() if (self._track_times or self._track_activity) else 0.0
-        self.last_activity = now
-        if chunk:
-            server = self.server
-            if server is None:
-                server = await self._link()
+        if self._track_times or self._track_activity:
+            now = self.loop.time()
+            self.last_activity = now
             if before == 0 and out > 0:
                 self.query_start = now
                 self._cancel_sent = False
-            self.pool.query_count += out - before  # type: ignore[union-attr]
-            self.outstanding = out
-            self.dirty = dirty
+        if not chunk:
+            return not terminate
+        self.pool.query_count += out - before  # type: ignore[union-attr]
+        self.outstanding = out
+        self.dirty = dirty
+        server = self.server
+        if server is not None:
             server.write(chunk)
-            if server.write_paused:
-                await server.drain()
+            return not terminate
+        # Not linked: queue the bytes; link now or when the pool assigns a server.
+        self._pending.append(chunk)
+        self._pending_bytes += len(chunk)
+        if self.pool_list is self.pool.cl_waiting:  # type: ignore[union-attr]
+            return not terminate
+        server = self.pool.try_acquire()  # type: ignore[union-attr]
+        if server is None:
+            self.pool.enqueue(self)  # type: ignore[union-attr]  # may raise PoolError (fail fast)
+        else:
+            self.assign(server)
         return not terminate
 
-    async def _link(self) -> ServerConnection:
-        pool = self.pool
-        assert pool is not None
-        server = pool.try_acquire()
-        if server is None:
-            server = await pool.wait_for_server(self)
+    def assign(self, server: ServerConnection) -> bool:
+        """Link ``server`` and send what the client queued.  Called directly or
+        by the pool when it hands a released server to this waiting client.
+        Returns False (server not taken) when the session is ending."""
+        if self._aborted or self._finished:
+            return False
+        self._link(server)
+        pending = self._pending
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        pending.clear()
+        self._pending_bytes = 0
+        server.write(data)
+        fut = self._assigned
+        if fut is not None:
+            self._assigned = None
+            if not fut.done():
+                fut.set_result(None)
+        return True
+
+    def wait_failed(self, err: PoolError) -> None:
+        """The pool cannot give this waiting client a server."""
+        self._abort(err.sqlstate, err.message)
+
+    def _link(self, server: ServerConnection) -> None:
         self.server = server
         server.client = self
         # Tracked parameters: one SET batch when this server's values differ.
+        if server.sig == self.sig:
+            return
         sp = server.params
         diffs = [(k, v) for k, v in self.params.items() if sp.get(k) != v]
         if diffs:
@@ -401,7 +457,6 @@ class Session:
             self.swallow = 1
             self._swallow_keys = tuple(k for k, _ in diffs)
             server.write(m.query(sql))
-        return server
 
     # ------------------------------------------------ server -> client (hot)
     def on_server_data(self, server: ServerConnection, data: bytes) -> None:
@@ -427,17 +482,34 @@ class Session:
                 z = chunk[s]
             elif t == _S:
                 self._param_status(server, chunk[s:e])
-        # queue for the client
-        self._out.append(chunk)
-        self._out_bytes += len(chunk)
-        w = self._wake
-        if w is not None:
-            self._wake = None
-            w.set_result(None)
-        if z < 0:
-            if self._out_bytes > _OUT_HIGH and self._paused is None and server.transport is not None:
+        direct = self._direct
+        if direct is not None and not self._out:
+            # Straight to the client's transport (no task switch).
+            try:
+                ok = direct(chunk)
+            except Exception:
+                self._abort(None, None)
+                return
+            if not ok and self._paused is None and server.transport is not None:
+                # Slow client: stop reading this server until it drains.
                 self._paused = server
                 server.transport.pause_reading()
+                w = self._wake
+                if w is not None:
+                    self._wake = None
+                    w.set_result(None)
+        else:
+            # queue for the writer task
+            self._out.append(chunk)
+            self._out_bytes += len(chunk)
+            w = self._wake
+            if w is not None:
+                self._wake = None
+                w.set_result(None)
+            if z < 0 and self._out_bytes > _OUT_HIGH and self._paused is None and server.transport is not None:
+                self._paused = server
+                server.transport.pause_reading()
+        if z < 0:
             return
         server.status = z
         if out <= 0:
@@ -471,6 +543,7 @@ class Session:
                     for k in self._swallow_keys:
                         if k in server.params:
                             self.params[k] = server.params[k]
+                    self.sig = tracked_signature(self.params)
                     break
         if self.swallow:
             return b"", []
@@ -481,6 +554,8 @@ class Session:
         server.params[name] = value
         if name in TRACKED_NAMES:
             self.params[name] = value
+            server.sig = tracked_signature(server.params)
+            self.sig = tracked_signature(self.params)
 
     def _release(self) -> None:
         server = self.server
@@ -518,6 +593,14 @@ class Session:
         try:
             while True:
                 if not out:
+                    p = self._paused
+                    if p is not None and self._direct_drain is not None:
+                        await self._direct_drain()
+                        if self._paused is p:
+                            self._paused = None
+                            if p.transport is not None and not p.closed:
+                                p.transport.resume_reading()
+                        continue
                     if self._writer_stop:
                         return
                     w = self._wake = self.loop.create_future()
