@@ -36,7 +36,6 @@ SQL-level PREPARE is not detected (as with PgBouncer).
 from __future__ import annotations
 
 import asyncio
-import os
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -176,7 +175,7 @@ class Session:
         self._pending: list[bytes] = []  # client bytes waiting for a server
         self._pending_bytes = 0
         self._assigned: asyncio.Future[None] | None = None
-        self._direct, self._direct_drain = _direct_writer(stream) if not os.environ.get("WP_NO_DIRECT") else (None, None)
+        self._direct, self._direct_drain = _direct_writer(stream)
         self._main: asyncio.Task[Any] | None = None
         self._aborted = False
         self._finished = False
