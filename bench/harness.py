@@ -605,8 +605,8 @@ def expected_steps(scenarios: list[str], targets: tuple[str, ...], sizes: Sizes)
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    ap.add_argument("scenarios", nargs="*", choices=list(SCENARIOS) + ["all"], default=[],
-                    help="scenarios to run (default: all)")
+    ap.add_argument("scenarios", nargs="*", metavar="SCENARIO",
+                    help="any of " + ", ".join(SCENARIOS) + " or all (default: all)")
     ap.add_argument("--quick", action="store_true", help="small sizes; the whole run finishes in < 2 minutes")
     ap.add_argument("--out", default=str(E.REPO / "bench" / "results" / "latest"), help="output folder")
     ap.add_argument("--targets", default=",".join(TARGETS), help="comma-separated subset of " + ",".join(TARGETS))
@@ -641,6 +641,9 @@ def main(argv: list[str] | None = None) -> int:
         sizes.burst_procs = sizes.steady_procs = sizes.hold_procs = a.procs
     if a.no_pgbench:
         sizes.pgbench = False
+    unknown = [x for x in a.scenarios if x not in SCENARIOS and x != "all"]
+    if unknown:
+        ap.error(f"unknown scenario(s) {unknown}; choose from {', '.join(SCENARIOS)} or all")
     scenarios = list(SCENARIOS) if not a.scenarios or "all" in a.scenarios else list(dict.fromkeys(a.scenarios))
     targets = tuple(t.strip() for t in a.targets.split(",") if t.strip())
     bad = [t for t in targets if t not in TARGETS]
