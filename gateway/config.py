@@ -18,6 +18,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from gateway.tokens import TokenSpecError, spec_digest
+
 __all__ = [
     "AUTH_TYPES", "POOL_MODES", "LOG_LEVELS", "ConfigError", "GatewaySettings",
     "DatabaseConfig", "UserConfig", "Config", "load_config", "parse_config",
@@ -68,10 +70,27 @@ class GatewaySettings:
     server_check_query: str = "select 1"
     max_prepared_statements: int = 200
     max_message_size: int = 16777216
+    # Neon-compatible POST /sql (gateway/neon_sql.py): request body (413) and response (507) caps, time per request.
+    sql_max_request_size: int = 10485760
+    sql_max_response_size: int = 10485760
+    sql_timeout: float = 15.0
     shutdown_timeout: float = 30.0
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     log_level: str = "info"
+    #: Postgres protocol over HTTP (issue 4): an HTTP session left inside a
+    #: transaction is rolled back and its server released after this many idle seconds.
+    http_session_timeout: float = 30.0
+    #: An HTTP session outside a transaction (kept by the driver across requests
+    #: for its prepared statements) is forgotten after this many idle seconds.
+    http_idle_session_timeout: float = 300.0
+    #: Time limit of one HTTP request's batch (0 = none): the running statement is
+    #: cancelled and the request answered with an error.
+    http_request_timeout: float = 60.0
+    #: Most frontend messages in one HTTP batch.
+    http_max_batch_messages: int = 10000
+    #: Most backend bytes in one HTTP response (larger results: cancelled, error).
+    http_max_response_size: int = 67108864
 
 
 @dataclass(frozen=True)
@@ -275,7 +294,8 @@ def _is_valid_scram_verifier(text: str) -> bool:
 # --------------------------------------------------------------------------- parsing
 
 _FLOAT_SETTINGS = {f.name for f in fields(GatewaySettings) if f.type in ("float", float)}
-_POSITIVE_FLOATS = {"server_connect_timeout"}
+_POSITIVE_FLOATS = {"server_connect_timeout", "sql_timeout", "http_session_timeout",
+                    "http_idle_session_timeout"}
 _INT_MIN = {
     "max_client_conn": 1,
     "default_pool_size": 1,
@@ -283,8 +303,13 @@ _INT_MIN = {
     "reserve_pool_size": 0,
     "max_prepared_statements": 0,
     "max_message_size": MIN_MESSAGE_SIZE,
+    "sql_max_request_size": MIN_MESSAGE_SIZE,
+    "sql_max_response_size": MIN_MESSAGE_SIZE,
+    "http_max_batch_messages": 1,
+    "http_max_response_size": MIN_MESSAGE_SIZE,
 }
-_INT_MAX = {"max_message_size": 1 << 30}
+_INT_MAX = {"max_message_size": 1 << 30, "sql_max_request_size": 1 << 30, "sql_max_response_size": 1 << 30,
+            "http_max_response_size": 1 << 30}
 _GATEWAY_KEYS = frozenset(f.name for f in fields(GatewaySettings))
 _DB_KEYS = frozenset({"host", "port", "dbname", "user", "password", "pool_size", "pool_mode",
                       "min_pool_size", "reserve_pool_size"})
@@ -389,7 +414,11 @@ def _parse_user(name: str, raw: Mapping[str, Any], g: GatewaySettings) -> UserCo
             raise ConfigError(f"{prefix}.tokens", f"expected an array of strings, got {_tname(tv)}")
         for i, t in enumerate(tv):
             tokens.append(_str(t, f"{prefix}.tokens[{i}]", nonempty=True))
-        if len(set(tokens)) != len(tokens):
+            try:
+                spec_digest(t)  # plaintext or "sha256:<hex>" (gateway/tokens.py)
+            except TokenSpecError as e:
+                raise ConfigError(f"{prefix}.tokens[{i}]", str(e)) from None
+        if len({spec_digest(t) for t in tokens}) != len(tokens):
             raise ConfigError(f"{prefix}.tokens", "duplicate token")
     pkey = f"{prefix}.password"
     if password is not None:
@@ -422,13 +451,14 @@ def parse_config(data: Mapping[str, Any], *, base_dir: str | os.PathLike[str] | 
 
     raw_users = _table(top.get("users", {}), "users")
     users: dict[str, UserConfig] = {}
-    seen_tokens: dict[str, str] = {}
+    seen_tokens: dict[bytes, str] = {}
     for name, raw in raw_users.items():
         u = _parse_user(name, _table(raw, f"users.{name}"), g)
         for t in u.tokens:
-            if t in seen_tokens:
-                raise ConfigError(f"users.{name}.tokens", f"token also belongs to user {seen_tokens[t]!r}")
-            seen_tokens[t] = name
+            d = spec_digest(t)
+            if d in seen_tokens:
+                raise ConfigError(f"users.{name}.tokens", f"token also belongs to user {seen_tokens[d]!r}")
+            seen_tokens[d] = name
         users[name] = u
     return Config(gateway=g, databases=dbs, users=users)
 
