@@ -30,6 +30,8 @@ from driver.protocol import auth as pg_auth
 from driver.protocol import messages as m
 from driver.protocol.framing import ProtocolError
 
+from .tokens import TokenStore
+
 log = logging.getLogger("wirepool.gateway.auth")
 
 AUTH_TYPES = ("scram-sha-256", "password", "md5", "trust")
@@ -86,6 +88,24 @@ class Authenticator:
             self._entries[name] = _Entry(plaintext, verifier)
         self._dummy_plain = os.urandom(16).hex().encode()
         self._dummy_verifier = pg_auth.ScramVerifier.from_password(os.urandom(16).hex())
+        #: API tokens (gateway/tokens.py): token -> user, constant-time lookup.
+        self.tokens = TokenStore(users)
+
+    # -- hooks for clients that bring their credentials in one piece (HTTP, tokens)
+    def user_for_token(self, token: str | None) -> str | None:
+        """The user an API token belongs to, or None."""
+        return self.tokens.user_for(token)
+
+    def check_password(self, user: str, password: str | None) -> bool:
+        """Check a cleartext password (HTTP clients) against ``[users]`` like any
+        other client: unknown user and wrong password are indistinguishable;
+        ``trust`` only needs a listed user."""
+        if self.auth_type == "trust":
+            return user in self._entries or not self._entries
+        if password is None:
+            self._check_cleartext(None, "")
+            return False
+        return self._check_cleartext(self._entries.get(user), password)
 
     async def authenticate(self, user: str, send: SendFn, recv: RecvFn) -> bytes:
         """Run the exchange.  Returns bytes still to send before
