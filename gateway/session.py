@@ -333,6 +333,9 @@ class Session:
                 raise AuthFailed("08P01", f"unsupported startup parameter: {key}")
         if msg.minor > 0 or unrecognized:
             await send(m.negotiate_protocol_version(0, unrecognized))
+        token = getattr(self.stream, "token", None)
+        if token is not None:  # API token (WebSocket upgrade): no password exchange
+            user = self._token_user(token, user)
         if not user:
             raise AuthFailed("28000", "no PostgreSQL user name specified in startup packet")
         self.user = user
@@ -343,7 +346,18 @@ class Session:
             raise AuthFailed("53300", "sorry, too many clients already")
         gw.n_clients += 1
         self.counted = True
+        if token is not None:
+            return b""
         return await gw.authenticator.authenticate(user, send, self._next_message)
+
+    def _token_user(self, token: str, user: str) -> str:
+        """The user an API token authenticates; the startup's user must be it or absent."""
+        owner = self.gw.authenticator.user_for_token(token)
+        if owner is None:
+            raise AuthFailed("28P01", "invalid API token")
+        if user and user != owner:
+            raise AuthFailed("28P01", f'API token does not belong to user "{user}"')
+        return owner
 
     # ======================================================== pooling loop
     async def _serve(self) -> None:
