@@ -34,6 +34,9 @@ Query parameters understood: ``host``, ``port``, ``user``, ``password``,
 for ``postgresql://``, a server setting sent at startup (as asyncpg does);
 for ws/http schemes it stays in :attr:`ConnectParams.query` (e.g. ``token``,
 ``pipeline_connect``).  ``endpoint`` (ws/wss only) sets :attr:`ConnectParams.path`.
+``token`` is a gateway API token (the ws transport sends it as ``?token=``);
+with it and no user given anywhere, the user is left empty (the gateway uses
+the token's user) instead of defaulting to the OS user.
 
 Precedence, highest first: keyword arguments, the DSN, the environment
 (``PGHOST``, ``PGPORT``, ``PGSSLMODE``, ``PGCONNECT_TIMEOUT`` only for
@@ -380,7 +383,9 @@ def parse_dsn(
         final_port = _DEFAULT_PORTS[scheme]
 
     # user, password, database
-    final_user = user or fields.get("user") or env.get("PGUSER") or _os_user()
+    final_user = user or fields.get("user") or env.get("PGUSER") or ""
+    if not final_user and (is_pg or "token" not in extra):
+        final_user = _os_user()  # ws/http with an API token: the gateway takes the token's user
     final_password = password if password is not None else fields.get("password", env.get("PGPASSWORD"))
     final_db = database or fields.get("dbname") or env.get("PGDATABASE") or final_user
 

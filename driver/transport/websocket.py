@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import ssl as ssl_module
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 from .base import Connector, Endpoint, Transport, TransportError
 
@@ -188,7 +189,10 @@ class WebSocketConnector(Connector):
             return url
         params = endpoint.options.get("params")
         if params is not None:
-            return str(params.url())
+            token = params.query.get("token")
+            # An API token travels as ?token= (browsers cannot set headers on a WebSocket).
+            url = str(params.url())
+            return f"{url}?{urlencode({'token': token})}" if token else url
         from ..dsn import DEFAULT_WS_PATH
 
         host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
