@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Callable
 
 from .base import Connector, Endpoint, Transport, TransportError
@@ -14,13 +15,25 @@ class TransportNotAvailable(ValueError):
     """The DSN scheme names a transport that is not available."""
 
 
+#: Pyodide (Cloudflare Python Workers, browsers): no raw sockets, JS WebSocket/fetch.
+_PYODIDE = sys.platform == "emscripten"
+
+
 def _tcp() -> Connector:
+    if _PYODIDE:
+        from .pyodide import TCP_UNAVAILABLE_MESSAGE
+
+        raise TransportNotAvailable(TCP_UNAVAILABLE_MESSAGE)
     from .tcp import TcpConnector
 
     return TcpConnector()
 
 
 def _websocket() -> Connector:
+    if _PYODIDE:
+        from .pyodide import JsWebSocketConnector  # the JS WebSocket via pyodide.ffi
+
+        return JsWebSocketConnector()
     from .websocket import WebSocketConnector  # imports ``websockets`` only when used
 
     return WebSocketConnector()
