@@ -26,12 +26,16 @@ follow the client from server to server, the way PgBouncer (>= 1.21) does:
 Rewriting rules (named statements only; the unnamed statement and all
 portals pass through untouched):
 
-* Parse ``s``: ``s`` already mapped -> 42P05 ``prepared statement "s" already
-  exists``.  Else map it; if the server already has the gateway statement a
+* Parse ``s``: ``s`` already mapped -> the new text is sent as a Parse of the
+  gateway name ``s`` already has on that server, so the server fails exactly
+  where and how Postgres would (a syntax error or an aborted transaction
+  first, else 42P05, reworded ``prepared statement "s" already exists``).
+  Else map it; if the server already has the gateway statement a
   synthetic ParseComplete is queued, otherwise the Parse is forwarded renamed.
 * Bind / Describe('S') of ``s``: renamed; if the server lacks the statement
   its Parse is injected first and the ParseComplete swallowed.  An unknown
-  ``s`` gets 26000 ``prepared statement "s" does not exist`` locally.
+  ``s`` is refused with 26000 ``prepared statement "s" does not exist`` (never
+  forwarded: a client cannot reach a statement by its gateway name).
 * Close('S') of ``s`` drops the client mapping; CloseComplete is synthesized.
 * Simple Query text containing ``DEALLOCATE ALL`` / ``DISCARD ALL`` clears the
   client's mappings (and makes the server's statements "uncertain", below).
@@ -44,14 +48,14 @@ those with nothing before them come back at once as ``local_replies_now``.
 Errors: an ErrorResponse to an extended-protocol message makes the server skip
 everything up to Sync, so the queue drops the entries up to the next Sync and
 undoes their effects (client mappings created or closed, statements assumed
-created or evicted on the server).  A locally generated error (42P05, 26000,
-caps) is made real on the server: a Describe of a statement that cannot exist
-(:data:`FAIL_MESSAGE`) is sent in place of the refused message, so the server
-fails at exactly that point -- aborting the implicit or explicit transaction
-as Postgres would -- and its ErrorResponse is replaced by the gateway's.  The
-client messages after it up to Sync are not forwarded (the server would skip
-them); the Sync is.  A failed
-injected Parse passes its error to the client.
+created or evicted on the server).  A refusal decided by the gateway (26000
+for an unknown name, the caps) is made real on the server: a Describe of a
+statement that cannot exist (:data:`FAIL_MESSAGE`) is sent in place of the
+refused message, so the server fails at exactly that point -- aborting the
+implicit or explicit transaction as Postgres would -- and its ErrorResponse
+is replaced by the gateway's.  After a refusal or a duplicate Parse the
+client's messages up to Sync are not forwarded (the server skips them
+anyway); the Sync is.  A failed injected Parse passes its error to the client.
 
 Uncertainty: a statement whose last change on a server happened in an earlier
 pipeline segment (before a Sync) that the server has not answered yet may or
@@ -63,8 +67,8 @@ guessed.  A 0A000 (e.g. ``cached plan must not change result type``) in
 reply to a statement's Bind/Describe/Execute gives the registry entry a fresh
 gateway name, so no other client keeps hitting the stale plan.
 
-Hot path: a chunk without Parse/Bind/Describe/Close is returned unchanged
-(the same object) after one pass over its index; a server chunk is returned
+Hot path: a chunk in which no Parse/Bind/Describe/Close names a statement
+is returned unchanged (the same object) after one pass over its index; a server chunk is returned
 unchanged when the queue needs no change to it.  ``max_prepared_statements
 = 0`` disables everything (``Rewriter.enabled`` is false; callers skip it).
 
@@ -122,12 +126,17 @@ _RSYN = 4    # nothing from the server: synthesized reply bytes
 _PASS = 0
 _SWALLOW = 1
 _REPLACE = 2   # the server's ErrorResponse is replaced by the entry's data
+_REPLACE_42P05 = 3  # a 42P05 ErrorResponse is replaced by the entry's data; others pass
 
 #: Sent in place of a message the gateway refuses (42P05, 26000, caps): it
 #: fails on the server with 26000 -- no gateway or client statement has this
 #: name -- so the server aborts the (implicit) transaction and skips to Sync
 #: exactly as it would have for the refused message; the reply is replaced.
 FAIL_MESSAGE = m.describe("S", "__wp_refused")
+#: Statement name used to let the server judge a Parse the gateway would
+#: otherwise answer itself (closed before every use).
+SCRATCH_NAME = b"__wp_scratch"
+_CLOSE_SCRATCH = m.close("S", SCRATCH_NAME.decode())
 
 # entry fields: (kind, action, data, (statement, gateway name) | None, undo ops, is_sync)
 _KIND: Final = 0
@@ -345,6 +354,7 @@ class Rewriter:
         self.server: ServerStatements | None = None
         self._q: deque[Entry] = deque()
         self._desc_half = False      # the head Describe('S') got its ParameterDescription
+        self._status = 73            # last ReadyForQuery status seen ('I')
         self._skipping = False       # a local error: drop client messages until Sync
         self._last_stmt: tuple[Statement, bytes] | None = None
         #: Query/FunctionCall messages dropped while skipping in the last
@@ -439,9 +449,17 @@ class Rewriter:
         return self._slow_frontend(chunk, index, sv)
 
     def _discard_all(self) -> None:
-        self.client.clear()
+        """A DISCARD ALL / DEALLOCATE ALL may run: every statement on the server
+        becomes uncertain.  (The client's own names are cleared when the
+        server confirms the command with its CommandComplete tag.)"""
         if self.server is not None:
             self.server.forget_all()
+
+    def _discarded(self, sv: ServerStatements | None) -> None:
+        """The server ran DISCARD ALL / DEALLOCATE ALL for this client."""
+        self.client.clear()
+        if sv is not None:
+            sv.forget_all()
 
     def _slow_frontend(self, chunk: bytes, index: list[tuple[int, int, int]],
                        sv: ServerStatements) -> tuple[bytes, bytes]:
@@ -476,8 +494,18 @@ class Rewriter:
                 if start > copy_from:
                     out.append(chunk[copy_from:start])
                 copy_from = e
-                if name in names:
-                    self._local_error(out, m.error("42P05", f'prepared statement "{_txt(name)}" already exists'))
+                old = names.get(name)
+                if old is not None:
+                    # Let the server fail on its own: Parse the new text under the
+                    # gateway name the client's statement already has there, so any
+                    # earlier error (syntax, aborted transaction...) wins as in
+                    # Postgres, then 42P05 -- reworded with the client's name.
+                    self._ensure(sv, old, out)
+                    body = old.name + chunk[ne:e]
+                    out.append(b"P" + _pack_i32(len(body) + 4) + body)
+                    err = m.error("42P05", f'prepared statement "{_txt(name)}" already exists')
+                    q.append((_R1, _REPLACE_42P05, err, None, (), 0))
+                    self._skipping = True
                     continue
                 key = chunk[ne + 1:e]
                 why = client.check_caps(len(key))
@@ -490,7 +518,17 @@ class Rewriter:
                 gname = st.name
                 if self._certain(sv, gname):
                     sv.lru.move_to_end(gname)
-                    q.append((_RSYN, _PASS, m.PARSE_COMPLETE, None, (cundo,), 0))
+                    if self._status != 69 and not any(x[_KIND] == _RZ for x in q):
+                        # surely not in an aborted transaction: answer it here
+                        q.append((_RSYN, _PASS, m.PARSE_COMPLETE, None, (cundo,), 0))
+                    else:
+                        # maybe aborted (Postgres would refuse the Parse with 25P02):
+                        # let the server parse the text under a scratch name
+                        out.append(_CLOSE_SCRATCH)
+                        q.append((_R1, _SWALLOW, None, None, (), 0))
+                        body = SCRATCH_NAME + b"\x00" + key
+                        out.append(b"P" + _pack_i32(len(body) + 4) + body)
+                        q.append((_R1, _PASS, None, None, (cundo,), 0))
                 else:
                     sundo = self._make_room(sv, gname, out)
                     out.append(st.parse)
@@ -635,28 +673,32 @@ class Rewriter:
                     continue  # Query / Sync / FunctionCall error: ReadyForQuery follows
                 q.popleft()
                 self._desc_half = False
-                if act == _REPLACE:
+                if act == _REPLACE or (act == _REPLACE_42P05
+                                       and m.decode_fields(chunk[s:e]).get("C") == "42P05"):
                     if out is None:
                         out = []
                     if s - 5 > copy_from:
                         out.append(chunk[copy_from:s - 5])
                     out.append(head[_DATA])
                     copy_from = e
+                    self._skip_to_sync(sv)
                 else:
-                    self._failed(head, chunk[s:e], sv)
-                self._skip_to_sync(sv)
+                    self._skip_to_sync(sv)  # undo later messages first (LIFO)...
+                    self._failed(head, chunk[s:e], sv)  # ...then the failed one
                 # (the error itself always reaches the client)
             else:
                 if kind == _R1:
                     done = True
                 elif kind == _REXEC:
                     done = t in _EXEC_END
-                    if t == _CC and chunk[s] == 68 and chunk.startswith(_DISCARD_TAGS, s) and sv is not None:
-                        sv.forget_all()
+                    if t == _CC and chunk[s] == 68 and chunk.startswith(_DISCARD_TAGS, s):
+                        self._discarded(sv)
                 elif kind == _RZ:
                     done = t == _Z
-                    if t == _CC and chunk[s] == 68 and chunk.startswith(_DISCARD_TAGS, s) and sv is not None:
-                        sv.forget_all()
+                    if t == _Z:
+                        self._status = chunk[s]
+                    elif t == _CC and chunk[s] == 68 and chunk.startswith(_DISCARD_TAGS, s):
+                        self._discarded(sv)
                 else:  # _RDESC
                     done = self._desc_half
                     self._desc_half = not done
@@ -665,7 +707,7 @@ class Rewriter:
                         out = []
                     if s - 5 > copy_from:
                         out.append(chunk[copy_from:s - 5])
-                    if act == _REPLACE and done:
+                    if act >= _REPLACE and done:
                         out.append(head[_DATA])
                     copy_from = e
                 if not done:

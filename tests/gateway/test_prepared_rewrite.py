@@ -157,16 +157,43 @@ def test_synthetic_parse_complete_keeps_pipeline_order(reg: StatementRegistry) -
     sv = ServerStatements(200)
     c = Client(reg)
     c.link(sv)
-    c.send(P("a", Q2, (25,)), S)
-    c.recv(ONE, ZI)
-    c.cs.names.clear()  # pretend another client: only the server knows __wp_1
-    out, local = c.send(m.query("select 1"),
-                        P("b", Q2, (25,)), B("b", b"x"), E, S)
-    assert out == m.query("select 1") + B("__wp_1", b"x") + E + S
-    assert local == b""  # the Query's replies come first
-    got = c.recv(m.row_description([]), CC, ZI, TWO, ROW)
-    assert got == m.row_description([]) + CC + ZI + ONE + TWO + ROW
+    c.send(P("a", Q2, (25,)), P("z", Q3, ()), S)
+    c.recv(ONE, ONE, ZI)
+    c.cs.remove(b"a")  # as if another client had prepared it: only the server knows __wp_1
+    out, local = c.send(B("z"), E, P("b", Q2, (25,)), B("b", b"x"), E, S)
+    assert out == B("__wp_2") + E + B("__wp_1", b"x") + E + S
+    assert local == b""  # z's replies come first
+    got = c.recv(TWO, ROW, CC, TWO, ROW)
+    assert got == TWO + ROW + CC + ONE + TWO + ROW
     assert c.recv(CC, ZI) == CC + ZI
+
+
+def test_parse_goes_to_the_server_when_the_transaction_may_be_aborted(reg: StatementRegistry) -> None:
+    """Postgres refuses a Parse inside an aborted transaction (25P02): when that
+    is possible the gateway cannot answer for the server."""
+    sv = ServerStatements(200)
+    c = Client(reg)
+    c.link(sv)
+    c.send(P("a", Q3, ()), S)
+    c.recv(ONE, ZI)
+    c.cs.remove(b"a")
+    scratch = m.close("S", "__wp_scratch") + P("__wp_scratch", Q3, ())
+    # a Query before it in the same pipeline may fail inside a transaction block
+    out, local = c.send(m.query("select 1/0"), P("b", Q3, ()), S)
+    assert out == m.query("select 1/0") + scratch + S and local == b""
+    err = m.error("22012", "division by zero")
+    aborted = m.error("25P02", "current transaction is aborted, commands ignored until end of transaction block")
+    assert c.recv(err, ZE, THREE, aborted, ZE) == err + ZE + aborted + ZE
+    assert len(c.cs) == 0  # refused: not created
+    # the last status was E: still not answered locally
+    out, local = c.send(P("b", Q3, ()), S)
+    assert out == scratch + S and local == b""
+    assert c.recv(THREE, aborted, ZE) == aborted + ZE
+    c.send(m.query("rollback"))
+    c.recv(m.command_complete("ROLLBACK"), ZI)
+    out, local = c.send(P("b", Q3, ()), S)
+    assert out == S and local == ONE
+    assert c.recv(ZI) == ZI and set(c.cs.names) == {b"b"}
 
 
 def test_reuse_on_second_server_injects_parse(reg: StatementRegistry) -> None:
@@ -239,11 +266,17 @@ def test_duplicate_name_gets_42P05_and_skips_to_sync(reg: StatementRegistry) -> 
     c.recv(ONE, ZI)
     err = m.error("42P05", 'prepared statement "s1" already exists')
     out, local = c.send(P("s1", Q3, ()), B("s1", b"1"), E, S)
-    # the server fails at the same point (so its transaction aborts as
-    # Postgres' would); nothing after the failure point reaches it
-    assert out == FAIL_MESSAGE + S
+    # the server fails at the same point, on its own (so a syntax error or an
+    # aborted transaction wins, as in Postgres); nothing after it is sent
+    assert out == P("__wp_1", Q3, ()) + S
     assert local == b""
-    assert c.recv(REFUSED, ZI) == err + ZI
+    dup = m.error("42P05", 'prepared statement "__wp_1" already exists')
+    assert c.recv(dup, ZI) == err + ZI
+    # any other error passes as it is
+    out, _ = c.send(P("s1", "selec 1", ()), S)
+    assert out == P("__wp_1", "selec 1", ()) + S
+    syntax = m.error("42601", 'syntax error at or near "selec"')
+    assert c.recv(syntax, ZI) == syntax + ZI
     # the old mapping is intact
     out, _ = c.send(B("s1", b"7"), E, S)
     assert out == B("__wp_1", b"7") + E + S
@@ -257,12 +290,13 @@ def test_42P05_in_the_middle_of_a_pipeline(reg: StatementRegistry) -> None:
     err = m.error("42P05", 'prepared statement "s1" already exists')
     # the Sync arrives in a later chunk: skipping lasts across chunks
     out, local = c.send(B("s1", b"1"), E, P("s1"), B("s1", b"2"), E)
-    assert out == B("__wp_1", b"1") + E + FAIL_MESSAGE and local == b""
+    assert out == B("__wp_1", b"1") + E + P("__wp_1") and local == b""
     out, local = c.send(B("s1", b"3"), E, m.query("select 1"), S)
     assert out == S and local == b""
     assert c.rw.dropped_rfq == 1  # the Query was skipped, as Postgres skips it
     # inside an explicit transaction: the server's own status says it aborted
-    assert c.recv(TWO, ROW, CC, REFUSED, ZE) == TWO + ROW + CC + err + ZE
+    dup = m.error("42P05", 'prepared statement "__wp_1" already exists')
+    assert c.recv(TWO, ROW, CC, dup, ZE) == TWO + ROW + CC + err + ZE
     assert c.rw.outstanding == 0
 
 
@@ -273,7 +307,7 @@ def test_refused_message_after_a_server_error_is_not_reported(reg: StatementRegi
     c.send(P("s1"), S)
     c.recv(ONE, ZI)
     unnamed = m.bind("", "", [], [], [])
-    out, _ = c.send(unnamed, P("s1"), S)
+    out, _ = c.send(unnamed, B("ghost"), S)
     assert out == unnamed + FAIL_MESSAGE + S
     err = m.error("26000", "unnamed prepared statement does not exist")
     assert c.recv(err, ZI) == err + ZI
@@ -431,9 +465,9 @@ def test_discard_all_clears_the_client_mapping(reg: StatementRegistry) -> None:
         chunk, idx = fchunk(m.query(sql))
         out, local = c.rw.rewrite_frontend(chunk, idx)
         assert out is chunk and local == b""
-        assert len(c.cs) == 0
         tag = m.command_complete(sql.upper().replace("  ", " ").replace(" PREPARE", ""))
         assert c.recv(tag, ZI) == tag + ZI
+        assert len(c.cs) == 0  # cleared once the server confirms it
         # the name can be prepared again; the server statement is re-created safely
         out, local = c.send(P("s1"), S)
         assert out == m.close("S", "__wp_1") + P("__wp_1") + S
@@ -575,3 +609,47 @@ def test_skipped_recreation_stays_uncertain(reg: StatementRegistry) -> None:
     assert len(sv) == 0 and sv.maybe == {b"__wp_1"}
     out, _ = c.send(B("a", b"2"), E, S)
     assert out == m.close("S", "__wp_1") + P("__wp_1") + B("__wp_1", b"2") + E + S
+
+
+def test_duplicate_parse_on_a_server_lacking_the_statement(reg: StatementRegistry) -> None:
+    c = Client(reg)
+    c.link(ServerStatements(200))
+    c.send(P("s1"), S)
+    c.recv(ONE, ZI)
+    sv2 = ServerStatements(200)
+    c.link(sv2)
+    out, _ = c.send(P("s1", Q3, ()), S)
+    # the existing statement is created there first, so the duplicate fails as it should
+    assert out == P("__wp_1") + P("__wp_1", Q3, ()) + S
+    dup = m.error("42P05", 'prepared statement "__wp_1" already exists')
+    assert c.recv(ONE, dup, ZI) == m.error("42P05", 'prepared statement "s1" already exists') + ZI
+    assert b"__wp_1" in sv2
+
+
+def test_failed_discard_all_keeps_the_mapping(reg: StatementRegistry) -> None:
+    sv = ServerStatements(200)
+    c = Client(reg)
+    c.link(sv)
+    c.send(P("s1"), S)
+    c.recv(ONE, ZI)
+    c.send(m.query("begin"), m.query("DISCARD ALL"))
+    err = m.error("25001", "DISCARD ALL cannot run inside a transaction block")
+    got = c.recv(m.command_complete("BEGIN"), ZT, err, ZE)
+    assert got == m.command_complete("BEGIN") + ZT + err + ZE
+    assert set(c.cs.names) == {b"s1"}
+    # the server statement was marked uncertain meanwhile: re-created safely
+    out, _ = c.send(m.query("rollback"), B("s1", b"1"), E, S)
+    assert out == m.close("S", "__wp_1") + m.query("rollback") + P("__wp_1") + B("__wp_1", b"1") + E + S
+
+
+def test_undo_is_last_in_first_out(reg: StatementRegistry) -> None:
+    """Close a; Parse a (fails); Close a (skipped): a no longer exists, as in Postgres."""
+    c = Client(reg)
+    c.link(ServerStatements(200))
+    c.send(P("a"), S)
+    c.recv(ONE, ZI)
+    out, local = c.send(m.close("S", "a"), P("a", "selec"), m.close("S", "a"), S)
+    assert out == P("__wp_2", "selec") + S and local == THREE
+    err = m.error("42601", 'syntax error at or near "selec"')
+    assert c.recv(err, ZI) == err + ZI
+    assert len(c.cs) == 0
