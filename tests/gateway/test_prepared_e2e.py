@@ -433,12 +433,15 @@ def _summary(replies: list[Msg]) -> list[Any]:
     return out
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-async def test_random_pipelines_match_postgres(app: Any, pg: PgCluster, seed: int) -> None:
+@pytest.mark.parametrize("seed,limit", [(1, 200), (2, 200), (3, 2), (4, 1)])
+async def test_random_pipelines_match_postgres(gateway_app: Any, pg: PgCluster, seed: int,
+                                               limit: int) -> None:
     """Random pipelines of named Parse/Bind/Execute/Describe/Close (with errors,
     reused names, unknown names, explicit transactions) give exactly the replies
     Postgres gives on one direct connection -- while the gateway client jumps
-    between two server connections."""
+    between two server connections (and, with a tiny LRU, evicts constantly)."""
+    app = await gateway_app(auth_type="password", max_prepared_statements=limit,
+                            databases={"app": {"pool_size": 2}})
     rnd = random.Random(seed)
     queries = ["select $1::int + 1", "select 10 / ($1::int + (random() * 0)::int)",
                "select $1::int * 2, 'x'", "select $1::int - 1"]
