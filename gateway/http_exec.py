@@ -63,6 +63,9 @@ log = logging.getLogger("wirepool.gateway.http")
 
 _Q, _S, _F, _X, _Z, _E = 81, 83, 70, 88, 90, 69
 _COUNTED = (_Q, _S, _F)
+_G = 71  # CopyInResponse
+COPY_UNSUPPORTED = "COPY FROM STDIN is not supported over HTTP (the request body is the whole batch)"
+_COPY_FAIL = m.copy_fail(COPY_UNSUPPORTED)
 #: seconds allowed after a CancelRequest for the batch to end before the session is killed
 CANCEL_GRACE = 5.0
 _ENDED_MEMORY = 4096  # remembered reasons of ended sessions (for clear errors)
@@ -76,6 +79,8 @@ class HttpExecError(Exception):
         self.status = status
         self.sqlstate = sqlstate
         self.message = message
+        #: the session lives on: its next token (e.g. after a 507), else None
+        self.session_token: str | None = None
 
     def error_response(self, severity: str = "ERROR") -> bytes:
         """The error as a Postgres ErrorResponse message."""
@@ -155,7 +160,7 @@ class HttpStream:
         self.zs = 0
         self.fatal = None
         fut = self.done = self.loop.create_future()
-        if self._closed:
+        if self._closed or expected == 0:
             fut.set_result(None)
         return fut
 
@@ -260,6 +265,9 @@ class HttpStream:
                 body = chunk[s:e]
                 if b"SFATAL\x00" in body or b"SPANIC\x00" in body:
                     self.fatal = m.decode_fields(body)
+            elif t == _G:
+                # COPY FROM STDIN: the request body was the whole batch, there is no more data.
+                self.feed(_COPY_FAIL)
         self.zs = zs
         if not self.overflow:
             self._out.append(chunk)
@@ -590,9 +598,10 @@ class HttpExecutor:
             ended = stream.zs < expected
             status = None if ended else chr(stream.status or 73)
             if stream.overflow and not ended:
-                self._finish(hs, new, status, terminate)
-                raise HttpExecError(507, "54000", f"response exceeds {max_resp} bytes (http_max_response_size)"
+                err = HttpExecError(507, "54000", f"response exceeds {max_resp} bytes (http_max_response_size)"
                                     "; the statement was cancelled")
+                err.session_token = self._finish(hs, new, status, terminate)
+                raise err
             res = ExecResult(data, status, None, stream.zs, stream.fatal if ended else None, timed_out,
                              parameters, session.process_id)
             if ended and res.fatal is None:
