@@ -24,6 +24,7 @@ from urllib.parse import quote
 from gateway.config import Config
 from gateway.http import HttpListener, HttpRequest, HttpResponse
 from gateway.metrics import CONTENT_TYPE, make_registry, render
+from gateway.http_protocol import register as register_http_protocol
 from gateway.neon_sql import register as register_neon_sql
 from gateway.tcp import TcpListener, make_server_ssl_context
 
@@ -80,6 +81,7 @@ class GatewayApp:
             self.http.add_route("GET", "/healthz", self._healthz)
             self.http.add_route("GET", "/metrics", self._metrics)
             register_neon_sql(self)  # POST/OPTIONS /sql (Neon-compatible, gateway/neon_sql.py)
+            register_http_protocol(self)  # POST /pg, /pg/cancel (protocol over HTTP, gateway/http_protocol.py)
             self._registry = make_registry(self._gateway_stats, self.listener_stats)
             await self.http.start()
             if g.pg_listen is not None:
