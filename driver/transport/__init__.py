@@ -39,14 +39,29 @@ def _websocket() -> Connector:
     return WebSocketConnector()
 
 
+def _http() -> Connector:
+    if _PYODIDE:
+        from . import pyodide
+
+        fetch = getattr(pyodide, "FetchConnector", None)  # the JS fetch transport
+        if fetch is None:
+            raise TransportNotAvailable("the http(s):// transport is not available under Pyodide yet")
+        return fetch()  # type: ignore[no-any-return]
+    from .http import HttpConnector  # stdlib asyncio HTTP/1.1 client
+
+    return HttpConnector()
+
+
 _CONNECTORS: dict[str, Callable[[], Connector]] = {
     "postgresql": _tcp,
     "postgres": _tcp,
     "ws": _websocket,
     "wss": _websocket,
+    "http": _http,
+    "https": _http,
 }
 
-_LATER = ("http", "https")
+_LATER: tuple[str, ...] = ()
 
 
 def register_connector(scheme: str, factory: Callable[[], Connector]) -> None:
