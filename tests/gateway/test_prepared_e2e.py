@@ -497,3 +497,60 @@ async def test_random_pipelines_match_postgres(gateway_app: Any, pg: PgCluster, 
         await direct.close()
         await gw.close()
         await noise.close()
+
+
+NEON_NAMED = r"""
+import { Pool, neonConfig } from "@neondatabase/serverless";
+import ws from "ws";
+const [gateway, connectionString] = process.argv.slice(1);
+neonConfig.webSocketConstructor = ws;
+neonConfig.wsProxy = (host, port) => `${gateway}/v2?address=${host}:${port}`;
+neonConfig.useSecureWebSocket = false;
+neonConfig.pipelineTLS = false;
+neonConfig.pipelineConnect = "password";
+const out = { values: [], pids: [] };
+const pool = new Pool({ connectionString, max: 3 });
+try {
+  for (let round = 0; round < 8; round++) {
+    const rs = await Promise.all([1, 2, 3].map((n) => pool.query(
+      { name: "square_pid", text: "select $1::int * $1::int as v, pg_backend_pid() as pid", values: [round * 3 + n] })));
+    for (const r of rs) { out.values.push(r.rows[0].v); out.pids.push(r.rows[0].pid); }
+  }
+  const client = await pool.connect();
+  try {
+    await client.query("begin");
+    const a = await client.query({ name: "square_pid", text: "select $1::int * $1::int as v, pg_backend_pid() as pid", values: [12] });
+    await client.query("commit");
+    out.inTx = a.rows[0].v;
+  } finally {
+    client.release();
+  }
+} catch (e) {
+  out.fatal = { code: e.code, message: String(e && e.message) };
+} finally {
+  await pool.end().catch(() => {});
+}
+console.log(JSON.stringify(out));
+"""
+
+
+async def test_neon_driver_named_queries(app: Any) -> None:
+    import json
+    import shutil as _sh
+    from pathlib import Path
+
+    node = _sh.which("node")
+    js_dir = Path(__file__).resolve().parent.parent / "js"
+    assert node is not None and (js_dir / "node_modules" / "@neondatabase" / "serverless").is_dir()
+    cs = f"postgresql://alice:{ALICE_PASSWORD}@db.invalid:5432/app"
+    proc = await asyncio.create_subprocess_exec(
+        node, "--input-type=module", "-e", NEON_NAMED, f"127.0.0.1:{app.http_port}", cs,
+        cwd=str(js_dir), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "NODE_NO_WARNINGS": "1"})
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode(errors="replace")
+    result = json.loads([ln for ln in out.decode().splitlines() if ln.startswith("{")][-1])
+    assert "fatal" not in result, result
+    assert sorted(result["values"]) == [n * n for n in range(1, 25)]
+    assert len(set(result["pids"])) == 2  # the named statement ran on both servers
+    assert result["inTx"] == 144
