@@ -67,15 +67,50 @@ guessed.  A 0A000 (e.g. ``cached plan must not change result type``) in
 reply to a statement's Bind/Describe/Execute gives the registry entry a fresh
 gateway name, so no other client keeps hitting the stale plan.
 
-Hot path: a chunk in which no Parse/Bind/Describe/Close names a statement
-is returned unchanged (the same object) after one pass over its index; a server chunk is returned
-unchanged when the queue needs no change to it.  ``max_prepared_statements
-= 0`` disables everything (``Rewriter.enabled`` is false; callers skip it).
+A Parse of a name the server already has is answered with a synthetic
+ParseComplete only when the transaction surely is not aborted (no Query/Sync
+reply outstanding, last ReadyForQuery not ``E``); otherwise the text is parsed
+on the server under :data:`SCRATCH_NAME`, so a 25P02 comes from Postgres.
+
+Hot path: a chunk in which no Parse/Bind/Describe/Close names a statement is
+returned unchanged (the same object) after one pass over its index; a server
+chunk is returned unchanged when the queue needs no change to it.
+``max_prepared_statements = 0`` disables everything (``Rewriter.enabled`` is
+false; callers skip it).  Use it in transaction mode only (session mode keeps
+a client on one server: nothing to do).
 
 Headers only: Parse bodies are validated with
 :func:`driver.protocol.messages.decode_frontend`; renaming splices the name
 out of the body (NUL-terminated name fields) instead of re-encoding, so
 parameter values are never decoded and the bytes stay exact.
+
+Use (the session loop; ``gw.statements`` is one :class:`StatementRegistry`)::
+
+    rw = Rewriter(ClientStatements(gw.statements), settings.max_prepared_statements)
+    rw.link(server_statements(server, settings.max_prepared_statements))  # at each link
+    to_server, now = rw.rewrite_frontend(chunk, index)   # before server.write
+    outstanding -= rw.dropped_rfq                        # Queries skipped after a refusal
+    chunk, index = rw.rewrite_backend(chunk, index)      # before forwarding to the client
+    rw.unlink()                                          # at release / server lost / client gone
+    rw.client.clear()                                    # when the client leaves
+
+Known limits (all rare; Postgres' own behaviour otherwise, as checked against
+a direct connection by tests/gateway/test_prepared_e2e.py):
+
+* Several Sync segments sent before reading replies, where a later segment
+  uses a name that an earlier one created or closed and that earlier segment
+  fails: Postgres would answer 26000 (or run the old statement); the gateway
+  decided when it forwarded the later segment.
+* ``DISCARD ALL`` / ``DEALLOCATE ALL`` clear the client's names when the
+  server confirms them, so messages pipelined right behind them (before the
+  reply) still see the old names.
+* SQL-level ``PREPARE`` / ``EXECUTE`` / ``DEALLOCATE name`` are not tracked
+  (as with PgBouncer).  Server errors naming a gateway statement (if someone
+  deallocates ``__wp_<n>`` by SQL) pass as they are; the gateway re-creates
+  the statement on the next use.
+* The names ``__wp_<n>``, ``__wp_refused`` and ``__wp_scratch`` are reserved
+  on the upstream servers; statements whose presence is uncertain (and the
+  scratch one) may briefly exceed ``max_prepared_statements`` on a server.
 """
 
 from __future__ import annotations
