@@ -698,7 +698,7 @@ class Rewriter:
         out: list[bytes] | None = None   # built only when something changes
         copy_from = 0
         for t, s, e in index:
-            if t in _ASYNC or not q:
+            if t == 68 or t in _ASYNC or not q:  # DataRow: never ends nor is dropped
                 continue
             head = q[0]
             kind = head[_KIND]
