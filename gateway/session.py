@@ -366,6 +366,11 @@ class Session:
         if chunk and not self._from_client(chunk, idx):
             return
         reader = self.reader
+        if reader.buffered:
+            # Pipelined after a startup that needed no password message (token, trust).
+            chunk, idx = reader.read_raw()
+            if chunk and not self._from_client(chunk, idx):
+                return
         recv = self.stream.recv
         from_client = self._from_client
         while True:
