@@ -450,6 +450,35 @@ class ProcWatch:
         return self._cpu() - self.cpu0
 
 
+class PostgresCpu:
+    """CPU seconds used by the whole PostgreSQL server (postmaster, live backends, and
+    backends that exited meanwhile, which the postmaster reaped) over a window."""
+
+    def __init__(self, cluster: BenchCluster) -> None:
+        self.pid = cluster.pg._postmaster_pid()
+        self.t0 = self._total()
+
+    def _total(self) -> float:
+        if self.pid is None:
+            return 0.0
+        try:
+            pm = psutil.Process(self.pid)
+            t = pm.cpu_times()
+            total = t.user + t.system + t.children_user + t.children_system
+            for ch in pm.children():
+                try:
+                    c = ch.cpu_times()
+                    total += c.user + c.system
+                except psutil.NoSuchProcess:
+                    pass
+            return total
+        except psutil.NoSuchProcess:
+            return 0.0
+
+    def seconds(self) -> float:
+        return round(self._total() - self.t0, 2)
+
+
 class BackendSampler:
     """Samples ``pg_stat_activity`` from a separate superuser connection (a
     reserved slot, so it never competes with the load) and the pooler's RSS,

@@ -219,9 +219,11 @@ def scenario_burst(run: Run) -> None:
                 with Workers(spec, s.burst_procs) as w:
                     w.wait_ready()
                     watch = E.ProcWatch(svc.pid if svc else None)
+                    pgcpu = E.PostgresCpu(run.cluster)
                     with E.BackendSampler(run.cluster, watch) as sampler:
                         w.go()
                         res = merge(_drive(run, w, sampler, "burst", 5.0))
+                    pg_cpu = pgcpu.seconds()
                 completed = len(res["ttfr"])
                 wall = max(res["end"]) if res["end"] else None
                 failed = sum(res["failed"].values())
@@ -231,7 +233,8 @@ def scenario_burst(run: Run) -> None:
                        "sessions_per_s": round(completed / wall, 1) if wall else 0.0,
                        "wall_s": round(wall, 3) if wall else None,
                        **pct_ms(res["ttfr"]), "peak_backends": sampler.peak,
-                       "backend_samples": sampler.samples, **_watch_row(watch)}
+                       "backend_samples": sampler.samples, **_watch_row(watch),
+                       "client_cpu_s": res["client_cpu_s"], "postgres_cpu_s": pg_cpu}
                 run.add(row, res["ttfr"])
                 run.progress.step_done(f"{completed} ok, {failed} failed, {row['sessions_per_s']} sess/s")
         except Exception as e:  # noqa: BLE001 - a target that breaks is reported, the run goes on
@@ -262,9 +265,11 @@ def scenario_steady(run: Run) -> None:
                     info = w.wait_ready()
                     watch = E.ProcWatch(svc.pid if svc else None)
                     assert run.cluster is not None
+                    pgcpu = E.PostgresCpu(run.cluster)
                     with E.BackendSampler(run.cluster, watch, interval=0.05) as sampler:
                         w.go()
                         res = merge(_drive(run, w, sampler, "steady", s.duration))
+                    pg_cpu = pgcpu.seconds()
                 n = len(res["latencies"])
                 el = res["elapsed"] or s.duration
                 failed = sum(res["failed"].values()) + sum(res["open_failed"].values())
@@ -273,7 +278,7 @@ def scenario_steady(run: Run) -> None:
                        "completed": n, "failed": failed,
                        "failed_by_sqlstate": dict(res["failed"] + res["open_failed"]),
                        "tps": round(n / el, 1), **pct_ms(res["latencies"]), "peak_backends": sampler.peak,
-                       **_watch_row(watch)}
+                       **_watch_row(watch), "client_cpu_s": res["client_cpu_s"], "postgres_cpu_s": pg_cpu}
                 run.add(row, res["latencies"])
                 run.progress.step_done(f"{row['tps']} tps")
         except Exception as e:  # noqa: BLE001

@@ -129,6 +129,9 @@ async def _close_all(conns: list[Any]) -> None:
     await asyncio.gather(*(close(c) for c in conns))
 
 
+_CPU_AT_GO: list[float] = []  # this worker's CPU time when the start instant was received
+
+
 async def _run(spec: dict[str, Any], pipe: Any) -> dict[str, Any]:
     mode = spec["mode"]
     n = int(spec.get("n", 1))
@@ -147,6 +150,7 @@ async def _run(spec: dict[str, Any], pipe: Any) -> dict[str, Any]:
 
     pipe.send(("ready", info))
     start = await loop.run_in_executor(None, pipe.recv)
+    _CPU_AT_GO[:] = [time.process_time()]
     await _sleep_until(start)
 
     if mode == "burst":
@@ -221,6 +225,7 @@ def worker_entry(pipe: Any, spec: dict[str, Any]) -> None:
             except ImportError:
                 pass
         result = asyncio.run(_run(spec, pipe))
+        result["cpu_s"] = time.process_time() - _CPU_AT_GO[0] if _CPU_AT_GO else None
         pipe.send(("done", result))
     except BaseException as e:  # noqa: BLE001
         try:
@@ -292,7 +297,7 @@ class Workers:
 
 def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"ttfr": [], "end": [], "latencies": [], "failed": Counter(), "elapsed": 0.0,
-                           "opened": 0, "open_failed": Counter()}
+                           "opened": 0, "open_failed": Counter(), "client_cpu_s": 0.0}
     for r in results:
         out["ttfr"] += r.get("ttfr", [])
         out["end"] += r.get("end", [])
@@ -301,4 +306,6 @@ def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
         out["open_failed"].update(r.get("open_failed", {}))
         out["opened"] += r.get("opened", 0)
         out["elapsed"] = max(out["elapsed"], r.get("elapsed", 0.0))
+        out["client_cpu_s"] += r.get("cpu_s") or 0.0
+    out["client_cpu_s"] = round(out["client_cpu_s"], 2)
     return out

@@ -97,7 +97,8 @@ COLUMNS = [
     ("scenario", "scenario"), ("target", "target"), ("completed", "ok"), ("failed", "failed"),
     ("failed_by_sqlstate", "failed by"), ("sessions_per_s", "sess/s"), ("tps", "tps"),
     ("ops_per_s", "ops/s"), ("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"), ("p99_ms", "p99 ms"),
-    ("peak_backends", "backends"), ("pooler_peak_rss_mb", "RSS MB"), ("pooler_cpu_s", "CPU s"),
+    ("peak_backends", "backends"), ("pooler_peak_rss_mb", "RSS MB"), ("pooler_cpu_s", "pooler CPU s"),
+    ("client_cpu_s", "client CPU s"), ("postgres_cpu_s", "PG CPU s"),
     ("kb_per_session", "KB/sess"), ("ratio", "ratio"), ("note", "note"),
 ]
 
