@@ -357,7 +357,8 @@ def build_results(data: bytes, array_modes: list[bool], raw_text: bool, max_size
         elif t == _T or t == _N:
             if t == _T:
                 desc = m.decode_backend(t, chunk[s:e])
-                fields = list(desc.fields)  # type: ignore[attr-defined]
+                assert isinstance(desc, m.RowDescription)
+                fields = list(desc.fields)
             else:
                 fields = []
             names = [f.name for f in fields]
@@ -369,8 +370,9 @@ def build_results(data: bytes, array_modes: list[bool], raw_text: bool, max_size
             if fields is None:
                 continue  # BEGIN / COMMIT / ROLLBACK (not described): no result
             if t == _C:
-                tag = m.decode_backend(t, chunk[s:e]).tag  # type: ignore[attr-defined]
-                command, count = _command(tag)
+                cc = m.decode_backend(t, chunk[s:e])
+                assert isinstance(cc, m.CommandComplete)
+                command, count = _command(cc.tag)
             else:
                 command, count = "", None
             results.append({"command": command, "rowCount": count, "rowAsArray": array_mode,
