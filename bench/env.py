@@ -348,8 +348,15 @@ password = "{self.user_password()}"
             self.cluster.wait_backends_gone()
             self._spawn(cfg, env)
 
+    def restart_cold(self) -> None:
+        """Restart with an empty pool (after a probe session left a warm server connection)."""
+        super().stop()
+        self.cluster.wait_backends_gone()
+        self._spawn(self._cfg, self._env)
+
     def _spawn(self, cfg: Path, env: dict[str, str]) -> None:
         assert self.log is not None
+        self._cfg, self._env = cfg, env
         with open(self.log, "ab") as logf:
             self.proc = subprocess.Popen(gateway_command(str(cfg), Gateway.use_uvloop), stdout=logf,
                                          stderr=subprocess.STDOUT, env=env, cwd=str(REPO))

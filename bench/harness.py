@@ -161,6 +161,7 @@ def _ws_probe(run: Run, g: E.Gateway) -> tuple[bool, str]:
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
         if r.returncode == 0:
             run._ws_probe = (True, "")
+            g.restart_cold()  # the probe's server connection would stay warm in the pool
         else:
             last = (r.stderr.strip().splitlines() or ["?"])[-1]
             run._ws_probe = (False, f"driver over WebSocket failed a probe query: {last[:160]}")
