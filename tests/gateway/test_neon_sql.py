@@ -405,3 +405,50 @@ async def test_batch_isolation_headers_raw(gateway_app: Any, pg_db: str, http_cl
     status, _, obj = await c.sql({"query": "create temp table tt (x int)", "params": []}, cs=cs_for(),
                                  headers={"neon-batch-read-only": "true"})
     assert status == 200 and obj["command"] == "CREATE" and obj["rowCount"] is None
+
+
+# --------------------------------------------------------------------------- Prisma (PrismaNeonHttp)
+
+async def _generate_prisma_client() -> None:
+    """``prisma generate`` for tests/js/prisma/schema.prisma, offline: pointing
+    PRISMA_SCHEMA_ENGINE_BINARY at any existing file skips the engine download."""
+    node = shutil.which("node")
+    assert node is not None
+    cli = JS_DIR / "node_modules" / "prisma" / "build" / "index.js"
+    assert cli.is_file(), "run `npm install` in tests/js (.ci/run does)"
+    proc = await asyncio.create_subprocess_exec(
+        node, str(cli), "generate", "--schema", str(JS_DIR / "prisma" / "schema.prisma"),
+        cwd=str(JS_DIR), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PRISMA_SCHEMA_ENGINE_BINARY": node, "CHECKPOINT_DISABLE": "1",
+             "PRISMA_HIDE_UPDATE_MESSAGE": "1", "NODE_NO_WARNINGS": "1"})
+    out, err = await asyncio.wait_for(proc.communicate(), 90)
+    assert proc.returncode == 0, (out + err).decode(errors="replace")
+
+
+async def test_prisma_neon_http_adapter(gateway_app: Any, pg: Any, pg_db: str) -> None:
+    pg.psql('CREATE TABLE "Quote" (id serial PRIMARY KEY, text text NOT NULL UNIQUE, author text, '
+            'likes int NOT NULL DEFAULT 0, created timestamptz(3) NOT NULL DEFAULT now()); '
+            'GRANT ALL ON ALL TABLES IN SCHEMA public TO PUBLIC; '
+            'GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO PUBLIC;', db=pg_db)
+    await _generate_prisma_client()
+    app = await gateway_app(databases={"app": {"dbname": pg_db, "pool_size": 2}})
+    node = shutil.which("node")
+    assert node is not None
+    proc = await asyncio.create_subprocess_exec(
+        node, str(JS_DIR / "prisma_neon_http.mjs"), app.http_url + "/sql", cs_for(),
+        cwd=str(JS_DIR), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "NODE_NO_WARNINGS": "1"})
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode(errors="replace")
+    res = json.loads([ln for ln in out.decode().splitlines() if ln.startswith("{")][-1])
+    assert "fatal" not in res, json.dumps(res)
+    assert res["createdId"] == "number" and res["createdIsDate"] is True
+    assert res["byAuthor"] == [{"text": "Simplicity is prerequisite for reliability.", "author": "Dijkstra"},
+                               {"text": "Talk is cheap.", "author": "Torvalds"}]
+    assert res["updated"] == 5 and res["count"] == 3
+    assert res["nulls"] == 1 and res["updatedMany"] == 1
+    assert res["raw"] == [{"v": 42}]
+    # PrismaNeonHttp passes neon()'s NeonDbError through unconverted (its performIO
+    # has no error mapping, unlike the WebSocket adapter): the SQLSTATE arrives.
+    assert res["unique"] is not None and res["unique"]["code"] == "23505", json.dumps(res)
+    assert res["final"] == 2
