@@ -452,3 +452,16 @@ async def test_prisma_neon_http_adapter(gateway_app: Any, pg: Any, pg_db: str) -
     # has no error mapping, unlike the WebSocket adapter): the SQLSTATE arrives.
     assert res["unique"] is not None and res["unique"]["code"] == "23505", json.dumps(res)
     assert res["final"] == 2
+
+
+async def test_sql_timeout_cancels_the_statement(gateway_app: Any, pg_db: str, http_client: Any) -> None:
+    app = await gateway_app(databases={"app": {"dbname": pg_db, "pool_size": 1}}, sql_timeout=0.3)
+    c = http_client(app.http_port)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    status, _, obj = await c.sql({"query": "select pg_sleep(30)", "params": []}, cs=cs_for())
+    assert status == 400 and obj["code"] == "57014", obj
+    assert loop.time() - t0 < 10
+    # the pool's only server is free again
+    status, _, obj = await c.sql({"query": "select 1", "params": []}, cs=cs_for())
+    assert status == 200 and obj["rows"] == [["1"]]
