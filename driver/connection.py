@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import datetime
+import decimal
 import inspect
+import ipaddress
 import re
+import uuid
 import ssl as ssl_module
 from typing import Any, Awaitable, Callable, Iterable, NamedTuple, Sequence
 
@@ -21,7 +25,7 @@ from .dsn import ConnectParams, parse_dsn
 from .protocol import client as pc
 from .protocol.auth import AuthenticationError
 from .protocol.framing import ProtocolError as FramingError
-from .protocol.messages import FieldDescription
+from .protocol.messages import FieldDescription, RowDescription, decode_backend
 from .record import Record, make_mapping
 from .transport import Connector, Endpoint, Transport, TransportError, get_connector
 
@@ -107,6 +111,89 @@ def _text_row_factory(columns: Sequence[tuple[int, int]]) -> pc.RowDecoder:
     return codecs.build_row_decoder(columns)
 
 
+class _OneShotQuery(pc.ExtendedQuery):
+    """An ExtendedQuery whose rows (text format) become Records as they arrive."""
+
+    __slots__ = ("record_cls",)
+
+    def __init__(self, record_cls: Any) -> None:
+        super().__init__()
+        self.record_cls = record_cls
+
+    def _row_description(self, body: bytes, factory: pc.RowDecoderFactory) -> None:
+        msg = decode_backend(ord("T"), body)
+        assert isinstance(msg, RowDescription)
+        fields = msg.fields
+        self.fields = fields
+        dec = codecs.build_row_decoder([(f.type_oid, 0) for f in fields])
+        mapping = make_mapping([f.name for f in fields])
+        rec = Record if self.record_cls is None else self.record_cls
+
+        def decode(row: bytes, _rec: Any = rec, _m: dict[str, int] = mapping, _d: Any = dec) -> Any:
+            return _rec(_m, _d(row))
+        for res in self.results:
+            if res.decoder is None:
+                res.fields = fields
+                res.decoder = decode
+
+
+class _NoText(Exception):
+    pass
+
+
+def _text_value(v: Any, in_array: bool = False) -> str:
+    """PostgreSQL text input for a Python value (types the server will infer)."""
+    t = type(v)
+    if t is str:
+        return str(v)
+    if t is bool:
+        return "t" if v else "f"
+    if t is int:
+        return str(v)
+    if t is float:
+        if v != v:
+            return "NaN"
+        if v in (float("inf"), float("-inf")):
+            return "Infinity" if v > 0 else "-Infinity"
+        return repr(v)
+    if t is decimal.Decimal:
+        return str(v)
+    if t in (bytes, bytearray, memoryview):
+        return "\\x" + bytes(v).hex()
+    if t is datetime.datetime or t is datetime.date or t is datetime.time:
+        return str(v.isoformat())
+    if t is datetime.timedelta:
+        return f"{v.days} days {v.seconds} seconds {v.microseconds} microseconds"
+    if t is uuid.UUID or isinstance(v, (ipaddress.IPv4Address, ipaddress.IPv6Address,
+                                        ipaddress.IPv4Network, ipaddress.IPv6Network,
+                                        ipaddress.IPv4Interface, ipaddress.IPv6Interface)):
+        return str(v)
+    if t is list or (t is tuple and in_array):
+        parts = []
+        for x in v:
+            if x is None:
+                parts.append("NULL")
+            elif type(x) in (list, tuple):
+                parts.append(_text_value(x, True))
+            else:
+                s = _text_value(x, True)
+                parts.append('"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"')
+        return "{" + ",".join(parts) + "}"
+    raise _NoText
+
+
+def _text_params(args: Sequence[Any]) -> list[bytes | None] | None:
+    """Arguments as text-format parameters, or None when one of them has a
+    type this path does not handle (the caller then Describes first)."""
+    out: list[bytes | None] = []
+    try:
+        for a in args:
+            out.append(None if a is None else _text_value(a).encode("utf-8"))
+    except _NoText:
+        return None
+    return out
+
+
 def _quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -157,6 +244,10 @@ class Connection:
         self._background: set[asyncio.Task[Any]] = set()
         self._last_server_error: dict[str, str] | None = None
         self._cancelling: asyncio.Task[None] | None = None
+        #: lazy_connect: the login not answered yet (see ``_finish_login``).
+        self._login: tuple[pc.StartupRequest, asyncio.Future[None], float | None, bool] | None = None
+        #: False: one-shot queries skip the Describe round trip (see ``_one_shot``).
+        self._describe_first = True
         protocol.on_notice = None
 
     # -- lifecycle -----------------------------------------------------------
@@ -295,6 +386,9 @@ class Connection:
             self._mark_closed()
             raise exc.ConnectionDoesNotExistError(
                 "connection was closed in the middle of operation") from e
+        if self._login is not None:
+            # lazy_connect: this request went out right behind the login.
+            await self._finish_login(deadline)
         if not fut.done():
             if deadline is None:
                 try:
@@ -316,6 +410,24 @@ class Connection:
                     raise
         self._raise_for(req, query)
         return req
+
+    async def _finish_login(self, deadline: float | None) -> None:
+        """lazy_connect: wait for the login sent with the first request; raise
+        what ``connect()`` would have raised if it failed."""
+        assert self._login is not None
+        startup, fut, login_timeout, pipelined = self._login
+        timeout = login_timeout if deadline is None else max(0.0, deadline - self._loop.time())
+        try:
+            if not fut.done():
+                await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except BaseException:
+            self._login = None
+            self.terminate()
+            raise
+        self._login = None
+        if startup.error is not None or startup.exception is not None:
+            self.terminate()
+            raise _login_error(startup, self._last_server_error, pipelined)
 
     def _raise_for(self, req: pc.Request, query: str | None) -> None:
         if req.error is not None and isinstance(req.exception, pc.ConnectionLost):
@@ -434,6 +546,11 @@ class Connection:
                             st: _Statement | None = None, limit: int = 0
                             ) -> tuple[_Statement, pc.QueryResult]:
         retry = st is None
+        if st is None and not self._describe_first and not (
+                self._cache_size > 0 and query in self._stmt_cache):
+            values = _text_params(args)
+            if values is not None:
+                return await self._one_shot(query, values, deadline, limit)
         while True:
             stmt = st if st is not None else await self._prepare_statement(query, deadline)
             req = pc.ExtendedQuery()
@@ -454,6 +571,39 @@ class Connection:
                 raise
             stmt.last_status = result.status
             return stmt, result
+
+    async def _one_shot(self, query: str, values: list[bytes | None], deadline: float | None,
+                        limit: int) -> tuple[_Statement, pc.QueryResult]:
+        """ONE round trip for a statement not prepared yet (``describe_first=False``):
+
+        Parse + Describe(statement) + Bind (parameters in TEXT format, their
+        types inferred by the server as for a Describe) + Execute + Sync in
+        one batch.  Result columns come back in text format and are decoded
+        by the text codecs into the same Python types as the binary ones.
+        With a statement cache the statement is named and cached (later
+        calls use the binary, typed path); otherwise it is the unnamed one.
+        """
+        name = self._next_stmt_name() if self._cache_size > 0 else ""
+        req = _OneShotQuery(self._record_cls)
+        self._queue_closes(req)
+        req.parse(name, query).describe_statement(name)
+        req.bind("", name, (), values, ())
+        result = req.execute("", limit)
+        try:
+            await self._request(req, deadline, query)
+        except BaseException:
+            if name:
+                self._pending_closes.append(name)  # it may exist on the server
+            raise
+        st = _Statement(name, query, req.param_oids or (), req.fields or (), self._record_cls)
+        st.last_status = result.status
+        if name:
+            self._stmt_cache[query] = st
+            while len(self._stmt_cache) > self._cache_size:
+                _, old = self._stmt_cache.popitem(last=False)
+                old.closed = True
+                self._pending_closes.append(old.name)
+        return st, result
 
     # -- public API: queries ---------------------------------------------------
     async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
@@ -683,6 +833,7 @@ async def connect(dsn: str | None = None, *, host: str | None = None, port: int 
                   server_settings: dict[str, str] | None = None,
                   pipeline_password: bool = False, connection_class: type[Connection] = Connection,
                   pipeline_connect: str | bool | None = None,
+                  lazy_connect: bool | None = None, describe_first: bool | None = None,
                   **extra: Any) -> Connection:
     """Open a connection (asyncpg-compatible signature).
 
@@ -694,10 +845,37 @@ async def connect(dsn: str | None = None, *, host: str | None = None, port: int 
     "password"``).  Off by default: it hands the password in clear to the
     server.  If the server asks for another method (SCRAM, MD5) the attempt
     is abandoned and the driver reconnects once without pipelining.
+
+    Fewer round trips (for edge runtimes; both off by default, also settable
+    as ``?lazy_connect=true`` / ``?describe_first=false`` on ws/http DSNs):
+
+    * ``lazy_connect=True`` with a pipelined login (``pipeline_connect=
+      "password"``, or an API ``token`` in the DSN: no password exchange):
+      ``connect()`` returns as soon as the transport is open, WITHOUT waiting
+      for the server; the login bytes are sent together with the first
+      operation's batch, in the same write, so connect + first query cost ONE
+      round trip after the WebSocket handshake.  A failed login surfaces at
+      that first operation with the exception ``connect()`` would have raised
+      (``InvalidPasswordError``, ...).  Server parameters, the backend pid and
+      the server version are known only after the first operation.  Without
+      a pipelined login, ``lazy_connect`` is ignored (the login needs the
+      server's answers anyway).  There is no automatic fallback in this mode:
+      if the server asks for another authentication method the first
+      operation fails (the pipelined request was already sent).
+    * ``describe_first=False``: a query with arguments whose statement is not
+      prepared yet runs in ONE round trip instead of two (Parse + Describe +
+      Bind + Execute + Sync; arguments sent as text with types inferred by
+      the server; results in text format, decoded to the same Python types
+      as asyncpg's binary codecs).  See :meth:`Connection._one_shot` and
+      docs/round-trips.md for the differences from asyncpg's checks.
     """
     if pipeline_connect is None:
         dsn_mode = _dsn_pipeline_mode(dsn)
         pipeline_connect = dsn_mode
+    if lazy_connect is None:
+        lazy_connect = _dsn_flag(dsn, "lazy_connect", False)
+    if describe_first is None:
+        describe_first = _dsn_flag(dsn, "describe_first", True)
     if pipeline_connect not in (None, False, True, "password", "false", ""):
         raise exc.ClientConfigurationError(
             f"invalid pipeline_connect {pipeline_connect!r}: expected \"password\" or False")
@@ -736,11 +914,18 @@ async def connect(dsn: str | None = None, *, host: str | None = None, port: int 
     conn = connection_class(transport, protocol, connector, endpoint,
                             statement_cache_size=statement_cache_size,
                             command_timeout=command_timeout, params=params)
+    conn._describe_first = bool(describe_first)
     pipelined = pipeline_password and params.password is not None
-    startup = protocol.start(pipeline_password=pipelined)
+    token_login = bool(params.query.get("token")) and params.scheme in ("ws", "wss")
+    lazy = bool(lazy_connect) and (pipelined or token_login)
+    startup = protocol.start(pipeline_password=pipelined, pipeline_requests=lazy and token_login)
     fut: asyncio.Future[None] = loop.create_future()
     startup.tag = fut
     conn._start_reader()
+    if lazy:
+        # The login goes out with the first operation (see Connection._finish_login).
+        conn._login = (startup, fut, remaining() if deadline is not None else None, pipelined)
+        return conn
     try:
         await conn._flush()
         await asyncio.wait_for(asyncio.shield(fut), remaining())
@@ -749,30 +934,61 @@ async def connect(dsn: str | None = None, *, host: str | None = None, port: int 
         raise
     if startup.error is not None or startup.exception is not None:
         conn.terminate()
-        if startup.error is not None:
-            raise exc.PostgresError.new(startup.error)
         failure = startup.exception
-        if isinstance(failure, AuthenticationError):
-            if failure.sqlstate == "28P01":
-                raise exc.InvalidPasswordError(str(failure)) from failure
-            raise exc.InterfaceError(f"authentication failed: {failure}") from failure
-        if isinstance(failure, pc.UnsupportedAuthentication):
-            if pipelined:  # not a cleartext-password server: log in the normal way
-                return await connect(dsn, host=host, port=port, user=user, password=password,
-                                     database=database, ssl=ssl, timeout=max(remaining() or 0.0, 0.001) if deadline is not None else timeout,
-                                     command_timeout=command_timeout,
-                                     statement_cache_size=statement_cache_size,
-                                     server_settings=server_settings, pipeline_password=False,
-                                     connection_class=connection_class,
-                                     pipeline_connect=False, **extra)
-            raise exc.InterfaceError(str(failure)) from failure
-        if isinstance(failure, pc.ConnectionLost):
-            if conn._last_server_error is not None:
-                raise exc.PostgresError.new(conn._last_server_error)
-            raise exc.ConnectionDoesNotExistError(
-                "connection was closed in the middle of operation") from failure
-        raise exc.InterfaceError(str(failure)) from failure
+        if (startup.error is None and pipelined
+                and isinstance(failure, pc.UnsupportedAuthentication)):
+            # not a cleartext-password server: log in the normal way
+            return await connect(dsn, host=host, port=port, user=user, password=password,
+                                 database=database, ssl=ssl, timeout=max(remaining() or 0.0, 0.001) if deadline is not None else timeout,
+                                 command_timeout=command_timeout,
+                                 statement_cache_size=statement_cache_size,
+                                 server_settings=server_settings, pipeline_password=False,
+                                 connection_class=connection_class,
+                                 pipeline_connect=False, lazy_connect=False,
+                                 describe_first=describe_first, **extra)
+        raise _login_error(startup, conn._last_server_error, pipelined)
     return conn
+
+
+def _login_error(startup: pc.StartupRequest, last_server_error: dict[str, str] | None,
+                 pipelined: bool) -> BaseException:
+    """The exception for a failed login (what ``connect()`` raises)."""
+    if startup.error is not None:
+        return exc.PostgresError.new(startup.error)
+    failure = startup.exception
+    err: BaseException
+    if isinstance(failure, AuthenticationError):
+        if failure.sqlstate == "28P01":
+            err = exc.InvalidPasswordError(str(failure))
+        else:
+            err = exc.InterfaceError(f"authentication failed: {failure}")
+    elif isinstance(failure, pc.UnsupportedAuthentication):
+        err = exc.InterfaceError(str(failure))
+    elif isinstance(failure, pc.ConnectionLost):
+        if last_server_error is not None:
+            return exc.PostgresError.new(last_server_error)
+        err = exc.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+    else:
+        err = exc.InterfaceError(str(failure))
+    err.__cause__ = failure
+    return err
+
+
+def _dsn_flag(dsn: str | None, name: str, default: bool) -> bool:
+    """A boolean query parameter (``true/false/1/0/on/off``) of a ws/http DSN."""
+    if not dsn or f"{name}=" not in dsn or not dsn.lower().startswith(("ws:", "wss:", "http:", "https:")):
+        return default
+    from urllib.parse import parse_qs, urlsplit
+
+    values = parse_qs(urlsplit(dsn).query).get(name)
+    if not values:
+        return default
+    v = values[-1].strip().lower()
+    if v in ("1", "true", "on", "yes"):
+        return True
+    if v in ("0", "false", "off", "no"):
+        return False
+    raise exc.ClientConfigurationError(f"invalid {name} {values[-1]!r}: expected true or false")
 
 
 def _dsn_pipeline_mode(dsn: str | None) -> str | None:

@@ -500,6 +500,7 @@ class ClientProtocol:
         self._copy_in: Request | None = None
         self._password_sent_early = False
         self._password_requested = False
+        self._pipeline_requests = False
         self._scram: ScramClient | None = None
         self._startup: StartupRequest | None = None
 
@@ -540,12 +541,20 @@ class ClientProtocol:
 
     # -- starting -----------------------------------------------------------
     def start(self, *, pipeline_password: bool = False,
-              extra_params: Mapping[str, str] | None = None) -> StartupRequest:
+              extra_params: Mapping[str, str] | None = None,
+              pipeline_requests: bool = False) -> StartupRequest:
         """Queue the StartupMessage; return the request done at the first ReadyForQuery.
 
         ``pipeline_password``: also queue a cleartext PasswordMessage now,
         for servers known to ask for ``AuthenticationCleartextPassword``;
         requests submitted from now on are queued right behind it.
+
+        ``pipeline_requests``: requests submitted during authentication are
+        sent at once instead of being held until AuthenticationOk -- for
+        servers known to need no password exchange (a gateway session
+        authenticated by an API token, ``trust``).  If the server asks for a
+        password after requests were sent, the login fails with
+        :class:`UnsupportedAuthentication`.
         """
         if self.state is not ProtocolState.NEW:
             raise ClientProtocolError("start() called twice")
@@ -559,6 +568,7 @@ class ClientProtocol:
                 raise ClientProtocolError("pipeline_password requires a password")
             self._out.append(m.password_message(self.password))
             self._password_sent_early = True
+        self._pipeline_requests = pipeline_requests
         self.state = ProtocolState.AUTHENTICATING
         req = self._startup = StartupRequest()
         self._pending.append(req)
@@ -573,7 +583,8 @@ class ClientProtocol:
             raise ClientProtocolError("start() must be called before submit()")
         if self._copy_in is not None:
             raise ClientProtocolError("COPY IN in progress")
-        if self.state is ProtocolState.AUTHENTICATING and not self._password_sent_early:
+        if (self.state is ProtocolState.AUTHENTICATING and not self._password_sent_early
+                and not self._pipeline_requests):
             self._held.append(request)
             return request
         self._out.append(request._bytes())
@@ -796,6 +807,11 @@ class ClientProtocol:
                 self._out.append(req._bytes())
                 self._pending.append(req)
             return
+        if self._pipeline_requests and len(self._pending) > 1:
+            # Requests already sent would be read as the answer to this request.
+            raise UnsupportedAuthentication(
+                "the server asked for authentication but requests were pipelined behind the "
+                "startup (expected a login without password exchange, e.g. an API token)")
         if code == m.AUTH_CLEARTEXT_PASSWORD:
             self._password_requested = True
             if self._password_sent_early:

@@ -1,0 +1,255 @@
+"""Round trips, counted: a delaying proxy between the driver and a real gateway.
+
+:class:`RoundTripProxy` forwards TCP bytes between the client and the
+gateway's HTTP/WebSocket port, delaying each direction by ``delay`` seconds
+(simulated latency), and counts round trips: a *round trip* is a
+client->server flight answered by a server->client flight (bytes flowing
+back after bytes flowed forward).  Several client writes before any answer
+are one flight; so are several server chunks before the next client write.
+
+Issue 4's numbers:
+
+* WebSocket: connect + first query with a pipelined password login
+  (``pipeline_connect="password"``) or an API token costs 1 round trip after
+  the WebSocket handshake -- with ``lazy_connect=True`` (the login travels
+  with the first query) and ``describe_first=False`` (no separate Describe).
+* HTTP: a one-shot query costs 1 round trip on a kept-alive connection; an
+  interactive transaction of k statements costs k+1 at most.
+
+The asyncpg-style defaults are measured too (the test prints a table) so
+the cost of each knob is visible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+from typing import Any, AsyncIterator
+
+import pytest
+
+import driver
+from driver import exceptions as exc
+from tests.gateway.conftest import ALICE_PASSWORD, BOB_PASSWORD, gateway_app  # noqa: F401
+
+pytestmark = pytest.mark.timeout(90)
+
+TOKEN = "rt-test-token-0123456789"
+DELAY = 0.02  # seconds each way
+
+
+class RoundTripProxy:
+    """A loopback TCP proxy that delays both directions and counts round trips."""
+
+    def __init__(self, target_port: int, delay: float = DELAY) -> None:
+        self.target_port = target_port
+        self.delay = delay
+        self.round_trips = 0
+        self.connections = 0
+        self._last_dir: dict[int, str] = {}
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.port = 0
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _note(self, conn_id: int, direction: str) -> None:
+        last = self._last_dir.get(conn_id)
+        if direction == "s2c" and last == "c2s":
+            self.round_trips += 1
+        self._last_dir[conn_id] = direction
+
+    async def _handle(self, creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        conn_id = self.connections
+        sreader, swriter = await asyncio.open_connection("127.0.0.1", self.target_port)
+        loop = asyncio.get_running_loop()
+
+        async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, direction: str) -> None:
+            queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+            async def deliver() -> None:
+                while True:
+                    due, data = await queue.get()
+                    wait = due - loop.time()
+                    if wait > 0:
+                        await asyncio.sleep(wait)  # simulated latency, not synchronisation
+                    if not data:
+                        writer.close()
+                        return
+                    self._note(conn_id, direction)
+                    writer.write(data)
+                    await writer.drain()
+
+            sender = loop.create_task(deliver())
+            self._tasks.add(sender)
+            try:
+                while True:
+                    data = await reader.read(65536)
+                    queue.put_nowait((loop.time() + self.delay, data))
+                    if not data:
+                        break
+                await sender
+            except (ConnectionError, asyncio.CancelledError):
+                sender.cancel()
+
+        t1 = loop.create_task(pump(creader, swriter, "c2s"))
+        t2 = loop.create_task(pump(sreader, cwriter, "s2c"))
+        self._tasks.update((t1, t2))
+        await asyncio.gather(t1, t2, return_exceptions=True)
+
+
+@pytest.fixture
+async def proxy_for() -> AsyncIterator[Any]:
+    proxies: list[RoundTripProxy] = []
+
+    async def make(port: int) -> RoundTripProxy:
+        p = RoundTripProxy(port)
+        await p.start()
+        proxies.append(p)
+        return p
+
+    yield make
+    for p in proxies:
+        await p.close()
+
+
+async def measure_ws(proxy: RoundTripProxy, dsn: str, **kw: Any) -> tuple[int, int, int]:
+    """(handshake+login RTs seen when connect() returns, RTs of the first query, of the second)."""
+    loop = asyncio.get_running_loop()
+    before = proxy.round_trips
+    conn = await driver.connect(dsn, statement_cache_size=0, **kw)
+    try:
+        at_connect = proxy.round_trips - before
+        t0 = loop.time()
+        assert await conn.fetchval("select $1::int + 1", 41) == 42
+        first = proxy.round_trips - before - at_connect
+        elapsed = loop.time() - t0
+        # elapsed covers `first` round trips of 2*DELAY each (sanity of the counter)
+        assert elapsed >= first * 2 * DELAY * 0.9
+        mid = proxy.round_trips
+        assert await conn.fetchval("select $1::text", "x") == "x"
+        second = proxy.round_trips - mid
+    finally:
+        await conn.close()
+    return at_connect, first, second
+
+
+async def test_websocket_connect_and_first_query_is_one_round_trip(gateway_app: Any, proxy_for: Any) -> None:
+    users = {"alice": {"password": ALICE_PASSWORD, "tokens": [TOKEN]}}
+    app = await gateway_app(auth_type="password", users=users)
+    proxy = await proxy_for(app.http_port)
+    base = f"ws://alice:{ALICE_PASSWORD}@127.0.0.1:{proxy.port}/app"
+    table: dict[str, tuple[int, int, int]] = {}
+
+    # The issue's number: pipelined password, lazy connect, no Describe round trip.
+    table["password, lazy, describe_first=False"] = r = await measure_ws(
+        proxy, base, pipeline_connect="password", lazy_connect=True, describe_first=False)
+    assert r[0] == 1, "connect() must return right after the WebSocket handshake"
+    assert r[1] == 1, "login + first query must be ONE round trip"
+    assert r[2] == 1
+    # API token (no password exchange at all), same through DSN parameters.
+    table["token, lazy, describe_first=False (DSN)"] = r = await measure_ws(
+        proxy, f"ws://127.0.0.1:{proxy.port}/app?token={TOKEN}&lazy_connect=true&describe_first=false")
+    assert r[:2] == (1, 1)
+
+    # For comparison: what each knob saves.
+    table["password pipelined, eager"] = r = await measure_ws(proxy, base, pipeline_connect="password")
+    assert r == (2, 2, 2)  # handshake + login; Describe, then Bind/Execute
+    table["password pipelined, eager, describe_first=False"] = r = await measure_ws(
+        proxy, base, pipeline_connect="password", describe_first=False)
+    assert r == (2, 1, 1)
+    table["password, not pipelined"] = r = await measure_ws(proxy, base)
+    assert r == (3, 2, 2)
+    print("\nround trips (connect incl. WS handshake, first query, second query):")
+    for name, value in table.items():
+        print(f"  {name:50s} {value}")
+
+
+async def test_lazy_login_errors_surface_at_the_first_operation(gateway_app: Any, proxy_for: Any) -> None:
+    users = {"alice": {"password": ALICE_PASSWORD, "tokens": [TOKEN]}}
+    app = await gateway_app(auth_type="password", users=users)
+    port = app.http_port
+    conn = await driver.connect(f"ws://alice:wrong@127.0.0.1:{port}/app", pipeline_connect="password",
+                                lazy_connect=True, statement_cache_size=0)
+    with pytest.raises(exc.InvalidPasswordError):
+        await conn.fetchval("select 1")
+    assert conn.is_closed()
+    conn = await driver.connect(f"ws://127.0.0.1:{port}/app?token=bad-token", lazy_connect=True,
+                                statement_cache_size=0)
+    with pytest.raises(exc.InvalidPasswordError, match="token"):
+        await conn.execute("select 1")
+    conn = await driver.connect(f"ws://alice:{ALICE_PASSWORD}@127.0.0.1:{port}/nosuchdb",
+                                pipeline_connect="password", lazy_connect=True, statement_cache_size=0)
+    with pytest.raises(exc.PostgresError) as ei:
+        await conn.fetch("select 1")
+    assert ei.value.sqlstate in ("3D000", "08P01", "28000")
+    # A SCRAM gateway and a pipelined password: no silent fallback in lazy mode,
+    # a clear error at the first operation.
+    scram = await gateway_app()
+    conn = await driver.connect(f"ws://bob:{BOB_PASSWORD}@127.0.0.1:{scram.http_port}/app",
+                                pipeline_connect="password", lazy_connect=True, statement_cache_size=0)
+    with pytest.raises((exc.InterfaceError, exc.PostgresError)):
+        await conn.fetchval("select 1")
+    # after a successful lazy login, the server's parameters are known
+    conn = await driver.connect(f"ws://alice:{ALICE_PASSWORD}@127.0.0.1:{port}/app",
+                                pipeline_connect="password", lazy_connect=True, statement_cache_size=0)
+    try:
+        assert conn.get_server_pid() == 0  # nothing received yet
+        assert await conn.fetchval("select 1") == 1
+        assert conn.get_server_pid() != 0 and conn.get_server_version().major >= 15
+    finally:
+        await conn.close()
+
+
+# ------------------------------------------------------------------------ HTTP
+
+_HAS_HTTP = importlib.util.find_spec("driver.transport.http") is not None
+
+
+@pytest.mark.skipif(not _HAS_HTTP, reason="needs the HTTP endpoint (driver.transport.http)")
+async def test_http_one_shot_query_is_one_round_trip(gateway_app: Any, proxy_for: Any) -> None:
+    app = await gateway_app()
+    proxy = await proxy_for(app.http_port)
+    conn = await driver.connect(f"http://alice:{ALICE_PASSWORD}@127.0.0.1:{proxy.port}/pg?dbname=app",
+                                statement_cache_size=0, describe_first=False)
+    try:
+        assert await conn.fetchval("select 1") == 1  # the keep-alive connection is open now
+        before = proxy.round_trips
+        assert await conn.fetchval("select $1::int * 2", 21) == 42
+        assert proxy.round_trips - before == 1
+        before = proxy.round_trips
+        assert await conn.fetchval("select 7") == 7
+        assert proxy.round_trips - before == 1
+        assert proxy.connections == 1
+    finally:
+        await conn.close()
+
+
+@pytest.mark.skipif(not _HAS_HTTP, reason="needs the HTTP endpoint (driver.transport.http)")
+@pytest.mark.parametrize("k", [1, 3])
+async def test_http_interactive_transaction_costs_k_plus_one(gateway_app: Any, proxy_for: Any, k: int) -> None:
+    app = await gateway_app()
+    proxy = await proxy_for(app.http_port)
+    conn = await driver.connect(f"http://alice:{ALICE_PASSWORD}@127.0.0.1:{proxy.port}/pg?dbname=app",
+                                statement_cache_size=0, describe_first=False)
+    try:
+        assert await conn.fetchval("select 1") == 1
+        before = proxy.round_trips
+        async with conn.transaction():
+            for i in range(k):
+                assert await conn.fetchval("select $1::int", i) == i
+        rts = proxy.round_trips - before
+        print(f"\nHTTP interactive transaction of {k} statements: {rts} round trips")
+        assert rts <= k + 1
+    finally:
+        await conn.close()
