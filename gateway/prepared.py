@@ -163,7 +163,7 @@ _SWALLOW = 1
 _REPLACE = 2   # the server's ErrorResponse is replaced by the entry's data
 _REPLACE_42P05 = 3  # a 42P05 ErrorResponse is replaced by the entry's data; others pass
 
-#: Sent in place of a message the gateway refuses (42P05, 26000, caps): it
+#: Sent in place of a message the gateway refuses (26000 unknown name, caps): it
 #: fails on the server with 26000 -- no gateway or client statement has this
 #: name -- so the server aborts the (implicit) transaction and skips to Sync
 #: exactly as it would have for the refused message; the reply is replaced.
