@@ -256,6 +256,23 @@ class HttpStream:
                 return
             if not chunk:
                 return
+        if any(t == _G for t, _s, _e in idx):
+            # COPY FROM STDIN: the request body was the whole batch, there is no
+            # more data.  Fail the COPY now and hide the CopyInResponse (the
+            # client gets the server's "COPY from stdin failed" error instead).
+            parts: list[bytes] = []
+            kept: list[tuple[int, int, int]] = []
+            pos = 0
+            for t, s, e in idx:
+                if t == _G:
+                    self.feed(_COPY_FAIL)
+                    continue
+                parts.append(chunk[s - 5:e])
+                kept.append((t, pos + 5, pos + e - s + 5))
+                pos += e - s + 5
+            chunk, idx = b"".join(parts), kept
+            if not chunk:
+                return
         zs = self.zs
         for t, s, e in idx:
             if t == _Z:
@@ -265,9 +282,7 @@ class HttpStream:
                 body = chunk[s:e]
                 if b"SFATAL\x00" in body or b"SPANIC\x00" in body:
                     self.fatal = m.decode_fields(body)
-            elif t == _G:
-                # COPY FROM STDIN: the request body was the whole batch, there is no more data.
-                self.feed(_COPY_FAIL)
+
         self.zs = zs
         if not self.overflow:
             self._out.append(chunk)
@@ -604,7 +619,9 @@ class HttpExecutor:
                 raise err
             res = ExecResult(data, status, None, stream.zs, stream.fatal if ended else None, timed_out,
                              parameters, session.process_id)
-            if ended and res.fatal is None:
+            if terminate:
+                res.status = None  # the session is closed (as asked)
+            elif ended and res.fatal is None:
                 res.fatal = {"S": "FATAL", "V": "FATAL", "C": "08006", "M": "the HTTP session ended unexpectedly"}
             res.session_token = self._finish(hs, new, status, terminate)
             return res

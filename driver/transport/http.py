@@ -47,6 +47,8 @@ __all__ = ["HttpConnector", "HttpTransport", "HttpClient", "RequestClient", "htt
 
 _TLS_MODES = ("require", "verify-ca", "verify-full")
 _MAX_HEADER = 64 * 1024
+#: bodies larger than this are sent after ``Expect: 100-continue``
+EXPECT_CONTINUE_SIZE = 1 << 20
 
 
 class RequestClient(Protocol):
@@ -98,9 +100,15 @@ class HttpClient:
             await self._connect()
         head = [f"{method} {path} HTTP/1.1", f"Host: {self.host_header}", f"Content-Length: {len(body)}"]
         head.extend(f"{k}: {v}" for k, v in headers)
-        data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+        expect = len(body) > EXPECT_CONTINUE_SIZE
+        if expect:
+            # Large body: let the server refuse it (413) before it is sent.
+            head.append("Expect: 100-continue")
+        data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
+        if not expect:
+            data, body = data + body, b""
         try:
-            return await self._exchange(data)
+            return await self._exchange(data, body)
         except _EarlyEOF:
             if not reused:
                 raise HttpError("the server closed the connection without answering") from None
@@ -108,36 +116,47 @@ class HttpClient:
         self._drop()
         await self._connect()
         try:
-            return await self._exchange(data)
+            return await self._exchange(data, body)
         except _EarlyEOF:
             raise HttpError("the server closed the connection without answering") from None
 
-    async def _exchange(self, data: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+    async def _head(self, reader: asyncio.StreamReader) -> tuple[int, list[tuple[str, str]]]:
+        try:
+            line = await reader.readuntil(b"\r\n")
+        except asyncio.IncompleteReadError as e:
+            if not e.partial:
+                self._drop()
+                raise _EarlyEOF() from None
+            raise
+        parts = line.decode("latin-1").split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+            raise HttpError(f"malformed HTTP status line {line[:80]!r}")
+        status = int(parts[1])
+        headers: list[tuple[str, str]] = []
+        while True:
+            hl = (await reader.readuntil(b"\r\n"))[:-2].decode("latin-1")
+            if not hl:
+                break
+            k, sep, v = hl.partition(":")
+            if not sep:
+                raise HttpError(f"malformed HTTP header line {hl[:80]!r}")
+            headers.append((k.strip().lower(), v.strip()))
+        return status, headers
+
+    async def _exchange(self, data: bytes, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
         reader, writer = self._reader, self._writer
         assert reader is not None and writer is not None
         try:
             writer.write(data)
             await writer.drain()
-            try:
-                line = await reader.readuntil(b"\r\n")
-            except asyncio.IncompleteReadError as e:
-                if not e.partial:
-                    self._drop()
-                    raise _EarlyEOF() from None
-                raise
-            parts = line.decode("latin-1").split(" ", 2)
-            if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-                raise HttpError(f"malformed HTTP status line {line[:80]!r}")
-            status = int(parts[1])
-            raw = await reader.readuntil(b"\r\n\r\n")
-            headers: list[tuple[str, str]] = []
-            for hl in raw.decode("latin-1").split("\r\n"):
-                if not hl:
-                    continue
-                k, sep, v = hl.partition(":")
-                if not sep:
-                    raise HttpError(f"malformed HTTP header line {hl[:80]!r}")
-                headers.append((k.strip().lower(), v.strip()))
+            status, headers = await self._head(reader)
+            if body:
+                if status == 100:
+                    writer.write(body)
+                    await writer.drain()
+                    status, headers = await self._head(reader)
+                else:  # refused before the body was sent: this connection cannot go on
+                    headers.append(("connection", "close"))
             hd = dict(headers)
             if hd.get("transfer-encoding", "").lower() == "chunked":
                 chunks: list[bytes] = []
