@@ -18,9 +18,10 @@ connectors automatically:
   listener) and returned one per :meth:`~JsWebSocketTransport.recv`.  A text
   message is a protocol violation.  ``?token=`` in the DSN is passed in the
   URL query (browsers cannot set an ``Authorization`` header on a WebSocket).
-* ``http://`` / ``https://`` -> the JS ``fetch`` transport of
-  :mod:`driver.transport.http` when that module offers one
-  (``FetchConnector``); see there.
+* ``http://`` / ``https://`` -> :func:`FetchConnector`: the gateway's
+  protocol-over-HTTP (``POST /pg``, see :mod:`driver.transport.http` and
+  :mod:`driver.protocol.http_envelope`, which do all the session logic)
+  with :class:`FetchClient` -- the JS ``fetch`` -- as its HTTP client.
 * ``postgresql://`` -> :class:`TransportUnavailable` with a message saying
   why (raw TCP is not possible here) and what to use instead.
 
@@ -84,8 +85,10 @@ class JsWebSocketTransport(Transport):
         return self._ws
 
     def _on_closed(self) -> None:
+        """The JS ``close`` event fired: no event will follow, the listeners can go
+        (released on the next loop turn, not inside the listener being called)."""
         self._closed_event.set()
-        self._release_proxies()
+        asyncio.get_running_loop().call_soon(self._release_proxies)
 
     def _release_proxies(self) -> None:
         proxies, self._proxies = self._proxies, []
@@ -128,10 +131,8 @@ class JsWebSocketTransport(Transport):
         try:
             if self._ws.readyState in (_CONNECTING, _OPEN):
                 self._ws.close(1000)
-            else:
-                self._on_closed()
         except Exception:
-            self._on_closed()
+            pass
 
     def abort(self) -> None:
         # JS has no abort for a WebSocket: a close without waiting is the closest.
@@ -140,7 +141,6 @@ class JsWebSocketTransport(Transport):
 
     async def wait_closed(self) -> None:
         if self._ws.readyState == _CLOSED:
-            self._on_closed()
             return
         await self._closed_event.wait()
 
@@ -251,3 +251,96 @@ class JsWebSocketConnector(Connector):
             raise
         return transport
 
+
+
+# ---------------------------------------------------------------------------
+# HTTP through the JS fetch
+# ---------------------------------------------------------------------------
+
+
+class FetchClient:
+    """The ``RequestClient`` of :mod:`driver.transport.http` on the JS ``fetch``.
+
+    Keep-alive and TLS are the JS runtime's business (Node's fetch pools
+    connections; so do browsers and Workers).  ``Host`` and ``Content-Length``
+    are set by fetch itself (they are forbidden request headers).
+    """
+
+    def __init__(self, base_url: str, timeout: float | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        #: requests performed (tests)
+        self.requests = 0
+        self._controllers: list[Any] = []
+
+    async def request(self, method: str, path: str, headers: list[tuple[str, str]],
+                      body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+        try:
+            import js  # type: ignore[import-not-found,unused-ignore]
+            from pyodide.ffi import to_js  # type: ignore[import-not-found,unused-ignore]
+        except ImportError as exc:
+            raise TransportUnavailable("the JS fetch transport needs Pyodide") from exc
+        hdrs = js.Headers.new()
+        for k, v in headers:
+            if k.lower() not in ("host", "content-length", "connection"):
+                hdrs.append(k, v)
+        init = js.Object.new()
+        init.method = method
+        init.headers = hdrs
+        if body:
+            init.body = to_js(body)
+        controller = js.AbortController.new()
+        init.signal = controller.signal
+        self._controllers.append(controller)
+        url = self.base_url + path
+        try:
+            coro = self._fetch(js.fetch, url, init)
+            if self.timeout:
+                resp_status, resp_headers, data = await asyncio.wait_for(coro, self.timeout)
+            else:
+                resp_status, resp_headers, data = await coro
+        except asyncio.TimeoutError:
+            controller.abort()
+            raise TransportError(f"HTTP request to {url} timed out") from None
+        except TransportError:
+            raise
+        except Exception as exc:  # JsException: network error, aborted...
+            raise TransportError(f"fetch {url} failed: {exc}") from exc
+        finally:
+            self._controllers.remove(controller)
+        self.requests += 1
+        return resp_status, resp_headers, data
+
+    @staticmethod
+    async def _fetch(fetch: Any, url: str, init: Any) -> tuple[int, list[tuple[str, str]], bytes]:
+        resp = await fetch(url, init)
+        headers: list[tuple[str, str]] = []
+        resp.headers.forEach(lambda value, key, *_: headers.append((str(key).lower(), str(value))))
+        buf = await resp.arrayBuffer()
+        return int(resp.status), headers, bytes(buf.to_bytes())
+
+    def close(self) -> None:
+        for c in list(self._controllers):
+            try:
+                c.abort()
+            except Exception:
+                pass
+
+
+def _http_base_url(endpoint: Endpoint) -> str:
+    host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
+    default = 443 if endpoint.scheme == "https" else 80
+    port = "" if endpoint.port == default else f":{endpoint.port}"
+    return f"{endpoint.scheme}://{host}{port}"
+
+
+def _fetch_client(endpoint: Endpoint) -> FetchClient:
+    # No per-request timeout: command_timeout (cancel) bounds queries, as over TCP.
+    return FetchClient(_http_base_url(endpoint))
+
+
+def FetchConnector() -> Connector:
+    """An :class:`~driver.transport.http.HttpConnector` whose HTTP client is the JS fetch."""
+    from .http import HttpConnector
+
+    return HttpConnector(client_factory=_fetch_client)

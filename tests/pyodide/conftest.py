@@ -56,6 +56,8 @@ async def run_pyodide(script: Path | str, args: Any = None, *, mounts: dict[str,
         proc.kill()
         await proc.wait()
         raise
+    # (a Node crash prints the minified source line of Pyodide: drop such lines)
+    err = b"\n".join(line if len(line) < 2000 else line[:200] + b" [...]" for line in err.splitlines())
     text = out.decode().strip().splitlines()
     if not text:
         raise AssertionError(f"pyodide runner printed nothing (rc={proc.returncode}); stderr:\n{err.decode()[-4000:]}")

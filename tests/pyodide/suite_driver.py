@@ -154,6 +154,44 @@ async def ws_suite(dsn, **kw):
     return out
 
 
+async def http_suite(dsn):
+    out = {}
+    t0 = time.perf_counter()
+    conn = await driver.connect(dsn, statement_cache_size=0)
+    out["connect_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+    try:
+        out["transport"] = type(conn.transport).__name__
+        out["client"] = type(conn.transport.client).__name__
+        t0 = time.perf_counter()
+        out["first_query"] = await conn.fetchval("select current_database()")
+        out["first_query_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+        t0 = time.perf_counter()
+        for _ in range(20):
+            await conn.fetchval("select 1")
+        out["select1_ms"] = round((time.perf_counter() - t0) * 1000 / 20, 2)
+        out["codecs"] = await codec_checks(conn)
+        out["tx"] = await transactions(conn, "http")
+        out["errors"] = await error_checks(conn)
+        # interactive transaction: several requests on one server connection
+        # (session tokens), its own backend pid throughout, and rollback
+        async with conn.transaction():
+            pid1 = await conn.fetchval("select pg_backend_pid()")
+            await conn.execute(f"insert into {T} (tag, n) values ('http-inter', 1)")
+            n_inside = await conn.fetchval(f"select count(*) from {T} where tag = 'http-inter'")
+            pid2 = await conn.fetchval("select pg_backend_pid()")
+        out["interactive"] = {"same_backend": pid1 == pid2, "seen_inside": n_inside,
+                              "after": await conn.fetchval(f"select count(*) from {T} where tag = 'http-inter'")}
+        try:
+            await conn.execute("listen some_channel")
+            out["listen"] = None
+        except Exception as e:
+            out["listen"] = {"class": type(e).__name__, "sqlstate": getattr(e, "sqlstate", None)}
+        out["requests"] = conn.transport.client.requests
+    finally:
+        await conn.close()
+    return out
+
+
 async def main():
     result = {"platform": sys.platform}
     t0 = time.perf_counter()
@@ -182,8 +220,9 @@ async def main():
     except Exception as e:
         result["tcp"] = {"class": type(e).__name__, "message": str(e)}
     if ARGS.get("http_dsn"):
-        from http_suite import http_suite  # noqa: E402  (lives next to this script)
-        result["http"] = await http_suite(ARGS["http_dsn"], T, codec_checks, transactions, error_checks)
+        t0 = time.perf_counter()
+        result["http"] = await http_suite(ARGS["http_dsn"])
+        result["http_ms"] = round((time.perf_counter() - t0) * 1000)
     result["socket_connects"] = socket_connects
     return result
 

@@ -72,7 +72,7 @@ async def test_driver_in_pyodide(gateway_app: Any, pyodide: Any) -> None:
             "password": ALICE_PASSWORD,
             "ws_pipelined_dsn": f"ws://carol:{CAROL_PASSWORD}@127.0.0.1:{pw_app.http_port}/app",
             "tcp_dsn": f"postgresql://alice:{ALICE_PASSWORD}@127.0.0.1:5432/app",
-            "http_dsn": None,
+            "http_dsn": f"http://alice:{ALICE_PASSWORD}@127.0.0.1:{app.http_port}/app",
             "table": table,
         }
         t0 = time.perf_counter()
@@ -103,15 +103,30 @@ async def test_driver_in_pyodide(gateway_app: Any, pyodide: Any) -> None:
         assert res["bad_password"] == {"class": "InvalidPasswordError", "sqlstate": "28P01"}
         assert res["tcp"]["class"] == "ClientConfigurationError"
         assert "Pyodide" in res["tcp"]["message"] and "ws://" in res["tcp"]["message"]
+        http = res["http"]
+        print("pyodide http:", {k: http[k] for k in ("connect_ms", "first_query_ms", "select1_ms")},
+              "suite ms: ws", res["ws_ms"], "http", res["http_ms"])
+        assert (http["transport"], http["client"]) == ("HttpTransport", "FetchClient")
+        assert http["first_query"] == PgCluster.DATABASE
+        bad = {k: v["got"] for k, v in http["codecs"].items() if not v["ok"]}
+        assert not bad, bad
+        assert http["tx"] == ws["tx"]
+        assert http["errors"] == ws["errors"]
+        assert http["interactive"] == {"same_backend": True, "seen_inside": 1, "after": 1}
+        assert http["listen"]["sqlstate"] == "0A000"  # LISTEN is not possible over HTTP
         # what the database sees from the Pyodide side
         rows = await setup.fetch(f"select tag from {table} order by id")
-        assert [r["tag"] for r in rows] == ["ws-base", "ws-commit"]
+        assert [r["tag"] for r in rows] == ["ws-base", "ws-commit", "http-base", "http-commit", "http-inter"]
         # No raw TCP: nothing called socket.connect, and the gateways saw only
         # WebSocket upgrades on /v2 (no Emscripten socket bridge on "/").
         assert res["socket_connects"] == []
         upgrades = [u for log in logs for u in log.upgrades]
         assert upgrades and all(u["path"] == "/v2" and u["subprotocol"] is None for u in upgrades), upgrades
         assert app.listener_stats()["tcp_connections_accepted"] == 0
+        # HTTP: only POSTs to the protocol endpoint
+        posts = [r for log in logs for r in log.requests]
+        assert posts and set(posts) == {("POST", "/pg")}, set(posts)
+        assert len(posts) >= http["requests"]
         # admin connection (1) + suite + bad password; pipelined one on pw_app
         assert len(logs[0].upgrades) >= 3 and len(logs[1].upgrades) == 1
     finally:
