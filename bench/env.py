@@ -399,8 +399,12 @@ password = "{self.user_password()}"
         return {"host": self.host, "port": self.pg_port, "user": BENCH_USER,
                 "password": BENCH_PASSWORD, "database": BENCH_DB}
 
+    def url(self, scheme: str, port: int | None = None) -> str:
+        """``ws://`` or ``http://`` DSN of the bench database for ``driver.connect``."""
+        return f"{scheme}://{BENCH_USER}:{BENCH_PASSWORD}@127.0.0.1:{port or self.port}/{BENCH_DB}"
+
     def ws_url(self, port: int | None = None) -> str:
-        return f"ws://{BENCH_USER}:{BENCH_PASSWORD}@127.0.0.1:{port or self.port}/{BENCH_DB}"
+        return self.url("ws", port)
 
 
 def _toml(v: Any) -> str:

@@ -23,9 +23,10 @@ from .loadgen import Workers, merge
 from .report import Progress, cdf_points, charts, markdown_table, pct_ms, table, write_json
 
 SCENARIOS = ("driver", "burst", "steady", "latency", "hold", "micro")
-TARGETS = ("direct", "pgbouncer", "gateway-tcp", "gateway-ws", "gateway-http")
-WS_CONNECT_KWARGS: dict[str, Any] = {"statement_cache_size": 0}
-HTTP_ABSENT = "SQL over HTTP is a later issue; no HTTP endpoint/driver transport in this checkout yet"
+TARGETS = ("direct", "pgbouncer", "gateway-tcp", "gateway-ws", "gateway-http", "gateway-sql")
+#: gateway targets served by a client that needs a probe first: target -> URL scheme
+DRIVER_TARGETS = {"gateway-ws": "ws", "gateway-http": "http", "gateway-sql": "sql"}
+DRIVER_CONNECT_KWARGS: dict[str, Any] = {"statement_cache_size": 0}
 
 
 @dataclass
@@ -93,22 +94,20 @@ def absent(scenario: str, target: str, reason: str) -> dict[str, Any]:
 def target_absent_reason(target: str) -> str | None:
     if target == "pgbouncer" and not E.PgBouncer.available():
         return f"{E.PGBOUNCER_BIN} missing; {E.PGBOUNCER_HINT}"
-    if target in ("gateway-tcp", "gateway-ws"):
+    if target.startswith("gateway"):
         ok, why = E.gateway_available()
         if not ok:
             return why
-    if target == "gateway-ws":
-        why = driver_ws_absent_reason()
+    if target in ("gateway-ws", "gateway-http"):
+        why = driver_absent_reason()
         if why:
             return why
-        if _WS_PROBE and not _WS_PROBE[0][0]:
-            return _WS_PROBE[0][1]
-    if target == "gateway-http":
-        return HTTP_ABSENT
+    if target in _PROBES and not _PROBES[target][0]:
+        return _PROBES[target][1]
     return None
 
 
-def driver_ws_absent_reason() -> str | None:
+def driver_absent_reason() -> str | None:
     import importlib.util
     if importlib.util.find_spec("driver") is None:
         return "driver package missing"
@@ -128,45 +127,48 @@ def service_for(run: Run, target: str, **gw: Any) -> Iterator[tuple[Any, dict[st
     elif target == "pgbouncer":
         with E.PgBouncer(c) as b:
             yield b, {"client": "asyncpg", "kwargs": b.conn_kwargs(), "statement_cache_size": 0}
-    elif target in ("gateway-tcp", "gateway-ws"):
+    elif target.startswith("gateway-"):
         g = E.Gateway(c, **gw)
         with g:
             if target == "gateway-tcp":
                 yield g, {"client": "asyncpg", "kwargs": g.tcp_kwargs(), "statement_cache_size": 0}
             else:
-                # like asyncpg via PgBouncer/pg_listen: no named statements until the gateway
-                # handles them in transaction mode (a later issue)
-                yield g, {"client": "driver", "dsn": g.ws_url(), "connect_kwargs": WS_CONNECT_KWARGS}
+                yield g, client_for(target, g, g.port)
     else:
         raise ValueError(target)
     c.wait_backends_gone()
 
 
-_WS_PROBE: list[tuple[bool, str]] = []
+def client_for(target: str, g: E.Gateway, port: int) -> dict[str, Any]:
+    """Load-generator client spec for a driver/HTTP gateway target reaching ``port``."""
+    scheme = DRIVER_TARGETS[target]
+    if scheme == "sql":
+        return {"client": "neon-sql", "host": g.host, "port": port,
+                "conn_str": f"postgresql://{E.BENCH_USER}:{E.BENCH_PASSWORD}@{g.host}/{E.BENCH_DB}"}
+    # like asyncpg via PgBouncer/pg_listen: no named statements (statement_cache_size=0)
+    return {"client": "driver", "dsn": g.url(scheme, port), "connect_kwargs": dict(DRIVER_CONNECT_KWARGS)}
 
 
-def _ws_probe(run: Run, g: E.Gateway) -> tuple[bool, str]:
-    """Can our driver run the bench query over WebSocket against ``g``? (checked once)"""
-    if run._ws_probe is None and _WS_PROBE:
-        run._ws_probe = _WS_PROBE[0]
-    if run._ws_probe is None:
-        code = ("import asyncio, sys; sys.path.insert(0, %r)\n"
-                "import driver\n"
-                "async def m():\n"
-                "    c = await driver.connect(%r, timeout=10, **%r)\n"
-                "    v = await c.fetchval(%r, 1)\n"
-                "    await c.close()\n"
-                "    assert v == 'item-1', v\n"
-                "asyncio.run(m())\n") % (str(E.REPO), g.ws_url(), WS_CONNECT_KWARGS, E.QUERY)
-        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+_PROBES: dict[str, tuple[bool, str]] = {}
+
+
+def _probe(run: Run, target: str, g: E.Gateway) -> tuple[bool, str]:
+    """Can ``target``'s client run the bench query against ``g``? (checked once per run, in a
+    separate process; the gateway is then restarted so the measurement starts with a cold pool)"""
+    if target not in _PROBES:
+        spec = dict(client_for(target, g, g.port), mode="latency", n=1, timeout=15, nitems=1, uvloop=False)
+        code = ("import sys, json; sys.path.insert(0, %r)\n"
+                "from bench.loadgen import probe\n"
+                "probe(json.loads(sys.argv[1]))\n") % (str(E.REPO),)
+        r = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True,
+                           timeout=60, cwd=str(E.REPO))
         if r.returncode == 0:
-            run._ws_probe = (True, "")
-            g.restart_cold()  # the probe's server connection would stay warm in the pool
+            _PROBES[target] = (True, "")
+            g.restart_cold()
         else:
             last = (r.stderr.strip().splitlines() or ["?"])[-1]
-            run._ws_probe = (False, f"driver over WebSocket failed a probe query: {last[:160]}")
-        _WS_PROBE[:] = [run._ws_probe]
-    return run._ws_probe
+            _PROBES[target] = (False, f"{target}: a probe query failed: {last[:200]}")
+    return _PROBES[target]
 
 
 def _drive(run: Run, w: Workers, sampler: E.BackendSampler | None, label: str, expect_s: float) -> list[dict[str, Any]]:
@@ -208,8 +210,8 @@ def scenario_burst(run: Run) -> None:
             continue
         try:
             with service_for(run, target) as (svc, client):
-                if target == "gateway-ws":
-                    ok, why = _ws_probe(run, svc)
+                if target in DRIVER_TARGETS:
+                    ok, why = _probe(run, target, svc)
                     if not ok:
                         run.add(absent("burst", target, why))
                         run.progress.step_done("absent")
@@ -254,8 +256,8 @@ def scenario_steady(run: Run) -> None:
             continue
         try:
             with service_for(run, target) as (svc, client):
-                if target == "gateway-ws":
-                    ok, why = _ws_probe(run, svc)
+                if target in DRIVER_TARGETS:
+                    ok, why = _probe(run, target, svc)
                     if not ok:
                         run.add(absent("steady", target, why))
                         run.progress.step_done("absent")
@@ -390,7 +392,8 @@ LATENCY_CASES = (
     ("gateway-tcp", "gateway-tcp", "asyncpg via pg_listen, TCP + SCRAM"),
     ("gateway-ws", "gateway-ws", "driver over WebSocket, SCRAM"),
     ("gateway-ws-pipelined", "gateway-ws", "driver over WebSocket, auth_type=password, pipelined startup"),
-    ("gateway-http", "gateway-http", "driver over HTTP, one shot"),
+    ("gateway-http", "gateway-http", "driver over HTTP (POST /pg): hello request, then the query"),
+    ("gateway-sql", "gateway-sql", "HTTP one-shot: POST /sql as Neon's neon() sends it (new TCP connection)"),
 )
 
 
@@ -408,8 +411,8 @@ def scenario_latency(run: Run) -> None:
         try:
             gw: dict[str, Any] = {"auth_type": "password"} if name == "gateway-ws-pipelined" else {}
             with service_for(run, needs, **gw) as (svc, client):
-                if needs == "gateway-ws":
-                    ok, why = _ws_probe(run, svc)
+                if needs in DRIVER_TARGETS:
+                    ok, why = _probe(run, needs, svc)
                     if not ok:
                         run.add(absent("latency", name, why))
                         run.progress.step_done("absent")
@@ -422,9 +425,9 @@ def scenario_latency(run: Run) -> None:
                     if client["client"] == "asyncpg":
                         client["kwargs"] = dict(client["kwargs"], port=pport)
                     else:
-                        client["dsn"] = svc.ws_url(pport)
+                        client = client_for(needs, svc, pport)
                         if name == "gateway-ws-pipelined":
-                            client["connect_kwargs"] = dict(WS_CONNECT_KWARGS, **pipelined_connect_kwargs())
+                            client["connect_kwargs"].update(pipelined_connect_kwargs())
                     spec = dict(client, mode="latency", n=s.latency_samples, timeout=s.timeout, nitems=E.ITEMS)
                     with Workers(spec, 1) as w:
                         w.wait_ready()
@@ -475,8 +478,8 @@ def scenario_hold(run: Run) -> None:
             gw = {"pool_size": s.hold_pool, "max_client_conn": s.hold + 1000}
             cm = service_for(run, target, **gw) if target.startswith("gateway") else service_for(run, target)
             with cm as (svc, client):
-                if target == "gateway-ws":
-                    ok, why = _ws_probe(run, svc)
+                if target in DRIVER_TARGETS:
+                    ok, why = _probe(run, target, svc)
                     if not ok:
                         run.add(absent("hold", target, why))
                         run.progress.step_done("absent")

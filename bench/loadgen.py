@@ -71,7 +71,91 @@ def make_connect(spec: dict[str, Any]) -> Callable[[], Any]:
         def connect() -> Any:
             return driver.connect(dsn, **kw2)
         return connect
+    if client == "neon-sql":
+        host, port, conn_str = spec["host"], int(spec["port"]), spec["conn_str"]
+
+        async def connect_sql() -> Any:
+            return NeonSqlSession(host, port, conn_str, timeout)
+        return connect_sql
     raise ValueError(f"unknown client {client!r}")
+
+
+class SqlHttpError(Exception):
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        super().__init__(f"HTTP {status}: {body.get('message', body)}")
+        self.sqlstate = body.get("code") or f"HTTP{status}"
+
+
+class NeonSqlSession:
+    """One-shot SQL over HTTP as Neon's ``neon()`` sends it: every query is one
+    ``POST /sql`` on a new TCP connection, credentials in ``Neon-Connection-String``.
+    "Connecting" does nothing; ``fetchval`` does everything (connect + auth + query)."""
+
+    def __init__(self, host: str, port: int, conn_str: str, timeout: float) -> None:
+        self.host, self.port, self.conn_str, self.timeout = host, port, conn_str, timeout
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        import json
+        body = json.dumps({"query": query, "params": [str(a) for a in args]}).encode()
+        head = (f"POST /sql HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+                f"Content-Type: application/json\r\nNeon-Connection-String: {self.conn_str}\r\n"
+                "Neon-Raw-Text-Output: true\r\nNeon-Array-Mode: true\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        try:
+            writer.write(head + body)
+            status_line = await reader.readline()
+            status = int(status_line.split()[1])
+            length = None
+            chunked = False
+            while True:
+                line = await reader.readline()
+                if line in (b"\r\n", b"\n", b""):
+                    break
+                k, _, v = line.decode("latin-1").partition(":")
+                if k.strip().lower() == "content-length":
+                    length = int(v)
+                elif k.strip().lower() == "transfer-encoding" and "chunked" in v.lower():
+                    chunked = True
+            if chunked:
+                parts = []
+                while True:
+                    size = int((await reader.readline()).split(b";")[0], 16)
+                    if size == 0:
+                        break
+                    parts.append(await reader.readexactly(size))
+                    await reader.readline()
+                data = b"".join(parts)
+            elif length is not None:
+                data = await reader.readexactly(length)
+            else:
+                data = await reader.read()
+        finally:
+            writer.close()
+        doc = json.loads(data) if data else {}
+        if status != 200:
+            raise SqlHttpError(status, doc)
+        rows = doc.get("rows") or []
+        return rows[0][0] if rows else None
+
+    async def close(self) -> None:
+        return None
+
+    def terminate(self) -> None:
+        return None
+
+
+def probe(spec: dict[str, Any]) -> None:
+    """Run the bench query once with ``spec``'s client (raises on failure)."""
+    async def go() -> None:
+        connect = make_connect(spec)
+        c = await connect()
+        try:
+            v = await c.fetchval(QUERY, 1)
+            assert v == "item-1", v
+        finally:
+            await c.close()
+    asyncio.run(go())
 
 
 async def _sleep_until(t: float) -> None:
