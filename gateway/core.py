@@ -14,6 +14,7 @@ from typing import Any, Coroutine
 from .auth import Authenticator
 from .cancel import send_cancel
 from .pool import Pool
+from .prepared import StatementRegistry
 from .session import Session
 
 log = logging.getLogger("wirepool.gateway")
@@ -30,6 +31,7 @@ class Gateway:
         self.sessions: dict[int, Session] = {}
         self._all_sessions: set[Session] = set()
         self.n_clients = 0
+        self.statements = StatementRegistry()  # named prepared statements, gateway-wide
         self.accepting = True
         self._loop: asyncio.AbstractEventLoop | None = None
         self._janitor: asyncio.Task[None] | None = None

@@ -45,6 +45,7 @@ from driver.protocol.framing import FrontendReader, ProtocolError
 from .auth import AuthFailed
 from .cancel import send_cancel
 from .pool import Pool, PoolError
+from .prepared import ClientStatements, Rewriter, server_statements
 from .server import TRACKED_ORDER, ServerConnection, parse_parameter_status, tracked_signature
 from .streams import TransportError
 
@@ -150,6 +151,7 @@ class Session:
         self.dirty = False
         self.named = False
         self.swallow = 0
+        self.prepared: Rewriter | None = None  # named prepared statements (transaction mode)
         self._swallow_keys: tuple[str, ...] = ()
         self.last_z = 0.0
         self.query_start = 0.0
@@ -172,7 +174,8 @@ class Session:
         self._writer: asyncio.Task[None] | None = None
         self._writer_stop = False
         self._paused: ServerConnection | None = None
-        self._pending: list[bytes] = []  # client bytes waiting for a server
+        #: framed client chunks (bytes, message index) waiting for a server
+        self._pending: list[tuple[bytes, list[tuple[int, int, int]]]] = []
         self._pending_bytes = 0
         self._assigned: asyncio.Future[None] | None = None
         self._direct, self._direct_drain = _direct_writer(stream)
@@ -271,6 +274,8 @@ class Session:
             raise AuthFailed("3D000", f'database "{self.database}" does not exist')
         self.pool = pool
         self.transaction_mode = pool.transaction_mode
+        if self.transaction_mode and s.max_prepared_statements > 0:
+            self.prepared = Rewriter(ClientStatements(gw.statements), s.max_prepared_statements)
         pool.add_client(self)
         server_params = await pool.ensure_params(self)
         # Client's tracked values: what it asked for, else the server default.
@@ -404,11 +409,12 @@ class Session:
                 dirty = False
             elif t == _X:
                 chunk = chunk[: s - 5]
+                idx = idx[: idx.index((t, s, _e))]
                 terminate = True
                 break
             elif t == _P:
                 dirty = True
-                if chunk[s]:
+                if chunk[s] and self.prepared is None:
                     self.named = True
             elif t not in _COPY:
                 dirty = True
@@ -425,10 +431,14 @@ class Session:
         self.dirty = dirty
         server = self.server
         if server is not None:
+            if self.prepared is not None:
+                chunk = self._rewrite(chunk, idx)
+                if not chunk:
+                    return not terminate
             server.write(chunk)
             return not terminate
         # Not linked: queue the bytes; link now or when the pool assigns a server.
-        self._pending.append(chunk)
+        self._pending.append((chunk, idx))
         self._pending_bytes += len(chunk)
         if self.pool_list is self.pool.cl_waiting:  # type: ignore[union-attr]
             return not terminate
@@ -447,16 +457,31 @@ class Session:
             return False
         self._link(server)
         pending = self._pending
-        data = pending[0] if len(pending) == 1 else b"".join(pending)
-        pending.clear()
+        self._pending = []
         self._pending_bytes = 0
-        server.write(data)
+        rewrite = self._rewrite if self.prepared is not None else None
+        for chunk, idx in pending:
+            if rewrite is not None:
+                chunk = rewrite(chunk, idx)
+            if chunk:
+                server.write(chunk)
         fut = self._assigned
         if fut is not None:
             self._assigned = None
             if not fut.done():
                 fut.set_result(None)
         return True
+
+    def _rewrite(self, chunk: bytes, idx: list[tuple[int, int, int]]) -> bytes:
+        """Named prepared statements: rewrite for the linked server."""
+        rw = self.prepared
+        assert rw is not None
+        chunk, local = rw.rewrite_frontend(chunk, idx)
+        if rw.dropped_rfq:  # Query messages skipped after a refused message: no ReadyForQuery
+            self.outstanding -= rw.dropped_rfq
+        if local:
+            self._send_or_queue(local)
+        return chunk
 
     def wait_failed(self, err: PoolError) -> None:
         """The pool cannot give this waiting client a server."""
@@ -465,6 +490,8 @@ class Session:
     def _link(self, server: ServerConnection) -> None:
         self.server = server
         server.client = self
+        if self.prepared is not None:
+            self.prepared.link(server_statements(server, self.settings.max_prepared_statements))
         # Tracked parameters: one SET batch when this server's values differ.
         if server.sig == self.sig:
             return
@@ -490,6 +517,10 @@ class Session:
             return
         if self.swallow:
             chunk, idx = self._swallow(server, chunk, idx)
+            if not chunk:
+                return
+        if self.prepared is not None:
+            chunk, idx = self.prepared.rewrite_backend(chunk, idx)
             if not chunk:
                 return
         z = -1
@@ -581,6 +612,8 @@ class Session:
             return
         self.server = None
         server.client = None
+        if self.prepared is not None:
+            self.prepared.unlink()
         pool = self.pool
         assert pool is not None
         pool.xact_count += 1
@@ -602,6 +635,8 @@ class Session:
             return
         self.server = None
         self.outstanding = 0
+        if self.prepared is not None:
+            self.prepared.unlink()
         self._abort("08006", "server connection lost: the upstream server closed the connection unexpectedly")
 
     # --------------------------------------------------------- writer task
@@ -693,7 +728,11 @@ class Session:
         server = self.server
         if server is not None:
             self.server = None
+            if self.prepared is not None:
+                self.prepared.unlink()
             self._return_server(server)
+        if self.prepared is not None:
+            self.prepared.client.clear()
         if self.pool is not None:
             self.pool.remove_client(self)
         # flush what is queued, then close

@@ -180,7 +180,9 @@ async def test_extended_pipeline_stays_linked_until_sync(gateway_app, pg_db):
 
 
 async def test_named_prepared_statements_never_leak(gateway_app, pg_db):
-    app = await gateway_app(databases={"app": {"dbname": pg_db, "pool_size": 1}})
+    # With statement tracking disabled (max_prepared_statements = 0) the
+    # pooler still never lets one client's named statement reach another.
+    app = await gateway_app(max_prepared_statements=0, databases={"app": {"dbname": pg_db, "pool_size": 1}})
     a = await RawClient.connect(app.pg_port)
     b = await RawClient.connect(app.pg_port)
     try:
@@ -206,7 +208,7 @@ async def test_named_prepared_statements_never_leak(gateway_app, pg_db):
 
 
 async def test_asyncpg_prepare_fails_with_postgres_error(gateway_app, pg_db):
-    app = await gateway_app(databases={"app": {"dbname": pg_db, "pool_size": 1}})
+    app = await gateway_app(max_prepared_statements=0, databases={"app": {"dbname": pg_db, "pool_size": 1}})
     a = await _connect(app)
     try:
         async with a.transaction():
