@@ -542,9 +542,9 @@ def scenario_micro(run: Run) -> None:
         extra = b.get("extra_info", {})
         st = b["stats"]
         run.add({"scenario": "micro", "target": extra.get("library", b.get("group") or "?"),
-                 "case": b["name"], "group": b.get("group"), "ops_per_s": round(st["ops"], 1),
+                 "case": b["name"].removeprefix("test_"), "group": b.get("group"), "ops_per_s": round(st["ops"], 1),
                  "mean_us": round(st["mean"] * 1e6, 3), "rounds": st["rounds"],
-                 "completed": st["rounds"], "failed": 0, "note": b["name"]})
+                 "completed": st["rounds"], "failed": 0})
     run.progress.step_done(f"{len(data.get('benchmarks', []))} cases (exit {r.returncode})")
 
 

@@ -94,12 +94,13 @@ def _fmt(v: Any) -> str:
 
 
 COLUMNS = [
-    ("scenario", "scenario"), ("target", "target"), ("completed", "ok"), ("failed", "failed"),
+    ("scenario", "scenario"), ("target", "target"), ("case", "case"), ("completed", "ok"), ("failed", "failed"),
     ("failed_by_sqlstate", "failed by"), ("sessions_per_s", "sess/s"), ("tps", "tps"),
     ("ops_per_s", "ops/s"), ("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"), ("p99_ms", "p99 ms"),
     ("peak_backends", "backends"), ("pooler_peak_rss_mb", "RSS MB"), ("pooler_cpu_s", "pooler CPU s"),
     ("client_cpu_s", "client CPU s"), ("postgres_cpu_s", "PG CPU s"),
-    ("kb_per_session", "KB/sess"), ("ratio", "ratio"), ("note", "note"),
+    ("kb_per_session", "KB/sess"), ("mean_us", "mean us"), ("round_trips_p50", "RTTs p50"),
+    ("connect_ms", "connect ms"), ("ratio", "ratio"), ("note", "note"),
 ]
 
 
@@ -114,7 +115,23 @@ def _columns(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
             or any(r.get(k) not in (None, "", {}) and not r.get("absent") for r in rows)]
 
 
+def _groups(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Rows grouped by scenario family (pgbench rows go with steady, driver-* together)."""
+    def fam(r: dict[str, Any]) -> str:
+        sc = str(r.get("scenario", ""))
+        return "driver" if sc.startswith("driver-") else "steady" if sc.startswith("pgbench") else sc
+    order: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        order.setdefault(fam(r), []).append(r)
+    return list(order.values())
+
+
 def table(rows: list[dict[str, Any]]) -> str:
+    """One aligned block per scenario family, each with only the columns it uses."""
+    return "\n\n".join(_table1(g) for g in _groups(rows))
+
+
+def _table1(rows: list[dict[str, Any]]) -> str:
     cols = _columns(rows)
     body = []
     for r in rows:
@@ -138,6 +155,10 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
+    return "\n\n".join(_md1(g) for g in _groups(rows))
+
+
+def _md1(rows: list[dict[str, Any]]) -> str:
     cols = _columns(rows)
     lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
