@@ -23,7 +23,11 @@ the cost of each knob is visible.
 from __future__ import annotations
 
 import asyncio
+import datetime
+import decimal
 import importlib.util
+import ipaddress
+import uuid
 from typing import Any, AsyncIterator
 
 import pytest
@@ -253,3 +257,76 @@ async def test_http_interactive_transaction_costs_k_plus_one(gateway_app: Any, p
         assert rts <= k + 1
     finally:
         await conn.close()
+
+
+# ------------------------------------------------- describe_first=False = same results
+
+ONE_SHOT_CASES: list[tuple[str, tuple[Any, ...]]] = [
+    ("select $1::int2, $2::int4, $3::int8", (-32768, 2147483647, -(2 ** 63))),
+    ("select $1::float4, $2::float8, $3::float8, $4::float8, $5::float8",
+     (1.5, 1.25e300, float("inf"), float("-inf"), 0.1)),
+    ("select $1::numeric, $2::numeric, $3::numeric * 2", (decimal.Decimal("-0.000123"),
+                                                         decimal.Decimal("NaN"),
+                                                         decimal.Decimal("12345678901234567890.5"))),
+    ("select $1::bool, $2::bool", (True, False)),
+    ("select $1::text, $2::varchar, $3::text", ("héllo \"quoted\" \\ back", "", "tab\there")),
+    ("select $1::bytea, $2::bytea", (bytes(range(256)), b"")),
+    ("select $1::uuid", (uuid.UUID("12345678-1234-5678-1234-567812345678"),)),
+    ("select $1::date, $2::time, $3::timetz", (datetime.date(2024, 2, 29), datetime.time(13, 14, 15, 123456),
+                                              datetime.time(1, 2, 3, tzinfo=datetime.timezone(datetime.timedelta(hours=2))))),
+    ("select $1::timestamp, $2::timestamptz, $3::timestamptz",
+     (datetime.datetime(2024, 1, 2, 3, 4, 5, 678000),
+      datetime.datetime(2024, 1, 2, 3, 4, 5, 678000, tzinfo=datetime.timezone.utc),
+      datetime.datetime(1999, 12, 31, 23, 0, tzinfo=datetime.timezone(datetime.timedelta(hours=-5))))),
+    ("select $1::interval, $2::interval", (datetime.timedelta(days=3, seconds=7, microseconds=5),
+                                          datetime.timedelta(days=-2, seconds=-30))),
+    ("select $1::json, $2::jsonb", ('{"a": [1, 2, null]}', '{"b": {"c": true}}')),
+    ("select $1::inet, $2::cidr, $3::inet", (ipaddress.ip_address("192.168.0.1"), ipaddress.ip_network("10.0.0.0/8"),
+                                            ipaddress.ip_address("::1"))),
+    ("select $1::int[], $2::text[], $3::int8[]", ([1, None, 3], ["a", "b c", None, 'q"u\\o,t{e}', ""],
+                                                 [[1, 2], [3, 4]])),
+    ("select $1::bytea[], $2::bool[], $3::date[]", ([b"\x00\xff", None], [True, False], [datetime.date(2020, 1, 1)])),
+    ("select $1::int is null, $2::text", (None, None)),
+    ("select g, g::text, g * 1.5 from generate_series(1, $1::int) g", (3,)),
+    ("select row(1, 'a')::text, '{1,2}'::int[] = $1", ([1, 2],)),
+    ("select 'infinity'::timestamptz, '-infinity'::date, 'NaN'::float8", ()),
+    ("select $1 || 'x'", ("untyped",)),  # the server infers text
+]
+
+
+async def test_one_shot_path_returns_what_the_described_path_returns(pg: Any) -> None:
+    dsn = pg.dsn(pg.SCRAM_USER, pg.SCRAM_PASSWORD)
+    described = await driver.connect(dsn, statement_cache_size=0)
+    one_shot = await driver.connect(dsn, statement_cache_size=0, describe_first=False)
+    cached = await driver.connect(dsn, statement_cache_size=10, describe_first=False)
+    try:
+        for sql, args in ONE_SHOT_CASES:
+            want = await described.fetch(sql, *args)
+            for conn in (one_shot, cached, cached):  # cached twice: one-shot, then the prepared path
+                got = await conn.fetch(sql, *args)
+                # repr: NaN != NaN, and repr shows the type and every field (tzinfo...)
+                assert [[repr(v) for v in r] for r in got] == [[repr(v) for v in r] for r in want], sql
+                assert [list(r.keys()) for r in got] == [list(r.keys()) for r in want], sql
+        # fetchrow / fetchval / execute with arguments
+        assert await one_shot.fetchval("select $1::int + 1", 41) == 42
+        row = await one_shot.fetchrow("select $1::text as a, $2::int as b", "x", 7)
+        assert (row["a"], row["b"]) == ("x", 7)
+        assert await one_shot.execute("select $1::int", 5) == "SELECT 1"
+        # an unsupported argument type falls back to the described (binary) path
+        assert await one_shot.fetchval("select $1::int", _IntLike(5)) == 5
+        # errors keep their SQLSTATE class; the connection stays usable
+        with pytest.raises(exc.InvalidTextRepresentationError):
+            await one_shot.fetchval("select $1::int", "abc")
+        with pytest.raises(exc.UndefinedTableError):
+            await one_shot.fetch("select * from no_such_table_rt where x = $1", 1)
+        with pytest.raises(exc.UndefinedTableError):
+            await cached.fetch("select * from no_such_table_rt where x = $1", 1)
+        assert await cached.fetchval("select $1::int * 3", 3) == 9
+    finally:
+        await described.close()
+        await one_shot.close()
+        await cached.close()
+
+
+class _IntLike(int):
+    """An int subclass: not one of the exact types the text path encodes."""

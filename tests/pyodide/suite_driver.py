@@ -194,6 +194,17 @@ async def http_suite(dsn):
 
 async def main():
     result = {"platform": sys.platform}
+    if ARGS.get("control_port"):
+        # Negative control for the "no raw TCP" check: a real socket.connect
+        # (not recorded above) to a separate gateway, which must see it as
+        # Emscripten's WebSocket bridge (path "/", subprotocol "binary").
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setblocking(False)
+        try:
+            _orig_connect(s, ("127.0.0.1", ARGS["control_port"]))
+        except BlockingIOError:
+            pass
+        result["control_socket"] = s  # kept open until the end of the run
     t0 = time.perf_counter()
     result["ws"] = await ws_suite(ARGS["ws_dsn"], statement_cache_size=0)
     result["ws_ms"] = round((time.perf_counter() - t0) * 1000)
@@ -224,6 +235,8 @@ async def main():
         result["http"] = await http_suite(ARGS["http_dsn"])
         result["http_ms"] = round((time.perf_counter() - t0) * 1000)
     result["socket_connects"] = socket_connects
+    if "control_socket" in result:
+        result["control_socket"] = "opened"
     return result
 
 

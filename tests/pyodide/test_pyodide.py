@@ -10,7 +10,9 @@ too when the gateway has the protocol-over-HTTP endpoint.
 No raw TCP from the Pyodide side: the gateway runs without ``pg_listen``,
 every WebSocket upgrade and HTTP request it receives is recorded (Emscripten's
 fake ``socket.connect`` would arrive as a WebSocket on ``/`` with subprotocol
-``binary``), and the script also records any ``socket.connect`` call.
+``binary``), and the script also records any ``socket.connect`` call.  A
+negative control proves the check works: the script opens one raw socket to a
+separate control gateway, which must see exactly that bridge.
 """
 
 from __future__ import annotations
@@ -62,7 +64,9 @@ async def test_driver_in_pyodide(gateway_app: Any, pyodide: Any) -> None:
     # pg_listen disabled: the only way in is WebSocket/HTTP.
     app = await gateway_app(pg_listen=None)
     pw_app = await gateway_app(pg_listen=None, auth_type="password")
+    control = await gateway_app(pg_listen=None)  # receives one deliberate raw socket
     logs = [UpgradeLog(app), UpgradeLog(pw_app)]
+    control_log = UpgradeLog(control)
     table = f"pyo_{time.monotonic_ns()}"
     setup = await _admin(app)
     await setup.execute(f"create table {table} (id serial primary key, tag text not null, n int)")
@@ -74,6 +78,7 @@ async def test_driver_in_pyodide(gateway_app: Any, pyodide: Any) -> None:
             "tcp_dsn": f"postgresql://alice:{ALICE_PASSWORD}@127.0.0.1:5432/app",
             "http_dsn": f"http://alice:{ALICE_PASSWORD}@127.0.0.1:{app.http_port}/app",
             "table": table,
+            "control_port": control.http_port,
         }
         t0 = time.perf_counter()
         doc = await pyodide(HERE / "suite_driver.py", args)
@@ -123,6 +128,9 @@ async def test_driver_in_pyodide(gateway_app: Any, pyodide: Any) -> None:
         upgrades = [u for log in logs for u in log.upgrades]
         assert upgrades and all(u["path"] == "/v2" and u["subprotocol"] is None for u in upgrades), upgrades
         assert app.listener_stats()["tcp_connections_accepted"] == 0
+        # ... and the check does catch a raw socket: the control gateway saw it
+        assert res["control_socket"] == "opened"
+        assert control_log.upgrades == [{"path": "/", "kind": "ws", "subprotocol": "binary"}]
         # HTTP: only POSTs to the protocol endpoint
         posts = [r for log in logs for r in log.requests]
         assert posts and set(posts) == {("POST", "/pg")}, set(posts)
