@@ -8,10 +8,10 @@
 //   node tests/pyodide/run_pyodide.cjs [options] script.py      (or "-" / no file: stdin)
 // Options:
 //   --args JSON        made available to the script as the global `ARGS` (parsed)
-//   --mount DIR=PATH   mount host directory DIR at PATH inside Pyodide and put
-//                      PATH's parent... no: PATH itself is added to sys.path
-//                      (repeatable; the checkout root is always mounted at
-//                      /wirepool with only driver/ imported from it)
+//   --mount DIR=PATH   mount host directory DIR at PATH inside Pyodide and add
+//                      PATH to sys.path (repeatable).  The checkout's driver/
+//                      is always mounted at /wirepool/driver (/wirepool is on
+//                      sys.path): nothing else of the checkout is importable.
 //   --no-websocket     do not expose globalThis.WebSocket (for "no WebSocket" tests)
 //
 // The script runs with top-level await (runPythonAsync) in a fresh namespace.
