@@ -299,17 +299,22 @@ def http_target(endpoint: Endpoint) -> tuple[str, str, dict[str, str]]:
     """(endpoint path, database, extra query) of an http(s) endpoint."""
     params = endpoint.options.get("params")
     query: dict[str, str] = dict(endpoint.options.get("query") or {})
-    path = query.pop("endpoint", None) or DEFAULT_PATH
+    explicit = query.pop("endpoint", None)
+    path = explicit or DEFAULT_PATH
     if not path.startswith("/"):
         raise TransportError(f"invalid endpoint {path!r}: must be a URL path starting with /")
     database = getattr(params, "database", "") if params is not None else ""
     url_path = getattr(params, "path", "") if params is not None else ""
     user = getattr(params, "user", "") if params is not None else ""
-    # The URL path names the database (as for ws://), unless it is the endpoint
-    # itself or an explicit dbname= differs from the default (the user name).
+    # The URL path names the database (as for ws://: http://h:8432/app), unless
+    # it is the endpoint itself or an explicit dbname= differs from the default
+    # (the user name); a path that is not the database is the endpoint
+    # (http://h:8432/custom?dbname=app), unless ?endpoint= says otherwise.
     seg = url_path.strip("/")
     if seg and "/" not in seg and url_path != path and (not database or database == user):
         database = unquote(seg)
+    elif seg and explicit is None:
+        path = url_path
     return path, database, query
 
 

@@ -168,7 +168,9 @@ def test_http_target_from_dsn() -> None:
     assert target("http://alice:pw@h:8432/?dbname=app") == ("/pg", "app")
     assert target("http://alice:pw@h:8432/app?endpoint=/custom") == ("/custom", "app")
     assert target("http://alice:pw@h:8432") == ("/pg", "alice")
-    assert target("https://alice@h/other?dbname=x") == ("/pg", "x")
+    assert target("https://alice@h/other?dbname=x") == ("/other", "x")
+    assert target("http://alice@h/pg?dbname=x") == ("/pg", "x")
+    assert target("http://alice@h/gw/pg?dbname=x") == ("/gw/pg", "x")
 
 
 # --------------------------------------------------------------------------- against a gateway
