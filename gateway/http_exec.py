@@ -117,6 +117,8 @@ class ExecResult:
     parameters: dict[str, str] = field(default_factory=dict)
     #: the gateway process id / secret of the Session (for cancel bookkeeping)
     process_id: int = 0
+    #: new sessions: the startup reply (AuthenticationOk ... ReadyForQuery), else b""
+    startup: bytes = b""
 
 
 # --------------------------------------------------------------------------- stream
@@ -566,6 +568,7 @@ class HttpExecutor:
             new = True
         try:
             parameters: dict[str, str] = {}
+            startup = b""
             if new:
                 try:
                     hello_bytes = await asyncio.wait_for(asyncio.shield(stream.hello), timeout)
@@ -575,9 +578,11 @@ class HttpExecutor:
                                              "M": "could not start an HTTP session: timeout"}
                     return ExecResult(b"", None, None, 0, fatal, False, {}, session.process_id)
                 parameters = _parameter_status(hello_bytes)
+                startup = hello_bytes
                 if hello:
                     hs.keep = keep
-                    result = ExecResult(hello_bytes, "I", None, 1, None, False, parameters, session.process_id)
+                    result = ExecResult(hello_bytes, "I", None, 1, None, False, parameters, session.process_id,
+                                        hello_bytes)
                     if keep:
                         self.sessions[hs.sid] = hs
                         hs.task.add_done_callback(lambda _t, hs=hs: self._on_session_end(hs))
@@ -618,7 +623,7 @@ class HttpExecutor:
                 err.session_token = self._finish(hs, new, status, terminate)
                 raise err
             res = ExecResult(data, status, None, stream.zs, stream.fatal if ended else None, timed_out,
-                             parameters, session.process_id)
+                             parameters, session.process_id, startup)
             if terminate:
                 res.status = None  # the session is closed (as asked)
             elif ended and res.fatal is None:

@@ -10,7 +10,8 @@ Format: ``docs/http-protocol.md``.  In short:
   token, optional ``Wirepool-User``), ``Wirepool-Database`` (percent-encoded;
   default: the user), ``Wirepool-Params`` (urlencoded tracked startup
   parameters) -- or ``Wirepool-Session: <token>`` alone to continue a session;
-  ``Wirepool-Session: new`` keeps the session open after an idle result;
+  ``Wirepool-Session: new`` opens a session kept after an idle result, whose
+  response starts with the startup reply (even when the body is not empty);
 * 200: body = backend messages up to the final ReadyForQuery;
   ``Wirepool-Status: I|T|E|closed``; ``Wirepool-Session: <next token>`` while
   the session lives;
@@ -125,6 +126,8 @@ class HttpProtocolEndpoint:
         if res.timed_out:
             headers.append(("wirepool-timeout", "1"))
         data = res.data
+        if keep and req.body:
+            data = res.startup + data  # a new session's response starts with its startup reply
         if res.status is None and res.fatal is not None and b"SFATAL\x00" not in data:
             data += m.error_response(res.fatal)
         return HttpResponse(200, data, CT_BACKEND, headers)

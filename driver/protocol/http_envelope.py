@@ -17,9 +17,11 @@ So any HTTP client plus any Postgres message codec is enough, and no
 requests, and HTTP responses back into the byte stream the protocol core
 reads, emulating what HTTP has no notion of:
 
-* startup: the StartupMessage becomes a "hello" request (empty body,
-  ``Wirepool-Session: new``) whose response is the gateway's real startup
-  reply (AuthenticationOk, ParameterStatus..., BackendKeyData, ReadyForQuery);
+* startup: the StartupMessage becomes a "hello" request (``Wirepool-Session:
+  new``; its body holds the batches already waiting, if any: with
+  ``lazy_connect`` login + first query cost one round trip) whose response
+  starts with the gateway's real startup reply (AuthenticationOk,
+  ParameterStatus..., BackendKeyData, ReadyForQuery);
   a pipelined PasswordMessage is dropped and answered with a synthesized
   AuthenticationCleartextPassword so the protocol core accepts it;
 * batching: bytes are buffered until a Query/Sync/FunctionCall boundary; all
@@ -240,15 +242,24 @@ class HttpSessionClient:
         request is in flight -- requests are strictly sequential)."""
         if self._in_flight is not None or self.eof:
             return None
-        self._drain_local()
         if not self._started:
             return None
         if not self._hello_sent:
+            # The hello, with whatever complete batches are already waiting
+            # (lazy connect: login + first query in one round trip).
             self._hello_sent = True
-            req = HttpRequestSpec("POST", self.path, self._headers(hello=True), b"", 1, hello=True)
-            return self._flight(req)
-        if self._items:
             bodies: list[bytes] = []
+            expected = 1
+            while self._items and self._items[0].local is None:
+                item = self._items.pop(0)
+                bodies.append(item.body)
+                expected += item.expected
+            req = HttpRequestSpec("POST", self.path, self._headers(hello=True), b"".join(bodies), expected,
+                                  hello=True)
+            return self._flight(req)
+        self._drain_local()
+        if self._items:
+            bodies = []
             expected = 0
             begin_in_front = False
             if self._deferred_begin is not None:

@@ -347,3 +347,23 @@ async def test_differential_over_http(name: str, gateway_app: Any, pg: PgCluster
         diffs = [(i, g, e) for i, (g, e) in enumerate(zip(got, expected)) if g != e]
         assert not diffs, "\n".join(f"#{i}\n http:    {g!r}\n asyncpg: {e!r}" for i, g, e in diffs)
     assert got == expected
+
+
+async def test_lazy_connect_login_and_first_query_in_one_request(gateway_app: Any) -> None:  # noqa: F811
+    app = await gateway_app()  # scram-sha-256: over HTTP the password travels in the request anyway
+    conn = await driver.connect(http_dsn(app), statement_cache_size=0, pipeline_connect="password",
+                                lazy_connect=True, describe_first=False)
+    try:
+        t = transport(conn)
+        assert t.requests == 0
+        assert await conn.fetchval("select $1::int * 2", 21) == 42
+        assert t.requests == 1  # hello + the query
+        assert conn.get_server_version().major >= 10 and conn.get_server_pid() != 0
+        assert await conn.fetchval("select $1::text", "x") == "x"
+        assert t.requests == 2
+    finally:
+        await conn.close()
+    with pytest.raises(exc.InvalidPasswordError):
+        bad = await driver.connect(http_dsn(app, password="nope"), statement_cache_size=0,
+                                   pipeline_connect="password", lazy_connect=True)
+        await bad.fetchval("select 1")
