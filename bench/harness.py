@@ -47,6 +47,7 @@ class Sizes:
     hold_pool: int = 20
     timeout: float = 60.0
     scram_iterations: int = 4096
+    profile: bool = False         # py-spy the pooler/gateway during burst and steady
     micro_quick: bool = False
     driver_quick: bool = False
 
@@ -192,6 +193,63 @@ def _drive(run: Run, w: Workers, sampler: E.BackendSampler | None, label: str, e
     return [r for r in results if r is not None]
 
 
+@contextlib.contextmanager
+def profiled(run: Run, svc: Any, scenario: str, target: str) -> Iterator[dict[str, Any]]:
+    """With ``--profile``: ``py-spy record`` the gateway process while the block runs, then write
+    a collapsed-stack file and a text summary (top functions by own and by total samples)."""
+    info: dict[str, Any] = {}
+    if not run.sizes.profile or svc is None or not isinstance(svc, E.Gateway) or svc.pid is None:
+        yield info
+        return
+    import shutil
+    exe = shutil.which("py-spy")
+    if exe is None:
+        info["profile"] = "py-spy not installed (pip install py-spy)"
+        yield info
+        return
+    raw = run.out / f"profile-{scenario}-{target}.txt"
+    p = subprocess.Popen([exe, "record", "--pid", str(svc.pid), "--rate", "250", "--nonblocking",
+                          "--format", "raw", "--output", str(raw)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.3)  # let py-spy attach
+    try:
+        yield info
+    finally:
+        p.send_signal(__import__("signal").SIGINT)
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+        if raw.exists():
+            top = run.out / f"profile-{scenario}-{target}.top.txt"
+            top.write_text(summarize_profile(raw.read_text()))
+            info["profile"] = top.name
+
+
+def summarize_profile(collapsed: str, n: int = 25) -> str:
+    """Top functions by own (leaf) and total samples from py-spy's collapsed stacks."""
+    own: dict[str, int] = {}
+    total: dict[str, int] = {}
+    samples = 0
+    for line in collapsed.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        c = int(count)
+        samples += c
+        frames = stack.split(";")
+        own[frames[-1]] = own.get(frames[-1], 0) + c
+        for f in set(frames):
+            total[f] = total.get(f, 0) + c
+    out = [f"{samples} samples (active time only)", "", "own %  function (file:line)"]
+    for f, c in sorted(own.items(), key=lambda kv: -kv[1])[:n]:
+        out.append(f"{100 * c / max(samples, 1):5.1f}  {f}")
+    out += ["", "total %  function"]
+    for f, c in sorted(total.items(), key=lambda kv: -kv[1])[:n]:
+        out.append(f"{100 * c / max(samples, 1):5.1f}  {f}")
+    return "\n".join(out) + "\n"
+
+
 def _watch_row(watch: E.ProcWatch | None) -> dict[str, Any]:
     if watch is None or watch.pid is None:
         return {"pooler_peak_rss_mb": None, "pooler_cpu_s": None}
@@ -223,7 +281,8 @@ def scenario_burst(run: Run) -> None:
                     w.wait_ready()
                     watch = E.ProcWatch(svc.pid if svc else None)
                     pgcpu = E.PostgresCpu(run.cluster)
-                    with E.BackendSampler(run.cluster, watch) as sampler:
+                    with profiled(run, svc, "burst", target) as prof, \
+                            E.BackendSampler(run.cluster, watch) as sampler:
                         w.go()
                         res = merge(_drive(run, w, sampler, "burst", 5.0))
                     pg_cpu = pgcpu.seconds()
@@ -237,7 +296,7 @@ def scenario_burst(run: Run) -> None:
                        "wall_s": round(wall, 3) if wall else None,
                        **pct_ms(res["ttfr"]), "peak_backends": sampler.peak,
                        "backend_samples": sampler.samples, **_watch_row(watch),
-                       "client_cpu_s": res["client_cpu_s"], "postgres_cpu_s": pg_cpu}
+                       "client_cpu_s": res["client_cpu_s"], "postgres_cpu_s": pg_cpu, **prof}
                 run.add(row, res["ttfr"])
                 run.progress.step_done(f"{completed} ok, {failed} failed, {row['sessions_per_s']} sess/s")
         except Exception as e:  # noqa: BLE001 - a target that breaks is reported, the run goes on
@@ -269,7 +328,8 @@ def scenario_steady(run: Run) -> None:
                     watch = E.ProcWatch(svc.pid if svc else None)
                     assert run.cluster is not None
                     pgcpu = E.PostgresCpu(run.cluster)
-                    with E.BackendSampler(run.cluster, watch, interval=0.05) as sampler:
+                    with profiled(run, svc, "steady", target) as prof, \
+                            E.BackendSampler(run.cluster, watch, interval=0.05) as sampler:
                         w.go()
                         res = merge(_drive(run, w, sampler, "steady", s.duration))
                     pg_cpu = pgcpu.seconds()
@@ -281,7 +341,8 @@ def scenario_steady(run: Run) -> None:
                        "completed": n, "failed": failed,
                        "failed_by_sqlstate": dict(res["failed"] + res["open_failed"]),
                        "tps": round(n / el, 1), **pct_ms(res["latencies"]), "peak_backends": sampler.peak,
-                       **_watch_row(watch), "client_cpu_s": res["client_cpu_s"], "postgres_cpu_s": pg_cpu}
+                       **_watch_row(watch), "client_cpu_s": res["client_cpu_s"], "postgres_cpu_s": pg_cpu,
+                       **prof}
                 run.add(row, res["latencies"])
                 run.progress.step_done(f"{row['tps']} tps")
         except Exception as e:  # noqa: BLE001
@@ -632,6 +693,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, help="latency: sessions per target (default 20)")
     ap.add_argument("--hold", type=int, help="hold: idle sessions (default 10000)")
     ap.add_argument("--timeout", type=float, help="per-session timeout in seconds")
+    ap.add_argument("--profile", action="store_true", help="burst/steady: py-spy the gateway; writes "
+                    "profile-<scenario>-<target>.txt (collapsed stacks) and .top.txt summaries to --out")
     ap.add_argument("--scram-iterations", type=int, help="PBKDF2 iterations of the bench role's SCRAM verifier "
                     "(default 4096 = Postgres'); only the client-side cost of a login depends on it")
     a = ap.parse_args(argv)
@@ -650,6 +713,7 @@ def main(argv: list[str] | None = None) -> int:
         sizes.burst_procs = sizes.steady_procs = sizes.hold_procs = a.procs
     if a.no_pgbench:
         sizes.pgbench = False
+    sizes.profile = a.profile
     unknown = [x for x in a.scenarios if x not in SCENARIOS and x != "all"]
     if unknown:
         ap.error(f"unknown scenario(s) {unknown}; choose from {', '.join(SCENARIOS)} or all")
