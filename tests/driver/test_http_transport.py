@@ -367,3 +367,25 @@ async def test_lazy_connect_login_and_first_query_in_one_request(gateway_app: An
         bad = await driver.connect(http_dsn(app, password="nope"), statement_cache_size=0,
                                    pipeline_connect="password", lazy_connect=True)
         await bad.fetchval("select 1")
+
+
+async def test_statement_cache_and_prepare_across_pooled_servers(gateway_app: Any) -> None:  # noqa: F811
+    """Transaction pooling, default statement cache: the driver's named statements
+    live in its (kept) gateway session, whatever server runs each request."""
+    app = await gateway_app(databases={"app": {"pool_size": 2}})
+    conn = await driver.connect(http_dsn(app))
+    other = await driver.connect(http_dsn(app, "bob", BOB_PASSWORD))
+    try:
+        t = transport(conn)
+        st = await conn.prepare("select $1::int + 1")
+        for i in range(5):
+            async with other.transaction():  # keeps one server busy meanwhile
+                assert await other.fetchval("select $1::int", i) == i
+                assert await st.fetchval(i) == i + 1
+            assert await conn.fetchval("select $1::text || 'y'", "x") == "xy"
+        before = t.requests
+        assert await conn.fetchval("select $1::text || 'y'", "z") == "zy"
+        assert t.requests - before == 1  # cached statement: one round trip
+    finally:
+        await conn.close()
+        await other.close()
