@@ -279,7 +279,7 @@ async def test_session_expiry_closes_connection(gateway_app: Any, pg: PgCluster,
         tr = conn.transaction()
         await tr.start()
         await conn.execute(f"insert into {table} values (1)")
-        await wait_for(lambda: ex.sessions_expired == 1)
+        await wait_for(lambda: ex.sessions_expired == 1, timeout=15)
         with pytest.raises(exc.ConnectionDoesNotExistError, match="expired"):
             await conn.execute("select 1")
         assert conn.is_closed()

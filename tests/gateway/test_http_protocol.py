@@ -264,7 +264,7 @@ async def test_interactive_transaction_same_server(gateway_app: Any, pg: Any, ta
 
 
 async def test_token_replay_forgery_expiry(gateway_app: Any, pg: Any, table: str) -> None:
-    app = await gateway_app(databases={"app": {"pool_size": 2}}, http_session_timeout=0.3)
+    app = await gateway_app(databases={"app": {"pool_size": 2}}, http_session_timeout=2.0)
     raw = Raw(app)
     ex = get_executor(app.gateway)
     try:
@@ -273,6 +273,8 @@ async def test_token_replay_forgery_expiry(gateway_app: Any, pg: Any, table: str
         st, h, d = await raw.post(m.query(f"insert into {table} values (2)"), session=t1)
         t2 = h["wirepool-session"]
         assert st == 200 and h["wirepool-status"] == "T"
+        # linked to its server while idle in the transaction (checked before the timeout can fire)
+        assert pool_stats(app)["sv_active"] == 1 and await idle_in_xact(pg) == 1
         # replay
         st, h, d = await raw.post(m.query("commit"), session=t1)
         assert st == 409 and h["wirepool-error"] == "08P01"
@@ -286,9 +288,8 @@ async def test_token_replay_forgery_expiry(gateway_app: Any, pg: Any, table: str
         for bad in (forged, "garbage", t2 + "x"):
             st, h, d = await raw.post(m.query("commit"), session=bad)
             assert st == 401 and h["wirepool-error"] == "08P01", (bad, st, d)
-        assert pool_stats(app)["sv_active"] == 1 and await idle_in_xact(pg) == 1
         # expiry: rolled back, server released
-        await wait_for(lambda: ex.sessions_expired == 1)
+        await wait_for(lambda: ex.sessions_expired == 1, timeout=15)
         await wait_for(lambda: pool_stats(app)["sv_active"] == 0 and pool_stats(app)["sv_idle"] >= 1)
         assert await idle_in_xact(pg) == 0
         st, h, d = await raw.post(m.query("commit"), session=t2)
