@@ -165,6 +165,46 @@ class MessageReader:
         self._consume(pos)
         return chunk, index
 
+    def feed_read_raw(self, data: bytes) -> tuple[bytes, list[tuple[int, int, int]]]:
+        """``feed(data)`` then ``read_raw()``, without copying in the common case.
+
+        When nothing is buffered, ``data`` is framed where it lies: if it
+        holds whole messages only, the returned chunk *is* ``data``; a partial
+        trailing message is kept buffered (and the chunk is the prefix before
+        it).  Otherwise this is exactly ``feed(data); read_raw()``.  Results,
+        errors and the state left behind are the same as with that pair.
+        """
+        if self._pos != len(self._buf) or type(data) is not bytes:
+            self.feed(data)
+            return self.read_raw()
+        end = len(data)
+        pos = 0
+        index: list[tuple[int, int, int]] = []
+        append = index.append
+        max_size = self.max_size
+        from_bytes = int.from_bytes
+        while end - pos >= 5:
+            length = from_bytes(data[pos + 1 : pos + 5], "big", signed=True)
+            if length < 4 or length > max_size:
+                break  # buffered below; read_raw reports it (now or on the next call)
+            stop = pos + 1 + length
+            if stop > end:
+                break
+            append((data[pos], pos + 5, stop))
+            pos = stop
+        if pos == end:
+            if self._buf:
+                self._buf.clear()
+                self._pos = 0
+            return data, index
+        # keep the unframed tail (incomplete, or a bad header) buffered
+        self._buf.clear()
+        self._pos = 0
+        self._buf += data[pos:] if pos else data
+        if not index:
+            return self.read_raw()  # raises on a bad header; b"" when incomplete
+        return data[:pos], index
+
     def _consume(self, pos: int) -> None:
         if pos >= len(self._buf):
             self._buf.clear()
@@ -242,6 +282,12 @@ class FrontendReader(MessageReader):
             self._consume(stop)
         out.extend(super().read())
         return out
+
+    def feed_read_raw(self, data: bytes) -> tuple[bytes, list[tuple[int, int, int]]]:
+        if self.in_startup:
+            self.feed(data)
+            return self.read_raw()
+        return super().feed_read_raw(data)
 
     def read_raw(self) -> tuple[bytes, list[tuple[int, int, int]]]:
         if not self.in_startup:

@@ -260,3 +260,85 @@ def test_malformed_bodies_raise_protocol_error() -> None:
 def test_nul_in_sent_string_is_refused() -> None:
     with pytest.raises(ValueError):
         m.query("select 1\x00; drop table x")
+
+
+# --- feed_read_raw: the zero-copy fast path ------------------------------------
+
+
+def _drive_pair(pieces: list[bytes], reader_cls: type[MessageReader]) -> None:
+    """feed_read_raw(piece) behaves exactly like feed(piece); read_raw() (same
+    chunks, index, errors and leftover state), and returns ``piece`` itself
+    when it is whole messages and nothing was buffered."""
+    fast, slow = reader_cls(max_size=4096), reader_cls(max_size=4096)
+    for piece in pieces:
+        was_empty = fast.buffered == 0
+        try:
+            got: tuple[bytes, list[tuple[int, int, int]]] | Exception = fast.feed_read_raw(piece)
+        except ProtocolError as exc:
+            got = exc
+        slow.feed(piece)
+        try:
+            want: tuple[bytes, list[tuple[int, int, int]]] | Exception = slow.read_raw()
+        except ProtocolError as exc:
+            want = exc
+        if isinstance(want, Exception):
+            assert type(got) is type(want) and str(got) == str(want)
+            return  # the stream is dead after a ProtocolError
+        assert got == want
+        assert fast.buffered == slow.buffered
+        chunk, _ = want
+        if was_empty and chunk == piece and piece and reader_cls is MessageReader:
+            assert got[0] is piece  # zero copy when whole
+    # drain: both report the same thing afterwards
+    try:
+        rest_f: object = fast.read_raw()
+    except ProtocolError as exc:
+        rest_f = str(exc)
+    try:
+        rest_s: object = slow.read_raw()
+    except ProtocolError as exc:
+        rest_s = str(exc)
+    assert rest_f == rest_s
+
+
+@given(st.lists(backend_msgs, max_size=12), st.lists(st.integers(0, 10_000), max_size=20))
+def test_feed_read_raw_matches_feed_then_read_raw(msgs: list[bytes], cuts: list[int]) -> None:
+    stream = b"".join(msgs)
+    _drive_pair(split(stream, cuts), MessageReader)
+    _drive_pair([stream], MessageReader)
+    _drive_pair(msgs, MessageReader)
+
+
+@given(st.lists(frontend_msgs, max_size=12), st.lists(st.integers(0, 10_000), max_size=20))
+def test_feed_read_raw_frontend_with_startup(msgs: list[bytes], cuts: list[int]) -> None:
+    stream = m.startup_message({"user": "u", "database": "d"}) + b"".join(msgs)
+    _drive_pair(split(stream, cuts), FrontendReader)
+    _drive_pair([m.startup_message({"user": "u"}), *msgs], FrontendReader)
+
+
+@given(st.lists(backend_msgs, max_size=6), st.binary(max_size=40), st.lists(st.integers(0, 500), max_size=6))
+def test_feed_read_raw_garbage_matches(msgs: list[bytes], junk: bytes, cuts: list[int]) -> None:
+    stream = b"".join(msgs) + junk
+    _drive_pair(split(stream, cuts), MessageReader)
+
+
+def test_feed_read_raw_returns_the_same_object() -> None:
+    reader = MessageReader()
+    data = m.command_complete("SELECT 1") + m.ready_for_query("I")
+    chunk, index = reader.feed_read_raw(data)
+    assert chunk is data
+    assert [t for t, _, _ in index] == [ord("C"), ord("Z")]
+    # partial tail stays buffered, the whole prefix is returned
+    chunk, index = reader.feed_read_raw(data + b"Z\x00\x00")
+    assert chunk == data and reader.buffered == 3
+    chunk, index = reader.feed_read_raw(b"\x00\x05I")
+    assert chunk == m.ready_for_query("I") and reader.buffered == 0
+
+
+def test_feed_read_raw_bad_length_after_good_messages() -> None:
+    reader = MessageReader(max_size=100)
+    good = m.ready_for_query("I")
+    chunk, index = reader.feed_read_raw(good + b"D\x7f\xff\xff\xff")
+    assert chunk == good and len(index) == 1
+    with pytest.raises(MessageTooLarge):
+        reader.read_raw()
