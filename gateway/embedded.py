@@ -37,9 +37,17 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import Config, ConfigError, parse_address, parse_config
+from gateway.pgbinaries import (
+    RUN_AS,
+    SERVER_BINARIES,
+    has_server_binaries,
+    is_root,
+    pgserver_bin_dir,
+    postgres_user_can,
+    runuser_prefix,
+    shared_copy_of_install,
+)
 
-SERVER_BINARIES = ("initdb", "pg_ctl", "postgres")
-RUN_AS = "postgres"
 DB_NAME = "app"
 ROLE = "app"
 EDGE_USER = "app"
@@ -52,81 +60,34 @@ class EmbeddedError(RuntimeError):
     pass
 
 
-def _is_root() -> bool:
-    return hasattr(os, "geteuid") and os.geteuid() == 0
-
-
 def default_base_dir() -> Path:
     xdg = os.environ.get("XDG_DATA_HOME")
     base = Path(xdg) if xdg else Path.home() / ".local" / "share"
     return base / "wirepool"
 
 
-def _runuser() -> list[str]:
-    for cand in (shutil.which("runuser"), "/usr/sbin/runuser", "/sbin/runuser"):
-        if cand and os.access(cand, os.X_OK):
-            return [cand, "-u", RUN_AS, "--"]
-    raise EmbeddedError("running as root but runuser(1) was not found")
-
-
-def _postgres_can(test: str, path: Path) -> bool:
-    r = subprocess.run(_runuser() + ["/bin/sh", "-c", f'test {test} "$0"', str(path)], capture_output=True)
-    return r.returncode == 0
-
-
-def _has_bins(d: Path) -> bool:
-    return all(os.access(d / b, os.X_OK) for b in SERVER_BINARIES)
-
-
 def find_bin_dir() -> Path:
     """The pgserver wheel's ``pginstall/bin`` ($WIREPOOL_PG_BIN overrides)."""
     env = os.environ.get("WIREPOOL_PG_BIN")
     if env:
-        if not _has_bins(Path(env)):
+        if not has_server_binaries(Path(env)):
             raise EmbeddedError(f"WIREPOOL_PG_BIN={env!r} lacks one of {SERVER_BINARIES}")
         return Path(env)
     import importlib.util
-    spec = importlib.util.find_spec("pgserver")  # not imported: its import has side effects
-    if spec is None or not spec.submodule_search_locations:
+    if importlib.util.find_spec("pgserver") is None:
         raise EmbeddedError("the pgserver package is not installed (pip install 'wirepool[gateway]')")
-    for loc in spec.submodule_search_locations:
-        d = Path(loc) / "pginstall" / "bin"
-        if _has_bins(d):
-            return d
-    raise EmbeddedError("the pgserver package has no PostgreSQL binaries")
-
-
-def _shared_copy(bin_dir: Path) -> Path:
-    """Copy the wheel's install tree where the postgres user can execute it (cached)."""
-    install = bin_dir.parent
-    pkg = install.parent
-    libs = pkg.parent / (pkg.name + ".libs")
-    key = hashlib.sha1(str(install).encode()).hexdigest()[:12]
-    dest = Path(tempfile.gettempdir()) / ("wirepool-pginstall-" + key)
-    dest_bin = dest / pkg.name / install.name / bin_dir.name
-    if not _has_bins(dest_bin):
-        tmp = Path(tempfile.mkdtemp(prefix="wirepool-pginstall-tmp-"))
-        root = tmp / "x"
-        shutil.copytree(install, root / pkg.name / install.name, symlinks=True)
-        if libs.is_dir():
-            shutil.copytree(libs, root / libs.name, symlinks=True)
-        for d in (root, root / pkg.name):
-            os.chmod(d, 0o755)
-        try:
-            os.rename(root, dest)
-        except OSError:
-            if not _has_bins(dest_bin):
-                raise
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest_bin
+    d = pgserver_bin_dir()
+    if d is None:
+        raise EmbeddedError("the pgserver package has no PostgreSQL binaries")
+    return d
 
 
 class EmbeddedPostgres:
     def __init__(self, base_dir: Path | None = None) -> None:
-        self.as_root = _is_root()
+        self.as_root = is_root()
         base = Path(base_dir) if base_dir is not None else default_base_dir()
         base.mkdir(parents=True, exist_ok=True)
-        if self.as_root and not _postgres_can("-x", base):
+        if self.as_root and not postgres_user_can("-x", base):
             fallback = Path("/var/lib/wirepool")
             print(f"wirepool: the postgres user cannot reach {base}; using {fallback}", file=sys.stderr)
             base = fallback
@@ -142,8 +103,8 @@ class EmbeddedPostgres:
         self.logfile = self.log_dir / "postgres.log"
         self.cred_file = self.base / "credentials.json"
         bin_dir = find_bin_dir()
-        if self.as_root and not _postgres_can("-x", bin_dir / "postgres"):
-            bin_dir = _shared_copy(bin_dir)
+        if self.as_root and not postgres_user_can("-x", bin_dir / "postgres"):
+            bin_dir = shared_copy_of_install(bin_dir)
         self.bin_dir = bin_dir
         self.psql_bin = str(bin_dir / "psql") if os.access(bin_dir / "psql", os.X_OK) else (
             shutil.which("psql") or "psql")
@@ -152,7 +113,7 @@ class EmbeddedPostgres:
 
     # ------------------------------------------------------------------ helpers
     def _cmd(self, argv: list[str]) -> list[str]:
-        return (_runuser() + argv) if self.as_root else argv
+        return (runuser_prefix() + argv) if self.as_root else argv
 
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}

@@ -16,7 +16,6 @@ When running as root the server runs as the ``postgres`` system user.
 from __future__ import annotations
 
 import atexit
-import hashlib
 import os
 import shutil
 import signal
@@ -30,8 +29,16 @@ from urllib.parse import quote
 
 import psutil
 
-SERVER_BINARIES = ("initdb", "pg_ctl", "postgres")
-RUN_AS = "postgres"  # system user that owns the cluster when we are root
+from gateway.pgbinaries import (  # shared with the gateway's embedded mode
+    RUN_AS,
+    SERVER_BINARIES,
+    has_server_binaries as _has_server_binaries,
+    is_root as _is_root,
+    pgserver_bin_dir,
+    runnable_bin_dir,
+    runuser_prefix as _runuser,
+)
+
 
 # Environment variables that would change what psql/pg_ctl connect to.
 _PG_ENV_VARS = (
@@ -43,83 +50,6 @@ _PG_ENV_VARS = (
 
 class PgClusterError(RuntimeError):
     pass
-
-
-def _is_root() -> bool:
-    return hasattr(os, "geteuid") and os.geteuid() == 0
-
-
-def _has_server_binaries(d: Path) -> bool:
-    return all(os.access(d / b, os.X_OK) for b in SERVER_BINARIES)
-
-
-def pgserver_bin_dir() -> Path | None:
-    """The ``bin`` directory of the PostgreSQL build shipped in the pgserver wheel.
-
-    Located through the package's import spec, without importing pgserver (its
-    import has side effects). ``None`` if pgserver is not installed.
-    """
-    import importlib.util
-
-    spec = importlib.util.find_spec("pgserver")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for loc in spec.submodule_search_locations:
-        d = Path(loc) / "pginstall" / "bin"
-        if _has_server_binaries(d):
-            return d
-    return None
-
-
-def _runuser() -> list[str]:
-    """Command prefix running a program as the postgres system user (we are root)."""
-    exe = shutil.which("runuser")
-    if exe is None:
-        for cand in ("/usr/sbin/runuser", "/sbin/runuser", "/usr/bin/runuser"):
-            if os.access(cand, os.X_OK):
-                exe = cand
-                break
-    if exe is None:
-        raise PgClusterError("running as root but runuser(1) was not found")
-    return [exe, "-u", RUN_AS, "--"]
-
-
-def _runnable_by_postgres_user(bin_dir: Path) -> bool:
-    r = subprocess.run(
-        _runuser() + ["/bin/sh", "-c", 'test -x "$0"', str(bin_dir / "postgres")],
-        capture_output=True,
-    )
-    return r.returncode == 0
-
-
-def _shared_copy_of_install(bin_dir: Path) -> Path:
-    """Copy an install tree the postgres user cannot reach (e.g. under /root) to /tmp.
-
-    Keeps the wheel layout ``<pkg>/pginstall/bin`` + ``<pkg>.libs`` so the
-    binaries' ``$ORIGIN``-relative RPATH still finds the bundled libraries.
-    The copy is cached across runs (keyed by the source path).
-    """
-    install = bin_dir.parent
-    pkg = install.parent
-    libs = pkg.parent / (pkg.name + ".libs")
-    key = hashlib.sha1(str(install).encode()).hexdigest()[:12]
-    dest = Path(tempfile.gettempdir()) / ("wirepool-pginstall-" + key)
-    dest_bin = dest / pkg.name / install.name / bin_dir.name
-    if not _has_server_binaries(dest_bin):
-        tmp = Path(tempfile.mkdtemp(prefix="wirepool-pginstall-tmp-"))
-        root = tmp / "x"
-        shutil.copytree(install, root / pkg.name / install.name, symlinks=True)
-        if libs.is_dir():
-            shutil.copytree(libs, root / libs.name, symlinks=True)
-        for d in (root, root / pkg.name):
-            os.chmod(d, 0o755)
-        try:
-            os.rename(root, dest)
-        except OSError:
-            if not _has_server_binaries(dest_bin):
-                raise
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest_bin
 
 
 def find_pg_bin() -> Path:
@@ -142,8 +72,7 @@ def find_pg_bin() -> Path:
                 return cand
     d2 = pgserver_bin_dir()
     if d2 is not None:
-        if _is_root() and not _runnable_by_postgres_user(d2):
-            d2 = _shared_copy_of_install(d2)
+        d2 = runnable_bin_dir(d2)
         return d2
     raise PgClusterError("no PostgreSQL server binaries: set PG_BIN or install pgserver")
 
