@@ -188,7 +188,14 @@ class GatewayApp:
             return False
 
     async def _healthz(self, req: HttpRequest) -> HttpResponse:
-        if self.is_ready():
+        ready = self.is_ready()
+        check = getattr(self.gateway, "check_ready", None)
+        if ready and check is not None:
+            try:
+                ready = bool(await check())
+            except Exception:
+                ready = False
+        if ready:
             return HttpResponse(200, b"ok\n", headers=[("cache-control", "no-store")])
         return HttpResponse(503, b"unavailable\n", headers=[("cache-control", "no-store")])
 

@@ -86,6 +86,16 @@ class Gateway:
                 return True
         return False
 
+    async def check_ready(self) -> bool:
+        """:meth:`is_ready`, and at least one pool can actually reach its
+        upstream (a live server, or a fresh login: see :meth:`Pool.probe`)."""
+        if not self.is_ready():
+            return False
+        if not self.pools:
+            return True
+        results = await asyncio.gather(*(p.probe() for p in self.pools.values()), return_exceptions=True)
+        return any(r is True for r in results)
+
     def stats(self) -> dict[str, Any]:
         """``{"clients": n, "pools": {database: {cl_active, cl_waiting, sv_active,
         sv_idle, sv_used, sv_login, maxwait, xact_count, query_count, ...}}}``."""

@@ -70,6 +70,7 @@ class Pool:
         self.query_count = 0
         self.wait_count = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._probe: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lists
     @staticmethod
@@ -230,6 +231,30 @@ class Pool:
             client.on_server_lost(server)
         if not was_login:
             self._launch_if_needed()
+
+    async def probe(self) -> bool:
+        """Can this pool serve a client now?  True at once when it holds a
+        logged-in server; otherwise one server login is attempted (bounded by
+        ``server_connect_timeout``; the server then stays in the pool) unless
+        logins are failing fast (``server_login_retry``).  For /healthz."""
+        if self.closed:
+            return False
+        if self.sv_idle or self.sv_active or self.sv_used:
+            return True
+        err = self.last_login_error
+        if err is not None and \
+                self.gateway.loop.time() - self.last_login_failure < self.settings.server_login_retry:
+            return False
+        if self._probe is None or self._probe.done():
+            if self.total_servers() >= max(self.size, 1):
+                return True  # all slots busy logging in: clients queue, as usual
+            slot = _LoginSlot()
+            self._move(slot, self.sv_login)
+            self._probe = self.gateway.loop.create_task(self._connect(slot))
+            self._tasks.add(self._probe)
+            self._probe.add_done_callback(self._tasks.discard)
+        await asyncio.shield(self._probe)
+        return self.last_login_error is None
 
     # ------------------------------------------------------------ connecting
     def _launch_if_needed(self) -> None:
