@@ -127,6 +127,7 @@ class WebSocketStream(ProtocolStream):
             tok = self.authorization[7:].strip()
         self.token: str | None = tok
         self.extensions = [e.name for e in ws.extensions]
+        self._plain_frames = not ws.extensions
         self._text = False          # inside a text message (its continuation frames are dropped)
         self._close_timer: asyncio.TimerHandle | None = None
 
@@ -184,18 +185,34 @@ class WebSocketStream(ProtocolStream):
                 t.close()
 
     # -- ClientStream API
-    async def send(self, data: bytes) -> None:
+    def send_nowait(self, data: bytes) -> bool:
+        """One binary message, written now; False when the caller should
+        ``await drain()`` (slow client).  ConnectionResetError when gone."""
         if self._lost or self._closed or self.ws.state is not State.OPEN:
             raise ConnectionResetError(f"ws client {self.peer} is gone")
         if not data:
-            return
-        self.ws.send_binary(data)
-        out = self.ws.data_to_send()
+            return not self._write_paused
         t = self.transport
-        for chunk in out:
-            t.write(chunk)
-            self.bytes_sent += len(chunk)
-        if self._write_paused:
+        if self._plain_frames:
+            # No extension negotiated: a server frame is a header + the payload
+            # (unmasked), exactly what websockets would serialize.
+            n = len(data)
+            if n < 126:
+                t.write(bytes((0x82, n)) + data)
+            elif n < 65536:
+                t.write(b"\x82\x7e" + n.to_bytes(2, "big") + data)
+            else:
+                t.writelines((b"\x82\x7f" + n.to_bytes(8, "big"), data))
+            self.bytes_sent += n
+        else:
+            self.ws.send_binary(data)
+            for chunk in self.ws.data_to_send():
+                t.write(chunk)
+                self.bytes_sent += len(chunk)
+        return not self._write_paused
+
+    async def send(self, data: bytes) -> None:
+        if not self.send_nowait(data):
             await self._drain()
 
     async def close(self) -> None:

@@ -73,6 +73,9 @@ class ProtocolStream:
         self._closed = False        # close() was called
         self.bytes_received = 0
         self.bytes_sent = 0
+        # callback mode (set_data_callback)
+        self._on_data: Callable[[bytes], None] | None = None
+        self._on_end: Callable[[Exception | None], None] | None = None
 
     # ------------------------------------------------------ protocol side
     def _wake(self) -> None:
@@ -82,6 +85,11 @@ class ProtocolStream:
 
     def _feed(self, data: bytes) -> None:
         if not data:
+            return
+        on_data = self._on_data
+        if on_data is not None:
+            self.bytes_received += len(data)
+            on_data(data)
             return
         self._chunks.append(data)
         self._buffered += len(data)
@@ -97,11 +105,19 @@ class ProtocolStream:
     def _feed_eof(self) -> None:
         self._eof = True
         self._wake()
+        self._end(None)
 
     def _feed_error(self, exc: Exception) -> None:
         if self._error is None:
             self._error = exc
         self._wake()
+        self._end(self._error)
+
+    def _end(self, exc: Exception | None) -> None:
+        on_end = self._on_end
+        if on_end is not None:
+            self._on_data = self._on_end = None
+            on_end(exc)
 
     def _pause_writing(self) -> None:
         self._write_paused = True
@@ -117,6 +133,7 @@ class ProtocolStream:
         self._eof = True
         self._wake()
         self._resume_writing()
+        self._end(None)
 
     # ------------------------------------------------------ ClientStream API
     async def recv(self) -> bytes:
@@ -147,6 +164,61 @@ class ProtocolStream:
     def _write(self, data: bytes) -> None:
         self.transport.write(data)
         self.bytes_sent += len(data)
+
+    # ------------------------------------------------ synchronous fast path
+    def set_data_callback(self, on_data: Callable[[bytes], None] | None,
+                          on_end: Callable[[Exception | None], None] | None = None) -> None:
+        """Callback mode: received bytes go to ``on_data(data)`` straight from the
+        transport's ``data_received`` (no ``recv()``, no task switch); ``on_end(exc)``
+        is called once at end of stream (``None``) or on a transport error, after
+        which both callbacks are dropped.  Bytes queued before the call are
+        delivered at once; ``set_data_callback(None)`` returns to ``recv()``.
+        Flow control in this mode is the caller's: :meth:`pause_reading`."""
+        self._on_data = on_data
+        self._on_end = on_end if on_data is not None else None
+        if on_data is None:
+            return
+        if self._chunks:
+            data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+            self._chunks = []
+            self._buffered = 0
+            if self._reading_paused and not self._lost and self._error is None:
+                self.resume_reading()
+            on_data(data)
+        if self._on_end is not None and (self._error is not None or self._eof):
+            self._end(self._error)
+
+    def pause_reading(self) -> None:
+        """Stop reading from the peer (until :meth:`resume_reading`)."""
+        if not self._reading_paused and not self._lost:
+            self._reading_paused = True
+            try:
+                self.transport.pause_reading()
+            except (RuntimeError, AttributeError):  # pragma: no cover - closing transport
+                pass
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and not self._lost and self._error is None:
+            self._reading_paused = False
+            try:
+                self.transport.resume_reading()
+            except (RuntimeError, AttributeError):  # pragma: no cover
+                pass
+
+    def send_nowait(self, data: bytes) -> bool:
+        """Write without waiting; False when the caller should ``await drain()``
+        before writing much more (the peer is slow).  Raises ConnectionResetError
+        when the peer is gone."""
+        if self._lost or self._closed:
+            raise ConnectionResetError(f"{self.kind} client {self.peer} is gone")
+        self.transport.write(data)
+        self.bytes_sent += len(data)
+        return not self._write_paused
+
+    async def drain(self) -> None:
+        """Wait until the transport's write buffer is below its high-water mark."""
+        if self._write_paused or self._lost:
+            await self._drain()
 
     async def send(self, data: bytes) -> None:
         if self._lost or self._closed:
