@@ -80,6 +80,8 @@ class ServerConnection(asyncio.Protocol):
         self.status = 73
         #: The linked client session (transaction/session pooling) or None.
         self.client: Any = None
+        #: Named prepared statements on this server (gateway.prepared.ServerStatements), set on first use.
+        self.statements: Any = None
         #: Pool list this server is on (maintained only by Pool._move).
         self.pool_list: dict[Any, None] | None = None
         now = self.loop.time()

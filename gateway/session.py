@@ -84,32 +84,17 @@ class _ClientGone(Exception):
     pass
 
 
+_HOLD_ASSIGN = object()  # callback mode: paused until a server is assigned
+
+
 def _direct_writer(stream: Any) -> tuple[Any, Any]:
     """A synchronous write path to the client, if the stream has one:
-    ``(write(data) -> bool "no need to wait", async drain())`` or (None, None).
-
-    A stream may offer it publicly as ``send_nowait(data) -> bool`` plus
-    ``async drain()``.  Until the listeners do, the pg_listen TcpStream is
-    bridged through its (documented) ProtocolStream internals, because going
-    through ``await send()`` from a writer task costs a task switch per reply
-    on the hottest path.  Anything else uses the writer task.
-    """
+    ``(send_nowait(data) -> bool "no need to wait", async drain())`` or
+    (None, None) -- then replies go through ``await send()`` in a writer task."""
     nowait = getattr(stream, "send_nowait", None)
     drain = getattr(stream, "drain", None)
     if nowait is not None and drain is not None:
         return nowait, drain
-    try:
-        from .tcp import TcpStream
-    except ImportError:  # pragma: no cover
-        return None, None
-    if type(stream) is TcpStream and all(hasattr(stream, a) for a in
-                                         ("_write", "_drain", "_write_paused", "_lost", "_closed")):
-        def write(data: bytes) -> bool:
-            if stream._lost or stream._closed:
-                raise ConnectionResetError("client is gone")
-            stream._write(data)
-            return not stream._write_paused
-        return write, stream._drain
     return None, None
 
 
@@ -182,6 +167,12 @@ class Session:
         self._main: asyncio.Task[Any] | None = None
         self._aborted = False
         self._finished = False
+        self._serving = False
+        # callback mode (stream.set_data_callback): client bytes handled in data_received
+        self._cb_wait: asyncio.Future[None] | None = None
+        self._cb_done = False
+        self._cb_exc: BaseException | None = None
+        self._cb_hold: Any = None
         # startup-phase buffered messages (pipelined input, in order)
         self._pend_chunk = b""
         self._pend_idx: list[tuple[int, int, int]] = []
@@ -226,6 +217,14 @@ class Session:
             self._wake = None
             if not w.done():
                 w.set_result(None)
+        elif self._writer is None and self._serving:
+            self._ensure_writer()
+
+    def _ensure_writer(self) -> None:
+        """The writer task is started on demand: with a direct (synchronous)
+        write path most sessions never need it."""
+        if self._writer is None and not self._finished:
+            self._writer = self.loop.create_task(self._write_loop())
 
     # ============================================================ startup
     async def _next_message(self) -> tuple[int, bytes]:
@@ -366,7 +365,9 @@ class Session:
 
     # ======================================================== pooling loop
     async def _serve(self) -> None:
-        self._writer = self.loop.create_task(self._write_loop())
+        self._serving = True
+        if self._direct is None or self._out:
+            self._ensure_writer()
         chunk, idx = self._take_pending()
         if chunk and not self._from_client(chunk, idx):
             return
@@ -376,6 +377,10 @@ class Session:
             chunk, idx = reader.read_raw()
             if chunk and not self._from_client(chunk, idx):
                 return
+        set_cb = getattr(self.stream, "set_data_callback", None)
+        if set_cb is not None:
+            await self._serve_callbacks(set_cb)
+            return
         recv = self.stream.recv
         from_client = self._from_client
         while True:
@@ -396,6 +401,86 @@ class Session:
                 # Waiting for a server while the client keeps sending: stop reading it.
                 fut = self._assigned = self.loop.create_future()
                 await fut
+
+    async def _serve_callbacks(self, set_cb: Any) -> None:
+        """The pooling loop in callback mode: client bytes are framed and
+        forwarded inside the transport's data_received (:meth:`_on_client_data`);
+        this task only waits for the end, an error, or a flow-control hold."""
+        if self.server is not None and self.server.write_paused:
+            self._cb_hold = self.server
+        elif self.server is None and self._pending_bytes > _OUT_HIGH:
+            self._cb_hold = _HOLD_ASSIGN
+        stream = self.stream
+        loop = self.loop
+        set_cb(self._on_client_data, self._on_client_end)
+        try:
+            while True:
+                if self._cb_done:
+                    exc = self._cb_exc
+                    if exc is not None:
+                        self._cb_exc = None
+                        raise exc
+                    return
+                hold = self._cb_hold
+                if hold is not None:
+                    # flow control: the client's reading is paused (see _on_client_data)
+                    self._cb_hold = None
+                    if hold is _HOLD_ASSIGN:
+                        if self.server is None and self._pending_bytes > _OUT_HIGH:
+                            fut = self._assigned = loop.create_future()
+                            await fut
+                    elif hold is self.server and not hold.closed:
+                        await hold.drain()
+                    stream.resume_reading()
+                    continue
+                w = self._cb_wait = loop.create_future()
+                await w
+        finally:
+            self._cb_wait = None
+            self._cb_done = True
+            set_cb(None)
+
+    def _cb_wake(self) -> None:
+        w = self._cb_wait
+        if w is not None:
+            self._cb_wait = None
+            if not w.done():
+                w.set_result(None)
+
+    def _on_client_data(self, data: bytes) -> None:
+        """Client bytes, straight from the transport (callback mode)."""
+        if self._cb_done or self._aborted:
+            return
+        try:
+            chunk, idx = self.reader.feed_read_raw(data)
+            if not chunk:
+                return
+            if not self._from_client(chunk, idx):
+                self._cb_done = True
+                self._cb_wake()
+                return
+        except BaseException as exc:  # handled by the session task, as in _serve
+            self._cb_done = True
+            self._cb_exc = exc
+            self._cb_wake()
+            return
+        server = self.server
+        if server is not None:
+            if server.write_paused and self._cb_hold is None:
+                self._cb_hold = server
+                self.stream.pause_reading()
+                self._cb_wake()
+        elif self._pending_bytes > _OUT_HIGH and self._cb_hold is None:
+            # Waiting for a server while the client keeps sending: stop reading it.
+            self._cb_hold = _HOLD_ASSIGN
+            self.stream.pause_reading()
+            self._cb_wake()
+
+    def _on_client_end(self, exc: Exception | None) -> None:
+        if not self._cb_done:
+            self._cb_done = True
+            self._cb_exc = exc
+        self._cb_wake()
 
     def _from_client(self, chunk: bytes, idx: list[tuple[int, int, int]]) -> bool:
         """Forward one framed chunk (or queue it until a server is assigned);
@@ -455,16 +540,27 @@ class Session:
         Returns False (server not taken) when the session is ending."""
         if self._aborted or self._finished:
             return False
-        self._link(server)
+        head = self._link(server)
         pending = self._pending
         self._pending = []
         self._pending_bytes = 0
         rewrite = self._rewrite if self.prepared is not None else None
-        for chunk, idx in pending:
+        if len(pending) == 1 and not head:
+            chunk, idx = pending[0]
             if rewrite is not None:
                 chunk = rewrite(chunk, idx)
             if chunk:
                 server.write(chunk)
+        else:
+            # one write (one send) for everything queued
+            parts = [head] if head else []
+            for chunk, idx in pending:
+                if rewrite is not None:
+                    chunk = rewrite(chunk, idx)
+                if chunk:
+                    parts.append(chunk)
+            if parts:
+                server.write(b"".join(parts))
         fut = self._assigned
         if fut is not None:
             self._assigned = None
@@ -487,28 +583,32 @@ class Session:
         """The pool cannot give this waiting client a server."""
         self._abort(err.sqlstate, err.message)
 
-    def _link(self, server: ServerConnection) -> None:
+    def _link(self, server: ServerConnection) -> bytes:
+        """Link ``server``; returns what must be sent to it before the
+        client's bytes (a SET batch for the tracked parameters, or b"")."""
         self.server = server
         server.client = self
         if self.prepared is not None:
-            self.prepared.link(server_statements(server, self.settings.max_prepared_statements))
+            st = server.statements
+            if st is None:
+                st = server.statements = server_statements(server, self.settings.max_prepared_statements)
+            self.prepared.link(st)
         # Tracked parameters: one SET batch when this server's values differ.
         if server.sig == self.sig:
-            return
+            return b""
         sp = server.params
         diffs = [(k, v) for k, v in self.params.items() if sp.get(k) != v]
         if diffs:
             sql = ";".join(f"SET {k} TO {_quote_literal(v)}" for k, v in diffs)
             self.swallow = 1
             self._swallow_keys = tuple(k for k, _ in diffs)
-            server.write(m.query(sql))
+            return m.query(sql)
+        return b""
 
     # ------------------------------------------------ server -> client (hot)
     def on_server_data(self, server: ServerConnection, data: bytes) -> None:
-        reader = server.reader
-        reader.feed(data)
         try:
-            chunk, idx = reader.read_raw()
+            chunk, idx = server.reader.feed_read_raw(data)
         except ProtocolError:
             log.warning("%r sent a malformed message; closing it", server)
             server.close()
@@ -547,6 +647,8 @@ class Session:
                 if w is not None:
                     self._wake = None
                     w.set_result(None)
+                elif self._writer is None:
+                    self._ensure_writer()
         else:
             # queue for the writer task
             self._out.append(chunk)
@@ -555,6 +657,8 @@ class Session:
             if w is not None:
                 self._wake = None
                 w.set_result(None)
+            elif self._writer is None:
+                self._ensure_writer()
             if z < 0 and self._out_bytes > _OUT_HIGH and self._paused is None and server.transport is not None:
                 self._paused = server
                 server.transport.pause_reading()
