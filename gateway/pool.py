@@ -22,6 +22,8 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from driver.protocol import messages as m
+
 from .server import ServerConnection, ServerError, open_server
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -71,6 +73,7 @@ class Pool:
         self.wait_count = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._probe: asyncio.Task[None] | None = None
+        self._check_sql = m.query(settings.server_check_query) if settings.server_check_query else b""
 
     # ------------------------------------------------------------------ lists
     @staticmethod
@@ -98,16 +101,28 @@ class Pool:
             self._move(client, None)
 
     def try_acquire(self) -> ServerConnection | None:
-        """An idle server (LIFO), or None.  Synchronous: the hot path."""
+        """An idle server (LIFO), or None.  Synchronous: the hot path.
+
+        A server idle for ``server_check_delay`` or longer is first checked
+        with ``server_check_query`` (PgBouncer's sanity check; "" disables it):
+        None is returned, the caller queues, and the server is handed over by
+        :meth:`release` once the check succeeded -- or discarded (timeout:
+        ``server_connect_timeout``) and a fresh one opened."""
         idle = self.sv_idle
         while idle:
             server = next(reversed(idle))
             if server.closed:
                 self._move(server, None)
                 continue
+            s = self.settings
+            if s.server_check_query and \
+                    self.gateway.loop.time() - server.last_used >= s.server_check_delay:
+                self.reset_and_release(server, self._check_sql, 1)
+                return None
             self._move(server, self.sv_active)
             return server
         return None
+
 
     def enqueue(self, client: Any) -> None:
         """Queue ``client`` (FIFO); the pool later calls ``client.assign(server)``

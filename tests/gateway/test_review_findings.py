@@ -134,3 +134,40 @@ async def test_metrics_has_pool_gauges(gateway_app, pg_db):
         assert "wirepool_clients 1.0" in text
     finally:
         await a.close()
+
+
+async def test_server_check_before_reusing_a_hung_idle_server(gateway_app, pg, pg_db):
+    """server_check_delay / server_check_query: an idle server that no longer
+    answers (its backend frozen: a half-open connection) must not be handed
+    to the next client -- it used to hang that client forever."""
+    import os
+    import signal
+    import time
+    app = await gateway_app(server_check_delay=0.2, server_connect_timeout=1.0,
+                            databases={"app": {"dbname": pg_db, "pool_size": 2}})
+    a = await _raw_login(app)
+    pid = int(rows(await a.query("SELECT pg_backend_pid()"))[0][0])
+    t_release = time.monotonic()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        # let the idle time pass the check delay (a timeout, not synchronisation)
+        await asyncio.sleep(max(0.0, 0.3 - (time.monotonic() - t_release)))
+        msgs = await asyncio.wait_for(a.query("SELECT pg_backend_pid()"), 8)
+        assert not errors(msgs), errors(msgs)
+        assert int(rows(msgs)[0][0]) != pid
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        await a.close()
+
+
+async def test_server_check_passes_healthy_server(gateway_app, pg_db):
+    app = await gateway_app(server_check_delay=0.0, databases={"app": {"dbname": pg_db, "pool_size": 1}})
+    a = await _raw_login(app)
+    try:
+        pid = rows(await a.query("SELECT pg_backend_pid()"))[0][0]
+        for _ in range(3):
+            msgs = await a.query("SELECT pg_backend_pid()")
+            assert rows(msgs)[0][0] == pid  # same server, checked each time, kept
+        assert app.gateway.pools["app"].stats()["xact_count"] >= 4
+    finally:
+        await a.close()
