@@ -171,3 +171,50 @@ async def test_server_check_passes_healthy_server(gateway_app, pg_db):
         assert app.gateway.pools["app"].stats()["xact_count"] >= 4
     finally:
         await a.close()
+
+
+async def test_client_vanishes_mid_copy_in(gateway_app, pg, pg_db):
+    app = await gateway_app(databases={"app": {"dbname": pg_db, "pool_size": 1}})
+    adm = await admin(pg, pg_db)
+    await adm.execute("CREATE TABLE t_copy (x int); GRANT ALL ON t_copy TO PUBLIC")
+    a = await _raw_login(app)
+    try:
+        await a.send(m.query("COPY t_copy FROM STDIN"))
+        msgs = await a.until(m.CopyInResponse)
+        assert isinstance(msgs[-1], m.CopyInResponse), msgs
+        await a.send(m.copy_data(b"1\n2\n"))
+        a.abort()
+        b = await _raw_login(app)
+        try:
+            msgs = await asyncio.wait_for(b.query("SELECT count(*) FROM t_copy"), 10)
+            assert not errors(msgs) and rows(msgs) == [("0",)]
+        finally:
+            await b.close()
+        await eventually(lambda: _no_copy(adm, pg_db), what="COPY backend gone")
+    finally:
+        await adm.close()
+
+
+async def _no_copy(adm, db) -> bool:
+    return not [r for r in await backends(adm, db) if (r["query"] or "").startswith("COPY")]
+
+
+async def test_shutdown_timeout_rolls_back_running_transaction(gateway_app, pg, pg_db):
+    app = await gateway_app(databases={"app": {"dbname": pg_db, "pool_size": 1}})
+    adm = await admin(pg, pg_db)
+    await adm.execute("CREATE TABLE t_sd (x int); GRANT ALL ON t_sd TO PUBLIC")
+    a = await _raw_login(app)
+    try:
+        assert not errors(await a.query("BEGIN; INSERT INTO t_sd VALUES (1)"))
+        await asyncio.wait_for(app.gateway.shutdown(0.3), 10)
+        msgs = await a.read_to_eof(timeout=5)
+        assert "57P01" in [e.sqlstate for e in errors(msgs)], msgs
+        await eventually(lambda: _no_backends(adm, pg_db), what="all gateway backends closed")
+        assert await adm.fetchval("SELECT count(*) FROM t_sd") == 0
+    finally:
+        await adm.close()
+        await a.close()
+
+
+async def _no_backends(adm, db) -> bool:
+    return not await backends(adm, db)
