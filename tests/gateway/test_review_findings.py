@@ -218,3 +218,26 @@ async def test_shutdown_timeout_rolls_back_running_transaction(gateway_app, pg, 
 
 async def _no_backends(adm, db) -> bool:
     return not await backends(adm, db)
+
+
+async def test_address_parameter_never_dialled_by_a_real_session(gateway_app, pg_db):
+    """The existing test uses the echo gateway; here a real session logs in
+    and queries with ?address= pointing at a trap listener."""
+    import websockets
+    from driver.protocol.framing import MessageReader
+    app = await gateway_app(auth_type="password", databases={"app": {"dbname": pg_db}})
+    hits: list[int] = []
+    trap = await asyncio.start_server(lambda r, w: hits.append(1), "127.0.0.1", 0)
+    port = trap.sockets[0].getsockname()[1]
+    try:
+        async with websockets.connect(f"{app.ws_url}?address=127.0.0.1:{port}") as ws:
+            await ws.send(m.startup_message({"user": "alice", "database": "app"})
+                          + m.password_message(ALICE_PASSWORD) + m.query("SELECT 7"))
+            mr, got = MessageReader(), []
+            while not [x for x in got if isinstance(x, m.ReadyForQuery)][1:]:
+                mr.feed(await asyncio.wait_for(ws.recv(), 10))
+                got.extend(m.decode_backend(t, b) for t, b in mr.read())
+            assert not errors(got) and rows(got) == [("7",)]
+    finally:
+        trap.close()
+    assert hits == []
