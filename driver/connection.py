@@ -310,9 +310,13 @@ class Connection:
                     for cb in list(self._log_listeners):
                         self._call_soon(cb, self, msg)
             elif t is pc.CopyInStarted:
-                # COPY FROM STDIN is not offered by this driver yet.
-                self._protocol.copy_fail("COPY FROM STDIN is not supported by this client")
-                self._spawn(self._flush())
+                # COPY FROM STDIN is not offered by this driver yet.  The COPY
+                # may already be over (its ErrorResponse/ReadyForQuery arrived in
+                # the same chunk): then there is nothing to fail.
+                assert isinstance(ev, pc.CopyInStarted)
+                if ev.request.copy_in_active:
+                    self._protocol.copy_fail("COPY FROM STDIN is not supported by this client")
+                    self._spawn(self._flush())
             elif t is pc.ServerError:
                 assert isinstance(ev, pc.ServerError)
                 self._last_server_error = ev.fields

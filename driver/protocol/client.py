@@ -697,6 +697,9 @@ class ClientProtocol:
         if not self._pending:
             raise ProtocolError("unexpected ReadyForQuery")
         req = self._pending.popleft()
+        if self._copy_in is req:  # the COPY ended without our CopyDone/CopyFail
+            req.copy_in_active = False
+            self._copy_in = None
         if self.state is ProtocolState.STARTING:
             self.state = ProtocolState.READY
         elif self.state is ProtocolState.AUTHENTICATING:

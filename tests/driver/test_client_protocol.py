@@ -423,6 +423,26 @@ def test_copy_out_and_copy_in() -> None:
     assert q2.done and not q2.failed
 
 
+def test_copy_in_that_ends_in_the_same_chunk_leaves_copy_mode() -> None:
+    # CopyInResponse, then the COPY's end (the client's CopyDone/CopyFail was
+    # already on its way, or a gateway answered for it) in one chunk: the
+    # request is over, so is COPY IN mode.
+    for end in (m.command_complete("COPY 0"),
+                m.error_response({"S": "ERROR", "C": "57014", "M": "COPY from stdin failed"})):
+        proto = logged_in()
+        q = proto.submit(SimpleQuery("COPY t FROM STDIN"))
+        sent(proto)
+        events = feed(proto, m.copy_in_response(0, [0]) + end + m.ready_for_query("I"))
+        assert [type(e) for e in events] == [CopyInStarted, RequestDone]
+        assert q.done and not q.copy_in_active
+        with pytest.raises(Exception, match="not in COPY IN mode"):
+            proto.copy_fail("too late")
+        q2 = proto.submit(SimpleQuery("SELECT 1"))  # not refused as "COPY IN in progress"
+        assert sent(proto) == [m.Query("SELECT 1")]
+        feed(proto, m.command_complete("SELECT 0") + m.ready_for_query("I"))
+        assert q2.done and not q2.failed
+
+
 def test_protocol_violation_fails_everything() -> None:
     proto = logged_in()
     q = proto.submit(SimpleQuery("SELECT 1"))
