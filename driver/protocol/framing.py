@@ -30,6 +30,7 @@ Two ways to take messages out:
 
 from __future__ import annotations
 
+import struct
 from typing import Final
 
 __all__ = [
@@ -48,6 +49,9 @@ DEFAULT_MAX_MESSAGE_SIZE: Final = 0x3FFFFFFF
 MAX_STARTUP_SIZE: Final = 10000
 #: Type code reported for untyped (startup-phase) frontend messages.
 UNTYPED: Final = 0
+
+
+_unpack_header = struct.Struct("!Bi").unpack_from  # type byte, length
 
 
 class ProtocolError(Exception):
@@ -118,18 +122,18 @@ class MessageReader:
         out: list[tuple[int, bytes]] = []
         append = out.append
         max_size = self.max_size
-        from_bytes = int.from_bytes
+        unpack = _unpack_header
         while end - pos >= 5:
-            length = from_bytes(buf[pos + 1 : pos + 5], "big", signed=True)
+            mtype, length = unpack(buf, pos)
             if length < 4 or length > max_size:
                 if out:
                     break  # hand out the good messages first; fail on the next call
                 self._pos = pos
-                self._check_length(buf[pos], length)
+                self._check_length(mtype, length)
             stop = pos + 1 + length
             if stop > end:
                 break
-            append((buf[pos], bytes(buf[pos + 5 : stop])))
+            append((mtype, bytes(buf[pos + 5 : stop])))
             pos = stop
         self._consume(pos)
         return out
@@ -146,18 +150,18 @@ class MessageReader:
         index: list[tuple[int, int, int]] = []
         append = index.append
         max_size = self.max_size
-        from_bytes = int.from_bytes
+        unpack = _unpack_header
         while end - pos >= 5:
-            length = from_bytes(buf[pos + 1 : pos + 5], "big", signed=True)
+            mtype, length = unpack(buf, pos)
             if length < 4 or length > max_size:
                 if index:
                     break  # hand out the good messages first; fail on the next call
                 self._pos = pos
-                self._check_length(buf[pos], length)
+                self._check_length(mtype, length)
             stop = pos + 1 + length
             if stop > end:
                 break
-            append((buf[pos], pos + 5 - start, stop - start))
+            append((mtype, pos + 5 - start, stop - start))
             pos = stop
         if pos == start:
             return b"", index
@@ -182,15 +186,15 @@ class MessageReader:
         index: list[tuple[int, int, int]] = []
         append = index.append
         max_size = self.max_size
-        from_bytes = int.from_bytes
+        unpack = _unpack_header
         while end - pos >= 5:
-            length = from_bytes(data[pos + 1 : pos + 5], "big", signed=True)
+            mtype, length = unpack(data, pos)
             if length < 4 or length > max_size:
                 break  # buffered below; read_raw reports it (now or on the next call)
             stop = pos + 1 + length
             if stop > end:
                 break
-            append((data[pos], pos + 5, stop))
+            append((mtype, pos + 5, stop))
             pos = stop
         if pos == end:
             if self._buf:
