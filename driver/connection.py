@@ -84,7 +84,7 @@ class _Statement:
     """A server-side prepared statement (or the unnamed one) and its codecs."""
 
     __slots__ = ("name", "query", "param_oids", "fields", "result_formats", "row_decoder",
-                 "mapping", "closed", "last_status")
+                 "mapping", "closed", "last_status", "_values_decoder", "_decoders")
 
     def __init__(self, name: str, query: str, param_oids: Sequence[int],
                  fields: Sequence[FieldDescription], record_cls: Any) -> None:
@@ -95,16 +95,35 @@ class _Statement:
         self.result_formats = [codecs.result_format_for(f.type_oid) for f in self.fields]
         dec = codecs.build_row_decoder([(f.type_oid, fmt) for f, fmt in
                                         zip(self.fields, self.result_formats)])
-        mapping = make_mapping([f.name for f in self.fields])
-        self.mapping = mapping
-        rec = Record if record_cls is None else record_cls
-
-        def decode(body: bytes, _rec: Any = rec, _m: dict[str, int] = mapping,
-                   _d: Any = dec) -> Any:
-            return _rec(_m, _d(body))
-        self.row_decoder: pc.RowDecoder = decode
+        self.mapping = make_mapping([f.name for f in self.fields])
+        self._values_decoder = dec
+        self._decoders: dict[Any, pc.RowDecoder] = {}
+        self.row_decoder: pc.RowDecoder = self.decoder_for(record_cls)
         self.closed = False
         self.last_status: str | None = None
+
+    def decoder_for(self, record_cls: Any) -> pc.RowDecoder:
+        """DataRow body -> an instance of ``record_cls`` (``Record`` if None)."""
+        rec = Record if record_cls is None else record_cls
+        decode = self._decoders.get(rec)
+        if decode is None:
+            def decode(body: bytes, _rec: Any = rec, _m: dict[str, int] = self.mapping,
+                       _d: Any = self._values_decoder) -> Any:
+                return _rec(_m, _d(body))
+            self._decoders[rec] = decode
+        return decode
+
+
+def _check_record_class(record_class: Any) -> Any:
+    """Validate a ``record_class=`` argument as asyncpg does (None stays None)."""
+    if record_class is None or record_class is Record:
+        return record_class
+    if not (isinstance(record_class, type) and issubclass(record_class, Record)):
+        raise exc.InterfaceError(
+            f"record_class is expected to be a subclass of driver.Record, got {record_class!r}")
+    if record_class.__new__ is not Record.__new__ or record_class.__init__ is not Record.__init__:
+        raise exc.InterfaceError("record_class must not redefine __new__ or __init__")
+    return record_class
 
 
 def _text_row_factory(columns: Sequence[tuple[int, int]]) -> pc.RowDecoder:
@@ -532,10 +551,12 @@ class Connection:
             raise exc.DataError(str(e)) from None
 
     def _add_bind_execute(self, req: pc.ExtendedQuery, st: _Statement, args: Sequence[Any], *,
-                          portal: str = "", max_rows: int = 0) -> pc.QueryResult:
+                          portal: str = "", max_rows: int = 0,
+                          record_cls: Any = None) -> pc.QueryResult:
         formats, values = self._encode(st, args)
         req.bind(portal, st.name, formats, values, st.result_formats)
-        return req.execute(portal, max_rows, st.row_decoder)
+        decoder = st.row_decoder if record_cls is None else st.decoder_for(record_cls)
+        return req.execute(portal, max_rows, decoder)
 
     @staticmethod
     def _is_stale_statement_error(e: exc.PostgresError) -> bool:
@@ -547,21 +568,22 @@ class Connection:
         return False
 
     async def _bind_execute(self, query: str, args: Sequence[Any], deadline: float | None, *,
-                            st: _Statement | None = None, limit: int = 0
-                            ) -> tuple[_Statement, pc.QueryResult]:
+                            st: _Statement | None = None, limit: int = 0,
+                            record_cls: Any = None) -> tuple[_Statement, pc.QueryResult]:
         retry = st is None
         if st is None and not self._describe_first and not (
                 self._cache_size > 0 and query in self._stmt_cache):
             values = _text_params(args)
             if values is not None:
-                return await self._one_shot(query, values, deadline, limit)
+                return await self._one_shot(query, values, deadline, limit, record_cls)
         while True:
             stmt = st if st is not None else await self._prepare_statement(query, deadline)
             req = pc.ExtendedQuery()
             self._queue_closes(req)
             if stmt.name == "":
                 req.parse("", stmt.query, stmt.param_oids)
-            result = self._add_bind_execute(req, stmt, args, max_rows=limit)
+            result = self._add_bind_execute(req, stmt, args, max_rows=limit,
+                                            record_cls=record_cls)
             try:
                 await self._request(req, deadline, query)
             except exc.PostgresError as e:
@@ -577,7 +599,7 @@ class Connection:
             return stmt, result
 
     async def _one_shot(self, query: str, values: list[bytes | None], deadline: float | None,
-                        limit: int) -> tuple[_Statement, pc.QueryResult]:
+                        limit: int, record_cls: Any = None) -> tuple[_Statement, pc.QueryResult]:
         """ONE round trip for a statement not prepared yet (``describe_first=False``):
 
         Parse + Describe(statement) + Bind (parameters in TEXT format, their
@@ -588,7 +610,7 @@ class Connection:
         calls use the binary, typed path); otherwise it is the unnamed one.
         """
         name = self._next_stmt_name() if self._cache_size > 0 else ""
-        req = _OneShotQuery(self._record_cls)
+        req = _OneShotQuery(record_cls if record_cls is not None else self._record_cls)
         self._queue_closes(req)
         req.parse(name, query).describe_statement(name)
         req.bind("", name, (), values, ())
@@ -658,18 +680,22 @@ class Connection:
 
     async def fetch(self, query: str, *args: Any, timeout: float | None = None,
                     record_class: Any = None) -> list[Any]:
+        record_class = _check_record_class(record_class)
         await self._acquire()
         try:
-            _, result = await self._bind_execute(query, args, self._deadline(timeout))
+            _, result = await self._bind_execute(query, args, self._deadline(timeout),
+                                                 record_cls=record_class)
             return result.rows
         finally:
             self._release()
 
     async def fetchrow(self, query: str, *args: Any, timeout: float | None = None,
                        record_class: Any = None) -> Any:
+        record_class = _check_record_class(record_class)
         await self._acquire()
         try:
-            _, result = await self._bind_execute(query, args, self._deadline(timeout), limit=1)
+            _, result = await self._bind_execute(query, args, self._deadline(timeout), limit=1,
+                                                 record_cls=record_class)
             return result.rows[0] if result.rows else None
         finally:
             self._release()
@@ -689,19 +715,21 @@ class Connection:
                       record_class: Any = None) -> Any:
         from .prepared import PreparedStatement
 
+        record_class = _check_record_class(record_class)
         await self._acquire()
         try:
             st = await self._prepare_statement(query, self._deadline(timeout), named=True)
         finally:
             self._release()
-        return PreparedStatement(self, st)
+        return PreparedStatement(self, st, record_class)
 
     def cursor(self, query: str, *args: Any, prefetch: int | None = None,
                timeout: float | None = None, record_class: Any = None) -> Any:
         from .cursor import CursorFactory
 
+        record_class = _check_record_class(record_class)
         self._check_open()
-        return CursorFactory(self, query, None, args, prefetch, timeout)
+        return CursorFactory(self, query, None, args, prefetch, timeout, record_class)
 
     def transaction(self, *, isolation: str | None = None, readonly: bool = False,
                     deferrable: bool = False) -> Any:
@@ -838,7 +866,7 @@ async def connect(dsn: str | None = None, *, host: str | None = None, port: int 
                   pipeline_password: bool = False, connection_class: type[Connection] = Connection,
                   pipeline_connect: str | bool | None = None,
                   lazy_connect: bool | None = None, describe_first: bool | None = None,
-                  **extra: Any) -> Connection:
+                  record_class: Any = None, **extra: Any) -> Connection:
     """Open a connection (asyncpg-compatible signature).
 
     ``pipeline_connect="password"`` (or the DSN parameter
@@ -885,6 +913,7 @@ async def connect(dsn: str | None = None, *, host: str | None = None, port: int 
             f"invalid pipeline_connect {pipeline_connect!r}: expected \"password\" or False")
     if pipeline_connect in (True, "password"):
         pipeline_password = True
+    record_class = _check_record_class(record_class)
     try:
         params = parse_dsn(dsn, host=host, port=port, user=user, password=password,
                            database=database, ssl=ssl, timeout=timeout,
@@ -919,6 +948,7 @@ async def connect(dsn: str | None = None, *, host: str | None = None, port: int 
                             statement_cache_size=statement_cache_size,
                             command_timeout=command_timeout, params=params)
     conn._describe_first = bool(describe_first)
+    conn._record_cls = record_class
     pipelined = pipeline_password and params.password is not None
     token_login = bool(params.query.get("token")) and params.scheme in ("ws", "wss")
     lazy = bool(lazy_connect) and (pipelined or token_login)
@@ -949,7 +979,8 @@ async def connect(dsn: str | None = None, *, host: str | None = None, port: int 
                                  server_settings=server_settings, pipeline_password=False,
                                  connection_class=connection_class,
                                  pipeline_connect=False, lazy_connect=False,
-                                 describe_first=describe_first, **extra)
+                                 describe_first=describe_first, record_class=record_class,
+                                 **extra)
         raise _login_error(startup, conn._last_server_error, pipelined)
     return conn
 

@@ -16,34 +16,37 @@ __all__ = ["CursorFactory", "Cursor", "CursorIterator"]
 class CursorFactory:
     """What ``Connection.cursor()`` returns: ``async for`` it, or ``await`` it."""
 
-    __slots__ = ("_conn", "_query", "_state", "_args", "_prefetch", "_timeout")
+    __slots__ = ("_conn", "_query", "_state", "_args", "_prefetch", "_timeout", "_record_cls")
 
     def __init__(self, connection: Connection, query: str, state: _Statement | None,
-                 args: Sequence[Any], prefetch: int | None, timeout: float | None) -> None:
+                 args: Sequence[Any], prefetch: int | None, timeout: float | None,
+                 record_class: Any = None) -> None:
         self._conn = connection
         self._query = query
         self._state = state
         self._args = tuple(args)
         self._prefetch = prefetch
         self._timeout = timeout
+        self._record_cls = record_class
 
     def __aiter__(self) -> CursorIterator:
         prefetch = 50 if self._prefetch is None else self._prefetch
         return CursorIterator(self._conn, self._query, self._state, self._args, prefetch,
-                              self._timeout)
+                              self._timeout, self._record_cls)
 
     def __await__(self) -> Generator[Any, None, Cursor]:
         if self._prefetch is not None:
             raise exc.InterfaceError("prefetch argument can only be specified for iterable cursor")
-        cursor = Cursor(self._conn, self._query, self._state, self._args)
+        cursor = Cursor(self._conn, self._query, self._state, self._args, self._record_cls)
         return cursor._init(self._timeout).__await__()
 
 
 class _BaseCursor:
-    __slots__ = ("_conn", "_query", "_state", "_args", "_portal", "_exhausted")
+    __slots__ = ("_conn", "_query", "_state", "_args", "_portal", "_exhausted", "_record_cls")
 
     def __init__(self, connection: Connection, query: str, state: _Statement | None,
-                 args: Sequence[Any]) -> None:
+                 args: Sequence[Any], record_class: Any = None) -> None:
+        self._record_cls = record_class if record_class is not None else connection._record_cls
         self._conn = connection
         self._query = query
         self._state = state
@@ -77,7 +80,7 @@ class _BaseCursor:
                 req.parse("", st.query, st.param_oids)
             formats, values = conn._encode(st, self._args)
             req.bind(portal, st.name, formats, values, st.result_formats)
-            result = req.execute(portal, n, st.row_decoder) if n else None
+            result = req.execute(portal, n, st.decoder_for(self._record_cls)) if n else None
             await conn._request(req, deadline, self._query)
             self._portal = portal
             if result is None:
@@ -97,7 +100,7 @@ class _BaseCursor:
         await conn._acquire()
         try:
             req = pc.ExtendedQuery()
-            result = req.execute(self._portal, n, self._state.row_decoder)
+            result = req.execute(self._portal, n, self._state.decoder_for(self._record_cls))
             await conn._request(req, conn._deadline(timeout), self._query)
             if not result.suspended:
                 self._exhausted = True
@@ -112,8 +115,9 @@ class CursorIterator(_BaseCursor):
     __slots__ = ("_buffer", "_prefetch", "_timeout")
 
     def __init__(self, connection: Connection, query: str, state: _Statement | None,
-                 args: Sequence[Any], prefetch: int, timeout: float | None) -> None:
-        super().__init__(connection, query, state, args)
+                 args: Sequence[Any], prefetch: int, timeout: float | None,
+                 record_class: Any = None) -> None:
+        super().__init__(connection, query, state, args, record_class)
         if prefetch <= 0:
             raise exc.InterfaceError("prefetch argument must be greater than zero")
         self._prefetch = prefetch

@@ -334,7 +334,7 @@ class Pool:
                 kwargs["record_class"] = self._record_class
             con = await _default_connect()(*self._connect_args, **kwargs)
             if self._record_class is not None and getattr(con, "_record_cls", None) is None:
-                # driver.connect() ignores record_class= for now: set the connection's default.
+                # (a connect function that ignored record_class=): set the connection's default.
                 con._record_cls = self._record_class
         if self._connection_class is not None and not isinstance(con, self._connection_class):
             con.terminate()

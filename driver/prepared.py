@@ -38,12 +38,15 @@ def _type_of(oid: int) -> Type:
 class PreparedStatement:
     """A named server-side prepared statement bound to its connection."""
 
-    __slots__ = ("_conn", "_st", "_last_status")
+    __slots__ = ("_conn", "_st", "_last_status", "_record_cls")
 
-    def __init__(self, connection: Connection, state: _Statement) -> None:
+    def __init__(self, connection: Connection, state: _Statement,
+                 record_class: Any = None) -> None:
         self._conn = connection
         self._st = state
         self._last_status: str | None = None
+        #: ``prepare(record_class=)``; None: the connection's default.
+        self._record_cls = record_class
 
     def get_name(self) -> str:
         return self._st.name
@@ -65,8 +68,9 @@ class PreparedStatement:
         conn = self._conn
         await conn._acquire()
         try:
+            rec = self._record_cls if self._record_cls is not None else conn._record_cls
             _, result = await conn._bind_execute(self._st.query, args, conn._deadline(timeout),
-                                                 st=self._st)
+                                                 st=self._st, record_cls=rec)
             self._last_status = result.status
             return result
         finally:
@@ -98,7 +102,8 @@ class PreparedStatement:
                timeout: float | None = None) -> Any:
         from .cursor import CursorFactory
 
-        return CursorFactory(self._conn, self._st.query, self._st, args, prefetch, timeout)
+        return CursorFactory(self._conn, self._st.query, self._st, args, prefetch, timeout,
+                             self._record_cls)
 
     def __repr__(self) -> str:
         return f"<PreparedStatement {self._st.name} {self._st.query!r}>"

@@ -7,6 +7,8 @@ from typing import Any, Callable
 import asyncpg
 import pytest
 
+import driver
+from driver import exceptions as exc
 from driver.record import Record, RecordMapping, make_mapping
 from tests.pgcluster import PgCluster
 
@@ -152,3 +154,57 @@ def test_pickle_roundtrip() -> None:
     r = Record(make_mapping(["a", "b"]), (1, "x"))
     r2 = pickle.loads(pickle.dumps(r))
     assert r2 == r and r2["b"] == "x" and list(r2.keys()) == ["a", "b"]
+
+
+# --- record_class= (asyncpg: per call, per prepared statement, per connection) ---
+
+class _MyRecord(driver.Record):
+    def total(self) -> int:
+        return sum(self.values())
+
+
+async def test_record_class_everywhere(connect: Any) -> None:
+    for describe_first in (True, False):
+        c = await connect(describe_first=describe_first)
+        q = "SELECT $1::int AS a, 2 AS b"
+        assert type(await c.fetchrow(q, 1, record_class=_MyRecord)) is _MyRecord
+        rows = await c.fetch(q, 1, record_class=_MyRecord)
+        assert type(rows[0]) is _MyRecord and rows[0].total() == 3
+        assert type(await c.fetchrow(q, 1)) is driver.Record  # the cached statement is shared
+        ps = await c.prepare(q, record_class=_MyRecord)
+        assert type(await ps.fetchrow(1)) is _MyRecord
+        assert type((await ps.fetch(1))[0]) is _MyRecord
+        async with c.transaction():
+            assert [type(r) for r in [r async for r in c.cursor(q, 1, record_class=_MyRecord)]] \
+                == [_MyRecord]
+            cur = await c.cursor(q, 1, record_class=_MyRecord)
+            assert type(await cur.fetchrow()) is _MyRecord
+            assert [type(r) for r in [r async for r in ps.cursor(1)]] == [_MyRecord]
+
+
+async def test_record_class_connection_default(connect: Any) -> None:
+    c = await connect(record_class=_MyRecord)
+    r = await c.fetchrow("SELECT 1 AS a")
+    assert type(r) is _MyRecord and r.total() == 1 and dict(r) == {"a": 1}
+    assert type((await c.fetch("SELECT $1::int AS a", 5))[0]) is _MyRecord
+    assert type(await (await c.prepare("SELECT 1 AS a")).fetchrow()) is _MyRecord
+    assert type(await c.fetchrow("SELECT 1 AS a", record_class=driver.Record)) is driver.Record
+
+
+async def test_record_class_is_checked(conn: Any, admin_dsn: str) -> None:
+    class WithInit(driver.Record):
+        def __init__(self, *a: Any) -> None:
+            super().__init__(*a)
+
+    for bad, msg in ((dict, "subclass of driver.Record"), (WithInit, "__new__ or __init__")):
+        with pytest.raises(exc.InterfaceError, match=msg):
+            await conn.fetch("SELECT 1", record_class=bad)
+        with pytest.raises(exc.InterfaceError, match=msg):
+            await conn.fetchrow("SELECT 1", record_class=bad)
+        with pytest.raises(exc.InterfaceError, match=msg):
+            await conn.prepare("SELECT 1", record_class=bad)
+        with pytest.raises(exc.InterfaceError, match=msg):
+            conn.cursor("SELECT 1", record_class=bad)
+        with pytest.raises(exc.InterfaceError, match=msg):
+            await driver.connect(admin_dsn, record_class=bad)
+    assert await conn.fetchval("SELECT 1") == 1
