@@ -34,7 +34,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from gateway.streams import TransportError
-from gateway.tcp import WRITE_HIGH_WATER, ProtocolStream, set_nodelay
+from gateway.tcp import WRITE_HIGH_WATER, ProtocolStream
 
 log = logging.getLogger("wirepool.http")
 # websockets logs every open/close at INFO; keep that out of the gateway's logs by default.
@@ -270,7 +270,7 @@ class HttpConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop transports are not asyncio.Transport subclasses
         self.transport = transport
-        set_nodelay(transport)
+        # TCP_NODELAY: asyncio and uvloop both set it on accepted TCP sockets.
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         from gateway.tcp import _peer_of
         self.peer = _peer_of(transport)

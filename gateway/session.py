@@ -98,6 +98,27 @@ def _direct_writer(stream: Any) -> tuple[Any, Any]:
     return None, None
 
 
+_RFQ_IDLE = m.ready_for_query("I")
+#: (id(server params), client's tracked signature) -> (server params, AuthenticationOk + ParameterStatus block)
+_STARTUP_BLOCKS: dict[tuple[int, tuple[str | None, ...]], tuple[dict[str, str], bytes, int]] = {}
+
+
+def _startup_block(server_params: dict[str, str], params: dict[str, str],
+                   sig: tuple[str | None, ...]) -> bytes:
+    """AuthenticationOk + the ParameterStatus messages of a login reply, built
+    once per (pool's server values, client's tracked values)."""
+    key = (id(server_params), sig)
+    hit = _STARTUP_BLOCKS.get(key)
+    if hit is not None and hit[0] is server_params and len(server_params) == hit[2]:
+        return hit[1]
+    block = m.AUTHENTICATION_OK + b"".join(m.parameter_status(name, params.get(name, value))
+                                           for name, value in server_params.items())
+    if len(_STARTUP_BLOCKS) > 256:
+        _STARTUP_BLOCKS.clear()
+    _STARTUP_BLOCKS[key] = (server_params, block, len(server_params))
+    return block
+
+
 def _fatal(sqlstate: str, message: str) -> bytes:
     return m.error(sqlstate, message, severity="FATAL")
 
@@ -284,12 +305,8 @@ class Session:
                 params[name] = server_params[name]
         self.sig = tracked_signature(params)
         gw.register_session(self)
-        parts = [prefix, m.AUTHENTICATION_OK]
-        for name, value in server_params.items():
-            parts.append(m.parameter_status(name, params.get(name, value)))
-        parts.append(m.backend_key_data(self.process_id, self.secret_key))
-        parts.append(m.ready_for_query("I"))
-        await self.stream.send(b"".join(parts))
+        await self.stream.send(b"".join((prefix, _startup_block(server_params, params, self.sig),
+                                         m.backend_key_data(self.process_id, self.secret_key), _RFQ_IDLE)))
         return True
 
     async def _handshake(self) -> bytes | None:

@@ -317,7 +317,7 @@ class TcpProtocol(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)  # uvloop transports are not asyncio.Transport subclasses
         if self.stream is not None:  # start_tls re-calls connection_made on some loops
             return
-        set_nodelay(transport)
+        # TCP_NODELAY: asyncio and uvloop both set it on accepted TCP sockets.
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         self.stream = TcpStream(transport, self, self.listener.ssl_context)
         self.listener._started(self)
