@@ -22,6 +22,7 @@ from typing import Any, Awaitable, Callable, Iterable, NamedTuple, Sequence
 from . import codecs
 from . import exceptions as exc
 from .dsn import ConnectParams, parse_dsn
+from .dsn import _timeout as _check_timeout
 from .protocol import client as pc
 from .protocol.auth import AuthenticationError
 from .protocol.framing import ProtocolError as FramingError
@@ -915,9 +916,13 @@ async def connect(dsn: str | None = None, *, host: str | None = None, port: int 
         pipeline_password = True
     record_class = _check_record_class(record_class)
     try:
+        # timeout=None: params.connect_timeout is then the DSN's connect_timeout
+        # (or PGCONNECT_TIMEOUT), which caps the timeout argument below.
         params = parse_dsn(dsn, host=host, port=port, user=user, password=password,
-                           database=database, ssl=ssl, timeout=timeout,
+                           database=database, ssl=ssl, timeout=None,
                            server_settings=server_settings, **extra)
+        if timeout is not None:
+            _check_timeout(timeout, "the timeout argument")
     except exc.InterfaceError:
         raise
     except ValueError as e:

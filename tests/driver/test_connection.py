@@ -105,6 +105,33 @@ async def test_unknown_scheme_is_a_configuration_error() -> None:
         await driver.connect("ftp://u:p@127.0.0.1:1/db")
 
 
+async def test_connect_timeout_from_the_dsn() -> None:
+    """A server that accepts but never answers: the DSN's connect_timeout caps
+    connect()'s timeout argument (default 60 s), and vice versa."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    dsn = f"postgresql://u:p@127.0.0.1:{port}/db?sslmode=disable"
+    loop = asyncio.get_running_loop()
+    try:
+        for kwargs, url in (({}, dsn + "&connect_timeout=0.3"),
+                            ({"timeout": 0.3}, dsn + "&connect_timeout=30")):
+            t0 = loop.time()
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(driver.connect(url, **kwargs), 20)
+            assert loop.time() - t0 < 10, kwargs  # not the 20 s guard
+        with pytest.raises(exc.ClientConfigurationError, match="timeout"):
+            await driver.connect(dsn, timeout=-1)
+    finally:
+        server.close()
+        for w in held:
+            w.close()
+
+
 async def test_connect_refused() -> None:
     import socket
 
