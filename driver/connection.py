@@ -542,19 +542,26 @@ class Connection:
             self._pending_closes.append(st.name)
             st.closed = True
 
-    def _encode(self, st: _Statement, args: Sequence[Any]) -> tuple[list[int], list[bytes | None]]:
+    def _encode(self, st: _Statement, args: Sequence[Any],
+                element: int | None = None) -> tuple[list[int], list[bytes | None]]:
         try:
             return codecs.encode_params(st.param_oids, args)
         except codecs.EncodeError as e:
             if e.position is None:
                 raise exc.InterfaceError(
                     str(e), hint="Check the query against the passed list of arguments.") from None
-            raise exc.DataError(str(e)) from None
+            msg = str(e)
+            if element is not None:  # as asyncpg words it for executemany()
+                prefix = f"invalid input for query argument ${e.position}"
+                if msg.startswith(prefix):
+                    msg = (f"{prefix} in element #{element} of executemany() sequence"
+                           + msg[len(prefix):])
+            raise exc.DataError(msg) from None
 
     def _add_bind_execute(self, req: pc.ExtendedQuery, st: _Statement, args: Sequence[Any], *,
                           portal: str = "", max_rows: int = 0,
-                          record_cls: Any = None) -> pc.QueryResult:
-        formats, values = self._encode(st, args)
+                          record_cls: Any = None, element: int | None = None) -> pc.QueryResult:
+        formats, values = self._encode(st, args, element)
         req.bind(portal, st.name, formats, values, st.result_formats)
         decoder = st.row_decoder if record_cls is None else st.decoder_for(record_cls)
         return req.execute(portal, max_rows, decoder)
@@ -666,7 +673,7 @@ class Connection:
             req.parse("", stmt.query, stmt.param_oids)
         n = 0
         for a in args:
-            self._add_bind_execute(req, stmt, a)
+            self._add_bind_execute(req, stmt, a, element=n)
             n += 1
         if n == 0:
             return

@@ -243,6 +243,13 @@ async def test_executemany_is_one_batch(conn: driver.Connection) -> None:
         await conn.executemany("INSERT INTO e VALUES ($1, $2)", [(1000, "a"), (1001, "b"), (5, "dup")])
     assert await conn.fetchval("SELECT count(*) FROM e") == 200
     await conn.executemany("INSERT INTO e VALUES ($1, $2)", [])
+    # A bad argument mid-batch: asyncpg's DataError naming the element; nothing sent.
+    with pytest.raises(exc.DataError, match=r"^invalid input for query argument \$1 in element #2 "
+                       r"of executemany\(\) sequence: 'x' "):
+        await conn.executemany("INSERT INTO e VALUES ($1, $2)", [(300, "a"), (301, "b"), ("x", "c")])
+    with pytest.raises(exc.DataError, match=r"^invalid input for query argument \$1: 'x' "):
+        await (await conn.prepare("SELECT $1::int")).fetchval("x")
+    assert await conn.fetchval("SELECT count(*) FROM e") == 200
 
 
 async def test_prepared_statement(conn: driver.Connection) -> None:
