@@ -19,6 +19,9 @@ boundaries carrying no meaning.  The ``address`` query parameter is captured
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import hashlib
 import logging
 from http import HTTPStatus
 from dataclasses import dataclass, field
@@ -41,6 +44,7 @@ log = logging.getLogger("wirepool.http")
 ws_log = logging.getLogger("wirepool.websockets")
 ws_log.setLevel(logging.WARNING)
 
+_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 MAX_BODY_SIZE = 10 << 20
 MAX_HEADER_SIZE = 16 << 10
 KEEPALIVE_TIMEOUT = 75.0
@@ -523,9 +527,52 @@ class HttpConnection(asyncio.Protocol):
             finally:
                 self._drain_waiter = None
 
+    def _plain_handshake(self, ev: h11.Request) -> ServerProtocol | None:
+        """The common handshake without websockets' HTTP layer: a valid RFC 6455
+        request with no extension or subprotocol offered is answered here (the
+        same 101 websockets would send) and an OPEN ServerProtocol is returned
+        for the frames.  Anything else -> None (websockets handles it)."""
+        if ev.http_version != b"1.1":
+            return None
+        key = version = None
+        upgrade_ok = conn_ok = False
+        for name, value in ev.headers:  # h11 lower-cases names
+            if name == b"sec-websocket-key":
+                if key is not None:
+                    return None
+                key = value
+            elif name == b"sec-websocket-version":
+                if version is not None:
+                    return None
+                version = value
+            elif name == b"upgrade":
+                if upgrade_ok or value.strip().lower() != b"websocket":
+                    return None
+                upgrade_ok = True
+            elif name == b"connection":
+                if any(tok.strip().lower() == b"upgrade" for tok in value.split(b",")):
+                    conn_ok = True
+            elif name in (b"sec-websocket-extensions", b"sec-websocket-protocol"):
+                return None
+        if key is None or version != b"13" or not upgrade_ok or not conn_ok:
+            return None
+        try:
+            if len(base64.b64decode(key, validate=True)) != 16:
+                return None
+        except binascii.Error:
+            return None
+        accept = base64.b64encode(hashlib.sha1(key + _WS_GUID).digest())
+        assert self.transport is not None
+        self.transport.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                             b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+        return ServerProtocol(max_size=self.listener.ws_max_message_size, logger=ws_log, state=State.OPEN)
+
     async def _upgrade(self, ev: h11.Request, req: HttpRequest, on_stream: StreamHandler) -> bool:
         assert self.transport is not None
         listener = self.listener
+        ws = self._plain_handshake(ev)
+        if ws is not None:
+            return await self._run_ws(ws, req, on_stream)
         ws = ServerProtocol(extensions=listener.ws_extensions, max_size=listener.ws_max_message_size,
                             logger=ws_log)
         # Feed the request as received (method, target, header lines) to websockets.
@@ -550,6 +597,11 @@ class HttpConnection(asyncio.Protocol):
         if response.status_code != 101:
             self.transport.close()
             return True
+        return await self._run_ws(ws, req, on_stream)
+
+    async def _run_ws(self, ws: ServerProtocol, req: HttpRequest, on_stream: StreamHandler) -> bool:
+        assert self.transport is not None
+        listener = self.listener
         trailing, closed = self.h11.trailing_data
         stream = WebSocketStream(self.transport, ws, req)
         self.ws = stream
