@@ -44,6 +44,11 @@ log = logging.getLogger("wirepool.http")
 ws_log = logging.getLogger("wirepool.websockets")
 ws_log.setLevel(logging.WARNING)
 
+try:
+    from websockets.speedups import apply_mask as _apply_mask
+except ImportError:  # pragma: no cover - pure-Python websockets build
+    from websockets.utils import apply_mask as _apply_mask
+
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 MAX_BODY_SIZE = 10 << 20
 MAX_HEADER_SIZE = 16 << 10
@@ -132,16 +137,78 @@ class WebSocketStream(ProtocolStream):
         self.token: str | None = tok
         self.extensions = [e.name for e in ws.extensions]
         self._plain_frames = not ws.extensions
+        # receive fast path (see _rx_fast): only without extensions
+        self._fast_rx = self._plain_frames
+        self._rx = b""
+        self._rx_limit: int | None = ws.max_message_size
         self._text = False          # inside a text message (its continuation frames are dropped)
         self._close_timer: asyncio.TimerHandle | None = None
 
     # -- protocol side
     def _ws_data(self, data: bytes) -> None:
+        if self._fast_rx:
+            data = self._rx_fast(data)
+            if not data:
+                return
         ws = self.ws
         ws.receive_data(data)
         self._process()
 
+    def _rx_fast(self, data: bytes) -> bytes:
+        """Complete, unfragmented, masked binary frames (what clients send) are
+        unmasked here; at the first other frame (control, text, fragment, RSV
+        bits, over max_size) the rest of the stream goes to websockets for good
+        (its parser has seen nothing since OPEN, so it starts at a frame
+        boundary).  Returns the bytes for websockets (b"" while on the fast path)."""
+        buf = self._rx + data if self._rx else data
+        end = len(buf)
+        pos = 0
+        limit = self._rx_limit
+        feed = self._feed
+        while end - pos >= 6:
+            b1 = buf[pos + 1]
+            if buf[pos] != 0x82 or b1 < 0x80:
+                break
+            n = b1 & 0x7F
+            if n < 126:
+                start = pos + 6
+            elif n == 126:
+                if end - pos < 8:
+                    self._rx = buf[pos:]
+                    return b""
+                n = (buf[pos + 2] << 8) | buf[pos + 3]
+                start = pos + 8
+            else:
+                if end - pos < 14:
+                    self._rx = buf[pos:]
+                    return b""
+                n = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+                start = pos + 14
+            if limit is not None and n > limit:
+                break
+            stop = start + n
+            if stop > end:
+                self._rx = buf[pos:]
+                return b""
+            pos = stop
+            if n:
+                feed(_apply_mask(buf[start:stop], buf[start - 4 : start]))
+            if self._lost or self._closed:
+                self._rx = b""
+                return b""
+        else:
+            self._rx = buf[pos:] if pos < end else b""
+            return b""
+        # hand over to websockets from this frame on
+        self._fast_rx = False
+        self._rx = b""
+        return buf[pos:]
+
     def _ws_eof(self) -> None:
+        if self._fast_rx and self._rx:
+            self._fast_rx = False
+            rest, self._rx = self._rx, b""
+            self.ws.receive_data(rest)
         self.ws.receive_eof()
         self._process()
         self._feed_eof()

@@ -119,3 +119,65 @@ async def test_session_flow_control_large_copy(gateway_app: Any) -> None:
         assert await conn.fetchval("SELECT sum(n) FROM fp_copy") == rows * (rows - 1) // 2
     finally:
         await conn.close()
+
+
+async def _plain_ws(app: GatewayApp) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    r, w = await asyncio.open_connection("127.0.0.1", app.http_port)
+    w.write(b"GET /v2 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: " + base64.b64encode(os.urandom(16)) + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 101 ")
+    return r, w
+
+
+async def _read_payload(r: asyncio.StreamReader, size: int) -> bytes:
+    got = b""
+    while len(got) < size:
+        b0, data = await _server_frame(r)
+        assert b0 == 0x82
+        got += data
+    return got
+
+
+async def test_plain_frames_any_split_then_handoff(echo_app: EchoApp) -> None:
+    """Client frames split at every byte, or several in one segment, make one
+    byte stream; a ping mid-stream hands the rest to websockets (pong, then
+    binary frames still work); a fragmented message too."""
+    app, fake = echo_app
+    r, w = await _plain_ws(app)
+    payloads = [os.urandom(n) for n in (5, 0, 300, 70_000, 1)]
+    frames = b"".join(_client_frame(p) for p in payloads)
+    for i in range(0, 400):  # the first 400 bytes one at a time
+        w.write(frames[i:i + 1])
+        await w.drain()
+    w.write(frames[400:])
+    total = b"".join(payloads)
+    assert await _read_payload(r, len(total)) == total
+    # several whole frames in one write
+    w.write(_client_frame(b"one") + _client_frame(b"two") + _client_frame(b"three"))
+    assert await _read_payload(r, 11) == b"onetwothree"
+    assert fake.streams[0]._fast_rx  # still on the fast path
+    # ping (control frame) with a binary frame behind it in the same segment
+    w.write(_client_frame(b"hi", opcode=9) + _client_frame(b"after"))
+    b0, data = await _server_frame(r)
+    assert (b0, data) == (0x8A, b"hi")  # pong
+    assert await _read_payload(r, 5) == b"after"
+    assert not fake.streams[0]._fast_rx  # websockets has the stream now
+    # a fragmented message (FIN=0 binary + FIN=1 continuation), now via websockets
+    first = bytearray(_client_frame(b"fr"))
+    first[0] = 0x02
+    w.write(bytes(first) + _client_frame(b"ag", opcode=0))
+    assert await _read_payload(r, 4) == b"frag"
+    w.close()
+
+
+async def test_plain_frame_over_max_size_closes_1009(echo_app: EchoApp) -> None:
+    app, _ = echo_app
+    app.http.ws_max_message_size = 1000
+    r, w = await _plain_ws(app)
+    w.write(_client_frame(b"ok"))
+    assert await _read_payload(r, 2) == b"ok"
+    w.write(_client_frame(b"x" * 1001))
+    b0, data = await _server_frame(r)
+    assert b0 == 0x88 and struct.unpack("!H", data[:2])[0] == 1009
+    w.close()
