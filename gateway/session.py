@@ -74,6 +74,9 @@ _Z = 90
 _IDLE = 73  # 'I'
 
 _DEALLOCATE_ALL = m.query("DEALLOCATE ALL")
+_UNLISTEN_ALL = m.query("UNLISTEN *")
+_C = 67  # backend CommandComplete
+_LISTEN_TAG = b"LISTEN\x00"
 _ROLLBACK = m.query("ROLLBACK")
 
 _OUT_HIGH = 1 << 20  # pause the server when this much is queued for a slow client
@@ -156,6 +159,8 @@ class Session:
         self.outstanding = 0
         self.dirty = False
         self.named = False
+        #: the client ran LISTEN on the linked server (transaction mode: UNLISTEN * before release)
+        self.listened = False
         self.swallow = 0
         self.prepared: Rewriter | None = None  # named prepared statements (transaction mode)
         self._swallow_keys: tuple[str, ...] = ()
@@ -648,6 +653,8 @@ class Session:
                 z = chunk[s]
             elif t == _S:
                 self._param_status(server, chunk[s:e])
+            elif t == _C and chunk[s:e] == _LISTEN_TAG:
+                self.listened = True
         direct = self._direct
         if direct is not None and not self._out:
             # Straight to the client's transport (no task switch).
@@ -742,13 +749,26 @@ class Session:
             self._paused = None
             if server.transport is not None:
                 server.transport.resume_reading()
-        if self.named:
-            self.named = False
-            pool.reset_and_release(server, _DEALLOCATE_ALL, 1)
+        reset = self._reset_parts()
+        if reset:
+            pool.reset_and_release(server, b"".join(reset), len(reset))
         else:
             pool.release(server)
         if not self.gw.accepting:
             self._abort("57P01", "terminating connection due to administrator command")
+
+    def _reset_parts(self) -> list[bytes]:
+        """What a transaction-mode server needs before another client may use
+        it: no named statements (when they are not tracked) and no LISTEN
+        registrations (their notifications would reach the next client)."""
+        parts = []
+        if self.named:
+            self.named = False
+            parts.append(_DEALLOCATE_ALL)
+        if self.listened:
+            self.listened = False
+            parts.append(_UNLISTEN_ALL)
+        return parts
 
     def on_server_lost(self, server: ServerConnection) -> None:
         """The linked server died: the client gets an error and is disconnected."""
@@ -902,8 +922,8 @@ class Session:
             parts.append(_ROLLBACK)
         if not self.transaction_mode and self.settings.server_reset_query:
             parts.append(m.query(self.settings.server_reset_query))
-        elif self.named:
-            parts.append(_DEALLOCATE_ALL)
+        else:
+            parts += self._reset_parts()
         if parts:
             pool.reset_and_release(server, b"".join(parts), len(parts))
         else:

@@ -74,8 +74,6 @@ async def test_idle_server_killed_is_not_reused(gateway_app, pg, pg_db):
         await a.close()
 
 
-@pytest.mark.xfail(strict=True, reason="a LISTEN registration survives the release of a transaction-mode server; "
-                   "session.py never resets it (UNLISTEN *), so NOTIFYs reach the next client linked to it")
 async def test_notification_not_delivered_to_other_client(gateway_app, pg, pg_db):
     """LISTEN in transaction mode leaves the registration on the pooled server;
     a NOTIFY then reaches whichever client is linked to that server."""
