@@ -376,9 +376,12 @@ def scenario_pgbench(run: Run) -> None:
     run.progress.step_done("initialised")
     clients = s.pgbench_clients
     for target in targets:
-        for scen, extra in (("pgbench-S", []), ("pgbench-S-C", ["-C"])):
+        for scen, extra in (("pgbench-S", []), ("pgbench-S-C", ["-C"]),
+                            ("pgbench-S-extended", ["-M", "extended"]), ("pgbench-S-prepared", ["-M", "prepared"])):
             run.progress.start(f"{scen} {target}")
             why = target_absent_reason(target)
+            if why is None and target == "pgbouncer" and scen == "pgbench-S-prepared":
+                why = _pgbouncer_prepared_absent()
             if why:
                 run.add(absent(scen, target, why))
                 run.progress.step_done("absent")
@@ -420,6 +423,19 @@ def scenario_pgbench(run: Run) -> None:
             except Exception as e:  # noqa: BLE001
                 run.add(absent(scen, target, f"error: {type(e).__name__}: {e}"[:300]))
                 run.progress.step_done("error")
+
+
+def _pgbouncer_prepared_absent() -> str | None:
+    """Protocol-level prepared statements in transaction mode need PgBouncer >= 1.21
+    (max_prepared_statements); older versions fail with 'prepared statement ... does not exist'."""
+    try:
+        out = subprocess.run([E.PGBOUNCER_BIN, "--version"], capture_output=True, text=True, timeout=10).stdout
+        ver = tuple(int(x) for x in re.search(r"PgBouncer (\d+)\.(\d+)", out).groups())  # type: ignore[union-attr]
+    except Exception:  # noqa: BLE001
+        return "PgBouncer version unknown"
+    if ver < (1, 21):
+        return f"PgBouncer {ver[0]}.{ver[1]} has no max_prepared_statements (1.21+); compare with pgbench-S-extended"
+    return None
 
 
 def _which(name: str) -> bool:

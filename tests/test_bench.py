@@ -89,6 +89,10 @@ def test_quick_run_structure(tmp_path: Path) -> None:
         else:
             assert by[("pgbench-S", target)]["absent"]
         present("latency", target)
+    if shutil.which("pgbench"):
+        # named prepared statements across the transaction pool (pgbench -M prepared)
+        assert present("pgbench-S-prepared", "gateway-tcp")["failed"] == 0
+        present("pgbench-S-extended", "gateway-tcp")
     if pgbouncer:
         assert by[("burst", "pgbouncer")]["pooler_peak_rss_mb"] > 0
         present("hold", "pgbouncer")
