@@ -392,25 +392,28 @@ class Rewriter:
         self._status = 73            # last ReadyForQuery status seen ('I')
         self._skipping = False       # a local error: drop client messages until Sync
         self._last_stmt: tuple[Statement, bytes] | None = None
+        #: plain Query replies outstanding that have no queue entry (they stand
+        #: for ``_E_RZ`` entries at the head of the queue; only while it is empty)
+        self._plain = 0
         #: Query/FunctionCall messages dropped while skipping in the last
         #: rewrite_frontend call (they will get no ReadyForQuery).
         self.dropped_rfq = 0
 
     # -------------------------------------------------------------- linking
     def link(self, server: ServerStatements) -> None:
-        if self._q:
+        if self._q or self._plain:
             self.abandon()
         self.server = server
 
     def unlink(self) -> None:
-        if self._q:
+        if self._q or self._plain:
             self.abandon()
         self.server = None
 
     @property
     def outstanding(self) -> int:
         """Entries still waiting for (or holding) replies."""
-        return len(self._q)
+        return len(self._q) + self._plain
 
     def abandon(self) -> None:
         """The linked server is given up mid-pipeline (client gone, error):
@@ -427,6 +430,7 @@ class Rewriter:
             sv.changed.clear()
             sv.acked = sv.sent
         q.clear()
+        self._plain = 0
         self._skipping = False
 
     # ------------------------------------------------------------- frontend
@@ -436,10 +440,33 @@ class Rewriter:
         sv = self.server
         if not self.enabled or sv is None:
             return chunk, b""
+        q = self._q
+        if not q and not self._skipping and not sv.maybe:
+            # Fastest path: only simple Queries (pgbench -S) that cannot be a
+            # DISCARD/DEALLOCATE ALL: no queue entries, just a count.
+            for t, _s, _e in index:
+                if t != _Q:
+                    break
+            else:
+                if len(chunk) <= 1024:
+                    if b"all" not in chunk.lower():
+                        self._plain += len(index)
+                        return chunk, b""
+                else:
+                    search = _DISCARD_RE.search
+                    for _t, s, e in index:
+                        if search(chunk, s, e) is not None:
+                            break
+                    else:
+                        self._plain += len(index)
+                        return chunk, b""
+        if self._plain:
+            # materialize the counted replies at the head of the queue
+            q.extend([_E_RZ] * self._plain)
+            self._plain = 0
         if self._skipping or sv.maybe:
             return self._slow_frontend(chunk, index, sv)
         # Fast path: nothing names a statement (unnamed ones are fine).
-        q = self._q
         n0 = len(q)
         append = q.append
         last = self._last_stmt
@@ -693,6 +720,8 @@ class Rewriter:
         nothing changes)."""
         q = self._q
         if not q:
+            if self._plain:
+                self._plain_replies(chunk, index)
             return chunk, index
         sv = self.server
         out: list[bytes] | None = None   # built only when something changes
@@ -769,6 +798,19 @@ class Rewriter:
         reader = MessageReader()
         reader.feed(new)
         return reader.read_raw()
+
+    def _plain_replies(self, chunk: bytes, index: list[tuple[int, int, int]]) -> None:
+        """Replies to counted plain Queries (the queue is empty): nothing to
+        change, only ReadyForQuery status and a DISCARD/DEALLOCATE ALL tag
+        (a query the pre-check could not see, e.g. built by a function)."""
+        for t, s, e in index:
+            if t == _Z:
+                self._status = chunk[s]
+                self._plain -= 1
+                if not self._plain:
+                    return
+            elif t == _CC and chunk[s] == 68 and chunk.startswith(_DISCARD_TAGS, s):
+                self._discarded(self.server)
 
     def _failed(self, head: Entry, body: bytes, sv: ServerStatements | None) -> None:
         """The server answered ``head`` with an ErrorResponse."""

@@ -653,3 +653,38 @@ def test_undo_is_last_in_first_out(reg: StatementRegistry) -> None:
     err = m.error("42601", 'syntax error at or near "selec"')
     assert c.recv(err, ZI) == err + ZI
     assert len(c.cs) == 0
+
+
+def test_plain_queries_are_counted_and_keep_order(reg: StatementRegistry) -> None:
+    """Simple Queries take the no-entry fast path; a synthetic ParseComplete
+    sent behind them still waits for their ReadyForQuery, and the status of
+    that ReadyForQuery is seen (an aborted transaction -> Parse on the server)."""
+    sv = ServerStatements(200)
+    a = Client(reg)
+    a.link(sv)
+    a.send(P("s1"), S)
+    a.recv(ONE, ZI)
+    b = Client(reg)
+    b.link(sv)
+    q = m.query("SELECT 1")
+    out, local = b.send(q)
+    assert out == q and local == b"" and b.rw.outstanding == 1
+    out, local = b.send(q, q)
+    assert out == q + q and b.rw.outstanding == 3
+    assert b.recv(ROW, CC, ZI) == ROW + CC + ZI
+    assert b.rw.outstanding == 2
+    # Parse of a statement the server has, behind two outstanding Queries
+    out, local = b.send(P("other"), S)
+    assert local == b""  # not before the Queries' replies
+    assert b.rw.outstanding > 2
+    got = b.recv(ROW, CC, ZI, ROW, CC, ZI)
+    assert got.startswith(ROW + CC + ZI + ROW + CC + ZI)
+    # Query replies outstanding: the server judges the text under the scratch name
+    assert out.startswith(m.close("S", "__wp_scratch")) and out.endswith(S)
+    assert b.recv(THREE, ONE, ZI) == ONE + ZI
+    assert b.rw.outstanding == 0
+    # a DISCARD ALL never takes the counting path
+    out, local = b.send(m.query("discard   ALL"))
+    assert b.rw._plain == 0 and b.rw.outstanding == 1
+    b.recv(m.command_complete("DISCARD ALL"), ZI)
+    assert b"other" not in b.rw.client.names and b.rw.outstanding == 0
