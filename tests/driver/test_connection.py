@@ -390,10 +390,15 @@ async def test_reset(conn: driver.Connection) -> None:
 async def test_cancel_request_over_transport(conn: driver.Connection, pg: PgCluster) -> None:
     """The transport's cancel path works on its own (new TCP connection)."""
     t = asyncio.ensure_future(conn.fetchval("SELECT pg_sleep(10)"))
-    await asyncio.sleep(0.05)
     connector = get_connector("postgresql")
-    await connector.cancel(Endpoint(host=pg.host, port=pg.port), conn.get_server_pid(),
-                           conn.protocol.backend_secret or 0)
+    # A cancel that reaches the server before the query starts cancels nothing:
+    # repeat it until the query is cancelled (bounded), rather than guess a delay.
+    for _ in range(100):
+        await connector.cancel(Endpoint(host=pg.host, port=pg.port), conn.get_server_pid(),
+                               conn.protocol.backend_secret or 0)
+        done, _pending = await asyncio.wait({t}, timeout=0.1)
+        if done:
+            break
     with pytest.raises(exc.QueryCanceledError):
         await asyncio.wait_for(t, 10)
     assert m.CANCEL_REQUEST_CODE == 80877102
