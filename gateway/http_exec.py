@@ -56,7 +56,6 @@ from typing import Any
 from driver.protocol import messages as m
 from driver.protocol.framing import FrontendReader, MessageReader, ProtocolError
 
-from .auth import AuthFailed
 from .session import TRACKED, Session, _normalize
 
 log = logging.getLogger("wirepool.gateway.http")
@@ -314,19 +313,13 @@ class PreauthSession(Session):
         self._startup_params = params
 
     async def _handshake(self) -> bytes | None:  # overrides Session._handshake
-        gw = self.gw
         for key, value in self._startup_params.items():
             canonical = TRACKED.get(key.lower())
             if canonical is not None:
                 self.params[canonical] = _normalize(canonical, value)
         self.user = self._principal.user
         self.database = self._principal.database
-        if not gw.accepting:
-            raise AuthFailed("57P03", "the gateway is shutting down")
-        if gw.n_clients >= self.settings.max_client_conn:
-            raise AuthFailed("53300", "sorry, too many clients already")
-        gw.n_clients += 1
-        self.counted = True
+        self._admit()
         return b""
 
 

@@ -366,15 +366,21 @@ class Session:
             raise AuthFailed("28000", "no PostgreSQL user name specified in startup packet")
         self.user = user
         self.database = msg.params.get("database") or user
+        self._admit()
+        if token is not None:
+            return b""
+        return await gw.authenticator.authenticate(user, send, self._next_message)
+
+    def _admit(self) -> None:
+        """Count this client against ``max_client_conn`` (53300 past it;
+        57P03 while the gateway shuts down)."""
+        gw = self.gw
         if not gw.accepting:
             raise AuthFailed("57P03", "the gateway is shutting down")
         if gw.n_clients >= self.settings.max_client_conn:
             raise AuthFailed("53300", "sorry, too many clients already")
         gw.n_clients += 1
         self.counted = True
-        if token is not None:
-            return b""
-        return await gw.authenticator.authenticate(user, send, self._next_message)
 
     def _token_user(self, token: str, user: str) -> str:
         """The user an API token authenticates; the startup's user must be it or absent."""
