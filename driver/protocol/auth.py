@@ -30,6 +30,7 @@ import binascii
 import hashlib
 import hmac
 import os
+import re
 from typing import Final
 
 __all__ = [
@@ -207,7 +208,7 @@ def saslprep(password: str) -> bytes:
 
 
 def _hmac(key: bytes, msg: bytes) -> bytes:
-    return hmac.new(key, msg, hashlib.sha256).digest()
+    return hmac.digest(key, msg, "sha256")
 
 
 def _sha256(data: bytes) -> bytes:
@@ -233,9 +234,12 @@ def _new_nonce() -> str:
     return _b64(os.urandom(_NONCE_BYTES))
 
 
+# RFC 5802: printable ASCII (0x21-0x7E) except ','.
+_NONCE_RE: Final = re.compile(r"[\x21-\x2b\x2d-\x7e]+")
+
+
 def _valid_nonce(nonce: str) -> bool:
-    # RFC 5802: printable ASCII except ','.
-    return bool(nonce) and all(0x21 <= ord(c) <= 0x7E and c != "," for c in nonce)
+    return _NONCE_RE.fullmatch(nonce) is not None
 
 
 def _escape_saslname(name: str) -> str:

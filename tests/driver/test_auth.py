@@ -347,6 +347,10 @@ def test_server_fixed_nonce_and_message_shape() -> None:
     (b"n,,n=", "08P01"),
     (b"garbage", "08P01"),
     (b"n,,n=\xff,r=abc", "08P01"),
+    (b"n,,n=,r=ab c", "08P01"),          # nonce: printable ASCII only
+    (b"n,,n=,r=ab\x7f", "08P01"),
+    (b"n,,n=,r=ab\n", "08P01"),
+    (b"n,,n=,r=\xc3\xa9", "08P01"),
 ])
 def test_server_rejects_bad_client_first(client_first: bytes, sqlstate: str) -> None:
     s = ScramServer(ScramVerifier.from_password("pw", iterations=16))
@@ -590,3 +594,12 @@ def test_auth_module_is_stdlib_only() -> None:
         if line.startswith(("import ", "from ")) and "__future__" not in line and not line.startswith("from ."):
             mod = line.split()[1].split(".")[0]
             assert mod in sys.stdlib_module_names, line
+
+
+def test_nonce_accepts_every_printable_but_comma() -> None:
+    ok = "".join(chr(c) for c in range(0x21, 0x7F) if c != 0x2C)
+    s = ScramServer(ScramVerifier.from_password("pw", iterations=16), nonce=ok)
+    assert s.handle_client_first(("n,,n=,r=" + ok).encode()).startswith(("r=" + ok + ok).encode())
+    for bad in ("", "a,b", "a b", "a\x7f", "\u00e9", "a\n"):
+        with pytest.raises(ValueError):
+            ScramClient("u", "p", nonce=bad)
