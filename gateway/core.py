@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
+import os
 from typing import Any, Coroutine
 
 from .auth import Authenticator
@@ -155,12 +155,15 @@ class Gateway:
 
     def register_session(self, session: Session) -> None:
         """Issue a unique BackendKeyData for ``session``."""
+        sessions = self.sessions
         while True:
-            pid = secrets.randbelow(0x7FFFFFFF) + 1
-            if pid not in self.sessions:
+            # one urandom call for both: pid in 1..2**31-1, key a signed int32
+            raw = os.urandom(8)
+            pid = int.from_bytes(raw[:4], "big") & 0x7FFFFFFF
+            if pid and pid not in sessions:
                 break
         session.process_id = pid
-        session.secret_key = int.from_bytes(secrets.token_bytes(4), "big", signed=True)
+        session.secret_key = int.from_bytes(raw[4:], "big", signed=True)
         self.sessions[pid] = session
 
     def unregister_session(self, session: Session) -> None:
