@@ -398,6 +398,10 @@ class Rewriter:
         #: Query/FunctionCall messages dropped while skipping in the last
         #: rewrite_frontend call (they will get no ReadyForQuery).
         self.dropped_rfq = 0
+        #: Query/FunctionCall messages the server skipped after an error in an
+        #: extended-protocol message before them (no ReadyForQuery will come);
+        #: the session subtracts and resets it.
+        self.skipped_rfq = 0
 
     # -------------------------------------------------------------- linking
     def link(self, server: ServerStatements) -> None:
@@ -432,6 +436,7 @@ class Rewriter:
         q.clear()
         self._plain = 0
         self._skipping = False
+        self.skipped_rfq = 0
 
     # ------------------------------------------------------------- frontend
     def rewrite_frontend(self, chunk: bytes, index: list[tuple[int, int, int]]) -> tuple[bytes, bytes]:
@@ -833,6 +838,12 @@ class Rewriter:
         skipped: list[Entry] = []
         while q and not q[0][_SYNC]:
             skipped.append(q.popleft())
+            if skipped[-1][_KIND] == _RZ:  # a Query/FunctionCall Postgres discards: no ReadyForQuery
+                self.skipped_rfq += 1
+        if not q:
+            # the client has not sent that Sync yet: drop its messages up to it
+            # (Postgres would discard them), as after a local error
+            self._skipping = True
         for entry in reversed(skipped):
             for op in reversed(entry[_UNDO]):
                 self._undo(op, sv)

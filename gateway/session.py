@@ -19,7 +19,13 @@ inspected.  A server is linked at the first message of a transaction; Query,
 Sync and FunctionCall are counted as *outstanding* and each ReadyForQuery
 from the server decrements the count.  In transaction mode the server is
 released when ReadyForQuery says ``I``, nothing is outstanding and no
-extended-protocol message is waiting for its Sync.  In session mode it stays
+extended-protocol message is waiting for its Sync.  A Query/FunctionCall sent
+after extended messages before their Sync is discarded by Postgres (no
+ReadyForQuery) when one of those messages fails: such "at-risk" messages (rare)
+are matched to the server's ErrorResponses -- by the prepared-statement
+rewriter's reply queue when it is on (``Rewriter.skipped_rfq``), else by
+counting extended completions (:meth:`Session._risk_scan`) -- and the skipped
+ones are no longer outstanding.  In session mode it stays
 linked until the client leaves.  Server -> client bytes are handled in the
 server's ``data_received`` callback (:meth:`Session.on_server_data`) and
 queued for a per-session writer task.
@@ -69,7 +75,11 @@ assert TRACKED_NAMES == frozenset(TRACKED_ORDER)
 IGNORED_STARTUP = frozenset({"extra_float_digits"})
 
 _Q, _S, _F, _X, _P = 81, 83, 70, 88, 80  # frontend types
-_COPY = frozenset({100, 99, 102})  # d c f
+_COPY = frozenset({100, 99, 102, 72})  # d c f, and H (Flush): no reply of their own
+#: backend completion replies of one extended-protocol message (Parse '1', Bind '2',
+#: Close '3', Describe 'T'/'n', Execute 'C'/'I'/'s'); ErrorResponse is the other end.
+_XDONE = frozenset(b"123nTCIs")
+_ERR = 69  # 'E'
 _Z = 90
 _IDLE = 73  # 'I'
 
@@ -157,7 +167,17 @@ class Session:
         # link state
         self.server: ServerConnection | None = None
         self.outstanding = 0
-        self.dirty = False
+        #: extended-protocol messages (each owes one reply) since the last Query/Sync/FunctionCall
+        self.dirty = 0
+        # Skip-till-Sync tracking (only without the prepared-statement rewriter, which
+        # tracks every message itself): a Query/FunctionCall after extended messages in
+        # the same Sync segment is "at risk" -- Postgres discards it (no ReadyForQuery)
+        # when one of those messages fails.  Rare: libpq, asyncpg, JDBC never do it.
+        self._risk: list[list[int]] = []  # [kind 0=Query 1=Sync, Zs before its part, extended replies owed]
+        self._risky = False  # the current client segment holds an at-risk Query
+        self._watch = False  # scan server replies (while dirty or at risk)
+        self._xdone = 0      # extended completions since the last ReadyForQuery (while watching)
+        self._xerr = False   # an ErrorResponse since the last ReadyForQuery: the server skips to Sync
         self.named = False
         #: the client ran LISTEN on the linked server (transaction mode: UNLISTEN * before release)
         self.listened = False
@@ -514,23 +534,34 @@ class Session:
         """Forward one framed chunk (or queue it until a server is assigned);
         False when the client terminated.  Synchronous: no task switch."""
         before = out = self.outstanding
-        dirty = self.dirty
+        dirty = d0 = self.dirty
+        risky: int = self._risky
         terminate = False
         for t, s, _e in idx:
-            if t == _Q or t == _S or t == _F:
+            if t == _Q or t == _F:
+                if dirty or risky:
+                    risky = self._at_risk(out, dirty)
+                    if risky < 0:  # the server already skips to Sync: no ReadyForQuery
+                        dirty = 0
+                        continue
                 out += 1
-                dirty = False
+                dirty = 0
+            elif t == _S:
+                if risky:
+                    risky = self._risk_sync(out)
+                out += 1
+                dirty = 0
             elif t == _X:
                 chunk = chunk[: s - 5]
                 idx = idx[: idx.index((t, s, _e))]
                 terminate = True
                 break
             elif t == _P:
-                dirty = True
+                dirty += 1
                 if chunk[s] and self.prepared is None:
                     self.named = True
             elif t not in _COPY:
-                dirty = True
+                dirty += 1
         if self._track_times or self._track_activity:
             now = self.loop.time()
             self.last_activity = now
@@ -541,6 +572,10 @@ class Session:
             return not terminate
         self.pool.query_count += out - before  # type: ignore[union-attr]
         self.outstanding = out
+        if dirty and not d0 and self.prepared is None and not self._watch:
+            self._watch = True  # replies to these messages may precede an at-risk Query
+            self._xdone = 0
+            self._xerr = False
         self.dirty = dirty
         server = self.server
         if server is not None:
@@ -561,6 +596,63 @@ class Session:
         else:
             self.assign(server)
         return not terminate
+
+    def _at_risk(self, before: int, k: int) -> int:
+        """Slow path: a Query/FunctionCall follows extended messages in its Sync
+        segment (``before`` ReadyForQuery still due ahead of it, ``k`` extended
+        messages since the previous Query/Sync/FunctionCall).  Returns -1 when
+        the server already skips it (it gets no ReadyForQuery)."""
+        if self.prepared is not None:
+            return 0  # the rewriter tracks skips itself (Rewriter.skipped_rfq)
+        if not self._watch:
+            # nothing pending, server replies were not scanned: start counting now
+            self._xdone = 0
+            self._xerr = False
+        elif before == 0 and self._xerr:
+            self._risky = True
+            return -1
+        # with nothing due ahead, the replies since the last ReadyForQuery (_xdone)
+        # are exactly those to these k messages
+        self._risk.append([0, before, k])
+        self._watch = True
+        self._risky = True
+        return 1
+
+    def _risk_sync(self, before: int) -> bool:
+        if self.prepared is None:
+            self._risk.append([1, before, 0])
+        self._risky = False
+        return False
+
+    def _risk_scan(self, idx: list[tuple[int, int, int]]) -> None:
+        """Slow path (server replies while watching): match ErrorResponses to
+        at-risk Queries; those Postgres will skip are no longer outstanding."""
+        risk = self._risk
+        for t, _s, _e in idx:
+            if t == _Z:
+                self._xdone = 0
+                self._xerr = False
+                for entry in risk:
+                    entry[1] -= 1
+                while risk and risk[0][1] < 0:
+                    del risk[0]
+            elif t == _ERR:
+                self._xerr = True
+                if risk and risk[0][0] == 0 and risk[0][1] == 0 and self._xdone < risk[0][2]:
+                    # an extended message before this Query failed: skip to Sync
+                    n = 0
+                    while risk and risk[0][0] == 0:
+                        del risk[0]
+                        n += 1
+                    for entry in risk:
+                        entry[1] -= n
+                    if risk:  # the Sync ending the segment: its ReadyForQuery comes next
+                        del risk[0]
+                    self.outstanding -= n
+            elif t in _XDONE:
+                self._xdone += 1
+        if not risk and not self.dirty and not self._risky:
+            self._watch = False
 
     def assign(self, server: ServerConnection) -> bool:
         """Link ``server`` and send what the client queued.  Called directly or
@@ -647,6 +739,8 @@ class Session:
             chunk, idx = self._swallow(server, chunk, idx)
             if not chunk:
                 return
+        if self._watch:
+            self._risk_scan(idx)
         if self.prepared is not None:
             chunk, idx = self.prepared.rewrite_backend(chunk, idx)
             if not chunk:
@@ -701,6 +795,17 @@ class Session:
                 self._release()
             elif self._track_times:
                 self.last_z = self.loop.time()
+        elif self.prepared is not None and self.prepared.skipped_rfq:
+            # Queries Postgres discarded (skip-till-Sync after an extended-protocol
+            # error before them): the rewriter saw it; they get no ReadyForQuery
+            out -= self.prepared.skipped_rfq
+            self.prepared.skipped_rfq = 0
+            self.outstanding = out if out > 0 else 0
+            if out <= 0:
+                if z == _IDLE and not self.dirty and self.transaction_mode:
+                    self._release()
+                elif self._track_times:
+                    self.last_z = self.loop.time()
         else:
             self.outstanding = out
 
@@ -782,6 +887,8 @@ class Session:
             return
         self.server = None
         self.outstanding = 0
+        self._risk.clear()
+        self._watch = False
         if self.prepared is not None:
             self.prepared.unlink()
         self._abort("08006", "server connection lost: the upstream server closed the connection unexpectedly")

@@ -21,8 +21,6 @@ async def _raw_login(app) -> RawClient:
     return c
 
 
-@pytest.mark.xfail(strict=True, reason="session.py counts a Query skipped by Postgres after an extended-protocol "
-                   "error as outstanding: the server is never released")
 async def test_query_after_extended_error_releases_server(gateway_app, pg_db):
     """Parse fails, then a simple Query arrives before Sync: Postgres discards
     the Query (skip-till-Sync) so only ONE ReadyForQuery comes back, yet the
