@@ -29,7 +29,6 @@ from typing import Any, Awaitable, Callable, cast
 from urllib.parse import parse_qsl, urlsplit
 
 import h11
-from websockets.datastructures import Headers
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request as WsRequest
@@ -755,6 +754,3 @@ class HttpListener:
             if c.ws is None and c._waiter is not None and c.h11.their_state is h11.IDLE and c.transport:
                 c.transport.close()
 
-
-def headers_of(h: Headers) -> list[tuple[str, str]]:  # pragma: no cover - helper for later issues
-    return [(k.lower(), v) for k, v in h.raw_items()]
