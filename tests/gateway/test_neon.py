@@ -6,44 +6,20 @@ this project: no skip) and asserts on the JSON it prints.
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
-import shutil
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 import driver
 from tests.gateway.conftest import ALICE_PASSWORD, BOB_PASSWORD
+from tests.gateway.node_helpers import run_node_json
 
 pytestmark = pytest.mark.timeout(120)
 
-JS_DIR = Path(__file__).resolve().parent.parent / "js"
-SCRIPT = JS_DIR / "neon_ws.mjs"
 
 
 async def run_neon(gateway_port: int, connection_string: str, pipeline: str) -> dict[str, Any]:
-    node = shutil.which("node")
-    assert node is not None, "node is required for this test (it is installed on every project machine)"
-    assert (JS_DIR / "node_modules" / "@neondatabase" / "serverless").is_dir(), \
-        "run `npm install` in tests/js (.ci/run does)"
-    proc = await asyncio.create_subprocess_exec(
-        node, str(SCRIPT), f"127.0.0.1:{gateway_port}", connection_string, pipeline,
-        cwd=str(JS_DIR), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "NODE_NO_WARNINGS": "1"})
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), 60)
-    except asyncio.TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode == 0, f"node exited {proc.returncode}: {err.decode(errors='replace')}"
-    lines = [ln for ln in out.decode().splitlines() if ln.startswith("{")]
-    assert lines, f"no JSON from the script: {out!r} {err!r}"
-    result: dict[str, Any] = json.loads(lines[-1])
-    return result
+    return await run_node_json("neon_ws.mjs", f"127.0.0.1:{gateway_port}", connection_string, pipeline)
 
 
 @pytest.mark.parametrize("auth_type,pipeline,user,password", [

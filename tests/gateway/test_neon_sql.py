@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import shutil
-from pathlib import Path
 from typing import Any
 
 import h11
@@ -20,35 +19,16 @@ import pytest
 import driver
 from gateway.tokens import hash_token
 from tests.gateway.conftest import ALICE_PASSWORD, BOB_PASSWORD
+from tests.gateway.node_helpers import JS_DIR, run_node_json
 
 pytestmark = pytest.mark.timeout(120)
 
-JS_DIR = Path(__file__).resolve().parent.parent / "js"
-SCRIPT = JS_DIR / "neon_http.mjs"
 TABLE_SQL = "CREATE TABLE neon_http_t (id int primary key, v text); GRANT ALL ON neon_http_t TO PUBLIC;"
 TOKEN = "wp_test_token_for_alice_0123456789"
 
 
 async def run_neon_http(endpoint: str, connection_string: str, token: str = "", scenario: str = "") -> dict[str, Any]:
-    node = shutil.which("node")
-    assert node is not None, "node is required for this test (it is installed on every project machine)"
-    assert (JS_DIR / "node_modules" / "@neondatabase" / "serverless").is_dir(), \
-        "run `npm install` in tests/js (.ci/run does)"
-    proc = await asyncio.create_subprocess_exec(
-        node, str(SCRIPT), endpoint, connection_string, token, scenario,
-        cwd=str(JS_DIR), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "NODE_NO_WARNINGS": "1"})
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), 60)
-    except asyncio.TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode == 0, f"node exited {proc.returncode}: {err.decode(errors='replace')}"
-    lines = [ln for ln in out.decode().splitlines() if ln.startswith("{")]
-    assert lines, f"no JSON from the script: {out!r} {err!r}"
-    result: dict[str, Any] = json.loads(lines[-1])
-    return result
+    return await run_node_json("neon_http.mjs", endpoint, connection_string, token, scenario)
 
 
 class Http:
