@@ -26,6 +26,7 @@ from gateway.tokens import hash_token
 from tests.driver.test_differential import SCENARIOS
 from tests.gateway.conftest import ALICE_PASSWORD, BOB_PASSWORD, gateway_app  # noqa: F401 (fixture)
 from tests.pgcluster import PgCluster
+from tests.gateway.pool_helpers import eventually, pool_stats
 
 TOKEN = "wp_driver_http_token"
 
@@ -42,17 +43,8 @@ def transport(conn: Any) -> HttpTransport:
     return t
 
 
-def pool_stats(app: Any, db: str = "app") -> dict[str, Any]:
-    return app.gateway.stats()["pools"][db]
-
-
 async def wait_for(cond: Any, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.01)
+    await eventually(cond, timeout=timeout)
 
 
 @pytest.fixture

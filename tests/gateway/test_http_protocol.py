@@ -3,7 +3,6 @@ endpoint, against a real gateway and a real PostgreSQL."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
@@ -12,6 +11,7 @@ from driver.protocol import messages as m
 from driver.protocol.framing import MessageReader
 from gateway.http_exec import HttpAuthError, HttpExecError, get_executor
 from tests.gateway.conftest import ALICE_PASSWORD, BOB_PASSWORD
+from tests.gateway.pool_helpers import eventually, pool_stats
 
 
 def backend(data: bytes) -> list[tuple[int, bytes]]:
@@ -35,17 +35,8 @@ def types(data: bytes) -> str:
     return "".join(chr(t) for t, _ in backend(data))
 
 
-def pool_stats(app: Any, db: str = "app") -> dict[str, Any]:
-    return app.gateway.stats()["pools"][db]
-
-
 async def wait_for(cond: Any, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.01)
+    await eventually(cond, timeout=timeout)
 
 
 # --------------------------------------------------------------------------- executor
