@@ -11,6 +11,11 @@ __all__ = ("connect", "Connection", "ServerVersion", "ConnectionSettings",
            "exceptions") + tuple(_exc_all)
 
 
+# asyncpg's value types, importable from the top level (driver.types, loaded on first use)
+_TYPES_EXPORTS = ("Range", "BitString", "Point", "Box", "Line", "LineSegment", "Path",
+                  "Polygon", "Circle")
+
+
 def __getattr__(name: str) -> object:
     # Modules written alongside this one; imported lazily so the package
     # imports even before they exist.
@@ -20,4 +25,8 @@ def __getattr__(name: str) -> object:
         return getattr(importlib.import_module("driver.pool"), name)
     if name == "Record":
         return importlib.import_module("driver.record").Record
+    if name in _TYPES_EXPORTS:
+        return getattr(importlib.import_module("driver.types"), name)
+    if name == "types":
+        return importlib.import_module("driver.types")
     raise AttributeError(f"module 'driver' has no attribute {name!r}")

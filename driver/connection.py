@@ -188,12 +188,14 @@ def _text_value(v: Any, in_array: bool = False) -> str:
                                         ipaddress.IPv4Network, ipaddress.IPv6Network,
                                         ipaddress.IPv4Interface, ipaddress.IPv6Interface)):
         return str(v)
-    if t is list or (t is tuple and in_array):
+    if t is list:
+        # tuples are not arrays here: nested in a list they are elements (records,
+        # points...) for asyncpg; their type must come from a Describe
         parts = []
         for x in v:
             if x is None:
                 parts.append("NULL")
-            elif type(x) in (list, tuple):
+            elif type(x) is list:
                 parts.append(_text_value(x, True))
             else:
                 s = _text_value(x, True)

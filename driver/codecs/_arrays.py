@@ -49,16 +49,22 @@ def make_binary_array_decoder(elem_decode: Decoder) -> Decoder:
     return decode_array
 
 
-def _is_subarray(v: Any) -> bool:
+def _is_array(v: Any) -> bool:
+    """The top level of an array value: any sized iterable but str/bytes/mappings."""
     if isinstance(v, (list, tuple)):
         return True
     return (isinstance(v, Iterable) and isinstance(v, Sized)
             and not isinstance(v, (str, bytes, bytearray, memoryview, Mapping)))
 
 
+def _is_subarray(v: Any) -> bool:
+    """A nested sub-array; nested tuples are elements (records, points...), as in asyncpg."""
+    return type(v) is list or (not isinstance(v, tuple) and _is_array(v))
+
+
 def flatten_array(value: Any) -> tuple[list[int], list[Any]]:
     """Return (dims, flat elements) of a (nested) Python sequence; [] dims if empty."""
-    if not _is_subarray(value):
+    if not _is_array(value):
         raise EncodeError(
             f"a sized iterable container (list or tuple) is required for an array (got type {type_name(value)})")
     top = list(value)

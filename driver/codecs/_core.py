@@ -50,6 +50,8 @@ class TypeInfo:
     encode_text: Encoder | None = None
     element_oid: int = 0
     array_oid: int = 0
+    #: ranges and multiranges: the subtype's OID
+    range_subtype: int = 0
 
 
 def type_name(value: Any) -> str:

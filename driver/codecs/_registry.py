@@ -8,6 +8,8 @@ from typing import Any, Callable
 
 from . import _arrays as A
 from . import _binary as B
+from . import _geo as G
+from . import _range as R
 from . import _text as T
 from . import oids
 from ._core import FORMAT_BINARY, FORMAT_TEXT, Decoder, EncodeError, Encoder, TypeInfo
@@ -73,7 +75,27 @@ def _builtin_scalars() -> list[TypeInfo]:
     add(oids.VOID, "void", None, B.decode_void, T.decode_void)
     for oid, name in _TEXT_ONLY_TYPES.items():
         add(oid, name, None, None, T.decode_text, T.encode_str_strict)
+    add(oids.BIT, "bit", G.encode_bits, G.decode_bits, G.decode_bits_text)
+    add(oids.VARBIT, "varbit", G.encode_bits, G.decode_bits, G.decode_bits_text)
+    add(oids.POINT, "point", G.encode_point, G.decode_point, G.decode_point_text)
+    add(oids.LSEG, "lseg", G.encode_box, G.decode_lseg, G.decode_lseg_text)
+    add(oids.BOX, "box", G.encode_box, G.decode_box, G.decode_box_text)
+    add(oids.LINE, "line", G.encode_line, G.decode_line, G.decode_line_text)
+    add(oids.PATH, "path", G.encode_path, G.decode_path, G.decode_path_text)
+    add(oids.POLYGON, "polygon", G.encode_polygon, G.decode_polygon, G.decode_polygon_text)
+    add(oids.CIRCLE, "circle", G.encode_circle, G.decode_circle, G.decode_circle_text)
     return L
+
+
+# builtin range type -> (subtype, multirange type)
+BUILTIN_RANGES = {
+    oids.INT4RANGE: (oids.INT4, oids.INT4MULTIRANGE, "int4range", "int4multirange"),
+    oids.INT8RANGE: (oids.INT8, oids.INT8MULTIRANGE, "int8range", "int8multirange"),
+    oids.NUMRANGE: (oids.NUMERIC, oids.NUMMULTIRANGE, "numrange", "nummultirange"),
+    oids.DATERANGE: (oids.DATE, oids.DATEMULTIRANGE, "daterange", "datemultirange"),
+    oids.TSRANGE: (oids.TIMESTAMP, oids.TSMULTIRANGE, "tsrange", "tsmultirange"),
+    oids.TSTZRANGE: (oids.TIMESTAMPTZ, oids.TSTZMULTIRANGE, "tstzrange", "tstzmultirange"),
+}
 
 
 _unpack_i32 = struct.Struct("!i").unpack_from
@@ -107,9 +129,13 @@ class TypeRegistry:
         if builtins:
             for info in _builtin_scalars():
                 self.register(info)
+            for rng, (sub, multi, rname, mname) in BUILTIN_RANGES.items():
+                self.register_range(rng, sub, rname, array_oid=oids.ELEMENT_ARRAY.get(rng, 0))
+                self.register_multirange(multi, rng, mname,
+                                         array_oid=oids.ELEMENT_ARRAY.get(multi, 0))
             for arr, elem in oids.ARRAY_ELEMENT.items():
                 if elem in self._types and arr not in self._types:
-                    self.register_array(arr, elem)
+                    self.register_array(arr, elem, delim=";" if elem == oids.BOX else ",")
 
     # -- registration ------------------------------------------------------
 
@@ -130,6 +156,44 @@ class TypeRegistry:
         info = TypeInfo(oid=array_oid, name=f"_{el.name}", decode_text=A.make_text_array_decoder(
             el.decode_text, delim), encode=enc, decode_binary=dec, encode_text=tenc,
             element_oid=element_oid)
+        self.register(info)
+        return info
+
+    def register_range(self, oid: int, subtype_oid: int, name: str, *,
+                       array_oid: int = 0) -> TypeInfo:
+        """Register a range type over ``subtype_oid`` (binary when the subtype is)."""
+        sub = self._types.get(subtype_oid)
+        if sub is None:
+            raise KeyError(f"range subtype {subtype_oid} is not registered")
+        binary = sub.encode is not None and sub.decode_binary is not None
+        info = TypeInfo(
+            oid=oid, name=name, decode_text=R.make_text_range_decoder(sub.decode_text),
+            encode=R.make_binary_range_encoder(sub.encode) if binary and sub.encode else None,
+            decode_binary=(R.make_binary_range_decoder(sub.decode_binary)
+                           if binary and sub.decode_binary else None),
+            encode_text=None if binary else R.make_text_range_encoder(
+                sub.encode_text or T.encode_str_any),
+            array_oid=array_oid, range_subtype=subtype_oid)
+        self.register(info)
+        return info
+
+    def register_multirange(self, oid: int, range_oid: int, name: str, *,
+                            array_oid: int = 0) -> TypeInfo:
+        """Register a multirange type of the (registered) range type ``range_oid``."""
+        rng = self._types.get(range_oid)
+        if rng is None:
+            raise KeyError(f"range type {range_oid} is not registered")
+        sub = self._types.get(rng.range_subtype)
+        if sub is None:
+            raise KeyError(f"range subtype {rng.range_subtype} is not registered")
+        info = TypeInfo(
+            oid=oid, name=name, decode_text=R.make_text_multirange_decoder(sub.decode_text),
+            encode=R.make_binary_multirange_encoder(rng.encode) if rng.encode else None,
+            decode_binary=(R.make_binary_multirange_decoder(sub.decode_binary)
+                           if rng.decode_binary and sub.decode_binary else None),
+            encode_text=None if rng.encode else R.make_text_multirange_encoder(
+                rng.encode_text or T.encode_str_any),
+            array_oid=array_oid, range_subtype=rng.range_subtype)
         self.register(info)
         return info
 
@@ -192,7 +256,8 @@ class TypeRegistry:
                 data = enc(arg)
             except EncodeError as e:
                 raise _positioned(e, i + 1, arg) from None
-            except (TypeError, ValueError, OverflowError, ArithmeticError) as e:
+            except (TypeError, ValueError, OverflowError, ArithmeticError, IndexError, KeyError,
+                    struct.error) as e:
                 raise _positioned(EncodeError(str(e)), i + 1, arg) from None
             formats.append(fmt)
             values.append(data)
