@@ -231,3 +231,73 @@ def test_encode_gateway_handshake(benchmark: Any) -> None:
         return b"".join([m.authentication_ok(), *(m.parameter_status(k, v) for k, v in params.items()),
                          m.backend_key_data(1234, 5678), m.ready_for_query("I")])
     assert benchmark(run)
+
+
+# ------------------------------------------------------- gateway hot path
+def _gateway_session() -> tuple[Any, Any, list[bytes]]:
+    """A transaction-mode Session linked to a fake server, writing to a fake
+    client transport: one round trip = client chunk in, server reply in."""
+    import asyncio
+
+    from gateway.config import GatewaySettings
+    from gateway.session import Session
+
+    written: list[bytes] = []
+    loop = asyncio.new_event_loop()
+    pool = types.SimpleNamespace(query_count=0, xact_count=0, cl_waiting={}, release=lambda s: None,
+                                 reset_and_release=lambda *a: None, try_acquire=lambda: None)
+    gw = types.SimpleNamespace(settings=GatewaySettings(), loop=loop, accepting=True)
+    stream = types.SimpleNamespace(send_nowait=lambda d: written.append(d) or True,
+                                   drain=lambda: None)
+    sess = Session(gw, stream)  # type: ignore[arg-type]
+    sess.pool = pool  # type: ignore[assignment]
+    server = types.SimpleNamespace(reader=MessageReader(), write=written.append, params={}, sig=(),
+                                   status=73, client=None, transport=None, statements=None, closed=False)
+    sess.params = {}
+    sess.sig = ()
+    pool.try_acquire = lambda: server
+    return sess, server, written
+
+
+@pytest.mark.benchmark(group="gateway: one transaction-mode round trip")
+def test_gateway_round_trip_extended(benchmark: Any) -> None:
+    """Parse/Bind/Describe/Execute/Sync in, ParseComplete..ReadyForQuery out:
+    Session._from_client + on_server_data (framing, accounting, link, release)."""
+    _lib(benchmark, "gateway")
+    sess, server, written = _gateway_session()
+    rd = __import__("driver.protocol.framing", fromlist=["FrontendReader"]).FrontendReader(startup=False)
+    req = b"".join((m.parse("", "SELECT * FROM t WHERE a = $1", (oids.INT4,)),
+                    m.bind("", "", (1,), (b"\x00\x00\x00\x2a",), (1,)), m.describe("P", ""),
+                    m.execute("", 0), m.sync()))
+    rep = b"".join((b"1\x00\x00\x00\x04", b"2\x00\x00\x00\x04", b"n\x00\x00\x00\x04",
+                    m.command_complete("SELECT 0"), m.ready_for_query("I")))
+
+    def run() -> int:
+        rd.feed(req)
+        chunk, idx = rd.read_raw()
+        sess._from_client(chunk, idx)
+        sess.on_server_data(server, rep)
+        n = len(written)
+        written.clear()
+        return n
+    assert benchmark(run) == 2 and sess.server is None
+
+
+@pytest.mark.benchmark(group="gateway: one transaction-mode round trip")
+def test_gateway_round_trip_simple(benchmark: Any) -> None:
+    """Query in, RowDescription..ReadyForQuery out."""
+    _lib(benchmark, "gateway")
+    sess, server, written = _gateway_session()
+    rd = __import__("driver.protocol.framing", fromlist=["FrontendReader"]).FrontendReader(startup=False)
+    req = m.query("SELECT val FROM items WHERE id = 42")
+    rep = m.command_complete("SELECT 0") + m.ready_for_query("I")
+
+    def run() -> int:
+        rd.feed(req)
+        chunk, idx = rd.read_raw()
+        sess._from_client(chunk, idx)
+        sess.on_server_data(server, rep)
+        n = len(written)
+        written.clear()
+        return n
+    assert benchmark(run) == 2 and sess.server is None
