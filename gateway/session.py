@@ -15,20 +15,14 @@ the first query in one chunk work.
 
 Pooling loop (the hot path): every client chunk is framed with
 ``FrontendReader.read_raw()`` and forwarded whole; only message types are
-inspected.  A server is linked at the first message of a transaction; Query,
-Sync and FunctionCall are counted as *outstanding* and each ReadyForQuery
-from the server decrements the count.  In transaction mode the server is
-released when ReadyForQuery says ``I``, nothing is outstanding and no
-extended-protocol message is waiting for its Sync.  A Query/FunctionCall sent
-after extended messages before their Sync is discarded by Postgres (no
-ReadyForQuery) when one of those messages fails: such "at-risk" messages (rare)
-are matched to the server's ErrorResponses -- by the prepared-statement
-rewriter's reply queue when it is on (``Rewriter.skipped_rfq``), else by
-counting extended completions (:meth:`Session._risk_scan`) -- and the skipped
-ones are no longer outstanding.  In session mode it stays
-linked until the client leaves.  Server -> client bytes are handled in the
-server's ``data_received`` callback (:meth:`Session.on_server_data`) and
-queued for a per-session writer task.
+inspected.  A server is linked at the first message of a transaction.  What
+the server still owes the client (outstanding ReadyForQuery, skip-till-Sync,
+swallowed replies) is counted by :class:`gateway.accounting.Accounting`; in
+transaction mode the server is released when it says the transaction is over
+(ReadyForQuery ``I`` with nothing owed).  In session mode it stays linked
+until the client leaves.  Server -> client bytes are handled in the server's
+``data_received`` callback (:meth:`Session.on_server_data`) and queued for a
+per-session writer task.
 
 Named prepared statements (transaction mode) are not supported yet: a server
 on which the client created one (Parse with a non-empty name) gets
@@ -48,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from driver.protocol import messages as m
 from driver.protocol.framing import FrontendReader, ProtocolError
 
+from .accounting import Accounting
 from .auth import AuthFailed
 from .cancel import send_cancel
 from .pool import Pool, PoolError
@@ -74,19 +69,12 @@ assert TRACKED_NAMES == frozenset(TRACKED_ORDER)
 #: Startup parameters accepted and ignored.
 IGNORED_STARTUP = frozenset({"extra_float_digits"})
 
-_Q, _S, _F, _X, _P = 81, 83, 70, 88, 80  # frontend types
-_COPY = frozenset({100, 99, 102, 72})  # d c f, and H (Flush): no reply of their own
-#: backend completion replies of one extended-protocol message (Parse '1', Bind '2',
-#: Close '3', Describe 'T'/'n', Execute 'C'/'I'/'s'); ErrorResponse is the other end.
-_XDONE = frozenset(b"123nTCIs")
-_ERR = 69  # 'E'
+_S = 83  # backend ParameterStatus
 _Z = 90
 _IDLE = 73  # 'I'
 
 _DEALLOCATE_ALL = m.query("DEALLOCATE ALL")
 _UNLISTEN_ALL = m.query("UNLISTEN *")
-_C = 67  # backend CommandComplete
-_LISTEN_TAG = b"LISTEN\x00"
 _ROLLBACK = m.query("ROLLBACK")
 
 _OUT_HIGH = 1 << 20  # pause the server when this much is queued for a slow client
@@ -166,22 +154,8 @@ class Session:
         self.transaction_mode = True
         # link state
         self.server: ServerConnection | None = None
-        self.outstanding = 0
-        #: extended-protocol messages (each owes one reply) since the last Query/Sync/FunctionCall
-        self.dirty = 0
-        # Skip-till-Sync tracking (only without the prepared-statement rewriter, which
-        # tracks every message itself): a Query/FunctionCall after extended messages in
-        # the same Sync segment is "at risk" -- Postgres discards it (no ReadyForQuery)
-        # when one of those messages fails.  Rare: libpq, asyncpg, JDBC never do it.
-        self._risk: list[list[int]] = []  # [kind 0=Query 1=Sync, Zs before its part, extended replies owed]
-        self._risky = False  # the current client segment holds an at-risk Query
-        self._watch = False  # scan server replies (while dirty or at risk)
-        self._xdone = 0      # extended completions since the last ReadyForQuery (while watching)
-        self._xerr = False   # an ErrorResponse since the last ReadyForQuery: the server skips to Sync
-        self.named = False
-        #: the client ran LISTEN on the linked server (transaction mode: UNLISTEN * before release)
-        self.listened = False
-        self.swallow = 0
+        #: what the linked server still owes (ReadyForQuery, skip-till-Sync, swallowed replies)
+        self.acc = Accounting(None, self)
         self.prepared: Rewriter | None = None  # named prepared statements (transaction mode)
         self._swallow_keys: tuple[str, ...] = ()
         self.last_z = 0.0
@@ -321,6 +295,7 @@ class Session:
         self.transaction_mode = pool.transaction_mode
         if self.transaction_mode and s.max_prepared_statements > 0:
             self.prepared = Rewriter(ClientStatements(gw.statements), s.max_prepared_statements)
+            self.acc.rewriter = self.prepared
         pool.add_client(self)
         server_params = await pool.ensure_params(self)
         # Client's tracked values: what it asked for, else the server default.
@@ -533,35 +508,10 @@ class Session:
     def _from_client(self, chunk: bytes, idx: list[tuple[int, int, int]]) -> bool:
         """Forward one framed chunk (or queue it until a server is assigned);
         False when the client terminated.  Synchronous: no task switch."""
-        before = out = self.outstanding
-        dirty = d0 = self.dirty
-        risky: int = self._risky
-        terminate = False
-        for t, s, _e in idx:
-            if t == _Q or t == _F:
-                if dirty or risky:
-                    risky = self._at_risk(out, dirty)
-                    if risky < 0:  # the server already skips to Sync: no ReadyForQuery
-                        dirty = 0
-                        continue
-                out += 1
-                dirty = 0
-            elif t == _S:
-                if risky:
-                    risky = self._risk_sync(out)
-                out += 1
-                dirty = 0
-            elif t == _X:
-                chunk = chunk[: s - 5]
-                idx = idx[: idx.index((t, s, _e))]
-                terminate = True
-                break
-            elif t == _P:
-                dirty += 1
-                if chunk[s] and self.prepared is None:
-                    self.named = True
-            elif t not in _COPY:
-                dirty += 1
+        acc = self.acc
+        before = acc.outstanding
+        chunk, idx, terminate = acc.client(chunk, idx)
+        out = acc.outstanding
         if self._track_times or self._track_activity:
             now = self.loop.time()
             self.last_activity = now
@@ -571,12 +521,6 @@ class Session:
         if not chunk:
             return not terminate
         self.pool.query_count += out - before  # type: ignore[union-attr]
-        self.outstanding = out
-        if dirty and not d0 and self.prepared is None and not self._watch:
-            self._watch = True  # replies to these messages may precede an at-risk Query
-            self._xdone = 0
-            self._xerr = False
-        self.dirty = dirty
         server = self.server
         if server is not None:
             if self.prepared is not None:
@@ -596,63 +540,6 @@ class Session:
         else:
             self.assign(server)
         return not terminate
-
-    def _at_risk(self, before: int, k: int) -> int:
-        """Slow path: a Query/FunctionCall follows extended messages in its Sync
-        segment (``before`` ReadyForQuery still due ahead of it, ``k`` extended
-        messages since the previous Query/Sync/FunctionCall).  Returns -1 when
-        the server already skips it (it gets no ReadyForQuery)."""
-        if self.prepared is not None:
-            return 0  # the rewriter tracks skips itself (Rewriter.skipped_rfq)
-        if not self._watch:
-            # nothing pending, server replies were not scanned: start counting now
-            self._xdone = 0
-            self._xerr = False
-        elif before == 0 and self._xerr:
-            self._risky = True
-            return -1
-        # with nothing due ahead, the replies since the last ReadyForQuery (_xdone)
-        # are exactly those to these k messages
-        self._risk.append([0, before, k])
-        self._watch = True
-        self._risky = True
-        return 1
-
-    def _risk_sync(self, before: int) -> bool:
-        if self.prepared is None:
-            self._risk.append([1, before, 0])
-        self._risky = False
-        return False
-
-    def _risk_scan(self, idx: list[tuple[int, int, int]]) -> None:
-        """Slow path (server replies while watching): match ErrorResponses to
-        at-risk Queries; those Postgres will skip are no longer outstanding."""
-        risk = self._risk
-        for t, _s, _e in idx:
-            if t == _Z:
-                self._xdone = 0
-                self._xerr = False
-                for entry in risk:
-                    entry[1] -= 1
-                while risk and risk[0][1] < 0:
-                    del risk[0]
-            elif t == _ERR:
-                self._xerr = True
-                if risk and risk[0][0] == 0 and risk[0][1] == 0 and self._xdone < risk[0][2]:
-                    # an extended message before this Query failed: skip to Sync
-                    n = 0
-                    while risk and risk[0][0] == 0:
-                        del risk[0]
-                        n += 1
-                    for entry in risk:
-                        entry[1] -= n
-                    if risk:  # the Sync ending the segment: its ReadyForQuery comes next
-                        del risk[0]
-                    self.outstanding -= n
-            elif t in _XDONE:
-                self._xdone += 1
-        if not risk and not self.dirty and not self._risky:
-            self._watch = False
 
     def assign(self, server: ServerConnection) -> bool:
         """Link ``server`` and send what the client queued.  Called directly or
@@ -694,7 +581,7 @@ class Session:
         assert rw is not None
         chunk, local = rw.rewrite_frontend(chunk, idx)
         if rw.dropped_rfq:  # Query messages skipped after a refused message: no ReadyForQuery
-            self.outstanding -= rw.dropped_rfq
+            self.acc.outstanding -= rw.dropped_rfq
         if local:
             self._send_or_queue(local)
         return chunk
@@ -720,7 +607,7 @@ class Session:
         diffs = [(k, v) for k, v in self.params.items() if sp.get(k) != v]
         if diffs:
             sql = ";".join(f"SET {k} TO {_quote_literal(v)}" for k, v in diffs)
-            self.swallow = 1
+            self.acc.swallow = 1
             self._swallow_keys = tuple(k for k, _ in diffs)
             return m.query(sql)
         return b""
@@ -735,26 +622,15 @@ class Session:
             return
         if not chunk:
             return
-        if self.swallow:
-            chunk, idx = self._swallow(server, chunk, idx)
-            if not chunk:
-                return
-        if self._watch:
-            self._risk_scan(idx)
+        acc = self.acc
+        chunk, idx = acc.from_server(chunk, idx)
+        if not chunk:
+            return
         if self.prepared is not None:
             chunk, idx = self.prepared.rewrite_backend(chunk, idx)
             if not chunk:
                 return
-        z = -1
-        out = self.outstanding
-        for t, s, e in idx:
-            if t == _Z:
-                out -= 1
-                z = chunk[s]
-            elif t == _S:
-                self._param_status(server, chunk[s:e])
-            elif t == _C and chunk[s:e] == _LISTEN_TAG:
-                self.listened = True
+        z = acc.replies(chunk, idx)
         direct = self._direct
         if direct is not None and not self._out:
             # Straight to the client's transport (no task switch).
@@ -789,53 +665,34 @@ class Session:
         if z < 0:
             return
         server.status = z
-        if out <= 0:
-            self.outstanding = 0
-            if z == _IDLE and not self.dirty and self.transaction_mode:
+        if acc.outstanding == 0:
+            if z == _IDLE and not acc.dirty and self.transaction_mode:
                 self._release()
             elif self._track_times:
                 self.last_z = self.loop.time()
-        elif self.prepared is not None and self.prepared.skipped_rfq:
-            # Queries Postgres discarded (skip-till-Sync after an extended-protocol
-            # error before them): the rewriter saw it; they get no ReadyForQuery
-            out -= self.prepared.skipped_rfq
-            self.prepared.skipped_rfq = 0
-            self.outstanding = out if out > 0 else 0
-            if out <= 0:
-                if z == _IDLE and not self.dirty and self.transaction_mode:
-                    self._release()
-                elif self._track_times:
-                    self.last_z = self.loop.time()
-        else:
-            self.outstanding = out
 
-    def _swallow(self, server: ServerConnection, chunk: bytes,
-                 idx: list[tuple[int, int, int]]) -> tuple[bytes, list[tuple[int, int, int]]]:
-        """Drop the replies to our own SET batch from the front of the stream."""
-        n = 0
-        cut = 0
-        for t, s, e in idx:
-            n += 1
-            if t == _S:
-                self._param_status(server, chunk[s:e])
-            elif t == m.B.ERROR_RESPONSE:
-                fields = m.decode_fields(chunk[s:e])
-                log.warning("%r: applying tracked parameters failed: %s", self, fields.get("M"))
-            elif t == _Z:
-                server.status = chunk[s]
-                self.swallow -= 1
-                if self.swallow == 0:
-                    cut = e
-                    # Adopt the server's resulting values (canonical spelling, or
-                    # its unchanged value if our SET failed): no SET loop.
-                    for k in self._swallow_keys:
-                        if k in server.params:
-                            self.params[k] = server.params[k]
-                    self.sig = tracked_signature(self.params)
-                    break
-        if self.swallow:
-            return b"", []
-        return chunk[cut:], [(t, s - cut, e - cut) for t, s, e in idx[n:]]
+    # Accounting events (rare paths)
+    def parameter_status(self, body: bytes) -> None:
+        server = self.server
+        if server is not None:
+            self._param_status(server, body)
+
+    def swallowed_error(self, body: bytes) -> None:
+        fields = m.decode_fields(body)
+        log.warning("%r: applying tracked parameters failed: %s", self, fields.get("M"))
+
+    def swallow_done(self) -> None:
+        """Our SET batch is answered: adopt the server's resulting values
+        (canonical spelling, or its unchanged value if our SET failed): no SET loop."""
+        server = self.server
+        if server is None:
+            return
+        if self.acc.status >= 0:
+            server.status = self.acc.status
+        for k in self._swallow_keys:
+            if k in server.params:
+                self.params[k] = server.params[k]
+        self.sig = tracked_signature(self.params)
 
     def _param_status(self, server: ServerConnection, body: bytes) -> None:
         name, value = parse_parameter_status(body)
@@ -873,11 +730,12 @@ class Session:
         it: no named statements (when they are not tracked) and no LISTEN
         registrations (their notifications would reach the next client)."""
         parts = []
-        if self.named:
-            self.named = False
+        acc = self.acc
+        if acc.named:
+            acc.named = False
             parts.append(_DEALLOCATE_ALL)
-        if self.listened:
-            self.listened = False
+        if acc.listened:
+            acc.listened = False
             parts.append(_UNLISTEN_ALL)
         return parts
 
@@ -886,9 +744,7 @@ class Session:
         if self.server is not server:
             return
         self.server = None
-        self.outstanding = 0
-        self._risk.clear()
-        self._watch = False
+        self.acc.lost()
         if self.prepared is not None:
             self.prepared.unlink()
         self._abort("08006", "server connection lost: the upstream server closed the connection unexpectedly")
@@ -937,8 +793,8 @@ class Session:
         server = self.server
         if server is None:
             return
-        if self.outstanding == 0:
-            if (s.idle_transaction_timeout > 0 and not self.dirty and server.status != _IDLE
+        if self.acc.outstanding == 0:
+            if (s.idle_transaction_timeout > 0 and not self.acc.dirty and server.status != _IDLE
                     and now - self.last_z >= s.idle_transaction_timeout):
                 self._abort("25P03", "terminating connection due to idle-in-transaction timeout")
         elif s.query_timeout > 0 and not self._cancel_sent and now - self.query_start >= s.query_timeout:
@@ -966,7 +822,7 @@ class Session:
     def in_transaction(self) -> bool:
         """Linked with work in progress (what a graceful shutdown waits for)."""
         server = self.server
-        return server is not None and bool(self.outstanding or self.dirty or server.status != _IDLE)
+        return server is not None and (not self.acc.settled() or server.status != _IDLE)
 
     def terminate(self, sqlstate: str, message: str) -> None:
         """Used by the Gateway at shutdown."""
@@ -1024,9 +880,9 @@ class Session:
         if server.closed:
             pool.discard(server)
             return
-        if self.outstanding or self.dirty or self.swallow:
+        if self.acc.busy():
             # Mid-result or mid-pipeline: cancel whatever runs, then close it.
-            if self.outstanding:
+            if self.acc.outstanding:
                 self.gw.spawn(send_cancel(server.host, server.port, server.backend_pid, server.backend_key))
             pool.discard(server)
             return

@@ -119,7 +119,7 @@ async def test_query_after_extended_messages(gateway_app: Any, pg: PgCluster, pg
         assert got[-1] == "Z:I"
         # a is idle outside a transaction: the server went back to the pool...
         session = next(iter(app.gateway.pools["app"].cl_active), None)
-        assert session is None or (session.outstanding == 0 and session.server is None), session
+        assert session is None or (session.acc.outstanding == 0 and session.server is None), session
         # ...so a second client is served, and a keeps working
         b = await asyncpg.connect(app.pg_dsn("alice", ALICE_PASSWORD, "app"), statement_cache_size=0)
         try:

@@ -1,0 +1,270 @@
+"""Transaction-boundary accounting: what a linked server still owes its client.
+
+Sans-I/O (bytes and message indexes in, counters and decisions out), one
+instance per client session; everything that decides *when a transaction
+ends* lives here, the way h11 keeps its state machine in ``_state.py``:
+
+- **outstanding**: ReadyForQuery replies still due.  Query, Sync and
+  FunctionCall each owe one; every ReadyForQuery from the server pays one.
+- **dirty**: extended-protocol messages (Parse, Bind, Describe, Execute,
+  Close) since the last Query/Sync/FunctionCall.  While non-zero the server
+  cannot be released even at ReadyForQuery ``I`` (a Sync is still to come).
+- **skip-till-Sync**: a Query/FunctionCall sent after extended messages in
+  the same Sync segment is "at risk": Postgres discards it (no
+  ReadyForQuery) when one of those extended messages fails.  Rare (libpq,
+  asyncpg, JDBC never do it).  Without the prepared-statement rewriter the
+  server's replies are scanned while such a Query is pending and its
+  ErrorResponses matched to extended completions (:meth:`_risk_scan`); with
+  the rewriter (``gateway.prepared.Rewriter``) its reply queue knows
+  (``skipped_rfq``) and this class only subtracts.
+- **swallow**: replies to the gateway's own queries sent ahead of the
+  client's bytes (a SET batch at link): that many ReadyForQuery-terminated
+  replies are cut from the front of the server stream (:meth:`swallowed`).
+
+Use: ``client(chunk, idx)`` for every framed client chunk (before it is
+forwarded), ``from_server(chunk, idx)`` for every framed server chunk (it
+cuts swallowed replies and scans for skips), then -- after the rewriter, if
+any -- ``replies(chunk, idx)``, which returns the status byte of the last
+ReadyForQuery (or -1).  When it returns ``I`` and :meth:`settled` is true,
+the transaction is over: in transaction mode the server can be released.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+_Q, _S, _F, _X, _P = 81, 83, 70, 88, 80  # frontend types: Query, Sync, FunctionCall, Terminate, Parse
+#: frontend CopyData/CopyDone/CopyFail and Flush: no reply of their own
+_COPY = frozenset({100, 99, 102, 72})
+#: backend completion replies of one extended-protocol message (Parse '1', Bind '2',
+#: Close '3', Describe 'T'/'n', Execute 'C'/'I'/'s'); ErrorResponse is the other end.
+_XDONE = frozenset(b"123nTCIs")
+_ERR = 69  # 'E'
+_Z = 90  # 'Z'
+_PS = 83  # backend 'S' ParameterStatus
+_C = 67  # backend CommandComplete
+_IDLE = 73  # 'I'
+_LISTEN_TAG = b"LISTEN\x00"
+
+Index = list[tuple[int, int, int]]
+
+
+class Events(Protocol):
+    """What the accounting reports back (rare paths only)."""
+
+    def parameter_status(self, body: bytes) -> None: ...
+    def swallowed_error(self, body: bytes) -> None: ...
+    def swallow_done(self) -> None: ...
+
+
+class _NoEvents:
+    def parameter_status(self, body: bytes) -> None:
+        pass
+
+    def swallowed_error(self, body: bytes) -> None:
+        pass
+
+    def swallow_done(self) -> None:
+        pass
+
+
+class Accounting:
+    """Outstanding replies of one client's link (see the module docstring)."""
+
+    __slots__ = ("outstanding", "dirty", "swallow", "named", "listened", "status", "rewriter", "events",
+                 "_risk", "_risky", "_watch", "_xdone", "_xerr")
+
+    def __init__(self, rewriter: Any = None, events: Events | None = None) -> None:
+        self.outstanding = 0
+        #: extended-protocol messages (each owes one reply) since the last Query/Sync/FunctionCall
+        self.dirty = 0
+        #: gateway-internal replies (ReadyForQuery-terminated) to cut from the server stream
+        self.swallow = 0
+        #: a Parse with a statement name went by (only counted without the rewriter)
+        self.named = False
+        #: a LISTEN completed
+        self.listened = False
+        #: last ReadyForQuery status seen by :meth:`swallowed` (-1: none)
+        self.status = -1
+        self.rewriter = rewriter
+        self.events: Events = events if events is not None else _NoEvents()
+        self._risk: list[list[int]] = []  # [kind 0=Query 1=Sync, Zs before its part, extended replies owed]
+        self._risky = False  # the current client segment holds an at-risk Query
+        self._watch = False  # scan server replies (while dirty or at risk)
+        self._xdone = 0      # extended completions since the last ReadyForQuery (while watching)
+        self._xerr = False   # an ErrorResponse since the last ReadyForQuery: the server skips to Sync
+
+    # ------------------------------------------------------------- client
+    def client(self, chunk: bytes, idx: Index) -> tuple[bytes, Index, bool]:
+        """Account one framed client chunk.  Returns the chunk and index to
+        forward (cut before a Terminate) and whether the client terminated."""
+        out = self.outstanding
+        dirty = d0 = self.dirty
+        risky: int = self._risky
+        terminate = False
+        for t, s, _e in idx:
+            if t == _Q or t == _F:
+                if dirty or risky:
+                    risky = self._at_risk(out, dirty)
+                    if risky < 0:  # the server already skips to Sync: no ReadyForQuery
+                        dirty = 0
+                        continue
+                out += 1
+                dirty = 0
+            elif t == _S:
+                if risky:
+                    risky = self._risk_sync(out)
+                out += 1
+                dirty = 0
+            elif t == _X:
+                chunk = chunk[: s - 5]
+                idx = idx[: idx.index((t, s, _e))]
+                terminate = True
+                break
+            elif t == _P:
+                dirty += 1
+                if chunk[s] and self.rewriter is None:
+                    self.named = True
+            elif t not in _COPY:
+                dirty += 1
+        if not chunk:
+            return chunk, idx, terminate
+        self.outstanding = out
+        if dirty and not d0 and self.rewriter is None and not self._watch:
+            self._watch = True  # replies to these messages may precede an at-risk Query
+            self._xdone = 0
+            self._xerr = False
+        self.dirty = dirty
+        return chunk, idx, terminate
+
+    def _at_risk(self, before: int, k: int) -> int:
+        """Slow path: a Query/FunctionCall follows extended messages in its Sync
+        segment (``before`` ReadyForQuery still due ahead of it, ``k`` extended
+        messages since the previous Query/Sync/FunctionCall).  Returns -1 when
+        the server already skips it (it gets no ReadyForQuery)."""
+        if self.rewriter is not None:
+            return 0  # the rewriter tracks skips itself (Rewriter.skipped_rfq)
+        if not self._watch:
+            # nothing pending, server replies were not scanned: start counting now
+            self._xdone = 0
+            self._xerr = False
+        elif before == 0 and self._xerr:
+            self._risky = True
+            return -1
+        # with nothing due ahead, the replies since the last ReadyForQuery (_xdone)
+        # are exactly those to these k messages
+        self._risk.append([0, before, k])
+        self._watch = True
+        self._risky = True
+        return 1
+
+    def _risk_sync(self, before: int) -> bool:
+        if self.rewriter is None:
+            self._risk.append([1, before, 0])
+        self._risky = False
+        return False
+
+    # ------------------------------------------------------------- server
+    def from_server(self, chunk: bytes, idx: Index) -> tuple[bytes, Index]:
+        """First look at a framed server chunk: cut the replies to the
+        gateway's own queries, scan for skipped Queries.  Returns what is
+        left for the client."""
+        if self.swallow:
+            chunk, idx = self.swallowed(chunk, idx)
+            if not chunk:
+                return chunk, idx
+        if self._watch:
+            self._risk_scan(idx)
+        return chunk, idx
+
+    def swallowed(self, chunk: bytes, idx: Index) -> tuple[bytes, Index]:
+        """Drop the replies to the gateway's own queries from the front of the stream."""
+        n = 0
+        cut = 0
+        ev = self.events
+        for t, s, e in idx:
+            n += 1
+            if t == _PS:
+                ev.parameter_status(chunk[s:e])
+            elif t == _ERR:
+                ev.swallowed_error(chunk[s:e])
+            elif t == _Z:
+                self.status = chunk[s]
+                self.swallow -= 1
+                if self.swallow == 0:
+                    cut = e
+                    ev.swallow_done()
+                    break
+        if self.swallow:
+            return b"", []
+        return chunk[cut:], [(t, s - cut, e - cut) for t, s, e in idx[n:]]
+
+    def _risk_scan(self, idx: Index) -> None:
+        """Slow path (server replies while watching): match ErrorResponses to
+        at-risk Queries; those Postgres will skip are no longer outstanding."""
+        risk = self._risk
+        for t, _s, _e in idx:
+            if t == _Z:
+                self._xdone = 0
+                self._xerr = False
+                for entry in risk:
+                    entry[1] -= 1
+                while risk and risk[0][1] < 0:
+                    del risk[0]
+            elif t == _ERR:
+                self._xerr = True
+                if risk and risk[0][0] == 0 and risk[0][1] == 0 and self._xdone < risk[0][2]:
+                    # an extended message before this Query failed: skip to Sync
+                    n = 0
+                    while risk and risk[0][0] == 0:
+                        del risk[0]
+                        n += 1
+                    for entry in risk:
+                        entry[1] -= n
+                    if risk:  # the Sync ending the segment: its ReadyForQuery comes next
+                        del risk[0]
+                    self.outstanding -= n
+            elif t in _XDONE:
+                self._xdone += 1
+        if not risk and not self.dirty and not self._risky:
+            self._watch = False
+
+    def replies(self, chunk: bytes, idx: Index) -> int:
+        """Account the server messages going to the client (after the
+        rewriter).  Returns the status byte of the last ReadyForQuery, or -1.
+        ParameterStatus messages are reported to ``events``."""
+        z = -1
+        out = self.outstanding
+        for t, s, e in idx:
+            if t == _Z:
+                out -= 1
+                z = chunk[s]
+            elif t == _PS:
+                self.events.parameter_status(chunk[s:e])
+            elif t == _C and chunk[s:e] == _LISTEN_TAG:
+                self.listened = True
+        if z < 0:
+            return z
+        if out > 0:
+            rw = self.rewriter
+            if rw is not None and rw.skipped_rfq:
+                # Queries Postgres discarded (skip-till-Sync after an extended-protocol
+                # error before them): the rewriter saw it; they get no ReadyForQuery
+                out -= rw.skipped_rfq
+                rw.skipped_rfq = 0
+        self.outstanding = out if out > 0 else 0
+        return z
+
+    def settled(self) -> bool:
+        """Nothing owed: no ReadyForQuery due and no extended message waiting for its Sync."""
+        return not self.outstanding and not self.dirty
+
+    def busy(self) -> bool:
+        """Something is still owed (what a server cannot be returned clean in)."""
+        return bool(self.outstanding or self.dirty or self.swallow)
+
+    def lost(self) -> None:
+        """The server went away: nothing is owed any more."""
+        self.outstanding = 0
+        self._risk.clear()
+        self._watch = False

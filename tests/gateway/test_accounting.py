@@ -1,0 +1,205 @@
+"""gateway.accounting.Accounting driven by byte scripts (no sockets): client
+bytes in, server bytes in, "transaction over" out.  The end-to-end
+counterpart against Postgres is test_skip_till_sync.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from driver.protocol import messages as m
+from driver.protocol.framing import FrontendReader, MessageReader
+from gateway.accounting import Accounting
+
+
+class Rec:
+    def __init__(self) -> None:
+        self.params: list[bytes] = []
+        self.errors: list[bytes] = []
+        self.done = 0
+
+    def parameter_status(self, body: bytes) -> None:
+        self.params.append(body)
+
+    def swallowed_error(self, body: bytes) -> None:
+        self.errors.append(body)
+
+    def swallow_done(self) -> None:
+        self.done += 1
+
+
+def c(acc: Accounting, data: bytes) -> tuple[bytes, bool]:
+    r = FrontendReader(startup=False)
+    r.feed(data)
+    chunk, idx = r.read_raw()
+    chunk, idx, term = acc.client(chunk, idx)
+    return chunk, term
+
+
+def s(acc: Accounting, data: bytes) -> tuple[bytes, int]:
+    """Server bytes: returns (bytes for the client, last ReadyForQuery status or -1)."""
+    r = MessageReader()
+    r.feed(data)
+    chunk, idx = r.read_raw()
+    chunk, idx = acc.from_server(chunk, idx)
+    if not chunk:
+        return chunk, -1
+    return chunk, acc.replies(chunk, idx)
+
+
+Z_I = m.ready_for_query("I")
+Z_T = m.ready_for_query("T")
+Z_E = m.ready_for_query("E")
+ERR = m.error("42601", "syntax error")
+PARSE_OK = b"1\x00\x00\x00\x04"
+BIND_OK = b"2\x00\x00\x00\x04"
+P = m.parse("", "SELECT 1", [])
+BEX = m.bind("", "", [], [], []) + m.execute("")
+
+
+def test_simple_query_settles_at_idle() -> None:
+    acc = Accounting()
+    c(acc, m.query("SELECT 1"))
+    assert acc.outstanding == 1 and not acc.settled()
+    _, z = s(acc, m.command_complete("SELECT 1"))
+    assert z == -1 and acc.outstanding == 1
+    _, z = s(acc, Z_I)
+    assert z == ord("I") and acc.settled()
+
+
+def test_two_queries_in_one_chunk_need_two_ready_for_query() -> None:
+    acc = Accounting()
+    c(acc, m.query("BEGIN") + m.query("SELECT 1"))
+    assert acc.outstanding == 2
+    _, z = s(acc, m.command_complete("BEGIN") + Z_T)
+    assert z == ord("T") and acc.outstanding == 1 and not acc.settled()
+    s(acc, m.command_complete("SELECT 1") + Z_T)
+    assert acc.settled()  # nothing owed; the transaction block is the caller's business (status T)
+
+
+def test_extended_messages_are_dirty_until_sync() -> None:
+    acc = Accounting()
+    c(acc, P + BEX)
+    assert acc.dirty == 3 and acc.outstanding == 0 and not acc.settled()
+    c(acc, m.sync())
+    assert acc.dirty == 0 and acc.outstanding == 1
+    s(acc, PARSE_OK + BIND_OK + m.command_complete("SELECT 1") + Z_I)
+    assert acc.settled()
+
+
+def test_flush_and_copy_owe_nothing() -> None:
+    acc = Accounting()
+    c(acc, m.flush() + m.copy_data(b"x") + m.copy_done())
+    assert acc.dirty == 0 and acc.outstanding == 0
+
+
+def test_terminate_cuts_the_chunk() -> None:
+    acc = Accounting()
+    q = m.query("SELECT 1")
+    chunk, term = c(acc, q + m.terminate() + m.query("SELECT 2"))
+    assert term and chunk == q and acc.outstanding == 1
+
+
+def test_named_parse_is_noted_without_rewriter() -> None:
+    acc = Accounting()
+    c(acc, m.parse("s1", "SELECT 1", []) + m.sync())
+    assert acc.named
+    acc2 = Accounting()
+    c(acc2, P + m.sync())
+    assert not acc2.named
+
+
+def test_at_risk_query_skipped_after_error() -> None:
+    """Parse fails, then a Query in the same Sync segment: Postgres skips the
+    Query (no ReadyForQuery) -- only the Sync's ReadyForQuery comes."""
+    acc = Accounting()
+    c(acc, m.parse("", "SELEC 1", []) + m.query("SELECT 2") + m.sync())
+    assert acc.outstanding == 2
+    _, z = s(acc, ERR + Z_I)
+    assert z == ord("I") and acc.settled()
+
+
+def test_at_risk_query_answered_when_extended_succeeds() -> None:
+    acc = Accounting()
+    c(acc, P + m.query("SELECT 2") + m.sync())
+    assert acc.outstanding == 2
+    # Query implies a Sync: ParseComplete, the Query's result and its ReadyForQuery, then the Sync's
+    _, z = s(acc, PARSE_OK + m.command_complete("SELECT 1") + Z_I)
+    assert z == ord("I") and acc.outstanding == 1 and not acc.settled()
+    _, z = s(acc, Z_I)
+    assert acc.settled()
+
+
+def test_query_after_failed_segment_is_skipped_at_once() -> None:
+    """The error has already arrived before the at-risk Query is sent."""
+    acc = Accounting()
+    c(acc, m.parse("", "SELEC 1", []) + m.flush())
+    s(acc, ERR)
+    c(acc, m.query("SELECT 2"))
+    assert acc.outstanding == 0  # skipped: no ReadyForQuery will come
+    c(acc, m.sync())
+    s(acc, Z_I)
+    assert acc.settled()
+
+
+def test_swallowed_replies_are_cut_and_reported() -> None:
+    rec = Rec()
+    acc = Accounting(None, rec)
+    acc.swallow = 1
+    c(acc, m.query("SELECT 1"))
+    ours = m.command_complete("SET") + m.parameter_status("TimeZone", "UTC") + Z_I
+    theirs = m.command_complete("SELECT 1") + Z_I
+    out, z = s(acc, ours + theirs)
+    assert out == theirs and z == ord("I") and acc.settled()
+    assert rec.done == 1 and rec.params == [b"TimeZone\x00UTC\x00"] and acc.swallow == 0
+
+
+def test_swallow_split_across_chunks() -> None:
+    rec = Rec()
+    acc = Accounting(None, rec)
+    acc.swallow = 1
+    c(acc, m.query("SELECT 1"))
+    out, z = s(acc, ERR)
+    assert out == b"" and z == -1 and rec.errors and rec.done == 0
+    out, z = s(acc, Z_I + m.command_complete("SELECT 1"))
+    assert out == m.command_complete("SELECT 1") and z == -1 and rec.done == 1
+    assert not acc.settled()
+    s(acc, Z_I)
+    assert acc.settled()
+
+
+def test_parameter_status_and_listen_in_replies() -> None:
+    rec = Rec()
+    acc = Accounting(None, rec)
+    c(acc, m.query("LISTEN x"))
+    s(acc, m.command_complete("LISTEN") + m.parameter_status("application_name", "a") + Z_I)
+    assert acc.listened and rec.params == [b"application_name\x00a\x00"] and acc.settled()
+
+
+class FakeRewriter:
+    skipped_rfq = 0
+
+
+def test_rewriter_skips_are_subtracted() -> None:
+    rw: Any = FakeRewriter()
+    acc = Accounting(rw)
+    c(acc, m.parse("", "SELEC 1", []) + m.query("SELECT 2") + m.sync())
+    assert acc.outstanding == 2
+    rw.skipped_rfq = 1  # what the rewriter's reply queue found
+    _, z = s(acc, ERR + Z_I)
+    assert z == ord("I") and acc.settled() and rw.skipped_rfq == 0
+
+
+def test_error_in_transaction_block() -> None:
+    acc = Accounting()
+    c(acc, m.query("BEGIN; SELEC"))
+    _, z = s(acc, m.command_complete("BEGIN") + ERR + Z_E)
+    assert z == ord("E") and acc.settled()
+
+
+def test_busy_and_lost() -> None:
+    acc = Accounting()
+    assert not acc.busy()
+    c(acc, m.query("SELECT pg_sleep(1)"))
+    assert acc.busy()
+    acc.lost()
+    assert not acc.busy()
