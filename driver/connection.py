@@ -268,6 +268,8 @@ class Connection:
         self._cancelling: asyncio.Task[None] | None = None
         #: lazy_connect: the login not answered yet (see ``_finish_login``).
         self._login: tuple[pc.StartupRequest, asyncio.Future[None], float | None, bool] | None = None
+        #: The running COPY TO STDOUT's buffer (see driver.copy).
+        self._copy_sink: Any = None
         #: False: one-shot queries skip the Describe round trip (see ``_one_shot``).
         self._describe_first = True
         protocol.on_notice = None
@@ -291,6 +293,9 @@ class Connection:
                     await self._flush()
                 if events:
                     self._dispatch(events)
+                if self._copy_sink is not None:
+                    # COPY TO STDOUT: wake the writer; stop reading while it lags.
+                    await self._copy_sink.received()
                 if proto.state is pc.ProtocolState.FAILED:
                     break
         except asyncio.CancelledError:
@@ -332,11 +337,14 @@ class Connection:
                     for cb in list(self._log_listeners):
                         self._call_soon(cb, self, msg)
             elif t is pc.CopyInStarted:
-                # COPY FROM STDIN is not offered by this driver yet.  The COPY
-                # may already be over (its ErrorResponse/ReadyForQuery arrived in
-                # the same chunk): then there is nothing to fail.
+                # A COPY FROM STDIN outside copy_to_table() & co (driver.copy):
+                # refuse it.  The COPY may already be over (its ErrorResponse/
+                # ReadyForQuery arrived in the same chunk): nothing to fail then.
                 assert isinstance(ev, pc.CopyInStarted)
-                if ev.request.copy_in_active:
+                req = ev.request
+                if isinstance(req, pc.CopyQuery) and req.on_copy_in is not None:
+                    continue
+                if req.copy_in_active:
                     self._protocol.copy_fail("COPY FROM STDIN is not supported by this client")
                     self._spawn(self._flush())
             elif t is pc.ServerError:
@@ -397,6 +405,12 @@ class Connection:
     async def _request(self, req: pc.Request, deadline: float | None,
                        query: str | None = None) -> pc.Request:
         """Submit ``req``, wait for it (cancelling on the server at the deadline)."""
+        fut = await self._submit(req, deadline)
+        await self._wait(req, fut, deadline, query)
+        return req
+
+    async def _submit(self, req: pc.Request, deadline: float | None) -> asyncio.Future[None]:
+        """Send ``req``; return the future done at its end (see :meth:`_wait`)."""
         self._check_open()
         fut: asyncio.Future[None] = self._loop.create_future()
         req.tag = fut
@@ -407,14 +421,23 @@ class Connection:
             raise exc.ConnectionDoesNotExistError(
                 "connection was closed in the middle of operation") from e
         except (OSError, TransportError) as e:
-            self._protocol.connection_lost(e)
-            self._dispatch(self._protocol.next_events())
-            self._mark_closed()
+            self._lost(e)
             raise exc.ConnectionDoesNotExistError(
                 "connection was closed in the middle of operation") from e
         if self._login is not None:
             # lazy_connect: this request went out right behind the login.
             await self._finish_login(deadline)
+        return fut
+
+    def _lost(self, e: BaseException) -> None:
+        """The transport failed while sending."""
+        self._protocol.connection_lost(e)
+        self._dispatch(self._protocol.next_events())
+        self._mark_closed()
+
+    async def _wait(self, req: pc.Request, fut: asyncio.Future[None], deadline: float | None,
+                    query: str | None = None) -> None:
+        """Wait for a submitted request; raise its error (cancel it at the deadline)."""
         if not fut.done():
             if deadline is None:
                 try:
@@ -435,7 +458,6 @@ class Connection:
                     self._cancel_in_background(fut)
                     raise
         self._raise_for(req, query)
-        return req
 
     async def _finish_login(self, deadline: float | None) -> None:
         """lazy_connect: wait for the login sent with the first request; raise
@@ -747,6 +769,35 @@ class Connection:
 
         self._check_open()
         return Transaction(self, isolation, readonly, deferrable)
+
+    # -- COPY (driver.copy) ----------------------------------------------------
+    async def copy_from_table(self, table_name: str, *, output: Any, **kwargs: Any) -> str:
+        """Copy a table to ``output`` (path, file-like or coroutine function);
+        asyncpg's signature, see :func:`driver.copy.copy_from_table`."""
+        from .copy import copy_from_table
+
+        return await copy_from_table(self, table_name, output=output, **kwargs)
+
+    async def copy_from_query(self, query: str, *args: Any, output: Any, **kwargs: Any) -> str:
+        """Copy a query's result to ``output``; see :func:`driver.copy.copy_from_query`."""
+        from .copy import copy_from_query
+
+        return await copy_from_query(self, query, *args, output=output, **kwargs)
+
+    async def copy_to_table(self, table_name: str, *, source: Any, **kwargs: Any) -> str:
+        """Copy ``source`` (path, file-like, async iterable of bytes, bytes)
+        into a table; see :func:`driver.copy.copy_to_table`."""
+        from .copy import copy_to_table
+
+        return await copy_to_table(self, table_name, source=source, **kwargs)
+
+    async def copy_records_to_table(self, table_name: str, *, records: Any,
+                                    **kwargs: Any) -> str:
+        """Binary COPY of ``records`` (iterable or async iterable of sequences);
+        see :func:`driver.copy.copy_records_to_table`."""
+        from .copy import copy_records_to_table
+
+        return await copy_records_to_table(self, table_name, records=records, **kwargs)
 
     # -- LISTEN / NOTIFY, notices ----------------------------------------------
     async def add_listener(self, channel: str, callback: Callable[..., Any]) -> None:

@@ -54,6 +54,7 @@ __all__ = [
     "Request",
     "StartupRequest",
     "SimpleQuery",
+    "CopyQuery",
     "ExtendedQuery",
     "ExecResult",
     "QueryResult",
@@ -251,6 +252,10 @@ class Request:
     def _no_data(self) -> None:
         pass
 
+    def _copy_data(self, body: bytes) -> None:
+        """A CopyData message of a COPY TO STDOUT (kept in ``copy_out``)."""
+        self.copy_out.append(body)
+
 
 class StartupRequest(Request):
     """The login exchange; done at the first ReadyForQuery."""
@@ -331,6 +336,33 @@ class SimpleQuery(Request):
 
     def __repr__(self) -> str:
         return f"<SimpleQuery {self.sql[:40]!r} done={self.done}>"
+
+
+class CopyQuery(SimpleQuery):
+    """A simple-protocol COPY statement whose data the caller streams.
+
+    COPY TO STDOUT: each CopyData body goes to ``sink`` (``copy_out`` if
+    None) as it arrives.  COPY FROM STDIN: ``on_copy_in`` is called with the
+    :class:`CopyInStarted` event as soon as the CopyInResponse is handled
+    (before the event is returned by ``next_events``), so the caller can
+    start sending without waiting for a dispatch round.
+    """
+
+    __slots__ = ("sink", "on_copy_in")
+
+    def __init__(self, sql: str, sink: Callable[[bytes], None] | None = None) -> None:
+        super().__init__(sql)
+        self.sink = sink
+        self.on_copy_in: Callable[[CopyInStarted], None] | None = None
+
+    def _copy_data(self, body: bytes) -> None:
+        if self.sink is None:
+            self.copy_out.append(body)
+        else:
+            self.sink(body)
+
+    def __repr__(self) -> str:
+        return f"<CopyQuery {self.sql[:40]!r} done={self.done}>"
 
 
 class ExtendedQuery(Request):
@@ -680,6 +712,10 @@ class ClientProtocol:
                 append(decode(body))
                 continue
             append = None
+            if mtype == _COPY_DATA:  # COPY TO STDOUT: one message per row
+                if not self._skipping and pending:
+                    pending[0]._copy_data(body)
+                    continue
             if mtype == _COMMAND_COMPLETE:
                 if not self._skipping and pending:
                     pending[0]._complete(body[:-1].decode("utf-8", "replace"))
@@ -775,11 +811,14 @@ class ClientProtocol:
             assert isinstance(c, m.CopyInResponse)
             self._copy_in = head
             head.copy_in_active = True
-            self._events.append(CopyInStarted(head, c.format, c.column_formats))
+            event = CopyInStarted(head, c.format, c.column_formats)
+            if isinstance(head, CopyQuery) and head.on_copy_in is not None:
+                head.on_copy_in(event)
+            self._events.append(event)
         elif mtype == _COPY_OUT_RESPONSE:
             pass
         elif mtype == _COPY_DATA:
-            head.copy_out.append(body)
+            head._copy_data(body)
         elif mtype == _COPY_DONE:
             pass
         elif mtype == _COPY_BOTH_RESPONSE:
