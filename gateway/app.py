@@ -74,6 +74,12 @@ class GatewayApp:
         try:
             self.http = HttpListener(g.listen[0], g.listen[1],
                                      ws_max_message_size=g.max_message_size + WS_SLACK)
+            self.http.header_timeout = g.client_login_timeout
+            self.http.min_body_rate = g.http_min_body_rate
+            limits = getattr(self.gateway, "limits", None)
+            if limits is not None:
+                self.http.limits = limits
+                self.http.client_count = lambda: int(self.gateway.n_clients)
             self.http.add_websocket(WS_PATH, self.gateway.handle_client)
             # The driver's ws:// DSN may put something else in the path: any
             # non-HTTP path upgrades too (routing is by the StartupMessage's database).

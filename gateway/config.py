@@ -57,12 +57,26 @@ class GatewaySettings:
     reserve_pool_size: int = 0
     reserve_pool_timeout: float = 5.0
     query_wait_timeout: float = 120.0
-    client_login_timeout: float = 60.0
+    client_login_timeout: float = 15.0
+    #: Connections still logging in (accept .. AuthenticationOk) at once; 0 = auto
+    #: (a quarter of the open-file limit, at most 1000).  Past it: FATAL 53300.
+    max_login_clients: int = 0
+    #: Bytes buffered for one connection that has not logged in yet.
+    login_buffer_size: int = 131072
+    #: A client message (post-login) must arrive completely within this many
+    #: seconds of its first byte (0 = no limit).
+    client_message_timeout: float = 60.0
+    #: HTTP connections (not upgraded to WebSocket) open at once; 0 = auto (half
+    #: of the open-file limit).  They also count toward max_client_conn.
+    max_http_conn: int = 0
+    #: An HTTP request body must arrive at this many bytes per second or more,
+    #: after client_login_timeout of grace (0 = no minimum).
+    http_min_body_rate: int = 4096
     server_connect_timeout: float = 15.0
     server_login_retry: float = 15.0
     server_idle_timeout: float = 600.0
     server_lifetime: float = 3600.0
-    idle_transaction_timeout: float = 0.0
+    idle_transaction_timeout: float = 60.0
     query_timeout: float = 0.0
     client_idle_timeout: float = 0.0
     server_reset_query: str = "DISCARD ALL"
@@ -306,6 +320,10 @@ _INT_MIN = {
     "sql_max_request_size": MIN_MESSAGE_SIZE,
     "sql_max_response_size": MIN_MESSAGE_SIZE,
     "http_max_batch_messages": 1,
+    "max_login_clients": 0,
+    "login_buffer_size": MIN_MESSAGE_SIZE,
+    "max_http_conn": 0,
+    "http_min_body_rate": 0,
     "http_max_response_size": MIN_MESSAGE_SIZE,
 }
 _INT_MAX = {"max_message_size": 1 << 30, "sql_max_request_size": 1 << 30, "sql_max_response_size": 1 << 30,

@@ -13,6 +13,7 @@ from typing import Any, Coroutine
 
 from .auth import Authenticator
 from .cancel import send_cancel
+from .limits import Limits
 from .pool import Pool
 from .prepared import StatementRegistry
 from .session import Session
@@ -31,6 +32,7 @@ class Gateway:
         self.sessions: dict[int, Session] = {}
         self._all_sessions: set[Session] = set()
         self.n_clients = 0
+        self.limits = Limits(self.settings)  # login-phase and HTTP connection caps
         self.statements = StatementRegistry()  # named prepared statements, gateway-wide
         self.accepting = True
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -68,7 +70,7 @@ class Gateway:
                     pool.tick(now)
                 except Exception:  # pragma: no cover - a bug; keep the janitor alive
                     log.exception("janitor failed for pool %s", pool.name)
-            if self.settings.client_idle_timeout > 0:
+            if self.settings.client_idle_timeout > 0 or self.settings.client_message_timeout > 0:
                 for session in list(self._all_sessions):
                     session.check_idle(now)
 
@@ -190,7 +192,8 @@ class Gateway:
 def _janitor_interval(s: Any) -> float:
     candidates = [v for v in (s.query_wait_timeout, s.idle_transaction_timeout, s.query_timeout,
                               s.reserve_pool_timeout if s.reserve_pool_size else 0.0,
-                              s.client_idle_timeout, s.server_idle_timeout) if v and v > 0]
+                              s.client_idle_timeout, s.client_message_timeout,
+                              s.server_idle_timeout) if v and v > 0]
     if not candidates:
         return 1.0
     return min(1.0, max(0.02, min(candidates) / 4))

@@ -52,6 +52,15 @@ _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 MAX_BODY_SIZE = 10 << 20
 MAX_HEADER_SIZE = 16 << 10
 KEEPALIVE_TIMEOUT = 75.0
+HEADER_TIMEOUT = 15.0    # request line + headers, from their first byte (client_login_timeout)
+MIN_BODY_RATE = 4096     # bytes/s a request body must keep up, after HEADER_TIMEOUT of grace
+_SHED_BODY = b"too many connections; retry later\n"
+_SHED_503 = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
+             b"content-length: %d\r\nconnection: close\r\nretry-after: 1\r\n\r\n%s" % (len(_SHED_BODY), _SHED_BODY))
+
+
+class _ReadDeadline(Exception):
+    """A read phase (headers, body) did not complete by its deadline."""
 WS_CLOSE_TIMEOUT = 5.0
 
 
@@ -140,6 +149,10 @@ class WebSocketStream(ProtocolStream):
         self._fast_rx = self._plain_frames
         self._rx = b""
         self._rx_limit: int | None = ws.max_message_size
+        # a frame whose payload is still arriving (fast path): bytes left, its mask, mask offset
+        self._rx_left = 0
+        self._rx_mask = b""
+        self._rx_off = 0
         self._text = False          # inside a text message (its continuation frames are dropped)
         self._close_timer: asyncio.TimerHandle | None = None
 
@@ -159,11 +172,15 @@ class WebSocketStream(ProtocolStream):
         bits, over max_size) the rest of the stream goes to websockets for good
         (its parser has seen nothing since OPEN, so it starts at a frame
         boundary).  Returns the bytes for websockets (b"" while on the fast path)."""
+        feed = self._feed
+        if self._rx_left:
+            data = self._rx_stream(data)
+            if not data:
+                return b""
         buf = self._rx + data if self._rx else data
         end = len(buf)
         pos = 0
         limit = self._rx_limit
-        feed = self._feed
         while end - pos >= 6:
             b1 = buf[pos + 1]
             if buf[pos] != 0x82 or b1 < 0x80:
@@ -187,7 +204,15 @@ class WebSocketStream(ProtocolStream):
                 break
             stop = start + n
             if stop > end:
-                self._rx = buf[pos:]
+                # Payload still arriving: hand out what is here (message boundaries
+                # mean nothing), so a large frame is never held whole in memory.
+                mask = buf[start - 4 : start]
+                self._rx = b""
+                self._rx_left = stop - end
+                self._rx_mask = mask
+                self._rx_off = (end - start) % 4
+                if end > start:
+                    feed(_apply_mask(buf[start:end], mask))
                 return b""
             pos = stop
             if n:
@@ -203,7 +228,30 @@ class WebSocketStream(ProtocolStream):
         self._rx = b""
         return buf[pos:]
 
+    def _rx_stream(self, data: bytes) -> bytes:
+        """More payload of the frame being streamed; returns the bytes after it."""
+        n = self._rx_left
+        part, rest = (data, b"") if len(data) <= n else (data[:n], data[n:])
+        off = self._rx_off
+        mask = self._rx_mask[off:] + self._rx_mask[:off] if off else self._rx_mask
+        self._rx_left = n - len(part)
+        self._rx_off = (off + len(part)) % 4
+        self._feed(_apply_mask(part, mask))
+        if self._lost or self._closed:
+            return b""
+        return rest
+
+    def set_login_limit(self, limit: int | None) -> None:
+        """Before login: frames websockets parses (permessage-deflate, control,
+        fragments) are capped at ``limit`` bytes and at most about ``limit``
+        received bytes are buffered; ``None`` lifts both."""
+        super().set_login_limit(limit)
+        self.ws.max_fragment_size = limit
+
     def _ws_eof(self) -> None:
+        if self._rx_left:  # EOF inside a streamed frame
+            self._fast_rx = False
+            self._rx_left = 0
         if self._fast_rx and self._rx:
             self._fast_rx = False
             rest, self._rx = self._rx, b""
@@ -335,6 +383,8 @@ class HttpConnection(asyncio.Protocol):
         self._lost = False
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
+        self._counted = False               # holds a slot of Limits.http_open
+        self._req_start: float | None = None  # first byte of the request being read
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -344,15 +394,34 @@ class HttpConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         from gateway.tcp import _peer_of
         self.peer = _peer_of(transport)
-        self.listener.connections.add(self)
-        self.listener.accepted_total += 1
+        listener = self.listener
+        listener.accepted_total += 1
+        limits = listener.limits
+        if limits is not None:
+            if not limits.try_open_http(self.peer, listener.client_count()):
+                # Shed at once: the file descriptor is what a flood exhausts.
+                self._lost = True
+                transport.write(_SHED_503)
+                transport.close()
+                return
+            self._counted = True
+        listener.connections.add(self)
         self.task = asyncio.get_running_loop().create_task(self._serve())
+
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            limits = self.listener.limits
+            if limits is not None:
+                limits.close_http()
 
     def data_received(self, data: bytes) -> None:
         ws = self.ws
         if ws is not None:
             ws._ws_data(data)
             return
+        if self._req_start is None:
+            self._req_start = asyncio.get_running_loop().time()
         try:
             self.h11.receive_data(data)
         except RuntimeError:  # h11 already closed/errored: ignore trailing bytes
@@ -379,6 +448,7 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
+        self._uncount()
         self.listener.connections.discard(self)
         if self.ws is not None:
             self.ws._connection_lost(exc)
@@ -404,7 +474,11 @@ class HttpConnection(asyncio.Protocol):
             w.set_result(None)
 
     # -- HTTP request loop
-    async def _wait_data(self) -> None:
+    async def _wait_data(self, deadline: float | None = None) -> None:
+        """Wait for more bytes: until ``deadline`` (loop time; then
+        :class:`_ReadDeadline`), else up to the keep-alive timeout (then the
+        connection is closed).  Every read phase has a deadline: a byte at a
+        time does not extend it."""
         if self._lost:
             raise ConnectionResetError
         assert self.transport is not None
@@ -412,9 +486,14 @@ class HttpConnection(asyncio.Protocol):
             self._paused = False
             self.transport.resume_reading()
         loop = asyncio.get_running_loop()
+        if deadline is not None and deadline <= loop.time():
+            raise _ReadDeadline
         fut = loop.create_future()
         self._waiter = fut
-        timer = loop.call_later(self.listener.keepalive_timeout, self._timeout)
+        if deadline is None:
+            timer = loop.call_later(self.listener.keepalive_timeout, self._timeout)
+        else:
+            timer = loop.call_at(deadline, self._wake)
         try:
             await fut
         finally:
@@ -422,6 +501,14 @@ class HttpConnection(asyncio.Protocol):
             self._waiter = None
         if self._lost:
             raise ConnectionResetError
+        if deadline is not None and deadline <= loop.time():
+            raise _ReadDeadline
+
+    def _header_deadline(self) -> float | None:
+        """Request line + headers are due ``header_timeout`` after their first byte."""
+        start = self._req_start
+        t = self.listener.header_timeout
+        return None if start is None or t <= 0 else start + t
 
     def _timeout(self) -> None:
         if self.transport is not None and not self._lost:
@@ -436,11 +523,14 @@ class HttpConnection(asyncio.Protocol):
             while True:
                 ev = self._next_event()
                 if ev is h11.NEED_DATA:
-                    await self._wait_data()
+                    await self._wait_data(self._header_deadline())
                     continue
                 if isinstance(ev, h11.Request):
                     if await self._handle(ev):
                         return  # connection taken over (WebSocket) or closed
+                    # the next request's clock starts at its first byte
+                    self._req_start = (asyncio.get_running_loop().time()
+                                       if self.h11.trailing_data[0] else None)
                     continue
                 if isinstance(ev, h11.ConnectionClosed) or ev is h11.PAUSED:
                     break
@@ -448,6 +538,9 @@ class HttpConnection(asyncio.Protocol):
         except h11.RemoteProtocolError as e:
             status = e.error_status_hint if isinstance(e.error_status_hint, int) else 400
             self._send_error_and_close(status, f"bad request: {e}\n")
+        except _ReadDeadline:
+            self.listener.shed("request not received in time (slow client)", self.peer)
+            self._send_error_and_close(408, "request timeout\n")
         except (ConnectionError, asyncio.CancelledError):
             pass
         except Exception:
@@ -479,6 +572,8 @@ class HttpConnection(asyncio.Protocol):
         """The request body, or None if it exceeds ``limit`` (not fully read then)."""
         parts: list[bytes] = []
         size = 0
+        listener = self.listener
+        start = asyncio.get_running_loop().time()
         while True:
             ev = self._next_event()
             if ev is h11.NEED_DATA:
@@ -486,7 +581,11 @@ class HttpConnection(asyncio.Protocol):
                     assert self.transport is not None
                     self.transport.write(self.h11.send(h11.InformationalResponse(
                         status_code=100, headers=[])) or b"")
-                await self._wait_data()
+                # the body must keep up min_body_rate after header_timeout of grace
+                deadline = None
+                if listener.header_timeout > 0 and listener.min_body_rate > 0:
+                    deadline = start + listener.header_timeout + size / listener.min_body_rate
+                await self._wait_data(deadline)
                 continue
             if isinstance(ev, h11.Data):
                 size += len(ev.data)
@@ -681,6 +780,7 @@ class HttpConnection(asyncio.Protocol):
         if closed:
             stream._ws_eof()
         listener.ws_opened_total += 1
+        self._uncount()  # a WebSocket session: counted by the gateway from here
         try:
             await on_stream(stream)
         except Exception:
@@ -709,10 +809,22 @@ class HttpListener:
             server_max_window_bits=12, client_max_window_bits=12, compress_settings={"memLevel": 5})]
             if permessage_deflate else [])
         self.backlog = backlog
+        #: read deadlines: request line + headers (s from the first byte), body rate (bytes/s)
+        self.header_timeout = HEADER_TIMEOUT
+        self.min_body_rate = MIN_BODY_RATE
+        #: connection caps (gateway.limits.Limits) and the gateway's client count; None: no caps
+        self.limits: Any = None
+        self.client_count: Callable[[], int] = lambda: 0
         self.server: asyncio.base_events.Server | None = None
         self.connections: set[HttpConnection] = set()
         self.accepted_total = 0
         self.ws_opened_total = 0
+
+    def shed(self, reason: str, peer: str) -> None:
+        if self.limits is not None:
+            self.limits.shed_log.shed(reason, peer)
+        else:
+            log.warning("dropping client %s: %s", peer, reason)
 
     def add_route(self, method: str, path: str, handler: HttpHandler) -> None:
         self.routes[(method.upper(), path)] = handler

@@ -45,6 +45,7 @@ from driver.protocol.framing import FrontendReader, ProtocolError
 from .accounting import Accounting
 from .auth import AuthFailed
 from .cancel import send_cancel
+from .limits import after_login, check_login_message, login_reader
 from .pool import Pool, PoolError
 from .prepared import ClientStatements, Rewriter, server_statements
 from .server import TRACKED_ORDER, ServerConnection, parse_parameter_status, tracked_signature
@@ -145,7 +146,9 @@ class Session:
         self.loop = gateway.loop
         s = gateway.settings
         self.settings = s
-        self.reader = FrontendReader(max_size=s.max_message_size)
+        self.reader: FrontendReader = login_reader(s)  # Postgres' pre-login limits (gateway/limits.py)
+        self._partial_since = 0.0  # first byte of a partially received message (client_message_timeout)
+        self._track_partial = s.client_message_timeout > 0
         # pool bookkeeping (lists are maintained by Pool._move)
         self.pool: Pool | None = None
         self.pool_list: dict[Any, None] | None = None
@@ -259,6 +262,7 @@ class Session:
             if chunk:
                 self._pend_chunk, self._pend_idx, self._pend_pos = chunk, idx, 0
                 continue
+            check_login_message(self.reader)
             data = await self.stream.recv()
             if not data:
                 raise _ClientGone()
@@ -280,13 +284,24 @@ class Session:
         gw = self.gw
         s = self.settings
         timeout = s.client_login_timeout if s.client_login_timeout > 0 else None
+        limits = gw.limits
+        if not limits.try_begin_login(getattr(self.stream, "peer", "?")):
+            raise AuthFailed("53300", "sorry, too many clients are logging in")
+        login_limit = getattr(self.stream, "set_login_limit", None)
+        if login_limit is not None:
+            login_limit(s.login_buffer_size)
         try:
             async with asyncio.timeout(timeout):
                 prefix = await self._handshake()
         except TimeoutError:
             raise AuthFailed("08006", "client_login_timeout: login not completed in time") from None
+        finally:
+            limits.end_login()
         if prefix is None:
             return False
+        after_login(self.reader, s)
+        if login_limit is not None:
+            login_limit(None)
         # Database lookup only after authentication (as PostgreSQL does).
         pool = gw.pools.get(self.database)
         if pool is None:
@@ -412,6 +427,8 @@ class Session:
                 return
             reader.feed(data)
             chunk, idx = reader.read_raw()
+            if self._track_partial:
+                self._note_partial(bool(chunk))
             if not chunk:
                 continue
             if not from_client(chunk, idx):
@@ -476,6 +493,8 @@ class Session:
             return
         try:
             chunk, idx = self.reader.feed_read_raw(data)
+            if self._track_partial:
+                self._note_partial(bool(chunk))
             if not chunk:
                 return
             if not self._from_client(chunk, idx):
@@ -524,7 +543,12 @@ class Session:
         server = self.server
         if server is not None:
             if self.prepared is not None:
-                chunk = self._rewrite(chunk, idx)
+                try:
+                    chunk = self._rewrite(chunk, idx)
+                except ProtocolError:
+                    # nothing of this chunk reached the server: it owes no replies for it
+                    self.outstanding, self.dirty = before, d0
+                    raise
                 if not chunk:
                     return not terminate
             server.write(chunk)
@@ -538,7 +562,11 @@ class Session:
         if server is None:
             self.pool.enqueue(self)  # type: ignore[union-attr]  # may raise PoolError (fail fast)
         else:
-            self.assign(server)
+            try:
+                self._send_pending(server)
+            except ProtocolError:
+                self.pool.release(server)  # type: ignore[union-attr]  # untouched: nothing was sent
+                raise
         return not terminate
 
     def assign(self, server: ServerConnection) -> bool:
@@ -547,27 +575,11 @@ class Session:
         Returns False (server not taken) when the session is ending."""
         if self._aborted or self._finished:
             return False
-        head = self._link(server)
-        pending = self._pending
-        self._pending = []
-        self._pending_bytes = 0
-        rewrite = self._rewrite if self.prepared is not None else None
-        if len(pending) == 1 and not head:
-            chunk, idx = pending[0]
-            if rewrite is not None:
-                chunk = rewrite(chunk, idx)
-            if chunk:
-                server.write(chunk)
-        else:
-            # one write (one send) for everything queued
-            parts = [head] if head else []
-            for chunk, idx in pending:
-                if rewrite is not None:
-                    chunk = rewrite(chunk, idx)
-                if chunk:
-                    parts.append(chunk)
-            if parts:
-                server.write(b"".join(parts))
+        try:
+            self._send_pending(server)
+        except ProtocolError as exc:
+            self._abort(exc.sqlstate, str(exc))
+            return False
         fut = self._assigned
         if fut is not None:
             self._assigned = None
@@ -575,8 +587,40 @@ class Session:
                 fut.set_result(None)
         return True
 
+    def _send_pending(self, server: ServerConnection) -> None:
+        """Link ``server`` and write what the client queued.  A malformed
+        message (ProtocolError): nothing is written and the server is not
+        linked -- it goes on untouched, to another client."""
+        head = self._link(server)
+        pending = self._pending
+        self._pending = []
+        self._pending_bytes = 0
+        parts = [head] if head else []
+        rewrite = self._rewrite if self.prepared is not None else None
+        for chunk, idx in pending:
+            if rewrite is not None:
+                try:
+                    chunk = rewrite(chunk, idx)
+                except ProtocolError:
+                    self._unlink_unused(server)
+                    raise
+            if chunk:
+                parts.append(chunk)
+        if parts:
+            server.write(parts[0] if len(parts) == 1 else b"".join(parts))
+
+    def _unlink_unused(self, server: ServerConnection) -> None:
+        """Undo :meth:`_link` of a server nothing was written to."""
+        self.server = None
+        server.client = None
+        self.swallow = 0
+        if self.prepared is not None:
+            self.prepared.abandon()  # statements noted for it become uncertain: closed before reuse
+            self.prepared.unlink()
+
     def _rewrite(self, chunk: bytes, idx: list[tuple[int, int, int]]) -> bytes:
-        """Named prepared statements: rewrite for the linked server."""
+        """Named prepared statements: rewrite for the linked server (raises
+        ProtocolError on a malformed message; nothing of ``chunk`` was sent)."""
         rw = self.prepared
         assert rw is not None
         chunk, local = rw.rewrite_frontend(chunk, idx)
@@ -806,6 +850,16 @@ class Session:
         if (s.client_idle_timeout > 0 and self.server is None and self.last_activity
                 and now - self.last_activity >= s.client_idle_timeout):
             self._abort("08P01", "client_idle_timeout")
+        elif self._partial_since and now - self._partial_since >= s.client_message_timeout:
+            self._abort("08P01", "client_message_timeout: message not received completely in time")
+
+    def _note_partial(self, progress: bool) -> None:
+        """A message started but not complete holds its bytes: time it."""
+        if self.reader.buffered:
+            if progress or not self._partial_since:
+                self._partial_since = self.loop.time()
+        elif self._partial_since:
+            self._partial_since = 0.0
 
     # ------------------------------------------------------------- closing
     def _abort(self, sqlstate: str | None, message: str | None) -> None:

@@ -188,6 +188,11 @@ class ProtocolStream:
         if self._on_end is not None and (self._error is not None or self._eof):
             self._end(self._error)
 
+    def set_login_limit(self, limit: int | None) -> None:
+        """Before login (``limit``): buffer at most about ``limit`` bytes of
+        this peer's input; ``None`` restores the normal read high-water mark."""
+        self._high_water = READ_HIGH_WATER if limit is None else limit
+
     def pause_reading(self) -> None:
         """Stop reading from the peer (until :meth:`resume_reading`)."""
         if not self._reading_paused and not self._lost:

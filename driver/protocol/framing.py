@@ -51,6 +51,9 @@ MAX_STARTUP_SIZE: Final = 10000
 UNTYPED: Final = 0
 
 
+#: consumed bytes at the front of the buffer that are dropped at once (not at the next feed)
+_COMPACT_AT: Final = 1 << 16
+
 _unpack_header = struct.Struct("!Bi").unpack_from  # type byte, length
 
 
@@ -106,6 +109,14 @@ class MessageReader:
     def buffered(self) -> int:
         """Number of bytes received but not yet returned as messages."""
         return len(self._buf) - self._pos
+
+    def peek_type(self) -> int | None:
+        """Type byte of the next (possibly incomplete) message, or None when
+        nothing is buffered.  Lets a caller reject an unexpected message at
+        its first byte, before its body arrives."""
+        if self._pos < len(self._buf):
+            return self._buf[self._pos]
+        return None
 
     def _check_length(self, mtype: int, length: int) -> None:
         if length < 4:
@@ -211,7 +222,11 @@ class MessageReader:
 
     def _consume(self, pos: int) -> None:
         if pos >= len(self._buf):
-            self._buf.clear()
+            self._buf.clear()  # releases the memory of a large message
+            self._pos = 0
+        elif pos >= _COMPACT_AT:
+            # after a large message, keep only the partial tail (the buffer shrinks)
+            del self._buf[:pos]
             self._pos = 0
         else:
             self._pos = pos
@@ -274,6 +289,9 @@ class FrontendReader(MessageReader):
         if code not in (self.SSL_REQUEST_CODE, self.GSSENC_REQUEST_CODE):
             self.in_startup = False
         return pos, pos + 4, stop
+
+    def peek_type(self) -> int | None:
+        return None if self.in_startup else super().peek_type()
 
     def read(self) -> list[tuple[int, bytes]]:
         out: list[tuple[int, bytes]] = []
