@@ -79,7 +79,6 @@ class GatewayApp:
             limits = getattr(self.gateway, "limits", None)
             if limits is not None:
                 self.http.limits = limits
-                self.http.client_count = lambda: int(self.gateway.n_clients)
             self.http.add_websocket(WS_PATH, self.gateway.handle_client)
             # The driver's ws:// DSN may put something else in the path: any
             # non-HTTP path upgrades too (routing is by the StartupMessage's database).

@@ -398,7 +398,7 @@ class HttpConnection(asyncio.Protocol):
         listener.accepted_total += 1
         limits = listener.limits
         if limits is not None:
-            if not limits.try_open_http(self.peer, listener.client_count()):
+            if not limits.try_open_http(self.peer):
                 # Shed at once: the file descriptor is what a flood exhausts.
                 self._lost = True
                 transport.write(_SHED_503)
@@ -812,9 +812,8 @@ class HttpListener:
         #: read deadlines: request line + headers (s from the first byte), body rate (bytes/s)
         self.header_timeout = HEADER_TIMEOUT
         self.min_body_rate = MIN_BODY_RATE
-        #: connection caps (gateway.limits.Limits) and the gateway's client count; None: no caps
+        #: connection caps (gateway.limits.Limits); None: no caps
         self.limits: Any = None
-        self.client_count: Callable[[], int] = lambda: 0
         self.server: asyncio.base_events.Server | None = None
         self.connections: set[HttpConnection] = set()
         self.accepted_total = 0

@@ -15,9 +15,10 @@ PgBouncer has none of:
   path).  Reading pauses past it; bytes pipelined after the password are read
   after login.
 * ``max_http_conn``: HTTP connections (not upgraded to WebSocket) open at
-  once; each also counts toward ``max_client_conn``.  Past either a new
-  connection gets ``503`` and is closed at once, so slow clients cannot take
-  every file descriptor.
+  once; past it (or past ``max_client_conn`` HTTP connections) a new one gets
+  ``503`` and is closed at once, so slow clients cannot take every file
+  descriptor.  Open HTTP connections also count toward ``max_client_conn``
+  for pg_listen and WebSocket logins (53300).
 
 Every shed client is logged -- at most once per :data:`SHED_LOG_INTERVAL` per
 reason, with the number shed since the previous line.
@@ -117,19 +118,27 @@ class Limits:
         self.logging_in -= 1
 
     # -- HTTP connections (listen, before any WebSocket upgrade)
-    def try_open_http(self, peer: str, n_clients: int) -> bool:
+    def try_open_http(self, peer: str) -> bool:
         s = self.settings
         if self.http_open >= self.max_http_conn:
             self.shed_log.shed(f"max_http_conn ({self.max_http_conn}) HTTP connections open", peer)
             return False
-        if n_clients + self.http_open >= s.max_client_conn:
-            self.shed_log.shed(f"max_client_conn ({s.max_client_conn}) reached", peer)
+        if self.http_open >= s.max_client_conn:
+            # (requests on the HTTP connections admitted are counted with the
+            # sessions: POST /sql past max_client_conn gets its 53300 error)
+            self.shed_log.shed(f"max_client_conn ({s.max_client_conn}) HTTP connections open", peer)
             return False
         self.http_open += 1
         return True
 
     def close_http(self) -> None:
         self.http_open -= 1
+
+    def clients_beside(self, stream: Any) -> int:
+        """Connections counted toward ``max_client_conn`` besides the logged-in
+        sessions: open HTTP connections -- for a pg_listen or WebSocket client
+        (an HTTP request's own session runs on one of them: not counted twice)."""
+        return 0 if getattr(stream, "kind", "") == "http" else self.http_open
 
 
 def login_reader(settings: Any) -> FrontendReader:

@@ -387,7 +387,7 @@ class Session:
         gw = self.gw
         if not gw.accepting:
             raise AuthFailed("57P03", "the gateway is shutting down")
-        if gw.n_clients >= self.settings.max_client_conn:
+        if gw.n_clients + gw.limits.clients_beside(self.stream) >= self.settings.max_client_conn:
             raise AuthFailed("53300", "sorry, too many clients already")
         gw.n_clients += 1
         self.counted = True
@@ -528,7 +528,7 @@ class Session:
         """Forward one framed chunk (or queue it until a server is assigned);
         False when the client terminated.  Synchronous: no task switch."""
         acc = self.acc
-        before = acc.outstanding
+        before, d0 = acc.outstanding, acc.dirty
         chunk, idx, terminate = acc.client(chunk, idx)
         out = acc.outstanding
         if self._track_times or self._track_activity:
@@ -547,7 +547,7 @@ class Session:
                     chunk = self._rewrite(chunk, idx)
                 except ProtocolError:
                     # nothing of this chunk reached the server: it owes no replies for it
-                    self.outstanding, self.dirty = before, d0
+                    acc.outstanding, acc.dirty = before, d0
                     raise
                 if not chunk:
                     return not terminate
@@ -613,7 +613,7 @@ class Session:
         """Undo :meth:`_link` of a server nothing was written to."""
         self.server = None
         server.client = None
-        self.swallow = 0
+        self.acc.swallow = 0
         if self.prepared is not None:
             self.prepared.abandon()  # statements noted for it become uncertain: closed before reuse
             self.prepared.unlink()

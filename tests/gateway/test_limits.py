@@ -332,15 +332,24 @@ async def test_max_http_conn_sheds_with_503(gateway_app, caplog):
 
 
 async def test_http_connections_count_toward_max_client_conn(gateway_app):
+    """Open HTTP connections count toward max_client_conn: a pg_listen login
+    past it gets 53300, and no more HTTP connections than max_client_conn
+    are held open (the next gets 503)."""
     app = await gateway_app(max_client_conn=3)
     c = await RawClient.connect(app.pg_port)
     assert not errors(await c.login("alice", ALICE_PASSWORD, "app"))
     conns = [await _idle_http(app.http_port) for _ in range(2)]
     try:
         await eventually(lambda: app.gateway.limits.http_open == 2, what="two HTTP connections open")
+        d = await RawClient.connect(app.pg_port)
+        msgs = await d.login("alice", ALICE_PASSWORD, "app")
+        assert [e.sqlstate for e in errors(msgs)] == ["53300"], msgs
+        await d.close()
+        await c.close()
+        conns.append(await _idle_http(app.http_port))
+        await eventually(lambda: app.gateway.limits.http_open == 3, what="three HTTP connections open")
         got = await _get(app.http_port)
         assert got.startswith(b"HTTP/1.1 503"), got
     finally:
         for _, w in conns:
             w.close()
-        await c.close()
