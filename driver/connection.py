@@ -157,6 +157,21 @@ class _OneShotQuery(pc.ExtendedQuery):
                 res.decoder = decode
 
 
+class _NotLogged:
+    """The query-logging context when no logger is installed: does nothing."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc_info: Any) -> None:
+        return None
+
+
+_NOT_LOGGED = _NotLogged()
+
+
 class _NoText(Exception):
     pass
 
@@ -257,6 +272,7 @@ class Connection:
         self._listeners: dict[str, list[Callable[..., Any]]] = {}
         self._log_listeners: list[Callable[..., Any]] = []
         self._termination_listeners: list[Callable[..., Any]] = []
+        self._query_loggers: list[Callable[..., Any]] = []
         self._busy = False
         self._closed = False
         self._send_lock = asyncio.Lock()
@@ -590,14 +606,24 @@ class Connection:
         decoder = st.row_decoder if record_cls is None else st.decoder_for(record_cls)
         return req.execute(portal, max_rows, decoder)
 
-    @staticmethod
-    def _is_stale_statement_error(e: exc.PostgresError) -> bool:
-        code = getattr(e, "sqlstate", None)
-        if code == "26000":  # invalid_sql_statement_name: the server lost it
-            return True
-        if code == "0A000" and "cached plan must not change result type" in str(e):
-            return True
-        return False
+    def _stale_statement(self, e: exc.PostgresError, stmt: _Statement) -> bool:
+        """Forget what ``e`` says is stale; True if the statement may be
+        prepared again and retried (outside a transaction, as asyncpg)."""
+        if isinstance(e, exc.InvalidCachedStatementError):
+            # A cached plan's result type changed (ALTER TABLE, search_path...):
+            # asyncpg drops the whole statement cache.
+            self._drop_statement_cache()
+        elif getattr(e, "sqlstate", None) == "26000":  # the server lost the statement
+            self._invalidate(stmt)
+        else:
+            return False
+        return self._protocol.transaction_status == "I"
+
+    def _drop_statement_cache(self) -> None:
+        for st in self._stmt_cache.values():
+            st.closed = True
+            self._pending_closes.append(st.name)
+        self._stmt_cache.clear()
 
     async def _bind_execute(self, query: str, args: Sequence[Any], deadline: float | None, *,
                             st: _Statement | None = None, limit: int = 0,
@@ -619,13 +645,9 @@ class Connection:
             try:
                 await self._request(req, deadline, query)
             except exc.PostgresError as e:
-                if self._is_stale_statement_error(e):
-                    self._invalidate(stmt)
-                    if retry and self._protocol.transaction_status == "I":
-                        retry = False
-                        continue
-                    if "cached plan" in str(e):
-                        raise exc.InvalidCachedStatementError(str(e)) from e
+                if self._stale_statement(e, stmt) and retry:
+                    retry = False
+                    continue
                 raise
             stmt.last_status = result.status
             return stmt, result
@@ -668,13 +690,14 @@ class Connection:
         """Run ``query``; return the command tag of the (last) statement."""
         await self._acquire()
         try:
-            deadline = self._deadline(timeout)
-            if not args:
-                req = pc.SimpleQuery(query)
-                await self._request(req, deadline, query)
-                return req.status or ""
-            _, result = await self._bind_execute(query, args, deadline)
-            return result.status or ""
+            with self._logged(query, args, timeout):
+                deadline = self._deadline(timeout)
+                if not args:
+                    req = pc.SimpleQuery(query)
+                    await self._request(req, deadline, query)
+                    return req.status or ""
+                _, result = await self._bind_execute(query, args, deadline)
+                return result.status or ""
         finally:
             self._release()
 
@@ -683,40 +706,58 @@ class Connection:
         """Run ``command`` for every argument tuple: one pipelined batch, one Sync."""
         await self._acquire()
         try:
-            deadline = self._deadline(timeout)
-            await self._executemany(command, args, deadline)
+            with self._logged(command, args, timeout):
+                await self._executemany(command, args, self._deadline(timeout))
+        finally:
+            self._release()
+
+    async def fetchmany(self, query: str, args: Iterable[Sequence[Any]], *,
+                        timeout: float | None = None, record_class: Any = None) -> list[Any]:
+        """Run ``query`` for every argument tuple (one batch); return all the rows."""
+        record_class = _check_record_class(record_class)
+        await self._acquire()
+        try:
+            with self._logged(query, args, timeout):
+                return await self._executemany(query, args, self._deadline(timeout),
+                                               rows=True, record_cls=record_class)
         finally:
             self._release()
 
     async def _executemany(self, command: str, args: Iterable[Sequence[Any]],
-                           deadline: float | None, st: _Statement | None = None) -> None:
-        stmt = st if st is not None else await self._prepare_statement(command, deadline)
-        req = pc.ExtendedQuery()
-        self._queue_closes(req)
-        if stmt.name == "":
-            req.parse("", stmt.query, stmt.param_oids)
-        n = 0
-        for a in args:
-            self._add_bind_execute(req, stmt, a, element=n)
-            n += 1
-        if n == 0:
-            return
-        try:
-            await self._request(req, deadline, command)
-        except exc.PostgresError as e:
-            if self._is_stale_statement_error(e):
-                self._invalidate(stmt)
-            raise
-        if req.results:
-            stmt.last_status = req.results[-1].status
+                           deadline: float | None, st: _Statement | None = None, *,
+                           rows: bool = False, record_cls: Any = None) -> list[Any]:
+        args = args if isinstance(args, (list, tuple)) else list(args)
+        retry = st is None
+        while True:
+            stmt = st if st is not None else await self._prepare_statement(command, deadline)
+            if not args:
+                return []
+            req = pc.ExtendedQuery()
+            if stmt.name == "":
+                req.parse("", stmt.query, stmt.param_oids)
+            results = [self._add_bind_execute(req, stmt, a, element=n, record_cls=record_cls)
+                       for n, a in enumerate(args)]
+            self._queue_closes(req)
+            try:
+                await self._request(req, deadline, command)
+            except exc.PostgresError as e:
+                if self._stale_statement(e, stmt) and retry:
+                    retry = False
+                    continue
+                raise
+            stmt.last_status = results[-1].status
+            if not rows:
+                return []
+            return [r for res in results for r in res.rows]
 
     async def fetch(self, query: str, *args: Any, timeout: float | None = None,
                     record_class: Any = None) -> list[Any]:
         record_class = _check_record_class(record_class)
         await self._acquire()
         try:
-            _, result = await self._bind_execute(query, args, self._deadline(timeout),
-                                                 record_cls=record_class)
+            with self._logged(query, args, timeout):
+                _, result = await self._bind_execute(query, args, self._deadline(timeout),
+                                                     record_cls=record_class)
             return result.rows
         finally:
             self._release()
@@ -726,8 +767,9 @@ class Connection:
         record_class = _check_record_class(record_class)
         await self._acquire()
         try:
-            _, result = await self._bind_execute(query, args, self._deadline(timeout), limit=1,
-                                                 record_cls=record_class)
+            with self._logged(query, args, timeout):
+                _, result = await self._bind_execute(query, args, self._deadline(timeout),
+                                                     limit=1, record_cls=record_class)
             return result.rows[0] if result.rows else None
         finally:
             self._release()
@@ -736,7 +778,9 @@ class Connection:
                        timeout: float | None = None) -> Any:
         await self._acquire()
         try:
-            _, result = await self._bind_execute(query, args, self._deadline(timeout), limit=1)
+            with self._logged(query, args, timeout):
+                _, result = await self._bind_execute(query, args, self._deadline(timeout),
+                                                     limit=1)
             if not result.rows:
                 return None
             return result.rows[0][column]
@@ -823,7 +867,10 @@ class Connection:
             await self.execute(f"UNLISTEN {_quote_ident(channel)}")
 
     def add_log_listener(self, callback: Callable[..., Any]) -> None:
-        self._log_listeners.append(callback)
+        """``callback(connection, message)`` (or a coroutine function) for each
+        NOTICE/WARNING the server sends (a ``PostgresLogMessage``)."""
+        if callback not in self._log_listeners:
+            self._log_listeners.append(callback)
 
     def remove_log_listener(self, callback: Callable[..., Any]) -> None:
         try:
@@ -832,13 +879,41 @@ class Connection:
             pass
 
     def add_termination_listener(self, callback: Callable[..., Any]) -> None:
-        self._termination_listeners.append(callback)
+        """``callback(connection)`` (or a coroutine function) once the connection is closed."""
+        if callback not in self._termination_listeners:
+            self._termination_listeners.append(callback)
 
     def remove_termination_listener(self, callback: Callable[..., Any]) -> None:
         try:
             self._termination_listeners.remove(callback)
         except ValueError:
             pass
+
+    def add_query_logger(self, callback: Callable[..., Any]) -> None:
+        """``callback(record)`` (or a coroutine function) after each query of
+        ``execute``/``fetch*``/``executemany``/``fetchmany``; ``record`` is a
+        :class:`driver.listeners.LoggedQuery` (as asyncpg's)."""
+        if callback not in self._query_loggers:
+            self._query_loggers.append(callback)
+
+    def remove_query_logger(self, callback: Callable[..., Any]) -> None:
+        try:
+            self._query_loggers.remove(callback)
+        except ValueError:
+            pass
+
+    def query_logger(self, callback: Callable[..., Any]) -> Any:
+        """Context manager: ``callback`` is a query logger inside the block."""
+        from .listeners import QueryLoggerContext
+
+        return QueryLoggerContext(self, callback)
+
+    def _logged(self, query: str, args: Any, timeout: float | None) -> Any:
+        if not self._query_loggers:
+            return _NOT_LOGGED
+        from .listeners import QueryTimer
+
+        return QueryTimer(self, query, args, timeout)
 
     # -- state -------------------------------------------------------------------
     def is_closed(self) -> bool:

@@ -98,6 +98,38 @@ class PreparedStatement:
         finally:
             conn._release()
 
+    async def fetchmany(self, args: Iterable[Sequence[Any]], *,
+                        timeout: float | None = None) -> list[Any]:
+        """Execute the statement for each argument tuple (one batch); all the rows."""
+        conn = self._conn
+        await conn._acquire()
+        try:
+            rec = self._record_cls if self._record_cls is not None else conn._record_cls
+            return await conn._executemany(self._st.query, args, conn._deadline(timeout),
+                                           st=self._st, rows=True, record_cls=rec)
+        finally:
+            conn._release()
+
+    async def explain(self, *args: Any, analyze: bool = False) -> Any:
+        """The statement's plan: ``EXPLAIN (FORMAT JSON, VERBOSE)`` decoded from
+        JSON.  ``analyze=True`` runs the statement in a transaction rolled back
+        afterwards (as asyncpg)."""
+        import json
+
+        query = "EXPLAIN (FORMAT JSON, VERBOSE" + (", ANALYZE) " if analyze else ") ")
+        query += self._st.query
+        conn = self._conn
+        if analyze:
+            tr = conn.transaction()
+            await tr.start()
+            try:
+                data = await conn.fetchval(query, *args)
+            finally:
+                await tr.rollback()
+        else:
+            data = await conn.fetchval(query, *args)
+        return json.loads(data) if isinstance(data, (str, bytes)) else data
+
     def cursor(self, *args: Any, prefetch: int | None = None,
                timeout: float | None = None) -> Any:
         from .cursor import CursorFactory

@@ -57,6 +57,17 @@ _REGISTRY: dict[str, type[PostgresMessage]] = {}
 _E = TypeVar("_E", bound="InterfaceError")
 
 
+_loaded = False
+
+
+def load_all() -> None:
+    """Import the generated classes (they register themselves in ``_REGISTRY``)."""
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        from . import _cached, _generated  # noqa: F401
+
+
 def exception_for_sqlstate(code: str | None) -> type[PostgresMessage]:
     """The most specific class for SQLSTATE ``code``.
 
@@ -64,6 +75,8 @@ def exception_for_sqlstate(code: str | None) -> type[PostgresMessage]:
     :class:`UnknownPostgresError`. Warning codes (classes 01, 02) map to
     :class:`PostgresWarning` subclasses, which are not ``PostgresError``.
     """
+    if not _loaded:
+        load_all()
     if code:
         cls = _REGISTRY.get(code)
         if cls is None and len(code) == 5:
@@ -156,7 +169,17 @@ class PostgresError(PostgresMessage, Exception):
         exc_cls = exception_for_sqlstate(fields.get("C"))
         if not issubclass(exc_cls, PostgresError):  # a warning code in an error
             exc_cls = UnknownPostgresError
-        exc = exc_cls(fields.get("M", ""))
+        message = fields.get("M", "")
+        if fields.get("R") == "RevalidateCachedQuery" and exc_cls.__name__ == \
+                "FeatureNotSupportedError":
+            # "cached plan must not change result type" (the message may be
+            # translated): asyncpg's InvalidCachedStatementError and message.
+            from ._cached import InvalidCachedStatementError
+
+            exc_cls = InvalidCachedStatementError
+            message = ("cached statement plan is invalid due to a database schema "
+                       "or configuration change")
+        exc = exc_cls(message)
         exc._set_fields(fields, query)
         return exc
 
@@ -184,6 +207,7 @@ class PostgresLogMessage(PostgresMessage):
     def new(cls, fields: Mapping[str, str], query: str | None = None) -> PostgresLogMessage:
         """Build a notice/warning object for a NoticeResponse's ``fields``."""
         code = fields.get("C")
+        load_all()
         msg_cls: type[PostgresMessage] | None = _REGISTRY.get(code) if code else None
         if msg_cls is None or not issubclass(msg_cls, PostgresLogMessage):
             msg_cls = PostgresLogMessage
