@@ -33,6 +33,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from .schema import DDL_FIRST, is_ddl_tag
+
 _Q, _S, _F, _X, _P = 81, 83, 70, 88, 80  # frontend types: Query, Sync, FunctionCall, Terminate, Parse
 #: frontend CopyData/CopyDone/CopyFail and Flush: no reply of their own
 _COPY = frozenset({100, 99, 102, 72})
@@ -71,7 +73,7 @@ class _NoEvents:
 class Accounting:
     """Outstanding replies of one client's link (see the module docstring)."""
 
-    __slots__ = ("outstanding", "dirty", "swallow", "named", "listened", "status", "rewriter", "events",
+    __slots__ = ("outstanding", "dirty", "swallow", "named", "listened", "ddl", "status", "rewriter", "events",
                  "_risk", "_risky", "_watch", "_xdone", "_xerr")
 
     def __init__(self, rewriter: Any = None, events: Events | None = None) -> None:
@@ -84,6 +86,8 @@ class Accounting:
         self.named = False
         #: a LISTEN completed
         self.listened = False
+        #: a DDL completed (gateway.schema.is_ddl_tag): the session bumps the schema epoch
+        self.ddl = False
         #: last ReadyForQuery status seen by :meth:`swallowed` (-1: none)
         self.status = -1
         self.rewriter = rewriter
@@ -241,8 +245,11 @@ class Accounting:
                 z = chunk[s]
             elif t == _PS:
                 self.events.parameter_status(chunk[s:e])
-            elif t == _C and chunk[s:e] == _LISTEN_TAG:
-                self.listened = True
+            elif t == _C:
+                if chunk[s:e] == _LISTEN_TAG:
+                    self.listened = True
+                elif chunk[s] in DDL_FIRST and is_ddl_tag(chunk, s, e):
+                    self.ddl = True
         if z < 0:
             return z
         if out > 0:

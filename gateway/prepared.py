@@ -61,11 +61,18 @@ Uncertainty: a statement whose last change on a server happened in an earlier
 pipeline segment (before a Sync) that the server has not answered yet may or
 may not exist there (that segment may still fail).  Such a statement -- and any
 statement marked "maybe" after a skip, a ``DISCARD ALL``, an abandoned link
-or a 26000 from the server -- is re-created with ``Close`` + ``Parse`` (Close
-of a missing statement is no error), so the server's state never has to be
-guessed.  A 0A000 (e.g. ``cached plan must not change result type``) in
-reply to a statement's Bind/Describe/Execute gives the registry entry a fresh
-gateway name, so no other client keeps hitting the stale plan.
+or any error at its Bind/Describe -- is re-created with ``Close`` + ``Parse``
+(Close of a missing statement is no error), so the server's state never has to
+be guessed.
+
+Schema changes (``docs/prepared-statements.md``): a 0A000 (``cached plan must
+not change result type``) or an ``XX000 cache lookup failed`` (a parameter
+type dropped since the Parse) in reply to a statement's Bind/Describe/Execute
+gives the registry entry a fresh gateway name, so no other client keeps
+hitting the stale plan; the client still gets Postgres' error.  A DDL seen by
+the gateway calls :meth:`StatementRegistry.bump` for its database: statements
+created before it are no longer handed to new clients, and each server closes
+the unused ones before its next use (:meth:`Rewriter._sweep`).
 
 A Parse of a name the server already has is answered with a synthetic
 ParseComplete only when the transaction surely is not aborted (no Query/Sync
@@ -195,12 +202,13 @@ _DISCARD_TAGS = (b"DISCARD ALL\x00", b"DEALLOCATE ALL\x00")
 class Statement:
     """One gateway-wide statement: its name and the Parse that creates it."""
 
-    __slots__ = ("key", "name", "parse", "refs", "size", "__weakref__")
+    __slots__ = ("key", "name", "parse", "refs", "size", "born", "__weakref__")
 
-    def __init__(self, key: bytes, name: bytes) -> None:
+    def __init__(self, key: bytes, name: bytes, born: int = 0) -> None:
         self.key = key          # raw Parse body after the name: query\0 + int16 n + oids
         self.size = len(key)
         self.refs = 0
+        self.born = born        # registry clock at creation (stale after a later schema bump)
         self.name = name
         self.parse = b""
         self.rename(name)
@@ -225,6 +233,13 @@ class StatementRegistry:
         self._unused: OrderedDict[bytes, None] = OrderedDict()
         self.keep_unused = keep_unused
         self._counter = 0
+        #: every gateway name still in use anywhere -> its statement (renamed ones
+        #: keep their old name here while the object lives: servers close them)
+        self.by_name: weakref.WeakValueDictionary[bytes, Statement] = weakref.WeakValueDictionary()
+        #: bumped at each schema change (and rename): servers re-check their statements
+        self.clock = 0
+        #: database key -> clock value of its last schema change (see :meth:`bump`)
+        self.marks: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -233,11 +248,31 @@ class StatementRegistry:
         self._counter += 1
         return self._prefix + str(self._counter).encode()
 
-    def get(self, key: bytes) -> Statement:
+    def get(self, key: bytes, db: str = "") -> Statement:
+        """The current statement for ``key``; a new one (new name) when there is
+        none or it predates a schema change of database ``db``."""
         st = self._by_key.get(key)
-        if st is None:
-            st = self._by_key[key] = Statement(key, self._new_name())
+        if st is None or (self.marks and st.born < self.marks.get(db, 0)):
+            if st is not None:
+                self._unused.pop(key, None)  # clients still holding it keep it
+            st = self._by_key[key] = Statement(key, self._new_name(), self.clock)
+            self.by_name[st.name] = st
         return st
+
+    def bump(self, db: str) -> None:
+        """A schema change (DDL) completed on database ``db``: statements
+        created before it are not handed to new clients any more, and each
+        server closes its unused ones before its next use (:meth:`Rewriter._sweep`)."""
+        self.clock += 1
+        self.marks[db] = self.clock
+
+    def is_stale(self, name: bytes, db: str) -> bool:
+        """Should a server of ``db`` holding ``name`` close it?  Yes when no
+        statement goes by that name any more, or it predates a schema change
+        and no client maps it (one that does gets Postgres' own error, then a
+        fresh Parse)."""
+        st = self.by_name.get(name)
+        return st is None or st.name != name or (st.refs == 0 and st.born < self.marks.get(db, 0))
 
     def acquire(self, st: Statement) -> None:
         if st.refs == 0:
@@ -262,6 +297,8 @@ class StatementRegistry:
         (only once per stale name), so every server re-creates it."""
         if st.name == name:
             st.rename(self._new_name())
+            self.by_name[st.name] = st
+            self.clock += 1  # servers close the old name before their next use
 
 
 class ClientStatements:
@@ -269,8 +306,10 @@ class ClientStatements:
 
     def __init__(self, registry: StatementRegistry,
                  max_statements: int = DEFAULT_MAX_CLIENT_STATEMENTS,
-                 max_bytes: int = DEFAULT_MAX_CLIENT_STATEMENT_BYTES) -> None:
+                 max_bytes: int = DEFAULT_MAX_CLIENT_STATEMENT_BYTES, db: str = "") -> None:
         self.registry = registry
+        #: the upstream database (schema epochs are per database)
+        self.db = db
         self.max_statements = max_statements
         self.max_bytes = max_bytes
         self.names: dict[bytes, Statement] = {}
@@ -326,6 +365,8 @@ class ServerStatements:
         self.changed: dict[bytes, int] = {}
         self.sent = 0
         self.acked = 0
+        #: registry clock when this server's statements were last checked for staleness
+        self.seen = 0
 
     def __len__(self) -> int:
         return len(self.lru)
@@ -337,6 +378,11 @@ class ServerStatements:
         """Every statement may be gone (DISCARD ALL / DEALLOCATE ALL ran or may run)."""
         self.maybe.update(self.lru)
         self.lru.clear()
+
+    def retire(self, name: bytes) -> None:
+        """``name`` is stale or broken on this server: Close it before its next use."""
+        if self.lru.pop(name, None) is not None or name not in self.maybe:
+            self.maybe.add(name)
 
     def reset(self) -> None:
         """The server has no statements at all (e.g. after a reset query)."""
@@ -446,6 +492,8 @@ class Rewriter:
         if not self.enabled or sv is None:
             return chunk, b""
         q = self._q
+        if sv.seen != self.client.registry.clock and not q and not self._plain:
+            self._sweep(sv)
         if not q and not self._skipping and not sv.maybe:
             # Fastest path: only simple Queries (pgbench -S) that cannot be a
             # DISCARD/DEALLOCATE ALL: no queue entries, just a count.
@@ -515,6 +563,15 @@ class Rewriter:
             q.pop()
         return self._slow_frontend(chunk, index, sv)
 
+    def _sweep(self, sv: ServerStatements) -> None:
+        """A schema changed (or a statement was renamed) since this server was
+        last checked: its stale statements are closed before anything else."""
+        reg = self.client.registry
+        db = self.client.db
+        for name in [n for n in sv.lru if reg.is_stale(n, db)]:
+            sv.retire(name)
+        sv.seen = reg.clock
+
     def _discard_all(self) -> None:
         """A DISCARD ALL / DEALLOCATE ALL may run: every statement on the server
         becomes uncertain.  (The client's own names are cleared when the
@@ -535,7 +592,7 @@ class Rewriter:
         names = client.names
         out: list[bytes] = []
         copy_from = 0           # start of the pending verbatim run of chunk
-        if sv.maybe:
+        if sv.maybe and not self._skipping:  # (a server skipping to Sync would ignore the Close)
             self._close_maybe(sv, out)
         for t, s, e in index:
             start = s - 5
@@ -548,6 +605,8 @@ class Rewriter:
                     out.append(m.SYNC)
                     q.append(_E_SYNC)
                     sv.sent += 1
+                    if sv.maybe:
+                        self._close_maybe(sv, out)
                 elif t == _Q or t == _F:
                     self.dropped_rfq += 1
                 continue
@@ -579,7 +638,7 @@ class Rewriter:
                 if why is not None:
                     self._local_error(out, m.error("53400", why))
                     continue
-                st = client.registry.get(key)
+                st = client.registry.get(key, client.db)
                 client.add(name, st)
                 cundo = ("cdel", name, st)
                 gname = st.name
@@ -825,12 +884,17 @@ class Rewriter:
         if ref is None or sv is None:
             return
         st, gname = ref
-        code = m.decode_fields(body).get("C", "")
-        if code == "0A000":  # e.g. cached plan must not change result type
+        fields = m.decode_fields(body)
+        code = fields.get("C", "")
+        if code == "0A000" or (code == "XX000" and fields.get("M", "").startswith("cache lookup failed")):
+            # a stale plan (cached plan must not change result type) or a parameter
+            # type dropped since the Parse: every server re-creates it under a new name
             self.client.registry.invalidate(st, gname)
-        elif code == "26000" and head[_KIND] != _REXEC:
-            sv.lru.pop(gname, None)
-            sv.maybe.add(gname)
+            sv.retire(gname)
+        elif head[_KIND] != _REXEC and not any(op and op[0] == "sparse" for op in head[_UNDO]):
+            # any error at Bind/Describe of the statement: re-Parse it on this
+            # server before its next use (a Parse that failed is already undone)
+            sv.retire(gname)
 
     def _skip_to_sync(self, sv: ServerStatements | None) -> None:
         """The server skips everything up to the next Sync: so do we (LIFO undo)."""

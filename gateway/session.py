@@ -48,6 +48,7 @@ from .cancel import send_cancel
 from .limits import after_login, check_login_message, login_reader
 from .pool import Pool, PoolError
 from .prepared import ClientStatements, Rewriter, server_statements
+from .schema import database_key
 from .server import TRACKED_ORDER, ServerConnection, parse_parameter_status, tracked_signature
 from .streams import TransportError
 
@@ -309,7 +310,8 @@ class Session:
         self.pool = pool
         self.transaction_mode = pool.transaction_mode
         if self.transaction_mode and s.max_prepared_statements > 0:
-            self.prepared = Rewriter(ClientStatements(gw.statements), s.max_prepared_statements)
+            self.prepared = Rewriter(ClientStatements(gw.statements, db=database_key(pool.db)),
+                                     s.max_prepared_statements)
             self.acc.rewriter = self.prepared
         pool.add_client(self)
         server_params = await pool.ensure_params(self)
@@ -709,6 +711,10 @@ class Session:
         if z < 0:
             return
         server.status = z
+        if acc.ddl:  # a DDL completed: bump the schema epoch, again when its transaction ends
+            self.gw.statements.bump(database_key(self.pool.db))  # type: ignore[union-attr]
+            if z == _IDLE:
+                acc.ddl = False
         if acc.outstanding == 0:
             if z == _IDLE and not acc.dirty and self.transaction_mode:
                 self._release()

@@ -511,12 +511,13 @@ def test_stale_plan_gets_a_fresh_gateway_name(reg: StatementRegistry) -> None:
     out, _ = c.send(B("s1"), E, S)
     stale = m.error("0A000", "cached plan must not change result type")
     assert c.recv(stale, ZI) == stale + ZI
-    # every client now uses a new gateway name, re-created on each server
+    # every client now uses a new gateway name, re-created on each server;
+    # the stale one is closed on this server first
     other = Client(reg)
     other.link(sv)
     out, local = other.send(P("mine", Q3, ()), B("mine"), E, S)
-    assert out == P("__wp_2", Q3, ()) + B("__wp_2") + E + S and local == b""
-    other.recv(ONE, TWO, ROW, CC, ZI)
+    assert out == m.close("S", "__wp_1") + P("__wp_2", Q3, ()) + B("__wp_2") + E + S and local == b""
+    assert other.recv(THREE, ONE, TWO, ROW, CC, ZI) == ONE + TWO + ROW + CC + ZI
     out, _ = c.send(B("s1"), E, S)
     assert out == B("__wp_2") + E + S
 
@@ -688,3 +689,49 @@ def test_plain_queries_are_counted_and_keep_order(reg: StatementRegistry) -> Non
     assert b.rw._plain == 0 and b.rw.outstanding == 1
     b.recv(m.command_complete("DISCARD ALL"), ZI)
     assert b"other" not in b.rw.client.names and b.rw.outstanding == 0
+
+
+def test_cache_lookup_failure_retires_the_statement(reg: StatementRegistry) -> None:
+    """A parameter type dropped behind the gateway's back (XX000 cache lookup
+    failed): the client gets the error, then the statement is closed and
+    parsed afresh (new name) instead of failing forever."""
+    sv = ServerStatements(200)
+    c = Client(reg)
+    c.link(sv)
+    c.send(P("s1", Q3, ()), S)
+    c.recv(ONE, ZI)
+    other = Client(reg)
+    other.link(sv)
+    out, local = other.send(P("s1", Q3, ()), m.describe("S", "s1"), m.FLUSH)
+    assert local == ONE  # the server has it: answered by the gateway
+    err = m.error("XX000", "cache lookup failed for type 16391")
+    assert other.recv(err) == err
+    out, local = other.send(S)  # the server skips to Sync: the Close comes after it
+    assert out == S + m.close("S", "__wp_1") and local == b""
+    assert other.recv(ZI, THREE) == ZI
+    out, local = other.send(m.describe("S", "s1"), S)
+    assert out == P("__wp_2", Q3, ()) + m.describe("S", "__wp_2") + S
+
+
+def test_schema_bump_closes_unused_statements_and_renews_names(reg: StatementRegistry) -> None:
+    sv = ServerStatements(200)
+    c = Client(reg)
+    c.link(sv)
+    c.send(P("s1", Q3, ()), P("s2", "select 2", ()), S)
+    c.recv(ONE, ONE, ZI)
+    c.send(m.close("S", "s2"), S)
+    c.recv(ZI)
+    reg.bump("")
+    # a new client gets a new name for the same text; the server first closes
+    # __wp_2 (unused) but keeps __wp_1 (c still maps it: Postgres judges it)
+    other = Client(reg)
+    other.link(sv)
+    out, local = other.send(P("x", Q3, ()), S)
+    assert out == m.close("S", "__wp_2") + P("__wp_3", Q3, ()) + S and local == b""
+    assert other.recv(THREE, ONE, ZI) == ONE + ZI
+    out, _ = c.send(B("s1"), E, S)
+    assert out == B("__wp_1") + E + S
+    # another database's schema change does not touch this one's statements
+    reg.bump("elsewhere")
+    out, local = other.send(P("y", Q3, ()), S)
+    assert out == S and local == ONE
