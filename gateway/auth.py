@@ -7,29 +7,40 @@
   startup; stored ``SCRAM-SHA-256$...`` verifiers are used as they are.
   Unknown users run a mock exchange (same messages, same cost) that fails at
   the proof check.
-* ``password`` -- AuthenticationCleartextPassword; compared with
-  :func:`hmac.compare_digest` against the plaintext, or checked against the
-  SCRAM verifier.
+* ``password`` -- AuthenticationCleartextPassword, checked against the
+  user's SCRAM verifier (plaintext passwords get one at startup), so every
+  check -- plaintext user, verifier user, unknown user (a dummy verifier) --
+  is exactly one PBKDF2 plus :func:`hmac.compare_digest`.  PBKDF2 runs in a
+  thread pool, at most ``auth_max_concurrent`` at once, never on the event
+  loop.  HTTP clients (``/sql``, ``/pg``) use the same check
+  (:meth:`Authenticator.verify_password`); successes are cached (keyed by an
+  HMAC of user and password) so repeated requests pay PBKDF2 once.
 * ``md5`` -- AuthenticationMD5Password with a random salt; needs the
   plaintext (users stored only as a SCRAM verifier cannot log in with md5).
 * ``trust`` -- no password; the user must be listed in ``[users]`` unless
   ``[users]`` is empty.
 
 Every failure caused by the credentials -- unknown user or wrong password --
-is the same FATAL 28P01 ``password authentication failed for user "x"``.
+is the same FATAL 28P01 ``password authentication failed for user "x"``, and
+is counted by the :class:`~gateway.ratelimit.LoginThrottle` (exponential delay
+per source address and per user before the next attempt is checked).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import os
+from collections import Counter, OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Awaitable, Callable
 
 from driver.protocol import auth as pg_auth
 from driver.protocol import messages as m
 from driver.protocol.framing import ProtocolError
 
+from .ratelimit import LoginThrottle, source_of
 from .tokens import TokenStore
 
 log = logging.getLogger("wirepool.gateway.auth")
@@ -61,16 +72,25 @@ class _Entry:
 SendFn = Callable[[bytes], Awaitable[None]]
 RecvFn = Callable[[], Awaitable[tuple[int, bytes]]]
 
+#: Successful (user, password) checks remembered, so that an HTTP client sending
+#: the same credentials with every request pays PBKDF2 once (failures: never cached).
+_OK_CACHE_SIZE = 1024
+
 
 class Authenticator:
-    """Checks client credentials; build once per Gateway (verifiers are precomputed)."""
+    """Checks client credentials; build once per Gateway (verifiers are precomputed).
 
-    def __init__(self, auth_type: str, users: dict[str, Any]) -> None:
+    ``settings`` (GatewaySettings, optional): ``auth_max_concurrent`` bounds the
+    PBKDF2 computations in flight (run in a thread pool, off the event loop);
+    ``auth_failure_*`` configure the :class:`~gateway.ratelimit.LoginThrottle`.
+    """
+
+    def __init__(self, auth_type: str, users: dict[str, Any], settings: Any = None) -> None:
         if auth_type not in AUTH_TYPES:
             raise ValueError(f"unsupported auth_type {auth_type!r}")
         self.auth_type = auth_type
         self._entries: dict[str, _Entry] = {}
-        self._any_verifier_only = False
+        iterations: Counter[int] = Counter()
         for name, user in users.items():
             pw: str | None = getattr(user, "password", None)
             plaintext: bytes | None = None
@@ -78,39 +98,108 @@ class Authenticator:
             if pw is not None:
                 if pg_auth.is_scram_verifier(pw):
                     verifier = pg_auth.ScramVerifier.parse(pw)
-                    self._any_verifier_only = True
                     if auth_type == "md5":
                         log.warning("user %s has a SCRAM verifier: it cannot log in with auth_type=md5", name)
                 else:
                     plaintext = pw.encode("utf-8")
-                    if auth_type == "scram-sha-256":
+                    if auth_type != "trust":
+                        # Cleartext checks of plaintext users cost one PBKDF2 too
+                        # (same as verifier users and unknown users): no timing oracle.
                         verifier = pg_auth.ScramVerifier.from_password(pw)
+                if verifier is not None:
+                    iterations[verifier.iterations] += 1
             self._entries[name] = _Entry(plaintext, verifier)
         self._dummy_plain = os.urandom(16).hex().encode()
-        self._dummy_verifier = pg_auth.ScramVerifier.from_password(os.urandom(16).hex())
+        # Unknown users (and users without a password) are checked against this
+        # verifier: the most common iteration count, so they cost the same.
+        dummy_iter = iterations.most_common(1)[0][0] if iterations else pg_auth.DEFAULT_SCRAM_ITERATIONS
+        self._dummy_verifier = pg_auth.ScramVerifier.from_password(os.urandom(16).hex(), iterations=dummy_iter)
         #: API tokens (gateway/tokens.py): token -> user, constant-time lookup.
         self.tokens = TokenStore(users)
+        self.max_concurrent = int(getattr(settings, "auth_max_concurrent", 4))
+        self.throttle = LoginThrottle(
+            free=int(getattr(settings, "auth_failure_free", 5)),
+            delay=float(getattr(settings, "auth_failure_delay", 0.1)),
+            max_delay=float(getattr(settings, "auth_failure_max_delay", 5.0)),
+            window=float(getattr(settings, "auth_failure_window", 300.0)))
+        self._executor: ThreadPoolExecutor | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._secret = os.urandom(32)
+        self._ok: OrderedDict[bytes, None] = OrderedDict()
+        #: PBKDF2 derivations run by password checks (tests count them: one per check).
+        self.derivations = 0
+        #: Peak number of derivations in flight at once.
+        self.peak_in_flight = 0
+        self._in_flight = 0
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
 
     # -- hooks for clients that bring their credentials in one piece (HTTP, tokens)
     def user_for_token(self, token: str | None) -> str | None:
         """The user an API token belongs to, or None."""
         return self.tokens.user_for(token)
 
-    def check_password(self, user: str, password: str | None) -> bool:
+    async def authenticate_token(self, token: str, user: str | None, peer: str = "?") -> str:
+        """The user an API token authenticates (``user``, if given, must be its
+        owner); :class:`AuthFailed` 28P01 otherwise.  Failures are throttled."""
+        src = source_of(peer)
+        await self.throttle.wait(src, None)
+        owner = self.tokens.user_for(token)
+        if owner is None:
+            self.throttle.failed(src, user or None)
+            raise AuthFailed("28P01", "invalid API token")
+        if user and user != owner:
+            self.throttle.failed(src, user)
+            raise AuthFailed("28P01", f'API token does not belong to user "{user}"')
+        return owner
+
+    async def verify_password(self, user: str, password: str | None, peer: str = "?") -> bool:
         """Check a cleartext password (HTTP clients) against ``[users]`` like any
-        other client: unknown user and wrong password are indistinguishable;
-        ``trust`` only needs a listed user."""
+        other client: unknown user and wrong password are indistinguishable and
+        cost the same (one PBKDF2, off the event loop); ``trust`` only needs a
+        listed user.  Failed attempts are throttled per source and per user."""
+        src = source_of(peer)
+        await self.throttle.wait(src, user)
+        if self.auth_type == "trust":
+            ok = user in self._entries or not self._entries
+        else:
+            ok = await self._verify_cleartext(user, self._entries.get(user), password)
+        if ok:
+            self.throttle.succeeded(src, user)
+        else:
+            self.throttle.failed(src, user)
+        return ok
+
+    def check_password(self, user: str, password: str | None) -> bool:
+        """Synchronous :meth:`verify_password` (no throttling, runs PBKDF2 on the
+        calling thread): for tools and tests, not for the event loop."""
         if self.auth_type == "trust":
             return user in self._entries or not self._entries
-        if password is None:
-            self._check_cleartext(None, "")
-            return False
-        return self._check_cleartext(self._entries.get(user), password)
+        entry = self._entries.get(user)
+        verifier, real = self._verifier_for(entry, password)
+        self.derivations += 1
+        return _check(verifier, password or "") and real
 
-    async def authenticate(self, user: str, send: SendFn, recv: RecvFn) -> bytes:
+    async def authenticate(self, user: str, send: SendFn, recv: RecvFn, peer: str = "?") -> bytes:
         """Run the exchange.  Returns bytes still to send before
         AuthenticationOk (the SASL final message, or b""): the session sends
-        them together with the rest of its reply.  Raises :class:`AuthFailed`."""
+        them together with the rest of its reply.  Raises :class:`AuthFailed`.
+        Failed attempts are throttled per source address and per user."""
+        src = source_of(peer)
+        await self.throttle.wait(src, user)
+        try:
+            result = await self._exchange(user, send, recv)
+        except AuthFailed as exc:
+            if exc.sqlstate == "28P01":
+                self.throttle.failed(src, user)
+            raise
+        self.throttle.succeeded(src, user)
+        return result
+
+    async def _exchange(self, user: str, send: SendFn, recv: RecvFn) -> bytes:
         entry = self._entries.get(user)
         t = self.auth_type
         if t == "trust":
@@ -122,7 +211,7 @@ class Authenticator:
         elif t == "password":
             await send(m.AUTHENTICATION_CLEARTEXT_PASSWORD)
             password = _decode_password(await _expect_password(recv))
-            if not self._check_cleartext(entry, password):
+            if not await self._verify_cleartext(user, entry, password):
                 raise failed_for(user)
         else:  # md5
             salt = os.urandom(4)
@@ -138,20 +227,47 @@ class Authenticator:
                 raise failed_for(user)
         return b""
 
-    def _check_cleartext(self, entry: _Entry | None, password: str) -> bool:
-        pw = password.encode("utf-8", "replace")
-        if entry is None:
-            # Same work as for a real user, then fail.
-            if self._any_verifier_only:
-                self._dummy_verifier.verify_password(password)
-            else:
-                hmac.compare_digest(pw, self._dummy_plain)
-            return False
-        if entry.plaintext is not None:
-            return hmac.compare_digest(pw, entry.plaintext)
-        if entry.verifier is not None:
-            return entry.verifier.verify_password(password)
-        return False  # user without a password: password auth cannot succeed
+    # -- cleartext password checks: always exactly one PBKDF2, in the thread pool
+    def _verifier_for(self, entry: _Entry | None, password: str | None) -> tuple[pg_auth.ScramVerifier, bool]:
+        """The verifier to check against and whether success may count."""
+        if entry is None or entry.verifier is None or password is None:
+            # Unknown user, user without a password, no password sent: same work, then fail.
+            return self._dummy_verifier, False
+        return entry.verifier, True
+
+    async def _verify_cleartext(self, user: str, entry: _Entry | None, password: str | None) -> bool:
+        verifier, real = self._verifier_for(entry, password)
+        key = b""
+        if real and password is not None:
+            key = hmac.digest(self._secret, user.encode("utf-8", "replace") + b"\0"
+                              + password.encode("utf-8", "replace"), "sha256")
+            if key in self._ok:
+                self._ok.move_to_end(key)
+                return True
+        ok = await self._offload(verifier, password or "") and real
+        if ok and key:
+            self._ok[key] = None
+            if len(self._ok) > _OK_CACHE_SIZE:
+                self._ok.popitem(last=False)
+        return ok
+
+    async def _offload(self, verifier: pg_auth.ScramVerifier, password: str) -> bool:
+        """PBKDF2 in the thread pool, at most ``auth_max_concurrent`` at once
+        (hashlib releases the GIL while it hashes)."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_concurrent)
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=self.max_concurrent,
+                                                thread_name_prefix="wirepool-auth")
+        self.derivations += 1
+        async with self._slots:
+            self._in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
+            try:
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self._executor, _check, verifier, password)
+            finally:
+                self._in_flight -= 1
 
     async def _scram(self, user: str, entry: _Entry | None, send: SendFn, recv: RecvFn) -> bytes:
         if entry is not None and entry.verifier is not None:
@@ -182,6 +298,11 @@ class Authenticator:
         if not real:  # pragma: no cover - the mock always fails the proof check
             raise failed_for(user)
         return m.authentication_sasl_final(final)
+
+
+def _check(verifier: pg_auth.ScramVerifier, password: str) -> bool:
+    """One PBKDF2 + constant-time comparisons (runs in the thread pool)."""
+    return verifier.verify_password(password)
 
 
 async def _expect_password(recv: RecvFn) -> bytes:

@@ -28,6 +28,7 @@ __all__ = [
 
 AUTH_TYPES = ("scram-sha-256", "password", "md5", "trust")
 POOL_MODES = ("transaction", "session")
+SSL_MODES = ("disable", "prefer", "require", "verify-ca", "verify-full")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 MASK = "***"
 SCRAM_PREFIX = "SCRAM-SHA-256$"
@@ -91,6 +92,17 @@ class GatewaySettings:
     shutdown_timeout: float = 30.0
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
+    #: Seconds between checks of the certificate files for changes (0 = only on SIGHUP).
+    tls_reload_interval: float = 5.0
+    #: Password checks (PBKDF2) running at once, in a thread pool off the event loop.
+    auth_max_concurrent: int = 4
+    #: Failed logins per source address / per user before attempts are delayed
+    #: (gateway/ratelimit.py); then auth_failure_delay, doubling per failure,
+    #: up to auth_failure_max_delay; forgotten after auth_failure_window seconds.
+    auth_failure_free: int = 5
+    auth_failure_delay: float = 0.1
+    auth_failure_max_delay: float = 5.0
+    auth_failure_window: float = 300.0
     log_level: str = "info"
     #: Postgres protocol over HTTP (issue 4): an HTTP session left inside a
     #: transaction is rolled back and its server released after this many idle seconds.
@@ -126,6 +138,10 @@ class DatabaseConfig:
     pool_mode: str | None = None
     min_pool_size: int | None = None
     reserve_pool_size: int | None = None
+    #: TLS to the upstream server, libpq's meanings (gateway/tls.py).
+    sslmode: str = "prefer"
+    #: CA bundle for verify-ca / verify-full (None: the system's trust store).
+    sslrootcert: str | None = None
 
     def __post_init__(self) -> None:
         if not self.dbname:
@@ -148,7 +164,8 @@ class DatabaseConfig:
         return (f"DatabaseConfig(name={self.name!r}, host={self.host!r}, port={self.port}, "
                 f"dbname={self.dbname!r}, user={self.user!r}, password={pw!r}, "
                 f"pool_size={self.pool_size}, pool_mode={self.pool_mode!r}, "
-                f"min_pool_size={self.min_pool_size}, reserve_pool_size={self.reserve_pool_size})")
+                f"min_pool_size={self.min_pool_size}, reserve_pool_size={self.reserve_pool_size}, "
+                f"sslmode={self.sslmode!r}, sslrootcert={self.sslrootcert!r})")
 
 
 @dataclass(frozen=True)
@@ -309,7 +326,7 @@ def _is_valid_scram_verifier(text: str) -> bool:
 
 _FLOAT_SETTINGS = {f.name for f in fields(GatewaySettings) if f.type in ("float", float)}
 _POSITIVE_FLOATS = {"server_connect_timeout", "sql_timeout", "http_session_timeout",
-                    "http_idle_session_timeout"}
+                    "http_idle_session_timeout", "auth_failure_window"}
 _INT_MIN = {
     "max_client_conn": 1,
     "default_pool_size": 1,
@@ -325,12 +342,14 @@ _INT_MIN = {
     "max_http_conn": 0,
     "http_min_body_rate": 0,
     "http_max_response_size": MIN_MESSAGE_SIZE,
+    "auth_max_concurrent": 1,
+    "auth_failure_free": 0,
 }
 _INT_MAX = {"max_message_size": 1 << 30, "sql_max_request_size": 1 << 30, "sql_max_response_size": 1 << 30,
             "http_max_response_size": 1 << 30}
 _GATEWAY_KEYS = frozenset(f.name for f in fields(GatewaySettings))
 _DB_KEYS = frozenset({"host", "port", "dbname", "user", "password", "pool_size", "pool_mode",
-                      "min_pool_size", "reserve_pool_size"})
+                      "min_pool_size", "reserve_pool_size", "sslmode", "sslrootcert"})
 _USER_KEYS = frozenset({"password", "tokens"})
 _TOP_KEYS = frozenset({"gateway", "databases", "users"})
 
@@ -384,7 +403,8 @@ def _parse_gateway(raw: Mapping[str, Any], base_dir: Path | None) -> GatewaySett
     return g
 
 
-def _parse_database(name: str, raw: Mapping[str, Any], g: GatewaySettings) -> DatabaseConfig:
+def _parse_database(name: str, raw: Mapping[str, Any], g: GatewaySettings,
+                    base_dir: Path | None = None) -> DatabaseConfig:
     prefix = f"databases.{name}"
     if not name.strip():
         raise ConfigError(prefix, "database name must not be empty")
@@ -409,6 +429,15 @@ def _parse_database(name: str, raw: Mapping[str, Any], g: GatewaySettings) -> Da
         kw["min_pool_size"] = _int(raw["min_pool_size"], f"{prefix}.min_pool_size", minimum=0)
     if "reserve_pool_size" in raw:
         kw["reserve_pool_size"] = _int(raw["reserve_pool_size"], f"{prefix}.reserve_pool_size", minimum=0)
+    if "sslmode" in raw:
+        kw["sslmode"] = _choice(raw["sslmode"], f"{prefix}.sslmode", SSL_MODES)
+    if "sslrootcert" in raw:
+        p = Path(_str(raw["sslrootcert"], f"{prefix}.sslrootcert", nonempty=True)).expanduser()
+        if base_dir is not None and not p.is_absolute():
+            p = base_dir / p
+        if not p.is_file():
+            raise ConfigError(f"{prefix}.sslrootcert", f"file not found: {str(p)!r}")
+        kw["sslrootcert"] = str(p)
     db = DatabaseConfig(**kw)
     size, min_size = db.effective_pool_size(g), db.effective_min_pool_size(g)
     if min_size > size:
@@ -465,7 +494,7 @@ def parse_config(data: Mapping[str, Any], *, base_dir: str | os.PathLike[str] | 
         raise ConfigError("databases", "at least one [databases.<name>] section is required")
     dbs: dict[str, DatabaseConfig] = {}
     for name, raw in raw_dbs.items():
-        dbs[name] = _parse_database(name, _table(raw, f"databases.{name}"), g)
+        dbs[name] = _parse_database(name, _table(raw, f"databases.{name}"), g, bd)
 
     raw_users = _table(top.get("users", {}), "users")
     users: dict[str, UserConfig] = {}
@@ -515,6 +544,7 @@ def config_to_display(cfg: Config) -> dict[str, Any]:
             "pool_size": d.effective_pool_size(g), "pool_mode": d.effective_pool_mode(g),
             "min_pool_size": d.effective_min_pool_size(g),
             "reserve_pool_size": d.effective_reserve_pool_size(g),
+            "sslmode": d.sslmode, "sslrootcert": d.sslrootcert,
         }
     users: dict[str, Any] = {}
     for name, u in cfg.users.items():

@@ -25,7 +25,7 @@ class Gateway:
     def __init__(self, config: Any) -> None:
         self.config = config
         self.settings = config.gateway
-        self.authenticator = Authenticator(self.settings.auth_type, config.users)
+        self.authenticator = Authenticator(self.settings.auth_type, config.users, self.settings)
         self.pools: dict[str, Pool] = {name: Pool(self, db, self.settings)
                                        for name, db in config.databases.items()}
         #: gateway-issued process id -> session (for CancelRequest)
@@ -138,6 +138,7 @@ class Gateway:
             await pool.close()
         for task in list(self._tasks):
             task.cancel()
+        self.authenticator.close()
 
     # ------------------------------------------------------------- clients
     async def handle_client(self, stream: Any) -> None:

@@ -56,6 +56,7 @@ from typing import Any
 from driver.protocol import messages as m
 from driver.protocol.framing import FrontendReader, MessageReader, ProtocolError
 
+from .auth import AuthFailed
 from .session import TRACKED, Session, _normalize
 
 log = logging.getLogger("wirepool.gateway.http")
@@ -359,7 +360,6 @@ class HttpExecutor:
         self._secret = secrets.token_bytes(32)
         self.sessions: dict[bytes, _HttpSession] = {}
         self._ended: OrderedDict[bytes, tuple[str, int]] = OrderedDict()  # sid -> (why, last seq)
-        self._pw_ok: OrderedDict[bytes, None] = OrderedDict()
         # counters (tests, metrics)
         self.requests = 0
         self.sessions_started = 0
@@ -367,54 +367,30 @@ class HttpExecutor:
 
     # ------------------------------------------------------------- auth
     async def authenticate(self, database: str, user: str | None, password: str | None,
-                           token: str | None) -> Principal:
+                           token: str | None, peer: str = "?") -> Principal:
         """Check credentials like any client: unknown user and wrong password are
-        the same 28P01.  ``token``: an API token (``[users.X] tokens``)."""
+        the same 28P01, cost the same and are throttled per source address and
+        user (gateway/auth.py).  ``token``: an API token (``[users.X] tokens``)."""
         auth = self.gw.authenticator
         method = "password"
         if token is not None:
-            owner = _user_for_token(self.gw, token)
-            if owner is None or (user and user != owner):
-                raise HttpAuthError(401, "28P01", f'password authentication failed for user "{user or owner or ""}"')
-            user = owner
+            try:
+                user = await auth.authenticate_token(token, user, peer)
+            except AuthFailed:
+                raise HttpAuthError(401, "28P01", f'password authentication failed for user "{user or ""}"') from None
             method = "token"
         else:
             if not user:
                 raise HttpAuthError(401, "28000", "no PostgreSQL user name specified")
             if auth.auth_type == "trust":
                 method = "trust"
-            if not self._check_password(user, password):
+            if not await auth.verify_password(user, password, peer):
                 raise HttpAuthError(401, "28P01", f'password authentication failed for user "{user}"')
         if not database:
             database = user
         if database not in self.gw.pools:
             raise HttpAuthError(404, "3D000", f'database "{database}" does not exist')
         return Principal(user, database, method)
-
-    def _check_password(self, user: str, password: str | None) -> bool:
-        auth = self.gw.authenticator
-        if auth.auth_type != "trust" and password is not None:
-            key = hmac.new(self._secret, user.encode() + b"\0" + password.encode("utf-8", "replace"),
-                           hashlib.sha256).digest()
-            if key in self._pw_ok:
-                self._pw_ok.move_to_end(key)
-                return True
-        else:
-            key = b""
-        check = getattr(auth, "check_password", None)
-        if check is not None:
-            ok = bool(check(user, password))
-        else:  # pragma: no cover - until gateway/auth.py offers check_password
-            entries = auth._entries
-            if auth.auth_type == "trust":
-                ok = user in entries or not entries
-            else:
-                ok = password is not None and auth._check_cleartext(entries.get(user), password)
-        if ok and key:
-            self._pw_ok[key] = None
-            if len(self._pw_ok) > 1024:
-                self._pw_ok.popitem(last=False)
-        return ok
 
     # ------------------------------------------------------------- tokens
     def _sign(self, payload: bytes) -> bytes:
@@ -723,28 +699,6 @@ def _parameter_status(startup_reply: bytes) -> dict[str, str]:
             msg = m.decode_backend(t, body)
             out[msg.name] = msg.value  # type: ignore[attr-defined]
     return out
-
-
-def _user_for_token(gw: Any, token: str) -> str | None:
-    auth = gw.authenticator
-    fn = getattr(auth, "user_for_token", None)
-    if fn is not None:
-        return fn(token)  # type: ignore[no-any-return]
-    # Fallback (gateway/auth.py without token support): plaintext or sha256:<hex> specs.
-    digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-    found = None
-    for name, user in gw.config.users.items():
-        for spec in getattr(user, "tokens", ()) or ():
-            if spec.startswith("sha256:"):
-                try:
-                    d = bytes.fromhex(spec[7:])
-                except ValueError:
-                    continue
-            else:
-                d = hashlib.sha256(spec.encode("utf-8", "surrogatepass")).digest()
-            if hmac.compare_digest(d, digest):
-                found = name
-    return found
 
 
 def _b64(b: bytes) -> str:

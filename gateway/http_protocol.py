@@ -118,7 +118,7 @@ class HttpProtocolEndpoint:
         if token is None:
             user, password, api_token = _credentials(req)
             database = unquote(req.header(H_DATABASE) or "")
-            principal = await ex.authenticate(database, user, password, api_token)
+            principal = await ex.authenticate(database, user, password, api_token, req.peer)
         res = await ex.run(principal, req.body, session_token=token, params=params, keep=keep)
         headers = [("wirepool-status", res.status or "closed"), _NO_STORE]
         if res.session_token:

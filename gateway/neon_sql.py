@@ -483,7 +483,7 @@ class NeonSql:
             modes.append(array_mode if mode is None else mode)
         # -- run on a pooled server
         ex = get_executor(self.gw)
-        principal = await ex.authenticate(database, user or None, password, token)
+        principal = await ex.authenticate(database, user or None, password, token, req.peer)
         res = await ex.run(principal, b"".join(parts), timeout=self.timeout, max_response=self.max_response)
         if res.session_token is not None:
             # The statement left a transaction open (e.g. a lone BEGIN): Neon

@@ -372,8 +372,9 @@ class Session:
         if msg.minor > 0 or unrecognized:
             await send(m.negotiate_protocol_version(0, unrecognized))
         token = getattr(self.stream, "token", None)
+        peer = getattr(self.stream, "peer", "?")
         if token is not None:  # API token (WebSocket upgrade): no password exchange
-            user = self._token_user(token, user)
+            user = await gw.authenticator.authenticate_token(token, user, peer)
         if not user:
             raise AuthFailed("28000", "no PostgreSQL user name specified in startup packet")
         self.user = user
@@ -381,7 +382,7 @@ class Session:
         self._admit()
         if token is not None:
             return b""
-        return await gw.authenticator.authenticate(user, send, self._next_message)
+        return await gw.authenticator.authenticate(user, send, self._next_message, peer)
 
     def _admit(self) -> None:
         """Count this client against ``max_client_conn`` (53300 past it;
@@ -393,15 +394,6 @@ class Session:
             raise AuthFailed("53300", "sorry, too many clients already")
         gw.n_clients += 1
         self.counted = True
-
-    def _token_user(self, token: str, user: str) -> str:
-        """The user an API token authenticates; the startup's user must be it or absent."""
-        owner = self.gw.authenticator.user_for_token(token)
-        if owner is None:
-            raise AuthFailed("28P01", "invalid API token")
-        if user and user != owner:
-            raise AuthFailed("28P01", f'API token does not belong to user "{user}"')
-        return owner
 
     # ======================================================== pooling loop
     async def _serve(self) -> None:

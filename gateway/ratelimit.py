@@ -1,0 +1,129 @@
+"""Failed-login throttling: exponential delay per source address and per user.
+
+Every failed authentication (wrong password, unknown user, bad API token) is
+counted against two keys: the client's source address (the IP, without the
+port) and the user name it tried.  Once a key has more than
+``auth_failure_free`` failures, each new login attempt on that key waits
+
+    min(auth_failure_max_delay, auth_failure_delay * 2 ** (failures - auth_failure_free - 1))
+
+seconds *before* its credentials are checked (the larger of the two keys'
+delays applies).  A key forgets its failures after ``auth_failure_window``
+seconds without a new one; a successful login clears the user's key (not the
+address's: a client must not be able to launder a guessing run through an
+account it owns).
+
+The delay costs a sleeping coroutine, not CPU, so a flood of wrong passwords
+from one address slows itself down without slowing anyone else; the number of
+keys remembered is bounded (least recently failed forgotten first).
+
+Trade-off (documented in docs/security.md): a stranger who floods a *user
+name* delays that user's own logins by up to ``auth_failure_max_delay``; they
+cannot lock the user out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from collections import OrderedDict
+from typing import Callable
+
+__all__ = ["LoginThrottle", "source_of"]
+
+#: Most keys remembered (addresses + user names); ~100 bytes each.
+MAX_KEYS = 65536
+
+
+def source_of(peer: str) -> str:
+    """``"1.2.3.4:5678"`` / ``"[::1]:5678"`` -> the address; IPv6 addresses are
+    grouped by /64 (one host usually owns a whole /64)."""
+    host = peer
+    if peer.startswith("["):
+        host = peer[1:peer.find("]")] if "]" in peer else peer
+    elif peer.count(":") == 1:
+        host = peer.rpartition(":")[0]
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if addr.version == 6:
+        return str(ipaddress.ip_network(f"{addr}/64", strict=False))
+    return str(addr)
+
+
+class LoginThrottle:
+    """Counts failed logins per key and computes the delay before the next attempt."""
+
+    def __init__(self, *, free: int = 5, delay: float = 0.1, max_delay: float = 5.0,
+                 window: float = 300.0, max_keys: int = MAX_KEYS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.free = free
+        self.delay = delay
+        self.max_delay = max_delay
+        self.window = window
+        self.max_keys = max_keys
+        self._clock = clock
+        #: key -> [failures, time of the last failure]
+        self._keys: OrderedDict[str, list[float]] = OrderedDict()
+        # counters (metrics, tests)
+        self.failures = 0
+        self.delayed = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.delay > 0 and self.max_delay > 0
+
+    def _count(self, key: str, now: float) -> float:
+        entry = self._keys.get(key)
+        if entry is None:
+            return 0
+        if now - entry[1] > self.window:
+            del self._keys[key]
+            return 0
+        return entry[0]
+
+    def delay_for(self, source: str, user: str | None) -> float:
+        """Seconds the next attempt from ``source`` for ``user`` must wait."""
+        if not self.enabled:
+            return 0.0
+        now = self._clock()
+        n = self._count("a:" + source, now)
+        if user is not None:
+            n = max(n, self._count("u:" + user, now))
+        over = n - self.free
+        if over <= 0:
+            return 0.0
+        if over > 64:
+            return self.max_delay
+        return float(min(self.max_delay, self.delay * 2 ** (over - 1)))
+
+    async def wait(self, source: str, user: str | None) -> float:
+        """Sleep for :meth:`delay_for`; returns the delay."""
+        d = self.delay_for(source, user)
+        if d > 0:
+            self.delayed += 1
+            await asyncio.sleep(d)
+        return d
+
+    def failed(self, source: str, user: str | None) -> None:
+        self.failures += 1
+        if not self.enabled:
+            return
+        now = self._clock()
+        for key in ("a:" + source, None if user is None else "u:" + user):
+            if key is None:
+                continue
+            n = self._count(key, now)
+            self._keys[key] = [n + 1, now]
+            self._keys.move_to_end(key)
+        while len(self._keys) > self.max_keys:
+            self._keys.popitem(last=False)
+
+    def succeeded(self, source: str, user: str | None) -> None:
+        if user is not None:
+            self._keys.pop("u:" + user, None)
+
+    def __len__(self) -> int:
+        return len(self._keys)
