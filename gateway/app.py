@@ -26,7 +26,8 @@ from gateway.http import HttpListener, HttpRequest, HttpResponse
 from gateway.metrics import CONTENT_TYPE, make_registry, render
 from gateway.http_protocol import register as register_http_protocol
 from gateway.neon_sql import register as register_neon_sql
-from gateway.tcp import TcpListener, make_server_ssl_context
+from gateway.tcp import TcpListener
+from gateway.tls import ServerTls
 
 log = logging.getLogger("wirepool")
 
@@ -62,6 +63,8 @@ class GatewayApp:
         self._shutting_down = False
         self._stopped = False
         self._registry: Any = None
+        #: the listeners' certificate (gateway/tls.py), None without TLS
+        self.tls: ServerTls | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -72,8 +75,13 @@ class GatewayApp:
             self.gateway = Gateway(cfg)
         await self.gateway.start()
         try:
+            if g.tls_cert_file and g.tls_key_file and self.tls is None:
+                self.tls = ServerTls(g.tls_cert_file, g.tls_key_file)
+                self.tls.start_watching(g.tls_reload_interval)
+            ctx = self.tls.context if self.tls is not None else None
             self.http = HttpListener(g.listen[0], g.listen[1],
-                                     ws_max_message_size=g.max_message_size + WS_SLACK)
+                                     ws_max_message_size=g.max_message_size + WS_SLACK,
+                                     ssl_context=ctx)
             self.http.header_timeout = g.client_login_timeout
             self.http.min_body_rate = g.http_min_body_rate
             limits = getattr(self.gateway, "limits", None)
@@ -90,9 +98,6 @@ class GatewayApp:
             self._registry = make_registry(self._gateway_stats, self.listener_stats)
             await self.http.start()
             if g.pg_listen is not None:
-                ctx = None
-                if g.tls_cert_file and g.tls_key_file:
-                    ctx = make_server_ssl_context(g.tls_cert_file, g.tls_key_file)
                 self.tcp = TcpListener(g.pg_listen[0], g.pg_listen[1], self.gateway.handle_client,
                                        ssl_context=ctx)
                 await self.tcp.start()
@@ -122,7 +127,13 @@ class GatewayApp:
             await self._close_listeners()
             await self._close_gateway()
 
+    def reload_tls(self) -> bool:
+        """Re-read the certificate files (SIGHUP); False if unchanged config or a broken pair."""
+        return self.tls.reload() if self.tls is not None else False
+
     async def _close_listeners(self) -> None:
+        if self.tls is not None:
+            self.tls.stop()
         if self.http is not None:
             await self.http.close()
         if self.tcp is not None:
@@ -154,11 +165,11 @@ class GatewayApp:
 
     @property
     def http_url(self) -> str:
-        return f"http://{_url_host(self.config.gateway.listen[0])}:{self.http_port}"
+        return f"{'https' if self.tls else 'http'}://{_url_host(self.config.gateway.listen[0])}:{self.http_port}"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://{_url_host(self.config.gateway.listen[0])}:{self.http_port}{WS_PATH}"
+        return f"{'wss' if self.tls else 'ws'}://{_url_host(self.config.gateway.listen[0])}:{self.http_port}{WS_PATH}"
 
     @property
     def pg_host(self) -> str | None:
@@ -178,9 +189,9 @@ class GatewayApp:
         return f"postgresql://{auth}@{_url_host(pl[0])}:{self.pg_port}/{quote(database, safe='')}"
 
     def ws_dsn(self, user: str, password: str | None, database: str) -> str:
-        """``ws://`` DSN for the driver (endpoint /v2, database as ``dbname``)."""
+        """``ws://`` (``wss://`` with TLS) DSN for the driver (endpoint /v2, database as ``dbname``)."""
         auth = quote(user, safe="") + (":" + quote(password, safe="") if password is not None else "")
-        return (f"ws://{auth}@{_url_host(self.config.gateway.listen[0])}:{self.http_port}{WS_PATH}"
+        return (f"{'wss' if self.tls else 'ws'}://{auth}@{_url_host(self.config.gateway.listen[0])}:{self.http_port}{WS_PATH}"
                 f"?dbname={quote(database, safe='')}")
 
     # ------------------------------------------------------------------ HTTP routes
@@ -253,6 +264,12 @@ async def run(config: Config, *, ready_callback: ReadyCallback | None = None, ga
             loop.add_signal_handler(sig, on_signal, sig.name)
             installed.append(sig)
         except (NotImplementedError, RuntimeError):  # pragma: no cover - not the main thread / Windows
+            pass
+    if app.tls is not None and hasattr(signal, "SIGHUP"):
+        try:  # SIGHUP: reload the TLS certificate (docs/tls.md)
+            loop.add_signal_handler(signal.SIGHUP, app.reload_tls)
+            installed.append(signal.SIGHUP)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover
             pass
     try:
         if ready_callback is not None:

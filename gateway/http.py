@@ -23,6 +23,7 @@ import base64
 import binascii
 import hashlib
 import logging
+import ssl
 from http import HTTPStatus
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, cast
@@ -795,8 +796,11 @@ class HttpConnection(asyncio.Protocol):
 class HttpListener:
     def __init__(self, host: str, port: int, *, max_body_size: int = MAX_BODY_SIZE,
                  ws_max_message_size: int | None = None, keepalive_timeout: float = KEEPALIVE_TIMEOUT,
-                 permessage_deflate: bool = True, backlog: int = 2048) -> None:
+                 permessage_deflate: bool = True, backlog: int = 2048,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.host = host
+        #: TLS (https://, wss://) when set (gateway/tls.py owns it and reloads it).
+        self.ssl_context = ssl_context
         self.port = port
         self.routes: dict[tuple[str, str], HttpHandler] = {}
         self.ws_routes: dict[str, StreamHandler] = {}
@@ -834,7 +838,8 @@ class HttpListener:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(lambda: HttpConnection(self), self.host, self.port,
-                                               backlog=self.backlog, reuse_address=True)
+                                               backlog=self.backlog, reuse_address=True,
+                                               ssl=self.ssl_context)
         self.port = self.bound_port
 
     @property

@@ -308,7 +308,8 @@ class Pool:
         db = self.db
         try:
             server = await asyncio.wait_for(
-                open_server(self, db.host, db.port, db.user, db.password, db.dbname),
+                open_server(self, db.host, db.port, db.user, db.password, db.dbname,
+                            db.sslmode, db.sslrootcert),
                 timeout=self.settings.server_connect_timeout)
         except asyncio.TimeoutError:
             err = ServerError("08006", f"could not connect to server {db.host}:{db.port}: "

@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from typing import TYPE_CHECKING, Any, Callable
 
 from driver.protocol import auth as pg_auth
 from driver.protocol import messages as m
 from driver.protocol.framing import MessageReader, ProtocolError
+
+from .tls import UpstreamTlsError, negotiate_upstream, upstream_context
 
 if TYPE_CHECKING:  # pragma: no cover
     from .pool import Pool
@@ -314,15 +317,29 @@ class ServerConnection(asyncio.Protocol):
 
 
 async def open_server(pool: "Pool", host: str, port: int, user: str, password: str | None,
-                      dbname: str) -> ServerConnection:
-    """Connect and log in (no timeout here: the pool wraps this in one)."""
+                      dbname: str, sslmode: str = "disable", sslrootcert: str | None = None) -> ServerConnection:
+    """Connect (TLS per ``sslmode``, gateway/tls.py) and log in (no timeout
+    here: the pool wraps this in one)."""
     loop = asyncio.get_running_loop()
     conn = ServerConnection(pool, host, port)
     try:
-        if host.startswith("/"):
+        if host.startswith("/"):  # unix socket: no TLS (libpq neither)
             await loop.create_unix_connection(lambda: conn, f"{host}/.s.PGSQL.{port}")
-        else:
+        elif sslmode == "disable":
             await loop.create_connection(lambda: conn, host, port)
+        else:
+            sock, use_tls = await negotiate_upstream(host, port, sslmode)
+            if use_tls:
+                await loop.create_connection(lambda: conn, sock=sock,
+                                             ssl=upstream_context(sslmode, sslrootcert),
+                                             server_hostname=host)
+            else:
+                await loop.create_connection(lambda: conn, sock=sock)
+    except UpstreamTlsError as exc:
+        raise ServerError("08006", f"could not connect to server {host}:{port}: {exc}") from None
+    except ssl.SSLError as exc:
+        raise ServerError("08006", f"could not connect to server {host}:{port}: TLS handshake failed: "
+                          f"{exc.reason or exc}") from None
     except OSError as exc:
         raise ServerError("08006", f"could not connect to server {host}:{port}: {exc.strerror or exc}") from None
     try:

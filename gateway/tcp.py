@@ -408,10 +408,3 @@ class TcpListener:
         tasks = [p.task for p in self.connections if p.task is not None and not p.task.done()]
         if tasks:
             await asyncio.wait(tasks, timeout=5)
-
-
-def make_server_ssl_context(cert_file: str, key_file: str) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cert_file, key_file)
-    return ctx

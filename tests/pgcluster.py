@@ -147,7 +147,10 @@ class PgCluster:
         "log_connections": False,
     }
 
-    def __init__(self, settings: Mapping[str, Any] | None = None, *, start: bool = True) -> None:
+    def __init__(self, settings: Mapping[str, Any] | None = None, *, start: bool = True,
+                 hostssl_only: bool = False) -> None:
+        #: pg_hba.conf accepts TCP logins over TLS only (``hostssl``; needs ssl = on in ``settings``)
+        self.hostssl_only = hostssl_only
         self.bin_dir: Path = find_pg_bin()
         self.psql_bin: str = find_psql(self.bin_dir)
         self.host: str = self.HOST
@@ -211,9 +214,10 @@ class PgCluster:
         # postgresql.auto.conf is read last and overrides postgresql.conf.
         self._write_owned(self.datadir / "postgresql.auto.conf", "\n".join(lines) + "\n")
         hba = ["# TYPE DATABASE USER ADDRESS METHOD"]
+        host = "hostssl" if self.hostssl_only else "host"
         for role, (method, _pw) in self.ROLES.items():
-            hba.append(f"host all {role} 127.0.0.1/32 {method}")
-        hba.append("host all all 127.0.0.1/32 scram-sha-256")
+            hba.append(f"{host} all {role} 127.0.0.1/32 {method}")
+        hba.append(f"{host} all all 127.0.0.1/32 scram-sha-256")
         hba.append("local all all trust")
         self._write_owned(self.datadir / "pg_hba.conf", "\n".join(hba) + "\n")
 

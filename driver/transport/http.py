@@ -321,10 +321,10 @@ def http_target(endpoint: Endpoint) -> tuple[str, str, dict[str, str]]:
 def _ssl_context(endpoint: Endpoint) -> ssl_module.SSLContext:
     if isinstance(endpoint.ssl_context, ssl_module.SSLContext):
         return endpoint.ssl_context
-    from .tcp import make_ssl_context
+    from .tcp import make_ssl_context, sslrootcert
 
     mode = endpoint.sslmode if endpoint.sslmode in _TLS_MODES else "verify-full"
-    return make_ssl_context(mode)
+    return make_ssl_context(mode, sslrootcert(endpoint))
 
 
 class HttpConnector(Connector):

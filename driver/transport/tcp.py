@@ -52,19 +52,27 @@ class TcpTransport(Transport):
         return self._writer.is_closing()
 
 
-def make_ssl_context(sslmode: str) -> ssl_module.SSLContext:
+def make_ssl_context(sslmode: str, cafile: str | None = None) -> ssl_module.SSLContext:
     """The SSLContext libpq would use for ``sslmode`` (without client certificates).
 
     ``verify-full`` checks the chain and the host name; ``verify-ca`` only the
     chain; ``require``/``prefer``/``allow`` encrypt without verification.
+    ``cafile``: the DSN's ``sslrootcert`` (trusted CAs; default: the system's).
     """
-    ctx = ssl_module.create_default_context(ssl_module.Purpose.SERVER_AUTH)
+    ctx = ssl_module.create_default_context(ssl_module.Purpose.SERVER_AUTH, cafile=cafile)
     if sslmode == "verify-full":
         return ctx
     ctx.check_hostname = False
     if sslmode != "verify-ca":
         ctx.verify_mode = ssl_module.CERT_NONE
     return ctx
+
+
+def sslrootcert(endpoint: Endpoint) -> str | None:
+    """The DSN's ``sslrootcert`` (libpq's name), if any."""
+    query = endpoint.options.get("query") or {}
+    value = query.get("sslrootcert")
+    return str(value) if value else None
 
 
 class TcpConnector(Connector):
@@ -106,7 +114,7 @@ class TcpConnector(Connector):
             writer.close()
             raise TransportError("the server sent unencrypted data after accepting SSL")
         if ctx is None:
-            ctx = make_ssl_context(mode)
+            ctx = make_ssl_context(mode, sslrootcert(endpoint))
         try:
             await writer.start_tls(ctx, server_hostname=host if ctx.check_hostname else None)
         except (OSError, ssl_module.SSLError) as exc:

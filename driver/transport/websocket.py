@@ -136,10 +136,10 @@ class WebSocketTransport(Transport):
 def _ssl_context(endpoint: Endpoint) -> ssl_module.SSLContext:
     if isinstance(endpoint.ssl_context, ssl_module.SSLContext):
         return endpoint.ssl_context
-    from .tcp import make_ssl_context
+    from .tcp import make_ssl_context, sslrootcert
 
     mode = endpoint.sslmode if endpoint.sslmode in _TLS_MODES else "verify-full"
-    return make_ssl_context(mode)
+    return make_ssl_context(mode, sslrootcert(endpoint))
 
 
 class WebSocketConnector(Connector):

@@ -16,9 +16,11 @@ from typing import Any
 JS_DIR = Path(__file__).resolve().parent.parent / "js"
 
 
-async def run_node_json(script: str, *args: str, timeout: float = 60) -> dict[str, Any]:
+async def run_node_json(script: str, *args: str, timeout: float = 60,
+                        env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run ``node tests/js/<script> args...`` without blocking the event loop
-    (the gateway under test runs in it) and return the last JSON line it prints."""
+    (the gateway under test runs in it) and return the last JSON line it prints.
+    ``env``: extra environment (e.g. NODE_EXTRA_CA_CERTS for a test CA)."""
     node = shutil.which("node")
     assert node is not None, "node is required for this test (it is installed on every project machine)"
     assert (JS_DIR / "node_modules" / "@neondatabase" / "serverless").is_dir(), \
@@ -26,7 +28,7 @@ async def run_node_json(script: str, *args: str, timeout: float = 60) -> dict[st
     proc = await asyncio.create_subprocess_exec(
         node, str(JS_DIR / script), *args,
         cwd=str(JS_DIR), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "NODE_NO_WARNINGS": "1"})
+        env={**os.environ, "NODE_NO_WARNINGS": "1", **(env or {})})
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except asyncio.TimeoutError:

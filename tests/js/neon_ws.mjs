@@ -1,14 +1,15 @@
 // Drives the real @neondatabase/serverless driver (WebSocket mode) against a
 // Wirepool gateway and prints one JSON object with what it observed.
 // The table neon_rb (x int) must exist and be empty (the Python test creates it).
-// Usage: node neon_ws.mjs <gateway host:port> <postgresql:// connection string> <pipelineConnect: false|password>
+// Usage: node neon_ws.mjs <gateway host:port> <postgresql:// connection string> <pipelineConnect: false|password> [secure]
+// "secure": wss:// (trust a test CA with NODE_EXTRA_CA_CERTS).
 import { Pool, neonConfig } from "@neondatabase/serverless";
 import ws from "ws";
 
-const [gateway, connectionString, pipeline] = process.argv.slice(2);
+const [gateway, connectionString, pipeline, secure] = process.argv.slice(2);
 neonConfig.webSocketConstructor = ws;
 neonConfig.wsProxy = (host, port) => `${gateway}/v2?address=${host}:${port}`;
-neonConfig.useSecureWebSocket = false;
+neonConfig.useSecureWebSocket = secure === "secure";
 neonConfig.pipelineTLS = false;
 neonConfig.pipelineConnect = pipeline === "password" ? "password" : false;
 
