@@ -61,6 +61,13 @@ def failed_for(user: str) -> AuthFailed:
     return AuthFailed("28P01", f'password authentication failed for user "{user}"')
 
 
+class Throttled(AuthFailed):
+    """Refused by the failed-login throttle before any password check."""
+
+    def __init__(self) -> None:
+        super().__init__("08004", "too many failed login attempts; try again later")
+
+
 class _Entry:
     __slots__ = ("plaintext", "verifier")
 
@@ -116,7 +123,7 @@ class Authenticator:
         self._dummy_verifier = pg_auth.ScramVerifier.from_password(os.urandom(16).hex(), iterations=dummy_iter)
         #: API tokens (gateway/tokens.py): token -> user, constant-time lookup.
         self.tokens = TokenStore(users)
-        self.max_concurrent = int(getattr(settings, "auth_max_concurrent", 4))
+        self.max_concurrent = int(getattr(settings, "auth_max_concurrent", 2))
         self.throttle = LoginThrottle(
             free=int(getattr(settings, "auth_failure_free", 5)),
             delay=float(getattr(settings, "auth_failure_delay", 0.1)),
@@ -146,7 +153,7 @@ class Authenticator:
         """The user an API token authenticates (``user``, if given, must be its
         owner); :class:`AuthFailed` 28P01 otherwise.  Failures are throttled."""
         src = source_of(peer)
-        await self.throttle.wait(src, None)
+        await self._gate(src, None)
         owner = self.tokens.user_for(token)
         if owner is None:
             self.throttle.failed(src, user or None)
@@ -162,7 +169,7 @@ class Authenticator:
         cost the same (one PBKDF2, off the event loop); ``trust`` only needs a
         listed user.  Failed attempts are throttled per source and per user."""
         src = source_of(peer)
-        await self.throttle.wait(src, user)
+        await self._gate(src, user)
         if self.auth_type == "trust":
             ok = user in self._entries or not self._entries
         else:
@@ -189,7 +196,7 @@ class Authenticator:
         them together with the rest of its reply.  Raises :class:`AuthFailed`.
         Failed attempts are throttled per source address and per user."""
         src = source_of(peer)
-        await self.throttle.wait(src, user)
+        await self._gate(src, user)
         try:
             result = await self._exchange(user, send, recv)
         except AuthFailed as exc:
@@ -198,6 +205,14 @@ class Authenticator:
             raise
         self.throttle.succeeded(src, user)
         return result
+
+    async def _gate(self, source: str, user: str | None) -> None:
+        """Wait for this attempt's turn (:meth:`LoginThrottle.admit`); :class:`Throttled` if refused."""
+        wait = self.throttle.admit(source, user)
+        if wait is None:
+            raise Throttled()
+        if wait > 0:
+            await asyncio.sleep(wait)
 
     async def _exchange(self, user: str, send: SendFn, recv: RecvFn) -> bytes:
         entry = self._entries.get(user)

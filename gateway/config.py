@@ -95,7 +95,7 @@ class GatewaySettings:
     #: Seconds between checks of the certificate files for changes (0 = only on SIGHUP).
     tls_reload_interval: float = 5.0
     #: Password checks (PBKDF2) running at once, in a thread pool off the event loop.
-    auth_max_concurrent: int = 4
+    auth_max_concurrent: int = 2
     #: Failed logins per source address / per user before attempts are delayed
     #: (gateway/ratelimit.py); then auth_failure_delay, doubling per failure,
     #: up to auth_failure_max_delay; forgotten after auth_failure_window seconds.

@@ -56,7 +56,7 @@ from typing import Any
 from driver.protocol import messages as m
 from driver.protocol.framing import FrontendReader, MessageReader, ProtocolError
 
-from .auth import AuthFailed
+from .auth import AuthFailed, Throttled
 from .session import TRACKED, Session, _normalize
 
 log = logging.getLogger("wirepool.gateway.http")
@@ -88,7 +88,7 @@ class HttpExecError(Exception):
 
 
 class HttpAuthError(HttpExecError):
-    """Authentication failed (28P01 / 28000 -> 401, 3D000 -> 404)."""
+    """Authentication failed (28P01 / 28000 -> 401, 3D000 -> 404, throttled 08004 -> 429)."""
 
 
 @dataclass(frozen=True)
@@ -373,19 +373,25 @@ class HttpExecutor:
         user (gateway/auth.py).  ``token``: an API token (``[users.X] tokens``)."""
         auth = self.gw.authenticator
         method = "password"
-        if token is not None:
-            try:
-                user = await auth.authenticate_token(token, user, peer)
-            except AuthFailed:
-                raise HttpAuthError(401, "28P01", f'password authentication failed for user "{user or ""}"') from None
-            method = "token"
-        else:
-            if not user:
-                raise HttpAuthError(401, "28000", "no PostgreSQL user name specified")
-            if auth.auth_type == "trust":
-                method = "trust"
-            if not await auth.verify_password(user, password, peer):
-                raise HttpAuthError(401, "28P01", f'password authentication failed for user "{user}"')
+        try:
+            if token is not None:
+                try:
+                    user = await auth.authenticate_token(token, user, peer)
+                except Throttled:
+                    raise
+                except AuthFailed:
+                    raise HttpAuthError(401, "28P01",
+                                        f'password authentication failed for user "{user or ""}"') from None
+                method = "token"
+            else:
+                if not user:
+                    raise HttpAuthError(401, "28000", "no PostgreSQL user name specified")
+                if auth.auth_type == "trust":
+                    method = "trust"
+                if not await auth.verify_password(user, password, peer):
+                    raise HttpAuthError(401, "28P01", f'password authentication failed for user "{user}"')
+        except Throttled as exc:
+            raise HttpAuthError(429, exc.sqlstate, exc.message) from None
         if not database:
             database = user
         if database not in self.gw.pools:

@@ -415,7 +415,7 @@ class NeonSql:
             # neon() reads the JSON of a 400 only: authentication (401/404 in the
             # executor) and request errors are 400 here; 413/507/5xx stay.
             status = exc.status
-            if isinstance(exc, HttpAuthError) or (status < 500 and status != 413):
+            if (isinstance(exc, HttpAuthError) and status != 429) or (status < 500 and status not in (413, 429)):
                 status = 400
             return self._error(status, {"message": exc.message, "code": exc.sqlstate,
                                         "severity": "FATAL" if isinstance(exc, HttpAuthError) else "ERROR"})

@@ -2,13 +2,17 @@
 
 Every failed authentication (wrong password, unknown user, bad API token) is
 counted against two keys: the client's source address (the IP, without the
-port) and the user name it tried.  Once a key has more than
+port; IPv6 by /64) and the user name it tried.  Once a key has more than
 ``auth_failure_free`` failures, each new login attempt on that key waits
 
     min(auth_failure_max_delay, auth_failure_delay * 2 ** (failures - auth_failure_free - 1))
 
 seconds *before* its credentials are checked (the larger of the two keys'
-delays applies).  A key forgets its failures after ``auth_failure_window``
+delays applies).  Attempts from one throttled address are spaced by that delay
+(many parallel connections do not multiply the rate), and an attempt that would
+have to wait more than ``auth_failure_max_delay`` is refused at once (08004,
+HTTP 429) without a password check -- so a flood from one address costs an
+accept and a startup packet per attempt, not a PBKDF2.  A key forgets its failures after ``auth_failure_window``
 seconds without a new one; a successful login clears the user's key (not the
 address's: a client must not be able to launder a guessing run through an
 account it owns).
@@ -24,7 +28,6 @@ cannot lock the user out.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import time
 from collections import OrderedDict
@@ -65,11 +68,12 @@ class LoginThrottle:
         self.window = window
         self.max_keys = max_keys
         self._clock = clock
-        #: key -> [failures, time of the last failure]
+        #: key -> [failures, time of the last failure, start of the last admitted attempt]
         self._keys: OrderedDict[str, list[float]] = OrderedDict()
         # counters (metrics, tests)
         self.failures = 0
         self.delayed = 0
+        self.refused = 0
 
     @property
     def enabled(self) -> bool:
@@ -84,14 +88,7 @@ class LoginThrottle:
             return 0
         return entry[0]
 
-    def delay_for(self, source: str, user: str | None) -> float:
-        """Seconds the next attempt from ``source`` for ``user`` must wait."""
-        if not self.enabled:
-            return 0.0
-        now = self._clock()
-        n = self._count("a:" + source, now)
-        if user is not None:
-            n = max(n, self._count("u:" + user, now))
+    def _delay(self, n: float) -> float:
         over = n - self.free
         if over <= 0:
             return 0.0
@@ -99,13 +96,45 @@ class LoginThrottle:
             return self.max_delay
         return float(min(self.max_delay, self.delay * 2 ** (over - 1)))
 
-    async def wait(self, source: str, user: str | None) -> float:
-        """Sleep for :meth:`delay_for`; returns the delay."""
-        d = self.delay_for(source, user)
-        if d > 0:
+    def delay_for(self, source: str, user: str | None) -> float:
+        """The delay the next attempt from ``source`` for ``user`` would get
+        (ignoring attempts already queued)."""
+        if not self.enabled:
+            return 0.0
+        now = self._clock()
+        n = self._count("a:" + source, now)
+        if user is not None:
+            n = max(n, self._count("u:" + user, now))
+        return self._delay(n)
+
+    def admit(self, source: str, user: str | None) -> float | None:
+        """Reserve this attempt's turn: the seconds it must wait before its
+        credentials are checked, or None to refuse it at once.
+
+        Attempts from a throttled address are *spaced*: each starts at least
+        its delay after the previous one, so concurrent connections do not
+        multiply the rate; one that would wait longer than ``max_delay`` is
+        refused without any password check.  The user's delay is applied to
+        each attempt on its own (never refused: the real user must still get in)."""
+        if not self.enabled:
+            return 0.0
+        now = self._clock()
+        wait = 0.0
+        akey = "a:" + source
+        d_src = self._delay(self._count(akey, now))
+        if d_src > 0:
+            entry = self._keys[akey]
+            wait = max(0.0, entry[2] - now) + d_src  # after the attempts already queued
+            if wait > self.max_delay + 1e-6:
+                self.refused += 1
+                entry[1] = now  # a sustained flood keeps the address throttled
+                return None
+            entry[2] = now + wait
+        if user is not None:
+            wait = max(wait, self._delay(self._count("u:" + user, now)))
+        if wait > 0:
             self.delayed += 1
-            await asyncio.sleep(d)
-        return d
+        return wait
 
     def failed(self, source: str, user: str | None) -> None:
         self.failures += 1
@@ -116,7 +145,8 @@ class LoginThrottle:
             if key is None:
                 continue
             n = self._count(key, now)
-            self._keys[key] = [n + 1, now]
+            entry = self._keys.get(key)
+            self._keys[key] = [n + 1, now, entry[2] if entry is not None else 0.0]
             self._keys.move_to_end(key)
         while len(self._keys) > self.max_keys:
             self._keys.popitem(last=False)

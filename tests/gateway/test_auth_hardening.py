@@ -131,6 +131,26 @@ def test_throttle_exponential_delay_window_and_success() -> None:
     assert len(t) == 0
 
 
+def test_throttle_spaces_parallel_attempts_and_refuses_past_max_delay() -> None:
+    now = [0.0]
+    t = LoginThrottle(free=1, delay=0.25, max_delay=1.0, window=60, clock=lambda: now[0])
+    t.failed("9.9.9.9", None)
+    t.failed("9.9.9.9", None)  # delay 0.25 s
+    # five connections at the same instant: spaced 0.25 s apart, the 5th would wait > 1 s
+    waits = [t.admit("9.9.9.9", f"u{i}") for i in range(5)]
+    assert waits == [0.25, 0.5, 0.75, 1.0, None]
+    assert t.refused == 1
+    # other addresses are not affected; the user key only delays, never refuses
+    assert t.admit("8.8.8.8", "u0") == 0
+    for _ in range(10):
+        t.failed("7.7.7.7", "victim")
+    assert t.admit("6.6.6.6", "victim") == 1.0
+    assert t.admit("6.6.6.6", "victim") == 1.0
+    # later, the address gets turns again
+    now[0] = 5.0
+    assert t.admit("9.9.9.9", "u9") == 0.25
+
+
 def test_throttle_memory_is_bounded_and_can_be_disabled() -> None:
     t = LoginThrottle(free=0, delay=0.1, max_delay=1, window=60, max_keys=100)
     for i in range(1000):
@@ -217,7 +237,7 @@ async def test_login_flood_is_throttled_and_normal_clients_are_served(gateway_ap
     """A flood of wrong passwords from one address (pg_listen and /sql) gets
     delayed; a client elsewhere keeps logging in and running queries."""
     app = await gateway_app(auth_type="password", auth_failure_free=3, auth_failure_delay=0.02,
-                            auth_failure_max_delay=0.2)
+                            auth_failure_max_delay=0.2, auth_max_concurrent=1)
     auth = app.gateway.authenticator
     stop = asyncio.Event()
     outcomes: list[str] = []
@@ -247,13 +267,17 @@ async def test_login_flood_is_throttled_and_normal_clients_are_served(gateway_ap
         assert served == 100
         # the flood is being throttled while normal clients are served
         deadline = asyncio.get_running_loop().time() + 30
-        while auth.throttle.delayed < 20 and asyncio.get_running_loop().time() < deadline:
+        while (auth.throttle.delayed < 20 or auth.throttle.refused < 20) \
+                and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
-        assert auth.throttle.delayed >= 20
+        assert auth.throttle.delayed >= 20 and auth.throttle.refused >= 20
     finally:
         stop.set()
         await asyncio.gather(*flood)
-    assert outcomes and set(outcomes) <= {"28P01", "400"}, set(outcomes)
+    assert outcomes and set(outcomes) <= {"28P01", "400", "08004", "429"}, set(outcomes)
+    assert {"28P01", "08004"} <= set(outcomes), set(outcomes)
+    # refused attempts cost no PBKDF2: far fewer derivations than attempts
+    assert auth.derivations < len(outcomes) - auth.throttle.refused + 20
     assert app.gateway.stats()["clients"] == 0
 
 
@@ -264,8 +288,29 @@ async def test_api_token_failures_are_throttled(gateway_app: Any) -> None:
     ex_failed = auth.throttle.failures
     for _ in range(4):
         with pytest.raises(AuthFailed) as ei:
-            await auth.authenticate_token("tok-bad", None, "127.0.0.9:1")
+            await auth.authenticate_token("tok-bad", None, f"{ATTACKER}:1")
         assert ei.value.sqlstate == "28P01"
     assert auth.throttle.failures == ex_failed + 4
-    assert auth.throttle.delay_for("127.0.0.9", None) > 0
+    assert auth.throttle.delay_for(ATTACKER, None) > 0
+    # parallel attempts from a throttled address are spaced, and refused past max_delay:
+    # over HTTP that is a 429 with SQLSTATE 08004
+    results = await asyncio.gather(*(_sql_bearer(app, "tok-bad") for _ in range(10)))
+    statuses = sorted(st for st, _ in results)
+    assert 429 in statuses and 400 in statuses, statuses
+    assert {b["code"] for st, b in results if st == 429} == {"08004"}
+    assert auth.throttle.refused >= statuses.count(429)
     assert await auth.authenticate_token("tok-good-123456", "alice", "127.0.0.1:1") == "alice"
+
+
+async def _sql_bearer(app: Any, token: str) -> tuple[int, Any]:
+    body = b'{"query": "select 1", "params": []}'
+    r, w = await asyncio.open_connection(app.http_host, app.http_port, local_addr=(ATTACKER, 0))
+    try:
+        w.write(b"POST /sql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                + f"Authorization: Bearer {token}\r\nContent-Length: {len(body)}\r\n"
+                  "Connection: close\r\n\r\n".encode() + body)
+        raw = await asyncio.wait_for(r.read(), 30)
+    finally:
+        w.close()
+    head, _, payload = raw.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(payload or b"null")
