@@ -46,6 +46,7 @@ from .accounting import Accounting
 from .auth import AuthFailed
 from .cancel import send_cancel
 from .limits import after_login, check_login_message, login_reader
+from .params import OptionsError, canonical, parse_options
 from .pool import Pool, PoolError
 from .prepared import ClientStatements, Rewriter, server_statements
 from .schema import database_key
@@ -133,9 +134,7 @@ def _quote_literal(value: str) -> str:
 
 
 def _normalize(name: str, value: str) -> str:
-    if name == "client_encoding" and value.lower().replace("-", "").replace("_", "") == "utf8":
-        return "UTF8"
-    return value
+    return canonical(name, value)
 
 
 class Session:
@@ -365,7 +364,9 @@ class Session:
                 self.params[canonical] = _normalize(canonical, value)
             elif key.startswith("_pq_."):
                 unrecognized.append(key)
-            elif lk in IGNORED_STARTUP or (lk == "options" and not value.strip()):
+            elif lk == "options":
+                self._startup_options(value)
+            elif lk in IGNORED_STARTUP:
                 pass
             else:
                 raise AuthFailed("08P01", f"unsupported startup parameter: {key}")
@@ -383,6 +384,19 @@ class Session:
         if token is not None:
             return b""
         return await gw.authenticator.authenticate(user, send, self._next_message, peer)
+
+    def _startup_options(self, value: str) -> None:
+        """``options=-c name=value --name=value``: tracked parameters only."""
+        try:
+            opts = parse_options(value)
+        except OptionsError as exc:
+            raise AuthFailed("08P01", str(exc)) from None
+        for name, val in opts:
+            canonical_name = TRACKED.get(name.lower())
+            if canonical_name is None:
+                raise AuthFailed("0A000", f'parameter "{name}" cannot be set in "options" through the gateway; '
+                                          f"supported: {', '.join(TRACKED.values())}")
+            self.params[canonical_name] = _normalize(canonical_name, val)
 
     def _admit(self) -> None:
         """Count this client against ``max_client_conn`` (53300 past it;
