@@ -73,7 +73,7 @@ class _NoEvents:
 class Accounting:
     """Outstanding replies of one client's link (see the module docstring)."""
 
-    __slots__ = ("outstanding", "dirty", "swallow", "named", "listened", "ddl", "status", "rewriter", "events",
+    __slots__ = ("outstanding", "dirty", "swallow", "named", "listened", "ddl", "fatal", "status", "rewriter", "events",
                  "_risk", "_risky", "_watch", "_xdone", "_xerr")
 
     def __init__(self, rewriter: Any = None, events: Events | None = None) -> None:
@@ -88,6 +88,8 @@ class Accounting:
         self.listened = False
         #: a DDL completed (gateway.schema.is_ddl_tag): the session bumps the schema epoch
         self.ddl = False
+        #: the server sent a FATAL/PANIC ErrorResponse (it is about to close)
+        self.fatal = False
         #: last ReadyForQuery status seen by :meth:`swallowed` (-1: none)
         self.status = -1
         self.rewriter = rewriter
@@ -250,6 +252,8 @@ class Accounting:
                     self.listened = True
                 elif chunk[s] in DDL_FIRST and is_ddl_tag(chunk, s, e):
                     self.ddl = True
+            elif t == _ERR and (b"\x00VFATAL\x00" in chunk[s:e] or b"\x00VPANIC\x00" in chunk[s:e]):
+                self.fatal = True
         if z < 0:
             return z
         if out > 0:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from driver.protocol import messages as m
 
+from .recovery import Recovery
 from .server import ServerConnection, ServerError, open_server
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -73,6 +74,8 @@ class Pool:
         self.wait_count = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._probe: asyncio.Task[None] | None = None
+        #: the upstream failure window and its background login probe
+        self.recovery = Recovery(self)
         self._check_sql = m.query(settings.server_check_query) if settings.server_check_query else b""
 
     # ------------------------------------------------------------------ lists
@@ -166,7 +169,7 @@ class Pool:
         if err is None or self.total_servers():
             return
         if self.gateway.loop.time() - self.last_login_failure < self.settings.server_login_retry:
-            raise PoolError(err.sqlstate, err.message)
+            raise PoolError(err.sqlstate, self.recovery.message())
 
     async def ensure_params(self, client: Any) -> dict[str, str]:
         """The upstream's ParameterStatus values; logs a server in if the pool
@@ -272,6 +275,12 @@ class Pool:
         return self.last_login_error is None
 
     # ------------------------------------------------------------ connecting
+    async def login_once(self) -> None:
+        """One server login now (the recovery probe); the server joins the pool."""
+        slot = _LoginSlot()
+        self._move(slot, self.sv_login)
+        await self._connect(slot)
+
     def _launch_if_needed(self) -> None:
         if self.closed:
             return
@@ -327,6 +336,7 @@ class Pool:
                 server.close()
                 return
             self.last_login_error = None
+            self.recovery.succeeded()
             if self.server_params is None:
                 self.server_params = dict(server.params)
             server.pool_list = None
@@ -336,12 +346,14 @@ class Pool:
         log.warning("pool %s: server login failed: %s %s", self.name, err.sqlstate, err.message)
         self.last_login_error = err
         self.last_login_failure = self.gateway.loop.time()
+        self.recovery.failed(err.sqlstate)
         if self.total_servers() == 0:
             self._fail_waiters(err)
 
     def _fail_waiters(self, err: ServerError) -> None:
+        msg = self.recovery.message() if err is self.last_login_error else err.message
         for client in list(self.cl_waiting):
-            self._fail(client, PoolError(err.sqlstate, err.message))
+            self._fail(client, PoolError(err.sqlstate, msg))
 
     def _fail(self, client: Any, err: PoolError) -> None:
         self._move(client, self.cl_active)
@@ -412,6 +424,9 @@ class Pool:
 
     async def close(self) -> None:
         self.closed = True
+        probe = self.recovery.cancel()
+        if probe is not None:
+            self._tasks.add(probe)
         for task in list(self._tasks):
             task.cancel()
         self._fail_waiters(ServerError("57P01", "terminating connection due to administrator command"))

@@ -800,10 +800,14 @@ class Session:
         if self.server is not server:
             return
         self.server = None
+        fatal = self.acc.fatal  # the server said why (e.g. 57P01): exactly one error for the client
         self.acc.lost()
         if self.prepared is not None:
             self.prepared.unlink()
-        self._abort("08006", "server connection lost: the upstream server closed the connection unexpectedly")
+        if fatal:
+            self._abort(None, None)
+        else:
+            self._abort("08006", "server connection lost: the upstream server closed the connection unexpectedly")
 
     # --------------------------------------------------------- writer task
     async def _write_loop(self) -> None:
