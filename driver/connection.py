@@ -88,14 +88,15 @@ class _Statement:
                  "mapping", "closed", "last_status", "_values_decoder", "_decoders")
 
     def __init__(self, name: str, query: str, param_oids: Sequence[int],
-                 fields: Sequence[FieldDescription], record_cls: Any) -> None:
+                 fields: Sequence[FieldDescription], record_cls: Any,
+                 types: codecs.TypeRegistry = codecs.DEFAULT_REGISTRY) -> None:
         self.name = name
         self.query = query
         self.param_oids = tuple(param_oids)
         self.fields = tuple(fields)
-        self.result_formats = [codecs.result_format_for(f.type_oid) for f in self.fields]
-        dec = codecs.build_row_decoder([(f.type_oid, fmt) for f, fmt in
-                                        zip(self.fields, self.result_formats)])
+        self.result_formats = [types.result_format_for(f.type_oid) for f in self.fields]
+        dec = types.build_row_decoder([(f.type_oid, fmt) for f, fmt in
+                                       zip(self.fields, self.result_formats)])
         self.mapping = make_mapping([f.name for f in self.fields])
         self._values_decoder = dec
         self._decoders: dict[Any, pc.RowDecoder] = {}
@@ -134,18 +135,31 @@ def _text_row_factory(columns: Sequence[tuple[int, int]]) -> pc.RowDecoder:
 class _OneShotQuery(pc.ExtendedQuery):
     """An ExtendedQuery whose rows (text format) become Records as they arrive."""
 
-    __slots__ = ("record_cls",)
+    __slots__ = ("record_cls", "types", "raw_rows")
 
-    def __init__(self, record_cls: Any) -> None:
+    def __init__(self, record_cls: Any, types: codecs.TypeRegistry) -> None:
         super().__init__()
         self.record_cls = record_cls
+        self.types = types
+        #: the rows are kept raw: some column types must be introspected first
+        self.raw_rows = False
 
     def _row_description(self, body: bytes, factory: pc.RowDecoderFactory) -> None:
         msg = decode_backend(ord("T"), body)
         assert isinstance(msg, RowDescription)
         fields = msg.fields
         self.fields = fields
-        dec = codecs.build_row_decoder([(f.type_oid, 0) for f in fields])
+        if any(f.type_oid not in self.types for f in fields):
+            self.raw_rows = True
+            for res in self.results:
+                if res.decoder is None:
+                    res.fields = fields
+                    res.decoder = bytes
+            return
+        self._set_decoders(fields)
+
+    def _set_decoders(self, fields: tuple[FieldDescription, ...]) -> Any:
+        dec = self.types.build_row_decoder([(f.type_oid, 0) for f in fields])
         mapping = make_mapping([f.name for f in fields])
         rec = Record if self.record_cls is None else self.record_cls
 
@@ -155,6 +169,7 @@ class _OneShotQuery(pc.ExtendedQuery):
             if res.decoder is None:
                 res.fields = fields
                 res.decoder = decode
+        return decode
 
 
 class _NotLogged:
@@ -288,6 +303,11 @@ class Connection:
         self._copy_sink: Any = None
         #: False: one-shot queries skip the Describe round trip (see ``_one_shot``).
         self._describe_first = True
+        #: this connection's codecs (a private copy once a type is introspected or a
+        #: custom codec set: see driver.introspection and driver.typecodecs)
+        self._types: codecs.TypeRegistry = codecs.DEFAULT_REGISTRY
+        self._type_rows: dict[int, Any] = {}
+        self._type_overrides: dict[int, Any] = {}
         protocol.on_notice = None
 
     # -- lifecycle -----------------------------------------------------------
@@ -503,6 +523,8 @@ class Connection:
             raise exc.PostgresError.new(req.error, query)
         if req.exception is not None:
             e = req.exception
+            if isinstance(e, pc.RowDecodeError):
+                raise e.original  # a decoder raised: its exception, as asyncpg does
             if isinstance(e, pc.ConnectionLost):
                 raise exc.ConnectionDoesNotExistError(
                     "connection was closed in the middle of operation") from e
@@ -566,7 +588,9 @@ class Connection:
         self._queue_closes(req)
         req.parse(name, query).describe_statement(name)
         await self._request(req, deadline, query)
-        st = _Statement(name, query, req.param_oids or (), req.fields or (), self._record_cls)
+        await self._ensure_types(req.param_oids or (), req.fields or (), deadline)
+        st = _Statement(name, query, req.param_oids or (), req.fields or (), self._record_cls,
+                        self._types)
         if cacheable:
             self._stmt_cache[query] = st
             while len(self._stmt_cache) > self._cache_size:
@@ -574,6 +598,23 @@ class Connection:
                 old.closed = True
                 self._pending_closes.append(old.name)
         return st
+
+    async def _ensure_types(self, param_oids: Sequence[int],
+                            fields: Sequence[FieldDescription], deadline: float | None) -> None:
+        """Introspect the types of a statement the codecs don't know (one query)."""
+        types = self._types
+        unknown = [o for o in param_oids if o not in types]
+        unknown += [f.type_oid for f in fields if f.type_oid not in types]
+        if unknown:
+            from .introspection import introspect
+
+            await introspect(self, unknown, deadline)
+
+    def _own_types(self) -> codecs.TypeRegistry:
+        """This connection's private registry (copied from the builtin one on first use)."""
+        if self._types is codecs.DEFAULT_REGISTRY:
+            self._types = codecs.DEFAULT_REGISTRY.copy()
+        return self._types
 
     def _invalidate(self, st: _Statement) -> None:
         cached = self._stmt_cache.get(st.query)
@@ -585,7 +626,7 @@ class Connection:
     def _encode(self, st: _Statement, args: Sequence[Any],
                 element: int | None = None) -> tuple[list[int], list[bytes | None]]:
         try:
-            return codecs.encode_params(st.param_oids, args)
+            return self._types.encode_params(st.param_oids, args)
         except codecs.EncodeError as e:
             if e.position is None:
                 raise exc.InterfaceError(
@@ -629,7 +670,7 @@ class Connection:
                             st: _Statement | None = None, limit: int = 0,
                             record_cls: Any = None) -> tuple[_Statement, pc.QueryResult]:
         retry = st is None
-        if st is None and not self._describe_first and not (
+        if st is None and not self._describe_first and not self._type_overrides and not (
                 self._cache_size > 0 and query in self._stmt_cache):
             values = _text_params(args)
             if values is not None:
@@ -664,7 +705,8 @@ class Connection:
         calls use the binary, typed path); otherwise it is the unnamed one.
         """
         name = self._next_stmt_name() if self._cache_size > 0 else ""
-        req = _OneShotQuery(record_cls if record_cls is not None else self._record_cls)
+        req = _OneShotQuery(record_cls if record_cls is not None else self._record_cls,
+                            self._types)
         self._queue_closes(req)
         req.parse(name, query).describe_statement(name)
         req.bind("", name, (), values, ())
@@ -675,7 +717,13 @@ class Connection:
             if name:
                 self._pending_closes.append(name)  # it may exist on the server
             raise
-        st = _Statement(name, query, req.param_oids or (), req.fields or (), self._record_cls)
+        if req.raw_rows:  # non-builtin column types: introspect, then decode
+            await self._ensure_types((), req.fields or (), deadline)
+            req.types = self._types
+            decode = req._set_decoders(req.fields or ())
+            result.rows = [decode(b) for b in result.rows]
+        st = _Statement(name, query, req.param_oids or (), req.fields or (), self._record_cls,
+                        self._types)
         st.last_status = result.status
         if name:
             self._stmt_cache[query] = st
@@ -914,6 +962,41 @@ class Connection:
         from .listeners import QueryTimer
 
         return QueryTimer(self, query, args, timeout)
+
+    # -- type codecs (driver.typecodecs, loaded on first use) ----------------------
+    async def set_type_codec(self, typename: str, *, schema: str = "public",
+                             encoder: Callable[[Any], Any], decoder: Callable[[Any], Any],
+                             format: str = "text") -> None:
+        """Use ``encoder``/``decoder`` for ``schema.typename`` on this connection
+        (and for arrays of it and composite fields), like asyncpg."""
+        from . import typecodecs
+
+        self._check_open()
+        await typecodecs.set_type_codec(self, typename, schema=schema, encoder=encoder,
+                                        decoder=decoder, format=format)
+
+    async def reset_type_codec(self, typename: str, *, schema: str = "public") -> None:
+        """Back to the default codec of ``schema.typename``."""
+        from . import typecodecs
+
+        self._check_open()
+        await typecodecs.reset_type_codec(self, typename, schema=schema)
+
+    async def set_builtin_type_codec(self, typename: str, *, schema: str = "public",
+                                     codec_name: str, format: str | None = None) -> None:
+        """Exchange ``schema.typename`` with the builtin codec ``codec_name``
+        (a core type name, or ``"pg_contrib.hstore"``)."""
+        from . import typecodecs
+
+        self._check_open()
+        await typecodecs.set_builtin_type_codec(self, typename, schema=schema,
+                                                codec_name=codec_name, format=format)
+
+    async def reload_schema_state(self) -> None:
+        """Forget introspected types and cached statements (after DDL changed types)."""
+        from . import typecodecs
+
+        await typecodecs.reload_schema_state(self)
 
     # -- state -------------------------------------------------------------------
     def is_closed(self) -> bool:

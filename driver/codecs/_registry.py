@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from collections.abc import Sequence
 from typing import Any, Callable
@@ -31,9 +32,9 @@ _TEXT_ONLY_TYPES = {
     oids.REGOPERATOR: "regoperator", oids.REGCLASS: "regclass", oids.REGTYPE: "regtype",
     oids.REGCONFIG: "regconfig", oids.REGDICTIONARY: "regdictionary",
     oids.REGNAMESPACE: "regnamespace", oids.REGROLE: "regrole", oids.REGCOLLATION: "regcollation",
-    oids.UNKNOWN: "unknown",
     # types asyncpg also returns as str
     oids.MONEY: "money", oids.MACADDR: "macaddr", oids.MACADDR8: "macaddr8",
+    oids.UNKNOWN: "unknown",
     oids.TSVECTOR: "tsvector", oids.TSQUERY: "tsquery", oids.ACLITEM: "aclitem",
 }
 
@@ -75,6 +76,7 @@ def _builtin_scalars() -> list[TypeInfo]:
     add(oids.VOID, "void", None, B.decode_void, T.decode_void)
     for oid, name in _TEXT_ONLY_TYPES.items():
         add(oid, name, None, None, T.decode_text, T.encode_str_strict)
+
     add(oids.BIT, "bit", G.encode_bits, G.decode_bits, G.decode_bits_text)
     add(oids.VARBIT, "varbit", G.encode_bits, G.decode_bits, G.decode_bits_text)
     add(oids.POINT, "point", G.encode_point, G.decode_point, G.decode_point_text)
@@ -99,6 +101,7 @@ BUILTIN_RANGES = {
 
 
 _unpack_i32 = struct.Struct("!i").unpack_from
+_unpack_oid_len = struct.Struct("!Ii").unpack_from
 
 # Expressions inlined by build_row_decoder for the hottest fixed-size binary types;
 # ``b`` is the row body, ``p`` the value's offset, ``q`` its end.
@@ -133,6 +136,7 @@ class TypeRegistry:
                 self.register_range(rng, sub, rname, array_oid=oids.ELEMENT_ARRAY.get(rng, 0))
                 self.register_multirange(multi, rng, mname,
                                          array_oid=oids.ELEMENT_ARRAY.get(multi, 0))
+            self._register_record()
             for arr, elem in oids.ARRAY_ELEMENT.items():
                 if elem in self._types and arr not in self._types:
                     self.register_array(arr, elem, delim=";" if elem == oids.BOX else ",")
@@ -171,8 +175,7 @@ class TypeRegistry:
             encode=R.make_binary_range_encoder(sub.encode) if binary and sub.encode else None,
             decode_binary=(R.make_binary_range_decoder(sub.decode_binary)
                            if binary and sub.decode_binary else None),
-            encode_text=None if binary else R.make_text_range_encoder(
-                sub.encode_text or T.encode_str_any),
+            encode_text=None if binary else R.make_text_range_encoder(self.text_encoder(sub)),
             array_oid=array_oid, range_subtype=subtype_oid)
         self.register(info)
         return info
@@ -197,10 +200,123 @@ class TypeRegistry:
         self.register(info)
         return info
 
-    def register_text_type(self, oid: int, name: str, *, array_oid: int = 0) -> TypeInfo:
-        """Register a type exchanged as text and returned as str (e.g. an enum)."""
+    def register_alias(self, oid: int, base_oid: int, name: str) -> TypeInfo:
+        """Register ``oid`` (e.g. a domain) with the codecs of ``base_oid``."""
+        base = self._types.get(base_oid)
+        if base is None:
+            raise KeyError(f"base type {base_oid} is not registered")
+        info = dataclasses.replace(base, oid=oid, name=name, array_oid=0)
+        self.register(info)
+        return info
+
+    def register_enum(self, oid: int, name: str) -> TypeInfo:
+        """An enum: its label as str (enum_send/enum_recv carry the label's text)."""
+        info = TypeInfo(oid=oid, name=name, decode_text=T.decode_text, encode=B.encode_text,
+                        decode_binary=B.decode_text, encode_text=T.encode_str_strict)
+        self.register(info)
+        return info
+
+    def register_composite(self, oid: int, name: str, names: Sequence[str],
+                           att_oids: Sequence[int],
+                           build: Callable[[tuple[Any, ...]], Any] | None = None,
+                           adapt: Callable[[Any], Any] | None = None) -> TypeInfo:
+        """A composite type of the (registered) attribute types ``att_oids``.
+
+        Decoded to a Record (or ``build(values_tuple)``); ``adapt`` maps a value
+        before encoding (a custom ``tuple`` codec's encoder).  Binary when every
+        attribute type has binary codecs, else text.
+        """
+        from ._composite import (make_binary_composite_decoder, make_binary_composite_encoder,
+                                 make_text_composite_decoder, make_text_composite_encoder)
+
+        atts = [self._types.get(o) for o in att_oids]
+        if any(a is None for a in atts):
+            raise KeyError(f"attribute types of {name} are not registered")
+        infos = [a for a in atts if a is not None]
+        if build is None:
+            from ..record import Record, make_mapping
+
+            mapping = make_mapping(names)
+
+            def build(values: tuple[Any, ...], _m: Any = mapping) -> Any:
+                return Record(_m, values)
+        binary = all(a.encode is not None and a.decode_binary is not None for a in infos)
+        tdec = make_text_composite_decoder([a.decode_text for a in infos], build)
+        if binary:
+            enc: Encoder | None = make_binary_composite_encoder(
+                names, att_oids, [a.encode for a in infos if a.encode is not None])
+            dec: Decoder | None = make_binary_composite_decoder(
+                [a.decode_binary for a in infos if a.decode_binary is not None], build)
+            tenc = None
+        else:
+            enc = dec = None
+            tenc = make_text_composite_encoder(names, [self.text_encoder(a) for a in infos])
+        if adapt is not None:
+            enc = _adapted(adapt, enc)
+            tenc = _adapted(adapt, tenc)
+        info = TypeInfo(oid=oid, name=name, decode_text=tdec, encode=enc, decode_binary=dec,
+                        encode_text=tenc)
+        self.register(info)
+        return info
+
+    def text_encoder(self, info: TypeInfo) -> Encoder:
+        """A text-format encoder of ``info`` (inside text composites and ranges)."""
+        if info.encode_text is not None:
+            return info.encode_text
+        if info.element_oid:
+            el = self._types.get(info.element_oid)
+            return A.make_text_array_encoder(
+                self.text_encoder(el) if el is not None else T.encode_str_any)
+        return T.encode_value_text
+
+    def copy(self) -> TypeRegistry:
+        """A registry with the same codecs (changes to it do not affect this one)."""
+        reg = TypeRegistry(builtins=False)
+        reg._types = dict(self._types)
+        if oids.RECORD in reg._types:
+            reg._register_record()
+            reg.register_array(oids.RECORD_ARRAY, oids.RECORD)
+        return reg
+
+    def _register_record(self) -> None:
+        """Anonymous records (``SELECT ROW(1, 'a')``): a tuple, each field decoded by
+        the type OID the server sends with it (binary), as asyncpg does."""
+        from ._composite import parse_record_text
+
+        def decode_record(b: Any) -> tuple[Any, ...]:
+            n = _unpack_i32(b)[0]
+            pos = 4
+            out: list[Any] = []
+            for _ in range(n):
+                oid, ln = _unpack_oid_len(b, pos)
+                pos += 8
+                if ln < 0:
+                    out.append(None)
+                else:
+                    info = self._types.get(oid)
+                    dec = info.decode_binary if info is not None else None
+                    if oid == oids.UNKNOWN:  # unknownsend() sends the text
+                        dec = B.decode_text
+                    out.append((dec or B.decode_bytea)(b[pos:pos + ln]))
+                    pos += ln
+            return tuple(out)
+
+        def decode_record_text(b: Any) -> tuple[Any, ...]:
+            return tuple(parse_record_text(str(b, "utf-8")))
+
+        self.register(TypeInfo(oid=oids.RECORD, name="record", decode_text=decode_record_text,
+                               decode_binary=decode_record, encode_text=T.encode_str_any,
+                               array_oid=oids.RECORD_ARRAY))
+
+    def register_text_type(self, oid: int, name: str, *, array_oid: int = 0,
+                           strict: bool = True) -> TypeInfo:
+        """Register a type exchanged as text and returned as str (e.g. an enum).
+
+        ``strict``: only str values encode (else ``str(value)`` is sent).
+        """
         info = TypeInfo(oid=oid, name=name, decode_text=T.decode_text, encode=None,
-                        decode_binary=None, encode_text=T.encode_str_strict, array_oid=array_oid)
+                        decode_binary=None, array_oid=array_oid,
+                        encode_text=T.encode_str_strict if strict else T.encode_str_any)
         self.register(info)
         if array_oid:
             self.register_array(array_oid, oid)
@@ -272,6 +388,17 @@ class TypeRegistry:
                 self._row_decoders.clear()
             self._row_decoders[key] = fn
         return fn
+
+
+def _adapted(adapt: Callable[[Any], Any], enc: Encoder | None) -> Encoder | None:
+    if enc is None:
+        return None
+    inner = enc
+
+    def encode(v: Any) -> bytes:
+        return inner(adapt(v))
+
+    return encode
 
 
 def _short_repr(v: Any) -> str:

@@ -278,3 +278,19 @@ def encode_str_any(v: Any) -> bytes:
     if isinstance(v, (bytes, bytearray, memoryview)):
         return bytes(v)
     return str(v).encode("utf-8")
+
+
+def encode_value_text(v: Any) -> bytes:
+    """PostgreSQL text input of a Python value of a builtin type (bool, bytes,
+    timedelta, date/time, else ``str()``), for text-format composites and ranges."""
+    if isinstance(v, str):
+        return v.encode("utf-8")
+    if isinstance(v, bool):
+        return b"t" if v else b"f"
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return b"\\x" + bytes(v).hex().encode("ascii")
+    if isinstance(v, _dt.timedelta):
+        return f"{v.days} days {v.seconds} seconds {v.microseconds} microseconds".encode("ascii")
+    if isinstance(v, (_dt.date, _dt.time)):
+        return v.isoformat().encode("ascii")
+    return str(v).encode("utf-8")

@@ -69,6 +69,7 @@ __all__ = [
     "ClientProtocolError",
     "UnsupportedAuthentication",
     "ConnectionLost",
+    "RowDecodeError",
     "raw_row_decoder",
 ]
 
@@ -132,6 +133,18 @@ class ClientProtocolError(Exception):
 
 class UnsupportedAuthentication(ClientProtocolError):
     """The server asked for an authentication method this client cannot do."""
+
+
+class RowDecodeError(Exception):
+    """A row decoder raised ``original`` (e.g. a custom codec's decoder).
+
+    Set as the request's ``exception``; the rest of its rows are discarded and
+    the request still ends at its ReadyForQuery: the connection stays usable.
+    """
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(str(original))
+        self.original = original
 
 
 class ConnectionLost(ClientProtocolError):
@@ -708,8 +721,16 @@ class ClientProtocol:
                 if append is None:
                     if self._skipping or not pending:
                         continue
-                    append, decode = pending[0]._row_sink()
-                append(decode(body))
+                    if pending[0].exception is not None:  # a row failed to decode
+                        append, decode = _discard, _discard
+                    else:
+                        append, decode = pending[0]._row_sink()
+                try:
+                    append(decode(body))
+                except Exception as e:  # the query fails, the connection goes on
+                    if pending[0].exception is None:
+                        pending[0].exception = RowDecodeError(e)
+                    append, decode = _discard, _discard
                 continue
             append = None
             if mtype == _COPY_DATA:  # COPY TO STDOUT: one message per row
