@@ -452,7 +452,7 @@ async def _binary_encoders(conn: Connection, type_oids: list[int],
     out: list[Callable[[Any], bytes] | None] = []
     unknown: list[int] = []
     for oid in type_oids:
-        fmt, enc = codecs.encoder_for(oid)
+        fmt, enc = conn._types.encoder_for(oid)  # builtin, introspected and custom codecs
         if fmt == codecs.FORMAT_BINARY:
             out.append(enc)
         else:
