@@ -408,6 +408,10 @@ class HttpExecutor:
         payload = hs.sid + struct.pack("!QQ", hs.seq, hs.issued)
         return _b64(payload) + "." + _b64(self._sign(payload))
 
+    def session_principal(self, token: str) -> Principal:
+        """Who the session of ``token`` belongs to (the token is not consumed)."""
+        return self._lookup(token).principal
+
     def _lookup(self, token: str) -> _HttpSession:
         try:
             p, _, mac = token.partition(".")

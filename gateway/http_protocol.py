@@ -114,10 +114,18 @@ class HttpProtocolEndpoint:
         ph = req.header(H_PARAMS)
         if ph:
             params = dict(parse_qsl(ph, keep_blank_values=True))
+            if any("\x00" in k or "\x00" in v for k, v in params.items()):
+                raise HttpExecError(400, "08P01", "invalid Wirepool-Params: NUL characters are not allowed")
         principal = None
         if token is None:
             user, password, api_token = _credentials(req)
             database = unquote(req.header(H_DATABASE) or "")
+            principal = await ex.authenticate(database, user, password, api_token, req.peer)
+        elif req.header("authorization") is not None or req.header(H_USER) is not None:
+            # Credentials with a session token must be the session's own: the
+            # executor answers 403 for another user's (docs/http-protocol.md).
+            user, password, api_token = _credentials(req)
+            database = unquote(req.header(H_DATABASE) or "") or ex.session_principal(token).database
             principal = await ex.authenticate(database, user, password, api_token, req.peer)
         res = await ex.run(principal, req.body, session_token=token, params=params, keep=keep)
         headers = [("wirepool-status", res.status or "closed"), _NO_STORE]

@@ -48,6 +48,7 @@ from driver.protocol.framing import MessageReader, ProtocolError
 
 from .http import HttpRequest, HttpResponse
 from .http_exec import HttpAuthError, HttpExecError, get_executor
+from .limits import JSON_MAX_DEPTH, json_too_deep
 
 log = logging.getLogger("wirepool.gateway.neon_sql")
 
@@ -225,7 +226,14 @@ def _to_float(v: str) -> Any:
     return f
 
 
+#: json/jsonb values nested deeper than this stay text (the response must
+#: serialize without hitting Python's recursion limit)
+JSON_OUTPUT_MAX_DEPTH = 500
+
+
 def _to_json(v: str) -> Any:
+    if len(v) > JSON_OUTPUT_MAX_DEPTH and json_too_deep(v.encode("utf-8"), JSON_OUTPUT_MAX_DEPTH):
+        return v
     return json.loads(v)
 
 
@@ -455,9 +463,11 @@ class NeonSql:
         array_mode = bool(array_header)
         raw_text = bool(raw_header)
         # -- body
+        if json_too_deep(req.body):
+            raise NeonError(400, f"invalid request: JSON nested deeper than {JSON_MAX_DEPTH} levels", "54000")
         try:
             payload = json.loads(req.body)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise NeonError(400, f"invalid request: body is not valid JSON ({exc})") from None
         if not isinstance(payload, dict):
             raise NeonError(400, "invalid request: expected {\"query\", \"params\"} or {\"queries\": [...]}")

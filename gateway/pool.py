@@ -169,7 +169,7 @@ class Pool:
         if err is None or self.total_servers():
             return
         if self.gateway.loop.time() - self.last_login_failure < self.settings.server_login_retry:
-            raise PoolError(err.sqlstate, self.recovery.message())
+            raise self._public_error(err)
 
     async def ensure_params(self, client: Any) -> dict[str, str]:
         """The upstream's ParameterStatus values; logs a server in if the pool
@@ -351,9 +351,16 @@ class Pool:
             self._fail_waiters(err)
 
     def _fail_waiters(self, err: ServerError) -> None:
-        msg = self.recovery.message() if err is self.last_login_error else err.message
+        public = self._public_error(err)
         for client in list(self.cl_waiting):
-            self._fail(client, PoolError(err.sqlstate, msg))
+            self._fail(client, public)
+
+    def _public_error(self, err: ServerError) -> PoolError:
+        """What a client may learn of a failed upstream login: no host, port,
+        role or upstream message (those are logged by :meth:`_connect`)."""
+        code = err.sqlstate if err.sqlstate[:2] == "08" or err.sqlstate in ("53300", "57P03") else "08006"
+        return PoolError(code, f'could not connect to the server for database "{self.name}": '
+                               f"{self.recovery.message()} (the gateway's log has the details)")
 
     def _fail(self, client: Any, err: PoolError) -> None:
         self._move(client, self.cl_active)

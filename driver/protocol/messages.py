@@ -94,11 +94,14 @@ class F:
 # ---------------------------------------------------------------------------
 
 _pack_i32 = struct.Struct("!i").pack
-_pack_i16 = struct.Struct("!h").pack
+#: message element counts (parameters, formats, columns) are Int16 on the wire but
+#: Postgres reads them unsigned: up to 65,535 (PQ_QUERY_PARAM_MAX_LIMIT)
+_pack_u16 = struct.Struct("!H").pack
+MAX_PARAMS: Final = 65535
 _pack_ii = struct.Struct("!ii").pack
 _unpack_i32 = struct.Struct("!i").unpack_from
 _unpack_I32 = struct.Struct("!I").unpack_from
-_unpack_i16 = struct.Struct("!h").unpack_from
+_unpack_u16 = struct.Struct("!H").unpack_from
 _unpack_ii = struct.Struct("!ii").unpack_from
 _FIELD = struct.Struct("!IhIhih")
 
@@ -178,8 +181,16 @@ def query(sql: str) -> bytes:
     return _msg(b"Q", _cstr(sql))
 
 
+def _count(n: int, what: str) -> bytes:
+    if n > MAX_PARAMS:
+        raise ValueError(f"too many {what}: {n} (the protocol allows at most {MAX_PARAMS})")
+    return _pack_u16(n)
+
+
 def parse(name: str, sql: str, param_oids: Sequence[int] = ()) -> bytes:
-    body = _cstr(name) + _cstr(sql) + _pack_i16(len(param_oids))
+    if len(param_oids) > MAX_PARAMS:
+        _count(len(param_oids), "parameter types")
+    body = _cstr(name) + _cstr(sql) + _pack_u16(len(param_oids))
     if param_oids:
         body += struct.pack(f"!{len(param_oids)}I", *param_oids)
     return _msg(b"P", body)
@@ -192,17 +203,17 @@ def bind(
     params: Sequence[bytes | None],
     result_formats: Sequence[int],
 ) -> bytes:
-    parts = [_cstr(portal), _cstr(statement), _pack_i16(len(param_formats))]
+    parts = [_cstr(portal), _cstr(statement), _count(len(param_formats), "parameter formats")]
     if param_formats:
         parts.append(struct.pack(f"!{len(param_formats)}h", *param_formats))
-    parts.append(_pack_i16(len(params)))
+    parts.append(_count(len(params), "parameters") if len(params) > MAX_PARAMS else _pack_u16(len(params)))
     for value in params:
         if value is None:
             parts.append(b"\xff\xff\xff\xff")
         else:
             parts.append(_pack_i32(len(value)))
             parts.append(value)
-    parts.append(_pack_i16(len(result_formats)))
+    parts.append(_pack_u16(len(result_formats)))
     if result_formats:
         parts.append(struct.pack(f"!{len(result_formats)}h", *result_formats))
     return _msg(b"B", b"".join(parts))
@@ -342,7 +353,7 @@ def notification_response(process_id: int, channel: str, payload: str) -> bytes:
 
 
 def row_description(fields: Sequence["FieldDescription"]) -> bytes:
-    body = bytearray(_pack_i16(len(fields)))
+    body = bytearray(_pack_u16(len(fields)))
     for f in fields:
         body += _cstr(f.name)
         body += _FIELD.pack(f.table_oid, f.column_attnum, f.type_oid, f.type_size, f.type_modifier, f.format)
@@ -350,7 +361,7 @@ def row_description(fields: Sequence["FieldDescription"]) -> bytes:
 
 
 def data_row(values: Sequence[bytes | None]) -> bytes:
-    parts = [_pack_i16(len(values))]
+    parts = [_pack_u16(len(values))]
     for v in values:
         if v is None:
             parts.append(b"\xff\xff\xff\xff")
@@ -365,11 +376,11 @@ def command_complete(tag: str) -> bytes:
 
 
 def parameter_description(oids: Sequence[int]) -> bytes:
-    return _msg(b"t", _pack_i16(len(oids)) + struct.pack(f"!{len(oids)}I", *oids))
+    return _msg(b"t", _pack_u16(len(oids)) + struct.pack(f"!{len(oids)}I", *oids))
 
 
 def _copy_response(mtype: bytes, overall_format: int, column_formats: Sequence[int]) -> bytes:
-    body = bytes([overall_format]) + _pack_i16(len(column_formats))
+    body = bytes([overall_format]) + _pack_u16(len(column_formats))
     body += struct.pack(f"!{len(column_formats)}h", *column_formats)
     return _msg(mtype, body)
 
@@ -710,7 +721,7 @@ def decode_fields(body: bytes) -> dict[str, str]:
 
 
 def decode_data_row(body: bytes) -> tuple[bytes | None, ...]:
-    (count,) = _unpack_i16(body, 0)
+    (count,) = _unpack_u16(body, 0)
     pos = 2
     out: list[bytes | None] = []
     for _ in range(count):
@@ -728,7 +739,7 @@ def decode_data_row(body: bytes) -> tuple[bytes | None, ...]:
 
 
 def _decode_row_description(body: bytes) -> RowDescription:
-    (count,) = _unpack_i16(body, 0)
+    (count,) = _unpack_u16(body, 0)
     pos = 2
     fields = []
     unpack = _FIELD.unpack_from
@@ -775,13 +786,13 @@ def _decode_notification(body: bytes) -> NotificationResponse:
 
 
 def _decode_param_desc(body: bytes) -> ParameterDescription:
-    (count,) = _unpack_i16(body, 0)
+    (count,) = _unpack_u16(body, 0)
     return ParameterDescription(struct.unpack_from(f"!{count}I", body, 2))
 
 
 def _decode_copy_formats(body: bytes) -> tuple[int, tuple[int, ...]]:
     fmt = body[0]
-    (count,) = _unpack_i16(body, 1)
+    (count,) = _unpack_u16(body, 1)
     return fmt, struct.unpack_from(f"!{count}h", body, 3)
 
 
@@ -868,17 +879,17 @@ def _decode_untyped(body: bytes) -> StartupMessage | SSLRequest | GSSENCRequest 
 def _decode_parse(body: bytes) -> Parse:
     name, pos = _read_cstr(body, 0)
     sql, pos = _read_cstr(body, pos)
-    (count,) = _unpack_i16(body, pos)
+    (count,) = _unpack_u16(body, pos)
     return Parse(name, sql, struct.unpack_from(f"!{count}I", body, pos + 2))
 
 
 def _decode_bind(body: bytes) -> Bind:
     portal, pos = _read_cstr(body, 0)
     statement, pos = _read_cstr(body, pos)
-    (nfmt,) = _unpack_i16(body, pos)
+    (nfmt,) = _unpack_u16(body, pos)
     formats = struct.unpack_from(f"!{nfmt}h", body, pos + 2)
     pos += 2 + 2 * nfmt
-    (nparams,) = _unpack_i16(body, pos)
+    (nparams,) = _unpack_u16(body, pos)
     pos += 2
     params: list[bytes | None] = []
     for _ in range(nparams):
@@ -891,7 +902,7 @@ def _decode_bind(body: bytes) -> Bind:
                 raise ProtocolError("Bind parameter overruns its message")
             params.append(body[pos : pos + length])
             pos += length
-    (nres,) = _unpack_i16(body, pos)
+    (nres,) = _unpack_u16(body, pos)
     results = struct.unpack_from(f"!{nres}h", body, pos + 2)
     return Bind(portal, statement, formats, tuple(params), results)
 
