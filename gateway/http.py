@@ -386,6 +386,7 @@ class HttpConnection(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._counted = False               # holds a slot of Limits.http_open
         self._req_start: float | None = None  # first byte of the request being read
+        self._in_handler = False            # a route handler is running (cancelled if the client leaves)
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -449,6 +450,11 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
+        if self._in_handler and self.task is not None:
+            # The client is gone before its reply: abandon the work (the /sql and
+            # /pg executor cancels the running query and returns its server).
+            self._in_handler = False
+            self.task.cancel()
         self._uncount()
         self.listener.connections.discard(self)
         if self.ws is not None:
@@ -652,11 +658,14 @@ class HttpConnection(asyncio.Protocol):
                 else:
                     resp = HttpResponse(404, b"not found\n")
         else:
+            self._in_handler = True
             try:
                 resp = await handler(req)
             except Exception:
                 log.exception("handler for %s %s failed", method, path)
                 resp = HttpResponse(500, b"internal error\n")
+            finally:
+                self._in_handler = False
         if method == "HEAD":
             resp = HttpResponse(resp.status, b"", resp.content_type,
                                 resp.headers + [("content-length", str(len(resp.body)))])

@@ -362,6 +362,8 @@ class HttpExecutor:
         self._ended: OrderedDict[bytes, tuple[str, int]] = OrderedDict()  # sid -> (why, last seq)
         # counters (tests, metrics)
         self.requests = 0
+        #: requests whose HTTP client disconnected before the reply (work cancelled)
+        self.abandoned = 0
         self.sessions_started = 0
         self.sessions_expired = 0
 
@@ -545,6 +547,7 @@ class HttpExecutor:
             hs = _HttpSession(secrets.token_bytes(16), session, stream, task, principal, keep)
             hs.busy = True
             new = True
+        done: asyncio.Future[None] | None = None
         try:
             parameters: dict[str, str] = {}
             startup = b""
@@ -609,6 +612,13 @@ class HttpExecutor:
                 res.fatal = {"S": "FATAL", "V": "FATAL", "C": "08006", "M": "the HTTP session ended unexpectedly"}
             res.session_token = self._finish(hs, new, status, terminate)
             return res
+        except asyncio.CancelledError:
+            # The HTTP client went away before its reply: cancel what runs, then
+            # end the session (ROLLBACK if needed, server back to the pool).
+            if not new:
+                self._forget(hs, "its HTTP client went away during a request")
+            self.gw.spawn(self._abandon(session, stream, done))
+            raise
         except BaseException:
             if hs.busy and not new:
                 hs.busy = False
@@ -635,6 +645,21 @@ class HttpExecutor:
         hs.busy = False
         self._arm(hs)
         return token
+
+    async def _abandon(self, session: PreauthSession, stream: HttpStream,
+                       done: "asyncio.Future[None] | None") -> None:
+        """Work of a request whose client disconnected: CancelRequest to the
+        running query, wait for the batch to end, then close the session."""
+        self.abandoned += 1
+        try:
+            if done is not None and not done.done():
+                await self._cancel(session)
+                try:
+                    await asyncio.wait_for(asyncio.shield(done), CANCEL_GRACE)
+                except asyncio.TimeoutError:
+                    session.terminate("57014", "canceling HTTP request: its client went away")
+        finally:
+            stream.shutdown()
 
     async def _cancel(self, session: PreauthSession) -> None:
         await self.gw.handle_cancel(session.process_id, session.secret_key)
