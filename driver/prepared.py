@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from . import codecs
+from .types import Attribute, Type
 
 if TYPE_CHECKING:
     from .connection import Connection, _Statement
@@ -12,26 +13,26 @@ if TYPE_CHECKING:
 __all__ = ["PreparedStatement", "Type", "Attribute"]
 
 
-class Type(NamedTuple):
-    oid: int
-    name: str
-    kind: str
-    schema: str
-
-
-class Attribute(NamedTuple):
-    name: str
-    type: Type
-
-
-def _type_of(oid: int) -> Type:
-    info = codecs.DEFAULT_REGISTRY.get(oid)
+def _type_of(oid: int, conn: Connection | None = None) -> Type:
+    """asyncpg's ``Type(oid, name, kind, schema)`` of a parameter or column type."""
+    rows: dict[int, Any] = conn._type_rows if conn is not None else {}
+    types = conn._types if conn is not None else codecs.DEFAULT_REGISTRY
+    row = rows.get(oid)
+    if row is not None:  # introspected (driver.introspection.TypeRow)
+        if row.elem:
+            return Type(oid, _type_of(row.elem, conn).name + "[]", "array", row.schema)
+        kind = {"c": "composite", "r": "range", "m": "multirange"}.get(row.kind, "scalar")
+        return Type(oid, row.name, kind, row.schema)
+    info = types.get(oid)
     if info is None:
         return Type(oid, "", "scalar", "")
     if info.element_oid:
-        elem = codecs.DEFAULT_REGISTRY.get(info.element_oid)
+        elem = types.get(info.element_oid)
         name = (elem.name if elem is not None else info.name.lstrip("_")) + "[]"
         return Type(oid, name, "array", "pg_catalog")  # asyncpg spells arrays "text[]"
+    if info.range_subtype:
+        kind = "multirange" if info.name.endswith("multirange") else "range"
+        return Type(oid, info.name, kind, "pg_catalog")
     return Type(oid, info.name, "scalar", "pg_catalog")
 
 
@@ -59,10 +60,10 @@ class PreparedStatement:
         return self._last_status
 
     def get_parameters(self) -> tuple[Type, ...]:
-        return tuple(_type_of(oid) for oid in self._st.param_oids)
+        return tuple(_type_of(oid, self._conn) for oid in self._st.param_oids)
 
     def get_attributes(self) -> tuple[Attribute, ...]:
-        return tuple(Attribute(f.name, _type_of(f.type_oid)) for f in self._st.fields)
+        return tuple(Attribute(f.name, _type_of(f.type_oid, self._conn)) for f in self._st.fields)
 
     async def _run(self, args: Sequence[Any], timeout: float | None) -> Any:
         conn = self._conn

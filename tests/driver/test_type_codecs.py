@@ -368,3 +368,20 @@ async def test_pool_connections_get_their_codecs_from_init(dsn: str) -> None:
         assert await c.fetchval("SELECT '{}'::json") == "{}"
     finally:
         await c.close()
+
+
+async def test_prepared_statement_types_like_asyncpg(dsn: str) -> None:
+    async def scenario(conn: Any, mod: Any) -> Any:
+        out = []
+        for sql in ("'ok'::mood", "ROW(1,'a')::inner_t", "'[1,2)'::floatrange",
+                    "ARRAY['ok']::mood[]", "1::posint", "'[1,2)'::int4range",
+                    "'{[1,2)}'::int4multirange", "$1::mood", "ARRAY[ROW(1,'a')::inner_t]",
+                    "point(1,2)", "'{[1,2)}'::floatmultirange", "ARRAY[1]", "ROW(1)"):
+            ps = await conn.prepare(f"SELECT {sql}")
+            out.append((sql, [tuple(a.type) for a in ps.get_attributes()],
+                        [tuple(p) for p in ps.get_parameters()]))
+        return out
+
+    expected, got = await run_both(dsn, scenario)
+    assert_same(expected, got)
+    assert got[0][1] == [(got[0][1][0][0], "mood", "scalar", "public")]
