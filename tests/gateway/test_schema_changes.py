@@ -94,3 +94,111 @@ async def test_enum_recreated_directly_costs_at_most_one_error_per_server(
         assert len(errors) <= len(pids), errors
         assert all(isinstance(e, asyncpg.PostgresError) for e in errors), errors
         assert results == ["b"] * 5, results
+
+
+# --------------------------------------------------------------------------- migration cycles
+
+CYCLES = 5
+
+
+def _metadata() -> Any:
+    import sqlalchemy as sa
+
+    md = sa.MetaData()
+    sa.Table("person", md,
+             sa.Column("id", sa.Integer, primary_key=True),
+             sa.Column("name", sa.Text, nullable=False),
+             sa.Column("mood", sa.Enum("sad", "ok", "happy", name="mood"), nullable=False))
+    return md
+
+
+async def test_sqlalchemy_migration_cycles_asyncpg_pg_listen(gateway_app: Any, pg_db: str) -> None:
+    """5 x drop_all/create_all (enum column) + queries on several pooled
+    connections, SQLAlchemy over asyncpg (default statement cache) through
+    pg_listen: not a single error."""
+    import sqlalchemy as sa
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    app = await gateway_app(auth_type="password", databases={"app": {"pool_size": 3, "dbname": pg_db}})
+    md = _metadata()
+    person = md.tables["person"]
+    engine = create_async_engine(f"postgresql+asyncpg://alice:{ALICE_PASSWORD}@127.0.0.1:{app.pg_port}/app",
+                                 pool_size=4, max_overflow=0)
+    errors: list[tuple[int, BaseException]] = []
+
+    async def work(cycle: int, i: int) -> None:
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(person.insert(), [{"name": f"p{cycle}-{i}", "mood": "happy"}])
+            async with engine.connect() as conn:
+                n = (await conn.execute(sa.select(sa.func.count()).select_from(person)
+                                        .where(person.c.mood == "happy"))).scalar_one()
+                assert n >= 1
+                moods = (await conn.execute(sa.select(person.c.mood).where(person.c.name == f"p{cycle}-{i}"))).all()
+                assert moods == [("happy",)]
+        except Exception as exc:
+            errors.append((cycle, exc))
+
+    try:
+        for cycle in range(CYCLES):
+            async with engine.begin() as conn:
+                await conn.run_sync(md.drop_all)
+                await conn.run_sync(md.create_all)
+            await asyncio.gather(*(work(cycle, i) for i in range(8)))
+            await asyncio.gather(*(work(cycle, i + 100) for i in range(8)))
+        assert errors == []
+    finally:
+        await engine.dispose()
+
+
+async def test_migration_cycles_driver_over_websocket(gateway_app: Any, pg_db: str) -> None:
+    """The same cycles (SQLAlchemy's DDL, compiled) run by our driver over the
+    gateway's WebSocket, with queries from long-lived connections whose
+    statement caches predate each migration: at most one error per statement
+    and server after each migration (the first use), never a persistent one."""
+    import sqlalchemy as sa
+    from sqlalchemy.dialects import postgresql
+    from sqlalchemy.schema import CreateTable, DropTable
+
+    import driver
+
+    app = await gateway_app(auth_type="password", databases={"app": {"pool_size": 3, "dbname": pg_db}})
+    md = _metadata()
+    person = md.tables["person"]
+    dialect = postgresql.dialect()
+    ddl = [str(DropTable(person, if_exists=True).compile(dialect=dialect)), "DROP TYPE IF EXISTS mood",
+           "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy')",
+           str(CreateTable(person).compile(dialect=dialect))]
+    dsn = f"ws://alice:{ALICE_PASSWORD}@127.0.0.1:{app.http_port}/app"
+    migrator = await driver.connect(dsn)
+    workers = [await driver.connect(dsn) for _ in range(4)]
+    statements = ("insert into person(name, mood) values ($1, $2)",
+                  "select count(*) from person where mood = $1",
+                  "select mood from person where name = $1")
+
+    async def work(conn: Any, name: str) -> list[BaseException]:
+        errs: list[BaseException] = []
+        for sql, args in zip(statements, ((name, "happy"), ("happy",), (name,))):
+            try:
+                await conn.fetch(sql, *args)
+            except driver.PostgresError as exc:
+                errs.append(exc)
+        return errs
+
+    try:
+        for cycle in range(CYCLES):
+            async with migrator.transaction():
+                for stmt in ddl:
+                    await migrator.execute(stmt)
+            first = await asyncio.gather(*(work(c, f"a{cycle}-{i}") for i, c in enumerate(workers)))
+            again = await asyncio.gather(*(work(c, f"b{cycle}-{i}") for i, c in enumerate(workers)))
+            errs = [e for es in first for e in es]
+            # at most the first use of each stale statement on each server, and only
+            # Postgres' own stale-statement errors (what a direct connection gets forever)
+            assert len(errs) <= len(statements) * 3, errs
+            assert all(e.sqlstate in ("XX000", "0A000") for e in errs), errs
+            assert [e for es in again for e in es] == []
+            assert await migrator.fetchval("select count(*) from person where name like 'b%'") == len(workers)
+    finally:
+        for c in [migrator, *workers]:
+            await c.close()
