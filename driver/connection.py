@@ -524,6 +524,11 @@ class Connection:
         if req.exception is not None:
             e = req.exception
             if isinstance(e, pc.RowDecodeError):
+                if isinstance(e.original, exc.OutdatedSchemaCacheError):
+                    # a type changed (ALTER TYPE): forget the types, as asyncpg does
+                    from .typecodecs import forget_types
+
+                    forget_types(self)
                 raise e.original  # a decoder raised: its exception, as asyncpg does
             if isinstance(e, pc.ConnectionLost):
                 raise exc.ConnectionDoesNotExistError(

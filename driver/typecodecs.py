@@ -302,5 +302,10 @@ async def set_builtin_type_codec(conn: Connection, typename: str, *, schema: str
 
 
 async def reload_schema_state(conn: Connection) -> None:
+    forget_types(conn)
+
+
+def forget_types(conn: Connection) -> None:
+    """Forget the introspected types (and the statements using them)."""
     conn._type_rows.clear()
     _changed(conn)

@@ -51,18 +51,29 @@ def make_binary_composite_encoder(names: Sequence[str], oids: Sequence[int],
     return encode_composite
 
 
+def outdated(message: str, name: str | None, position: int | None = None) -> Exception:
+    """asyncpg's OutdatedSchemaCacheError (the connection then forgets its types)."""
+    from ..exceptions import OutdatedSchemaCacheError
+
+    return OutdatedSchemaCacheError(
+        message, data_type=name, position=None if position is None else str(position))
+
+
 def make_binary_composite_decoder(decoders: Sequence[Decoder],
-                                  build: Callable[[tuple[Any, ...]], Any]) -> Decoder:
+                                  build: Callable[[tuple[Any, ...]], Any],
+                                  oids: Sequence[int] = (), name: str | None = None) -> Decoder:
     def decode_composite(b: Any) -> Any:
         n = _i32.unpack_from(b)[0]
         if n != len(decoders):
-            raise ValueError(
-                f"cannot decode composite: {n} attributes received, {len(decoders)} expected "
-                "(the type changed: call reload_schema_state())")
+            raise outdated(f"unexpected number of attributes of composite type: {n}, "
+                           f"expected {len(decoders)}", name)
         pos = 4
         out: list[Any] = []
-        for dec in decoders:
-            ln = _i32.unpack_from(b, pos + 4)[0]
+        for i, dec in enumerate(decoders):
+            oid, ln = _ii.unpack_from(b, pos)
+            if oids and oid != oids[i]:
+                raise outdated(f"unexpected data type of composite type attribute {i}: {oid}, "
+                               f"expected {oids[i]}", name, i)
             pos += 8
             if ln < 0:
                 out.append(None)
@@ -116,13 +127,13 @@ def parse_record_text(s: str) -> list[str | None]:
 
 
 def make_text_composite_decoder(decoders: Sequence[Decoder],
-                                build: Callable[[tuple[Any, ...]], Any]) -> Decoder:
+                                build: Callable[[tuple[Any, ...]], Any],
+                                name: str | None = None) -> Decoder:
     def decode_composite_text(b: Any) -> Any:
         fields = parse_record_text(str(b, "utf-8"))
         if len(fields) != len(decoders):
-            raise ValueError(
-                f"cannot decode composite: {len(fields)} attributes received, "
-                f"{len(decoders)} expected (the type changed: call reload_schema_state())")
+            raise outdated(f"unexpected number of attributes of composite type: {len(fields)}, "
+                           f"expected {len(decoders)}", name)
         return build(tuple(None if f is None else dec(f.encode("utf-8"))
                            for f, dec in zip(fields, decoders)))
 

@@ -241,12 +241,13 @@ class TypeRegistry:
             def build(values: tuple[Any, ...], _m: Any = mapping) -> Any:
                 return Record(_m, values)
         binary = all(a.encode is not None and a.decode_binary is not None for a in infos)
-        tdec = make_text_composite_decoder([a.decode_text for a in infos], build)
+        tdec = make_text_composite_decoder([a.decode_text for a in infos], build, name)
         if binary:
             enc: Encoder | None = make_binary_composite_encoder(
                 names, att_oids, [a.encode for a in infos if a.encode is not None])
             dec: Decoder | None = make_binary_composite_decoder(
-                [a.decode_binary for a in infos if a.decode_binary is not None], build)
+                [a.decode_binary for a in infos if a.decode_binary is not None], build,
+                att_oids, name)
             tenc = None
         else:
             enc = dec = None

@@ -385,3 +385,24 @@ async def test_prepared_statement_types_like_asyncpg(dsn: str) -> None:
     expected, got = await run_both(dsn, scenario)
     assert_same(expected, got)
     assert got[0][1] == [(got[0][1][0][0], "mood", "scalar", "public")]
+
+
+async def test_altered_composite_raises_outdated_schema_cache_then_recovers(dsn: str) -> None:
+    async def scenario(conn: Any, mod: Any) -> Any:
+        await conn.execute("DROP TABLE IF EXISTS ct; DROP TYPE IF EXISTS cty; "
+                           "CREATE TYPE cty AS (a int, b int); CREATE TABLE ct (id int, v cty); "
+                           "INSERT INTO ct VALUES (1, ROW(1, 2))")
+        out = [await outcome(conn.fetchval("SELECT v FROM ct"))]
+        await conn.execute("ALTER TYPE cty ADD ATTRIBUTE c text")
+        try:
+            await conn.fetchval("SELECT v FROM ct")
+            out.append("no error")
+        except mod.exceptions.OutdatedSchemaCacheError as e:
+            out.append(("OutdatedSchemaCacheError", str(e)))
+        out.append(await outcome(conn.fetchval("SELECT v FROM ct")))  # types reloaded
+        out.append(await outcome(conn.fetchval("SELECT $1::cty", (1, 2, "x"))))
+        return out
+
+    expected, got = await run_both(dsn, scenario)
+    assert_same(expected, got)
+    assert got[1][0] == "OutdatedSchemaCacheError"
