@@ -406,3 +406,19 @@ async def test_altered_composite_raises_outdated_schema_cache_then_recovers(dsn:
     expected, got = await run_both(dsn, scenario)
     assert_same(expected, got)
     assert got[1][0] == "OutdatedSchemaCacheError"
+
+
+async def test_hstore_builtin_codec_like_asyncpg(dsn: str) -> None:
+    async def scenario(conn: Any, mod: Any) -> Any:
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS hstore")
+        out = [await outcome(conn.fetchval("SELECT 'a=>1, b=>NULL'::hstore"))]  # default: str
+        await conn.set_builtin_type_codec("hstore", codec_name="pg_contrib.hstore")
+        out.append(await outcome(conn.fetchrow(
+            "SELECT 'a=>1, \"b c\"=>NULL'::hstore, $1::hstore, ARRAY[$1::hstore], $2::hstore[]",
+            {"k": "v", "n": None}, [{"x": "1"}, None])))
+        out.append(await outcome(conn.fetchval("SELECT $1::hstore", {"k": 1})))
+        return out
+
+    expected, got = await run_both(dsn, scenario)
+    assert_same(expected, got)
+    assert got[1][1][0] == ("hstore", ("dict", {"a": "1", "b c": None}))
