@@ -151,6 +151,11 @@ class HttpStream:
         self.status: int | None = None
         self.fatal: dict[str, str] | None = None
         self.done: asyncio.Future[None] | None = None
+        #: ReadyForQuery replies the session's accounting still expects
+        #: (gateway.accounting: skip-till-Sync included); set by the executor
+        self.owed: Any = None
+        #: the last message out was a ReadyForQuery (not an error the server skips after)
+        self.at_z = False
 
     # -- batch control (executor side)
     def begin(self, expected: int, max_response: int) -> asyncio.Future[None]:
@@ -161,6 +166,7 @@ class HttpStream:
         self.target = expected
         self.zs = 0
         self.fatal = None
+        self.at_z = False
         fut = self.done = self.loop.create_future()
         if self._closed or expected == 0:
             fut.set_result(None)
@@ -286,6 +292,7 @@ class HttpStream:
                     self.fatal = m.decode_fields(body)
 
         self.zs = zs
+        self.at_z = idx[-1][0] == _Z
         if not self.overflow:
             self._out.append(chunk)
             self._out_bytes += len(chunk)
@@ -297,8 +304,18 @@ class HttpStream:
                 if cb is not None and zs < self.target:
                     cb()
         d = self.done
-        if d is not None and zs >= self.target and not d.done():
+        if d is not None and not d.done() and (zs >= self.target or (self.owed is not None and self.owed() <= 0)):
+            # every ReadyForQuery came -- or the session's skip-till-Sync accounting
+            # says the rest will not (Queries Postgres skips after an extended error)
             d.set_result(None)
+
+    def more(self, n: int) -> asyncio.Future[None]:
+        """Continue the batch: wait for ``n`` more ReadyForQuery (output kept)."""
+        self.target = self.zs + n
+        fut = self.done = self.loop.create_future()
+        if self._closed:
+            fut.set_result(None)
+        return fut
 
 
 # --------------------------------------------------------------------------- session
@@ -322,6 +339,14 @@ class PreauthSession(Session):
         self.database = self._principal.database
         self._admit()
         return b""
+
+    def replies_owed(self) -> int:
+        """ReadyForQuery replies still to come for what the client sent (the
+        skip-till-Sync accounting of :mod:`gateway.accounting`), less Queries
+        the rewriter saw skipped (the accounting applies those at the next
+        ReadyForQuery -- which for a skipped last Query never comes)."""
+        rw = self.prepared
+        return self.acc.outstanding - (rw.skipped_rfq if rw is not None else 0)
 
 
 def check_startup_params(params: dict[str, str]) -> None:
@@ -482,6 +507,7 @@ class HttpExecutor:
             ensure()
         stream = HttpStream()
         session = PreauthSession(gw, stream, principal, params)
+        stream.owed = session.replies_owed
         all_sessions = getattr(gw, "_all_sessions", None)
 
         async def run() -> None:
@@ -596,8 +622,18 @@ class HttpExecutor:
                             await asyncio.wait_for(asyncio.shield(done), CANCEL_GRACE)
                         except asyncio.TimeoutError:  # pragma: no cover
                             stream.shutdown()
+            if stream.zs < expected and not stream.at_z and not (stream.closed or timed_out or terminate):
+                # The batch's last Query/FunctionCall was skipped (skip-till-Sync after
+                # an error in an extended-protocol message before it): no ReadyForQuery
+                # will come.  End the skip with a Sync; its ReadyForQuery ends the response.
+                more = stream.more(1)
+                stream.feed(m.SYNC)
+                try:
+                    await asyncio.wait_for(asyncio.shield(more), timeout or CANCEL_GRACE)
+                except asyncio.TimeoutError:  # pragma: no cover - a Sync is always answered
+                    session.terminate("08006", "the server did not answer a Sync")
             data = stream.take_output()
-            ended = stream.zs < expected
+            ended = stream.closed and (not stream.at_z or session.replies_owed() > 0)
             status = None if ended else chr(stream.status or 73)
             if stream.overflow and not ended:
                 err = HttpExecError(507, "54000", f"response exceeds {max_resp} bytes (http_max_response_size)"

@@ -4,8 +4,10 @@ sent them gets 08P01 and is ended; servers and other clients are untouched."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import asyncpg
+import pytest
 
 from driver.protocol import messages as m
 from tests.gateway.conftest import ALICE_PASSWORD
@@ -87,3 +89,53 @@ async def test_malformed_message_on_a_linked_server_keeps_it(gateway_app, pg_db)
         assert rows(await b.query("show transaction_read_only")) == [("off",)]
     finally:
         await b.close()
+
+
+# ------------------------------------------------------------------ F3: /pg skip-till-Sync
+
+async def _pg(app, body: bytes) -> tuple[int, dict[str, str], bytes]:
+    import base64
+    auth = base64.b64encode(f"alice:{ALICE_PASSWORD}".encode()).decode()
+    r, w = await asyncio.open_connection("127.0.0.1", app.http_port)
+    try:
+        w.write(b"POST /pg HTTP/1.1\r\nhost: x\r\nconnection: close\r\nwirepool-database: app\r\n"
+                + f"authorization: Basic {auth}\r\ncontent-length: {len(body)}\r\n\r\n".encode() + body)
+        data = await asyncio.wait_for(r.read(), 10)  # the finding: 65 s
+    finally:
+        w.close()
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    return int(lines[0].split()[1]), {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}, rest
+
+
+def _backend(data: bytes) -> list[Any]:
+    from driver.protocol.framing import MessageReader
+    r = MessageReader()
+    r.feed(data)
+    return [m.decode_backend(t, b) for t, b in r.read()]
+
+
+@pytest.mark.parametrize("max_prepared_statements", [200, 0])  # with and without the rewriter
+async def test_pg_query_skipped_after_extended_error_does_not_hang(gateway_app, pg_db, max_prepared_statements):
+    """Describe of a missing portal fails; Postgres skips the Query after it
+    (skip-till-Sync): the response ends with the error, the server is synced
+    and goes back to the pool clean."""
+    app = await gateway_app(max_prepared_statements=max_prepared_statements,
+                            databases={"app": {"dbname": pg_db, "pool_size": 1}})
+    body = b"D\x00\x00\x00\x06P\x00" + b"Q\x00\x00\x00\x0dselect 1\x00"
+    status, hdrs, data = await _pg(app, body)
+    assert status == 200, data
+    msgs = _backend(data)
+    assert [e.sqlstate for e in errors(msgs)] == ["34000"], msgs  # portal "" does not exist
+    assert not any(isinstance(x, m.DataRow) for x in msgs)
+    assert isinstance(msgs[-1], m.ReadyForQuery) and hdrs["wirepool-status"] == "I", (hdrs, msgs)
+    await eventually(lambda: pool_stats(app)["sv_idle"] == 1, what="server back in the pool")
+    # the same server serves a normal client at once (it is not skipping any more)
+    c = await _login(app)
+    try:
+        assert rows(await asyncio.wait_for(c.query("select 42"), 5)) == [("42",)]
+    finally:
+        await c.close()
+    for _ in range(3):  # and repeated requests never pile up
+        status, hdrs, data = await _pg(app, body)
+        assert status == 200 and hdrs["wirepool-status"] == "I"
