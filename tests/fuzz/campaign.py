@@ -1,0 +1,392 @@
+"""The time-bounded fuzzing campaign: ``python -m tests.fuzz --seconds 600 [--target NAME]``.
+
+Starts a private cluster (tests/pgcluster.py) and a real gateway in a child
+process (tests/gatewayproc.py, settings ``targets.GATEWAY_SETTINGS``), then
+for ``--seconds`` runs at the same time:
+
+* every network target (tests/fuzz/targets.py), ``--workers`` connections each,
+  mutating a corpus seeded from captured client traffic and grown with inputs
+  whose reply had a new shape;
+* the in-process atheris run over the sans-I/O code (tests/fuzz/inproc.py),
+  restarted after a crash with the crashing input left out;
+* a health probe: an asyncpg client on pg_listen running ``select 1`` every
+  50 ms, and ``GET /healthz`` every second;
+* a monitor: gateway alive, new ``Traceback`` in its log, RSS.
+
+It fails on a gateway crash, a traceback in the gateway log, an in-process
+crash, a hang (a target connection not closed within 2 s of EOF, a probe
+query over 2 s), a probe error, or RSS growth over ``--rss-limit-mb``.  Every
+input that failed is saved under tests/fuzz/regressions/<target>/ (after a
+serial replay to find which of the recent inputs reproduces a traceback);
+tests/fuzz/test_regressions.py replays them all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.fuzz.targets import GATEWAY_SETTINGS, INPROC_SUBTARGETS, PASSWORD, REGRESSIONS, TARGETS, USER, Target, send_input
+from tests.gatewayproc import GatewayProcess
+from tests.pgcluster import PgCluster
+
+INPROC = "inproc"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Record:
+    target: str
+    data: bytes
+    start: float
+    end: float | None = None
+
+
+@dataclass
+class Failure:
+    kind: str                 # crash | traceback | hang | probe | rss | inproc
+    target: str
+    detail: str
+    inputs: list[tuple[str, bytes]] = field(default_factory=list)   # (target, input)
+    saved: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    seconds: float = 0.0
+    inputs: dict[str, int] = field(default_factory=dict)
+    corpus: dict[str, int] = field(default_factory=dict)
+    inproc_inputs: dict[str, int] = field(default_factory=dict)
+    inproc_runs: int = 0
+    probe_latencies: list[float] = field(default_factory=list)
+    probe_errors: int = 0
+    healthz_fail: int = 0
+    rss_before: int = 0
+    rss_peak: int = 0
+    rss_after: int = 0
+    tracebacks: int = 0
+    failures: list[Failure] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def count(self, kind: str) -> int:
+        return sum(1 for f in self.failures if f.kind == kind)
+
+    def text(self) -> str:
+        mb = 1 << 20
+        lines = [f"campaign: {self.seconds:.0f} s"]
+        lines.append(f"  {'target':12s} {'inputs':>8s} {'corpus':>7s} {'hangs':>6s}")
+        for name, n in self.inputs.items():
+            hangs = sum(1 for f in self.failures if f.kind == "hang" and f.target == name)
+            lines.append(f"  {name:12s} {n:8d} {self.corpus.get(name, 0):7d} {hangs:6d}")
+        for name, n in self.inproc_inputs.items():
+            lines.append(f"  {INPROC + ':' + name:12s} {n:8d}")
+        lat = sorted(self.probe_latencies)
+        if lat:
+            def q(p: float) -> float:
+                return lat[min(len(lat) - 1, int(p * len(lat)))] * 1000
+            lines.append(f"  probe: {len(lat)} x select 1, p50 {q(0.5):.1f} ms, p99 {q(0.99):.1f} ms, "
+                         f"max {lat[-1] * 1000:.1f} ms, errors {self.probe_errors}, /healthz failures {self.healthz_fail}")
+        lines.append(f"  RSS before {self.rss_before / mb:.1f} MB, peak {self.rss_peak / mb:.1f} MB, "
+                     f"after {self.rss_after / mb:.1f} MB")
+        lines.append(f"  crashes {self.count('crash') + self.count('inproc')} (gateway {self.count('crash')}, "
+                     f"in-process {self.count('inproc')}), tracebacks {self.tracebacks}, "
+                     f"hangs {self.count('hang') + self.count('probe-hang')}, other {self.count('probe') + self.count('rss')}")
+        for f in self.failures:
+            lines.append(f"  FAIL {f.kind} [{f.target}] {f.detail[:300]}")
+            for s in f.saved:
+                lines.append(f"       saved {s}")
+        lines.append("RESULT: " + ("PASS" if self.ok else "FAIL"))
+        return "\n".join(lines)
+
+
+def save_regression(target: str, data: bytes) -> str:
+    d = REGRESSIONS / target
+    d.mkdir(parents=True, exist_ok=True)
+    p = d / f"{hashlib.sha1(data).hexdigest()[:16]}.bin"
+    p.write_bytes(data)
+    return str(p.relative_to(ROOT))
+
+
+class Campaign:
+    def __init__(self, gw: GatewayProcess, *, seconds: float, targets: list[str], workers: int = 2,
+                 inproc: bool = True, rss_limit_mb: float = 64.0, seed: int | None = None,
+                 save: bool = True, log: Any = None) -> None:
+        self.gw = gw
+        self.seconds = seconds
+        self.targets = [TARGETS[t] for t in targets]
+        self.workers = workers
+        self.inproc = inproc
+        self.rss_limit = rss_limit_mb * (1 << 20)
+        self.rng_seed = seed if seed is not None else random.randrange(1 << 30)
+        self.save = save
+        self.log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+        self.report = Report()
+        self.recent: deque[Record] = deque(maxlen=400)
+        self.suspects: list[tuple[float, str, list[Record]]] = []
+        self.stop = asyncio.Event()
+
+    # -- the parts ------------------------------------------------------------
+    async def _worker(self, t: Target, corpus: list[bytes], sigs: set[bytes], rng: random.Random, end: float) -> None:
+        port = self.gw.pg_port if t.port == "pg" else self.gw.http_port
+        assert port is not None
+        while time.monotonic() < end and not self.stop.is_set():
+            base = rng.choice(corpus)
+            data = base if rng.random() < 0.03 else t.mutate(base, corpus, rng)
+            rec = Record(t.name, data, time.monotonic())
+            self.recent.append(rec)
+            out = await send_input(self.gw.host, port, t.wrap(data))
+            rec.end = time.monotonic()
+            self.report.inputs[t.name] += 1
+            if out.hung:
+                if not self.gw.alive():
+                    return  # the monitor reports the crash
+                self.log(f"hang [{t.name}] {out.hung}: {data[:80]!r}")
+                self.report.failures.append(Failure("hang", t.name, out.hung, [(t.name, data)]))
+            elif out.signature not in sigs and len(corpus) < 2000:
+                sigs.add(out.signature)
+                corpus.append(data)
+
+    async def _target(self, t: Target, end: float) -> None:
+        corpus = t.seeds()
+        assert corpus, f"no seeds for target {t.name} (run python -m tests.fuzz.capture)"
+        sigs: set[bytes] = set()
+        rng = random.Random(f"{self.rng_seed}-{t.name}")
+        await asyncio.gather(*(self._worker(t, corpus, sigs, random.Random(rng.random()), end)
+                               for _ in range(self.workers)))
+        self.report.corpus[t.name] = len(corpus)
+
+    async def _probe(self, end: float) -> None:
+        import asyncpg
+        dsn = self.gw.pg_dsn(USER, PASSWORD)
+        conn = None
+        next_health = 0.0
+        while time.monotonic() < end and not self.stop.is_set():
+            t0 = time.monotonic()
+            try:
+                if conn is None:
+                    conn = await asyncio.wait_for(asyncpg.connect(dsn), 5)
+                    t0 = time.monotonic()
+                await asyncio.wait_for(conn.fetchval("select 1"), 5)
+                dt = time.monotonic() - t0
+                self.report.probe_latencies.append(dt)
+                if dt > 2.0:
+                    self.report.failures.append(Failure("probe-hang", "probe", f"select 1 took {dt:.2f} s"))
+            except (Exception, asyncio.TimeoutError) as e:
+                if not self.gw.alive():
+                    return
+                self.report.probe_errors += 1
+                self.report.failures.append(Failure("probe", "probe", f"select 1 failed: {e!r}"))
+                if conn is not None:
+                    conn.terminate()
+                conn = None
+            if time.monotonic() >= next_health:
+                next_health = time.monotonic() + 1.0
+                if not await self._healthz():
+                    self.report.healthz_fail += 1
+                    self.report.failures.append(Failure("probe", "healthz", "GET /healthz did not answer 200 in 2 s"))
+            await asyncio.sleep(0.05)
+        if conn is not None:
+            await conn.close()
+
+    async def _healthz(self) -> bool:
+        try:
+            r, w = await asyncio.wait_for(asyncio.open_connection(self.gw.host, self.gw.http_port), 2)
+            w.write(b"GET /healthz HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n")
+            data = await asyncio.wait_for(r.read(), 2)
+            w.close()
+            return data.startswith(b"HTTP/1.1 200")
+        except (OSError, asyncio.TimeoutError):
+            return False
+
+    async def _monitor(self, end: float) -> None:
+        offset = self.gw.log_size()
+        last = time.monotonic()
+        while not self.stop.is_set():
+            await asyncio.sleep(0.5)
+            now = time.monotonic()
+            try:
+                self.report.rss_peak = max(self.report.rss_peak, self.gw.rss())
+            except Exception:
+                pass
+            tbs = self.gw.tracebacks(offset)
+            offset = self.gw.log_size()
+            if tbs:
+                self.report.tracebacks += len(tbs)
+                window = [r for r in self.recent if r.end is None or r.end >= last - 1.0]
+                self.suspects.append((now, tbs[0], window))
+                self.log(f"traceback in the gateway log ({len(window)} suspect inputs):\n{tbs[0]}")
+            if not self.gw.alive():
+                window = [r for r in self.recent if r.end is None or r.end >= last - 2.0]
+                self.report.failures.append(Failure(
+                    "crash", "gateway", f"gateway exited with {self.gw.proc.returncode}:\n{self.gw.log_tail(20)}",
+                    [(r.target, r.data) for r in window]))
+                self.stop.set()
+                return
+            last = now
+            if now >= end:
+                return
+
+    async def _inproc(self, end: float) -> None:
+        work = Path(tempfile.mkdtemp(prefix="wp-inproc-"))
+        known = REGRESSIONS / INPROC
+        totals: dict[str, int] = {}
+        try:
+            while not self.stop.is_set():
+                left = int(end - time.monotonic())
+                if left < 2:
+                    break
+                self.report.inproc_runs += 1
+                env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "tests.fuzz.inproc", "--seconds", str(left), "--workdir", str(work),
+                    "--skip", str(known), "--skip", str(work / "artifacts"), f"-seed={self.rng_seed}",
+                    cwd=str(ROOT), env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+                assert proc.stderr is not None
+                err = (await proc.stderr.read()).decode(errors="replace")
+                await proc.wait()
+                counts_file = work / "counts.json"
+                if counts_file.exists():
+                    for k, v in json.loads(counts_file.read_text()).items():
+                        totals[k] = totals.get(k, 0) + v
+                    counts_file.unlink()
+                arts = sorted((work / "artifacts").glob("*")) if (work / "artifacts").is_dir() else []
+                new = [a for a in arts if not a.name.startswith("done-")]
+                for a in new:
+                    data = a.read_bytes()
+                    detail = _exception_of(err)
+                    f = Failure("inproc", _sub_of(data), f"{a.name.split('-')[0]}: {detail}", [(INPROC, data)])
+                    self.report.failures.append(f)
+                    self.log(f"in-process {f.detail}")
+                    a.rename(a.with_name("done-" + a.name))
+                if proc.returncode not in (0, None) and not new:
+                    self.report.failures.append(Failure("inproc", "?", f"atheris exited {proc.returncode}: "
+                                                        f"{err[-2000:]}"))
+                    break
+                if proc.returncode == 0:
+                    break
+        finally:
+            self.report.inproc_inputs = totals
+            shutil.rmtree(work, ignore_errors=True)
+
+    # -- triage ----------------------------------------------------------------
+    async def _triage(self) -> None:
+        """Which of the suspects of each traceback reproduces it, replayed alone?"""
+        for when, tb, window in self.suspects:
+            culprits: list[Record] = []
+            for rec in window:
+                t = TARGETS[rec.target]
+                port = self.gw.pg_port if t.port == "pg" else self.gw.http_port
+                assert port is not None
+                off = self.gw.log_size()
+                await send_input(self.gw.host, port, t.wrap(rec.data))
+                await asyncio.sleep(0.3)
+                if self.gw.tracebacks(off):
+                    culprits.append(rec)
+                    break
+            confirmed = bool(culprits)
+            chosen = culprits or window[-10:]
+            target = chosen[0].target if chosen else "?"
+            self.report.failures.append(Failure(
+                "traceback", target,
+                ("reproduced alone" if confirmed else f"not reproduced alone; kept the last {len(chosen)} inputs")
+                + ":\n" + tb, [(r.target, r.data) for r in chosen]))
+
+    # -- the whole run ---------------------------------------------------------
+    async def run(self) -> Report:
+        rep = self.report
+        rep.inputs = {t.name: 0 for t in self.targets}
+        # warm up: one probe round trip, so "before" includes a pooled server
+        import asyncpg
+        c = await asyncpg.connect(self.gw.pg_dsn(USER, PASSWORD))
+        await c.fetchval("select 1")
+        await c.close()
+        rep.rss_before = rep.rss_peak = self.gw.rss()
+        t0 = time.monotonic()
+        end = t0 + self.seconds
+        parts = [self._monitor(end), self._probe(end)] + [self._target(t, end) for t in self.targets]
+        if self.inproc:
+            parts.append(self._inproc(end))
+        await asyncio.gather(*parts)
+        self.stop.set()
+        rep.seconds = time.monotonic() - t0
+        if self.gw.alive():
+            await self._triage()
+            await asyncio.sleep(1.0)  # let closed connections be released
+            rep.rss_after = self.gw.rss()
+            rep.rss_peak = max(rep.rss_peak, rep.rss_after)
+            if rep.rss_after - rep.rss_before > self.rss_limit:
+                rep.failures.append(Failure("rss", "gateway",
+                                            f"RSS grew by {(rep.rss_after - rep.rss_before) / (1 << 20):.1f} MB "
+                                            f"(limit {self.rss_limit / (1 << 20):.0f} MB)"))
+        if self.save:
+            for f in rep.failures:
+                seen: set[bytes] = set()
+                for target, data in f.inputs:
+                    if data not in seen:
+                        seen.add(data)
+                        f.saved.append(save_regression(target, data))
+        return rep
+
+
+def _exception_of(stderr: str) -> str:
+    lines = [ln for ln in stderr.splitlines() if ln and not ln.startswith(("INFO:", "WARNING:", "#", "  ", "MS:"))]
+    for ln in reversed(lines):
+        if "Error" in ln or "Exception" in ln or "timeout" in ln.lower():
+            return ln.strip()[:300]
+    return (lines[-1] if lines else "?")[:300]
+
+
+def _sub_of(data: bytes) -> str:
+    return INPROC_SUBTARGETS[data[0] % len(INPROC_SUBTARGETS)] if data else "?"
+
+
+async def run_campaign(seconds: float, targets: list[str] | None = None, *, pg: PgCluster | None = None,
+                       inproc: bool = True, workers: int = 2, rss_limit_mb: float = 64.0, seed: int | None = None,
+                       save: bool = True) -> Report:
+    names = targets or list(TARGETS)
+    own = pg is None
+    cluster = pg if pg is not None else PgCluster({"max_connections": 60})
+    try:
+        gw = GatewayProcess(cluster, GATEWAY_SETTINGS)
+        try:
+            camp = Campaign(gw, seconds=seconds, targets=[n for n in names if n != INPROC],
+                            inproc=inproc and (targets is None or INPROC in targets), workers=workers,
+                            rss_limit_mb=rss_limit_mb, seed=seed, save=save)
+            return await camp.run()
+        finally:
+            gw.stop()
+    finally:
+        if own:
+            cluster.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tests.fuzz", description=__doc__.split("\n")[0])
+    ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--target", action="append", choices=[*TARGETS, INPROC],
+                    help="run only this target (repeatable); default: all")
+    ap.add_argument("--workers", type=int, default=2, help="concurrent connections per network target")
+    ap.add_argument("--rss-limit-mb", type=float, default=64.0)
+    ap.add_argument("--seed", type=int)
+    ap.add_argument("--no-save", action="store_true", help="do not write failing inputs to tests/fuzz/regressions")
+    args = ap.parse_args(argv)
+    rep = asyncio.run(run_campaign(args.seconds, args.target, workers=args.workers,
+                                   rss_limit_mb=args.rss_limit_mb, seed=args.seed, save=not args.no_save))
+    print(rep.text(), flush=True)
+    return 0 if rep.ok else 1
