@@ -129,7 +129,7 @@ class Accounting:
                 break
             elif t == _P:
                 dirty += 1
-                if chunk[s] and self.rewriter is None:
+                if s < _e and chunk[s] and self.rewriter is None:
                     self.named = True
             elif t not in _COPY:
                 dirty += 1

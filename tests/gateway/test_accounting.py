@@ -108,6 +108,16 @@ def test_named_parse_is_noted_without_rewriter() -> None:
     assert not acc2.named
 
 
+def test_empty_parse_at_the_end_of_a_chunk_is_forwarded() -> None:
+    # found by fuzzing (tests/fuzz): a Parse with no body as the last message
+    # raised IndexError in the session; Postgres answers it with 08P01
+    acc = Accounting()
+    empty_parse = b"P\x00\x00\x00\x04"
+    chunk, term = c(acc, m.query("SELECT 1") + empty_parse)
+    assert chunk.endswith(empty_parse) and not term and not acc.named
+    assert acc.outstanding == 1
+
+
 def test_at_risk_query_skipped_after_error() -> None:
     """Parse fails, then a Query in the same Sync segment: Postgres skips the
     Query (no ReadyForQuery) -- only the Sync's ReadyForQuery comes."""
