@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -40,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.fuzz.targets import GATEWAY_SETTINGS, INPROC_SUBTARGETS, PASSWORD, REGRESSIONS, TARGETS, USER, Target, send_input
+from tests.fuzz.known import known_reason
 from tests.gatewayproc import GatewayProcess
 from tests.pgcluster import PgCluster
 
@@ -53,6 +55,7 @@ class Record:
     data: bytes
     start: float
     end: float | None = None
+    port: int = 0
 
 
 @dataclass
@@ -62,6 +65,7 @@ class Failure:
     detail: str
     inputs: list[tuple[str, bytes]] = field(default_factory=list)   # (target, input)
     saved: list[str] = field(default_factory=list)
+    confirmed: bool = True    # the inputs reproduce the failure on their own
 
 
 @dataclass
@@ -79,6 +83,7 @@ class Report:
     rss_after: int = 0
     tracebacks: int = 0
     failures: list[Failure] = field(default_factory=list)
+    known: list[Failure] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -105,14 +110,53 @@ class Report:
         lines.append(f"  RSS before {self.rss_before / mb:.1f} MB, peak {self.rss_peak / mb:.1f} MB, "
                      f"after {self.rss_after / mb:.1f} MB")
         lines.append(f"  crashes {self.count('crash') + self.count('inproc')} (gateway {self.count('crash')}, "
-                     f"in-process {self.count('inproc')}), tracebacks {self.tracebacks}, "
+                     f"in-process {self.count('inproc')}), tracebacks {self.tracebacks} "
+                     f"({self.count('traceback')} distinct unknown, {len(self.known)} distinct known), "
                      f"hangs {self.count('hang') + self.count('probe-hang')}, other {self.count('probe') + self.count('rss')}")
         for f in self.failures:
             lines.append(f"  FAIL {f.kind} [{f.target}] {f.detail[:300]}")
             for s in f.saved:
                 lines.append(f"       saved {s}")
+        for f in self.known:
+            lines.append(f"  known {f.kind} [{f.target}] {f.detail[:300]}")
+            for s in f.saved:
+                lines.append(f"       saved {s}")
         lines.append("RESULT: " + ("PASS" if self.ok else "FAIL"))
         return "\n".join(lines)
+
+
+_PEER = re.compile(r"127\.0\.0\.1:(\d+)")
+_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
+
+
+def tb_signature(tb: str) -> str:
+    """Exception type + the innermost frame in the project's code: one per distinct bug."""
+    lines = [ln for ln in tb.splitlines() if ln.strip()]
+    exc = next((ln.split(":")[0] for ln in reversed(lines) if not ln.startswith((" ", "\t"))
+                and re.match(r"^[\w.]+(Error|Exception|error|Exit|Interrupt)\b", ln)), "?")
+    frames = [mo for mo in _FRAME.finditer(tb) if str(ROOT) in mo.group(1) or "/gateway/" in mo.group(1)
+              or "/driver/" in mo.group(1)]
+    where = f"{Path(frames[-1].group(1)).name}:{frames[-1].group(2)} {frames[-1].group(3)}" if frames else "?"
+    return f"{exc} at {where}"
+
+
+def _hint(tb: str) -> tuple[str, ...]:
+    """The targets most likely behind a traceback, from the code it went through."""
+    if "neon_sql" in tb:
+        return ("sql", "http")
+    if "Session http" in tb or "http_exec" in tb or "http_protocol" in tb:
+        return ("pg", "http")
+    if "gateway/http.py" in tb:
+        return ("http", "websocket")
+    return ("framing", "startup", "websocket")
+
+
+def mark_known(paths: list[str], reason: str) -> None:
+    kf = REGRESSIONS / "known.json"
+    known = json.loads(kf.read_text()) if kf.exists() else {}
+    for p in paths:
+        known[str(Path(p).relative_to(REGRESSIONS.relative_to(ROOT)))] = reason
+    kf.write_text(json.dumps(known, indent=1, sort_keys=True) + "\n")
 
 
 def save_regression(target: str, data: bytes) -> str:
@@ -138,7 +182,8 @@ class Campaign:
         self.log = log or (lambda s: print(s, file=sys.stderr, flush=True))
         self.report = Report()
         self.recent: deque[Record] = deque(maxlen=400)
-        self.suspects: list[tuple[float, str, list[Record]]] = []
+        self.suspects: list[tuple[str, str, list[Record]]] = []
+        self.signatures: dict[str, int] = {}
         self.stop = asyncio.Event()
 
     # -- the parts ------------------------------------------------------------
@@ -150,7 +195,7 @@ class Campaign:
             data = base if rng.random() < 0.03 else t.mutate(base, corpus, rng)
             rec = Record(t.name, data, time.monotonic())
             self.recent.append(rec)
-            out = await send_input(self.gw.host, port, t.wrap(data))
+            out = await send_input(self.gw.host, port, t.wrap(data), on_connect=lambda p: setattr(rec, "port", p))
             rec.end = time.monotonic()
             self.report.inputs[t.name] += 1
             if out.hung:
@@ -224,13 +269,17 @@ class Campaign:
                 self.report.rss_peak = max(self.report.rss_peak, self.gw.rss())
             except Exception:
                 pass
-            tbs = self.gw.tracebacks(offset)
-            offset = self.gw.log_size()
-            if tbs:
-                self.report.tracebacks += len(tbs)
+            tbs, offset = self.gw.read_tracebacks(offset)
+            for tb in tbs:
+                self.report.tracebacks += 1
+                sig = tb_signature(tb)
+                if sig in self.signatures:
+                    self.signatures[sig] += 1
+                    continue
+                self.signatures[sig] = 1
                 window = [r for r in self.recent if r.end is None or r.end >= last - 1.0]
-                self.suspects.append((now, tbs[0], window))
-                self.log(f"traceback in the gateway log ({len(window)} suspect inputs):\n{tbs[0]}")
+                self.suspects.append((sig, tb, window))
+                self.log(f"new traceback in the gateway log ({len(window)} suspect inputs):\n{tb}")
             if not self.gw.alive():
                 window = [r for r in self.recent if r.end is None or r.end >= last - 2.0]
                 self.report.failures.append(Failure(
@@ -246,6 +295,8 @@ class Campaign:
         work = Path(tempfile.mkdtemp(prefix="wp-inproc-"))
         known = REGRESSIONS / INPROC
         totals: dict[str, int] = {}
+        known_counts: dict[str, int] = {}
+        known_files: dict[str, str] = {}
         try:
             while not self.stop.is_set():
                 left = int(end - time.monotonic())
@@ -262,8 +313,12 @@ class Campaign:
                 await proc.wait()
                 counts_file = work / "counts.json"
                 if counts_file.exists():
-                    for k, v in json.loads(counts_file.read_text()).items():
+                    stats = json.loads(counts_file.read_text())
+                    for k, v in stats["counts"].items():
                         totals[k] = totals.get(k, 0) + v
+                    for reason, n in stats["known"].items():
+                        known_counts[reason] = known_counts.get(reason, 0) + n
+                    known_files.update(stats["known_inputs"])
                     counts_file.unlink()
                 arts = sorted((work / "artifacts").glob("*")) if (work / "artifacts").is_dir() else []
                 new = [a for a in arts if not a.name.startswith("done-")]
@@ -282,30 +337,47 @@ class Campaign:
                     break
         finally:
             self.report.inproc_inputs = totals
+            for reason, n in known_counts.items():
+                inputs = [(INPROC, (work / "known" / f).read_bytes()) for f, r in known_files.items()
+                          if r == reason and (work / "known" / f).exists()]
+                self.report.known.append(Failure("inproc", _sub_of(inputs[0][1]) if inputs else "?",
+                                                 f"x{n} KNOWN: {reason}", inputs[:1]))
             shutil.rmtree(work, ignore_errors=True)
 
     # -- triage ----------------------------------------------------------------
-    async def _triage(self) -> None:
-        """Which of the suspects of each traceback reproduces it, replayed alone?"""
-        for when, tb, window in self.suspects:
-            culprits: list[Record] = []
-            for rec in window:
-                t = TARGETS[rec.target]
-                port = self.gw.pg_port if t.port == "pg" else self.gw.http_port
-                assert port is not None
-                off = self.gw.log_size()
-                await send_input(self.gw.host, port, t.wrap(rec.data))
-                await asyncio.sleep(0.3)
-                if self.gw.tracebacks(off):
-                    culprits.append(rec)
-                    break
-            confirmed = bool(culprits)
-            chosen = culprits or window[-10:]
-            target = chosen[0].target if chosen else "?"
-            self.report.failures.append(Failure(
-                "traceback", target,
-                ("reproduced alone" if confirmed else f"not reproduced alone; kept the last {len(chosen)} inputs")
-                + ":\n" + tb, [(r.target, r.data) for r in chosen]))
+    async def _triage(self, budget: float = 60.0) -> None:
+        """Which input caused each distinct traceback?  The one whose connection
+        the traceback names (the gateway logs the peer's port); else the first of
+        the suspects (newest first, at most 15) that reproduces it replayed alone."""
+        deadline = time.monotonic() + budget
+        for sig, tb, window in self.suspects:
+            ports = {int(p) for p in _PEER.findall(tb)}
+            culprits = [r for r in window if r.port in ports]
+            how = "its connection is named in the traceback"
+            if not culprits:
+                how = "reproduced alone"
+                hint = _hint(tb)
+                order = sorted(reversed(window), key=lambda r: r.target not in hint)
+                for rec in order[:15]:
+                    if time.monotonic() > deadline:
+                        break
+                    t = TARGETS[rec.target]
+                    port = self.gw.pg_port if t.port == "pg" else self.gw.http_port
+                    assert port is not None
+                    off = self.gw.log_size()
+                    await send_input(self.gw.host, port, t.wrap(rec.data))
+                    await asyncio.sleep(0.2)
+                    if any(tb_signature(x) == sig for x in self.gw.tracebacks(off)):
+                        culprits = [rec]
+                        break
+            if not culprits:
+                culprits = window[-5:]
+                how = f"not reproduced alone; kept the last {len(culprits)} inputs"
+            reason = known_reason(tb)
+            f = Failure("traceback", culprits[0].target if culprits else "?",
+                        f"x{self.signatures.get(sig, 1)} {sig} ({how})" + (f" -- KNOWN: {reason}" if reason else ""),
+                        [(r.target, r.data) for r in culprits], confirmed=not how.startswith("not"))
+            (self.report.known if reason else self.report.failures).append(f)
 
     # -- the whole run ---------------------------------------------------------
     async def run(self) -> Report:
@@ -335,21 +407,25 @@ class Campaign:
                                             f"RSS grew by {(rep.rss_after - rep.rss_before) / (1 << 20):.1f} MB "
                                             f"(limit {self.rss_limit / (1 << 20):.0f} MB)"))
         if self.save:
-            for f in rep.failures:
+            for f in rep.failures + rep.known:
                 seen: set[bytes] = set()
                 for target, data in f.inputs:
                     if data not in seen:
                         seen.add(data)
                         f.saved.append(save_regression(target, data))
+                if f in rep.known and f.confirmed:
+                    mark_known(f.saved, f.detail.split("KNOWN: ", 1)[-1])
         return rep
 
 
 def _exception_of(stderr: str) -> str:
-    lines = [ln for ln in stderr.splitlines() if ln and not ln.startswith(("INFO:", "WARNING:", "#", "  ", "MS:"))]
-    for ln in reversed(lines):
-        if "Error" in ln or "Exception" in ln or "timeout" in ln.lower():
+    lines = stderr.splitlines()
+    for i, ln in enumerate(lines):
+        if "Uncaught Python exception" in ln and i + 1 < len(lines):
+            return lines[i + 1].strip()[:300]
+        if "ERROR: libFuzzer: timeout" in ln or "ERROR: libFuzzer: out-of-memory" in ln:
             return ln.strip()[:300]
-    return (lines[-1] if lines else "?")[:300]
+    return "?"
 
 
 def _sub_of(data: bytes) -> str:

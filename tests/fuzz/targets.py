@@ -134,8 +134,10 @@ def _signature(reply: bytes) -> bytes:
     return status + b"|" + codes + b"|" + bytes([size]) + reply[:1]
 
 
-async def send_input(host: str, port: int, payload: bytes, *, hang: float = HANG_SECONDS) -> Outcome:
-    """Play one connection carrying ``payload``; see the module docstring."""
+async def send_input(host: str, port: int, payload: bytes, *, hang: float = HANG_SECONDS,
+                     on_connect: Callable[[int], None] | None = None) -> Outcome:
+    """Play one connection carrying ``payload``; see the module docstring.
+    ``on_connect`` gets the local port (the gateway logs it as the peer)."""
     t0 = time.monotonic()
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), hang)
@@ -143,6 +145,8 @@ async def send_input(host: str, port: int, payload: bytes, *, hang: float = HANG
         return Outcome("connect", 0, b"", time.monotonic() - t0)
     except OSError as e:
         return Outcome(f"connect refused: {e}", 0, b"", time.monotonic() - t0)
+    if on_connect is not None:
+        on_connect(writer.get_extra_info("sockname")[1])
     reply = bytearray()
     closed = asyncio.Event()
     last_rx = [time.monotonic()]
