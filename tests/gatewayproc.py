@@ -107,17 +107,39 @@ class GatewayProcess:
         return self.log_path.stat().st_size
 
     def tracebacks(self, since: int = 0) -> list[str]:
-        """Every ``Traceback`` block in the log after byte offset ``since``."""
+        """Every complete ``Traceback`` block in the log after byte offset ``since``."""
+        return self.read_tracebacks(since)[0]
+
+    def read_tracebacks(self, since: int = 0) -> tuple[list[str], int]:
+        """``(blocks, offset)``: the complete ``Traceback`` blocks after byte
+        offset ``since`` (each with the log line before it, which names the
+        connection), and the offset to continue from (a block still being
+        written is left for the next call)."""
         with open(self.log_path, "rb") as f:
             f.seek(since)
-            text = f.read().decode(errors="replace")
+            raw = f.read()
+        cut = raw.rfind(b"\n") + 1
+        lines = raw[:cut].decode(errors="replace").splitlines(keepends=True)
         out: list[str] = []
-        lines = text.splitlines()
-        for i, line in enumerate(lines):
+        pos = 0          # characters consumed (complete lines / blocks)
+        consumed = 0
+        i = 0
+        while i < len(lines):
+            line = lines[i]
             if line.startswith("Traceback"):
-                block = lines[max(0, i - 1): i + 40]
-                out.append("\n".join(block))
-        return out
+                j = i + 1
+                while j < len(lines) and (lines[j].startswith((" ", "\t")) or not lines[j].strip()):
+                    j += 1
+                if j >= len(lines):
+                    break  # the exception line is not written yet
+                out.append("".join(lines[max(0, i - 1): j + 1]))
+                pos += sum(len(x) for x in lines[i: j + 1])
+                i = j + 1
+            else:
+                pos += len(line)
+                i += 1
+            consumed = pos
+        return out, since + len("".join(lines)[:consumed].encode(errors="replace"))
 
     def log_tail(self, n: int = 40) -> str:
         try:
