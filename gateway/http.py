@@ -158,6 +158,12 @@ class WebSocketStream(ProtocolStream):
         self._close_timer: asyncio.TimerHandle | None = None
 
     # -- protocol side
+    def _feed(self, data: bytes) -> None:
+        if self._closed:  # closing (waiting for the client's close frame): nobody reads any more
+            self.bytes_received += len(data)
+            return
+        super()._feed(data)
+
     def _ws_data(self, data: bytes) -> None:
         if self._fast_rx:
             data = self._rx_fast(data)
@@ -344,6 +350,12 @@ class WebSocketStream(ProtocolStream):
             if self.ws.state is State.OPEN:
                 code = CloseCode.UNSUPPORTED_DATA if self._text else CloseCode.NORMAL_CLOSURE
                 self.ws.send_close(code)
+                if self._rx_left:
+                    # the client is inside a frame (perhaps megabytes long): its close
+                    # frame cannot come before that frame's end -- do not read it all
+                    self._flush_ws()
+                    self.transport.close()
+                    return
                 if self._reading_paused:
                     self._reading_paused = False
                     self.transport.resume_reading()
