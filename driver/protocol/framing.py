@@ -295,14 +295,19 @@ class FrontendReader(MessageReader):
 
     def read(self) -> list[tuple[int, bytes]]:
         out: list[tuple[int, bytes]] = []
-        while self.in_startup:
-            loc = self._read_untyped()
-            if loc is None:
-                return out
-            _, body, stop = loc
-            out.append((UNTYPED, bytes(self._buf[body:stop])))
-            self._consume(stop)
-        out.extend(super().read())
+        try:
+            while self.in_startup:
+                loc = self._read_untyped()
+                if loc is None:
+                    return out
+                _, body, stop = loc
+                out.append((UNTYPED, bytes(self._buf[body:stop])))
+                self._consume(stop)
+            out.extend(super().read())
+        except ProtocolError:
+            if not out:
+                raise
+            # hand out the good messages first; the bad header (still buffered) fails the next call
         return out
 
     def feed_read_raw(self, data: bytes) -> tuple[bytes, list[tuple[int, int, int]]]:

@@ -194,6 +194,19 @@ def test_good_messages_before_a_bad_length_are_delivered() -> None:
         reader.read()
 
 
+def test_startup_message_before_a_bad_length_is_delivered() -> None:
+    # found by fuzzing (tests/fuzz, in-process "frontend"): read() used to drop
+    # the StartupMessage it had consumed when a bad typed header followed it
+    startup = m.startup_message({"user": "a"})
+    for reader_input in (startup + b"Q\x00\xff\xff\xff", m.ssl_request() + b"\x00\x00\x00\x01\x00\x00\x00\x00"):
+        reader = FrontendReader(max_size=100)
+        reader.feed(reader_input)
+        [(t, body)] = reader.read()
+        assert t == UNTYPED and reader_input.startswith((len(body) + 4).to_bytes(4, "big") + body)
+        with pytest.raises(ProtocolError):
+            reader.read()
+
+
 def test_large_stream_memory_is_bounded() -> None:
     """Feeding 10,000 messages in small pieces keeps the buffer small."""
     reader = MessageReader()
