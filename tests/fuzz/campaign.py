@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import hashlib
 import json
 import os
@@ -41,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.fuzz.targets import GATEWAY_SETTINGS, INPROC_SUBTARGETS, PASSWORD, REGRESSIONS, TARGETS, USER, Target, send_input
-from tests.fuzz.known import known_reason
+from tests.fuzz.known import known_hang, known_reason
 from tests.gatewayproc import GatewayProcess
 from tests.pgcluster import PgCluster
 
@@ -160,10 +161,16 @@ def mark_known(paths: list[str], reason: str) -> None:
 
 
 def save_regression(target: str, data: bytes) -> str:
+    """Write a failing input to regressions/<target>/ (gzipped when over 16 KB)."""
     d = REGRESSIONS / target
     d.mkdir(parents=True, exist_ok=True)
-    p = d / f"{hashlib.sha1(data).hexdigest()[:16]}.bin"
-    p.write_bytes(data)
+    name = hashlib.sha1(data).hexdigest()[:16]
+    if len(data) > 16384:
+        p = d / f"{name}.bin.gz"
+        p.write_bytes(gzip.compress(data, mtime=0))
+    else:
+        p = d / f"{name}.bin"
+        p.write_bytes(data)
     return str(p.relative_to(ROOT))
 
 
@@ -184,6 +191,7 @@ class Campaign:
         self.recent: deque[Record] = deque(maxlen=400)
         self.suspects: list[tuple[str, str, list[Record]]] = []
         self.signatures: dict[str, int] = {}
+        self.known_hangs: dict[str, int] = {}
         self.stop = asyncio.Event()
 
     # -- the parts ------------------------------------------------------------
@@ -201,8 +209,14 @@ class Campaign:
             if out.hung:
                 if not self.gw.alive():
                     return  # the monitor reports the crash
-                self.log(f"hang [{t.name}] {out.hung}: {data[:80]!r}")
-                self.report.failures.append(Failure("hang", t.name, out.hung, [(t.name, data)]))
+                reason = known_hang(t.name, data)
+                self.log(f"hang [{t.name}] {out.hung}: {data[:80]!r}" + (f" -- KNOWN: {reason}" if reason else ""))
+                if reason is None:
+                    self.report.failures.append(Failure("hang", t.name, out.hung, [(t.name, data)]))
+                elif self.known_hangs.get(reason, 0) < 3:  # a few examples are enough
+                    self.known_hangs[reason] = self.known_hangs.get(reason, 0) + 1
+                    self.report.known.append(Failure("hang", t.name, f"{out.hung} -- KNOWN: {reason}",
+                                                     [(t.name, data)], confirmed=False))
             elif out.signature not in sigs and len(corpus) < 2000:
                 sigs.add(out.signature)
                 corpus.append(data)
@@ -236,7 +250,8 @@ class Campaign:
                 if not self.gw.alive():
                     return
                 self.report.probe_errors += 1
-                self.report.failures.append(Failure("probe", "probe", f"select 1 failed: {e!r}"))
+                pools = await self._pool_metrics()
+                self.report.failures.append(Failure("probe", "probe", f"select 1 failed: {e!r}; pool: {pools}"))
                 if conn is not None:
                     conn.terminate()
                 conn = None
@@ -248,6 +263,18 @@ class Campaign:
             await asyncio.sleep(0.05)
         if conn is not None:
             await conn.close()
+
+    async def _pool_metrics(self) -> str:
+        """The pool's list lengths from /metrics (why a probe had to wait)."""
+        try:
+            r, w = await asyncio.wait_for(asyncio.open_connection(self.gw.host, self.gw.http_port), 2)
+            w.write(b"GET /metrics HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n")
+            data = (await asyncio.wait_for(r.read(), 2)).decode(errors="replace")
+            w.close()
+        except (OSError, asyncio.TimeoutError) as e:
+            return f"/metrics failed: {e!r}"
+        keep = [ln for ln in data.splitlines() if re.match(r"wirepool_\w*(cl|sv)_\w+\{", ln)]
+        return ", ".join(ln.split("{")[0].replace("wirepool_", "") + "=" + ln.rsplit(" ", 1)[-1] for ln in keep)
 
     async def _healthz(self) -> bool:
         try:
@@ -345,6 +372,15 @@ class Campaign:
             shutil.rmtree(work, ignore_errors=True)
 
     # -- triage ----------------------------------------------------------------
+    async def _confirm_known_hangs(self) -> None:
+        for f in self.report.known:
+            if f.kind == "hang":
+                t = TARGETS[f.target]
+                port = self.gw.pg_port if t.port == "pg" else self.gw.http_port
+                assert port is not None
+                out = await send_input(self.gw.host, port, t.wrap(f.inputs[0][1]))
+                f.confirmed = out.hung is not None
+
     async def _triage(self, budget: float = 60.0) -> None:
         """Which input caused each distinct traceback?  The one whose connection
         the traceback names (the gateway logs the peer's port); else the first of
@@ -399,6 +435,7 @@ class Campaign:
         rep.seconds = time.monotonic() - t0
         if self.gw.alive():
             await self._triage()
+            await self._confirm_known_hangs()
             await asyncio.sleep(1.0)  # let closed connections be released
             rep.rss_after = self.gw.rss()
             rep.rss_peak = max(rep.rss_peak, rep.rss_after)

@@ -68,7 +68,7 @@ with _instrument:
     from gateway.config import GatewaySettings
 
 from tests.fuzz.known import known_reason
-from tests.fuzz.targets import INPROC_SUBTARGETS
+from tests.fuzz.targets import INPROC_SUBTARGETS, read_input
 
 HERE = Path(__file__).resolve().parent
 
@@ -498,7 +498,7 @@ def replay(paths: list[str]) -> dict[str, str]:
     """Run saved inputs once each: ``{path: "ok" or the exception}``."""
     out: dict[str, str] = {}
     for p in paths:
-        name, rest = split_input(Path(p).read_bytes())
+        name, rest = split_input(read_input(Path(p)))
         _LOGGED.texts.clear()
         try:
             run_one(name, rest)
@@ -525,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     artifacts = args.workdir / "artifacts"
     for d in (corpus, seeds, artifacts):
         d.mkdir(parents=True, exist_ok=True)
-    known = {p.read_bytes() for d in args.skip if d.is_dir() for p in d.iterdir() if p.is_file()}
+    known = {read_input(p) for d in args.skip if d.is_dir() for p in d.iterdir() if p.is_file()}
     for old in seeds.iterdir():
         old.unlink()
     for i, s in enumerate(seed_inputs()):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import re
 import time
 from dataclasses import dataclass
@@ -42,8 +43,8 @@ GATEWAY_SETTINGS: dict[str, object] = {
     "query_wait_timeout": 10.0,
     "sql_timeout": 5.0,
     "http_request_timeout": 5.0,
-    "idle_transaction_timeout": 10.0,
-    "http_session_timeout": 5.0,
+    "idle_transaction_timeout": 5.0,
+    "http_session_timeout": 2.0,
     "http_idle_session_timeout": 10.0,
 }
 
@@ -90,7 +91,17 @@ class Target:
         return [p.read_bytes() for p in sorted((SEEDS / self.name).glob("*.bin"))]
 
     def regressions(self) -> list[Path]:
-        return sorted((REGRESSIONS / self.name).glob("*.bin"))
+        return regression_files(self.name)
+
+
+def regression_files(target: str) -> list[Path]:
+    d = REGRESSIONS / target
+    return sorted([*d.glob("*.bin"), *d.glob("*.bin.gz")])
+
+
+def read_input(path: Path) -> bytes:
+    data = path.read_bytes()
+    return gzip.decompress(data) if path.name.endswith(".gz") else data
 
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
