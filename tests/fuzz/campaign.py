@@ -444,7 +444,14 @@ class Campaign:
                                             f"RSS grew by {(rep.rss_after - rep.rss_before) / (1 << 20):.1f} MB "
                                             f"(limit {self.rss_limit / (1 << 20):.0f} MB)"))
         if self.save:
+            kf = REGRESSIONS / "known.json"
+            represented = set(json.loads(kf.read_text()).values()) if kf.exists() else set()
             for f in rep.failures + rep.known:
+                reason = f.detail.split("KNOWN: ", 1)[-1] if f in rep.known else None
+                if reason is not None and (reason in represented or not f.confirmed):
+                    continue  # a known failure already has its regression inputs
+                if reason is not None:
+                    represented.add(reason)
                 seen: set[bytes] = set()
                 for target, data in f.inputs:
                     if data not in seen:
