@@ -11,9 +11,10 @@ What it does, the way SQLAlchemy's maintainers run their suite (README.unittests
    directory (``--cache``, default ``$WIREPOOL_SQLA_CACHE`` or
    ``~/.cache/wirepool/sqlalchemy``) and unpacks it there, once;
 2. starts a private PostgreSQL cluster (tests/pgcluster.py) set up as
-   SQLAlchemy's README asks: database ``test``, schemas ``test_schema`` and
-   ``test_schema_2``, extensions ``hstore`` and ``citext``,
-   ``max_prepared_transactions = 10``;
+   SQLAlchemy's README asks (schemas ``test_schema`` and ``test_schema_2``,
+   extensions ``hstore`` and ``citext``, ``max_prepared_transactions = 10``),
+   with one such database per mode (``test_asyncpg``, ``test_wirepool``...) so
+   that ``--jobs N`` can run modes at the same time;
 3. runs ``pytest --dburi URL FILES`` in the unpacked source once per mode:
    ``asyncpg`` (``postgresql+asyncpg://``, real asyncpg), ``wirepool``
    (``postgresql+wirepool://``, the driver over TCP) and ``wirepool-ws``
@@ -40,9 +41,10 @@ import tempfile
 import time
 import urllib.request
 import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -94,12 +96,18 @@ def fetch_sqlalchemy_source(cache: Path, version: str | None = None) -> Path:
     return src
 
 
-def prepare_cluster() -> PgCluster:
-    """A private cluster configured as SQLAlchemy's README.unittests.rst asks."""
-    pg = PgCluster({"max_prepared_transactions": 10, "max_connections": 100})
-    pg.create_database("test")
-    pg.psql("CREATE SCHEMA test_schema; CREATE SCHEMA test_schema_2;"
-            " CREATE EXTENSION hstore; CREATE EXTENSION citext;", db="test")
+def db_name(mode: str) -> str:
+    """Each mode gets its own database, so modes can run at the same time."""
+    return "test_" + mode.replace("-", "_")
+
+
+def prepare_cluster(modes: Sequence[str]) -> PgCluster:
+    """A private cluster configured as SQLAlchemy's README.unittests.rst asks, one database per mode."""
+    pg = PgCluster({"max_prepared_transactions": 10, "max_connections": 150})
+    for mode in modes:
+        pg.create_database(db_name(mode))
+        pg.psql("CREATE SCHEMA test_schema; CREATE SCHEMA test_schema_2;"
+                " CREATE EXTENSION hstore; CREATE EXTENSION citext;", db=db_name(mode))
     return pg
 
 
@@ -163,9 +171,17 @@ def run_suite(src: Path, mode: str, dburi: str, files: Sequence[str], out: Path,
 class Gateway:
     """``wirepool serve`` in a subprocess, transaction pooling in front of ``pg``'s ``test``."""
 
-    def __init__(self, pg: PgCluster, workdir: Path, pool_mode: str = "transaction") -> None:
+    def __init__(self, pg: PgCluster, workdir: Path, modes: Sequence[str],
+                 pool_mode: str = "transaction") -> None:
         self.port = free_port()
         cfg = workdir / "gateway.toml"
+        databases = "".join(f"""
+[databases.{db_name(m)}]
+host = "{pg.host}"
+port = {pg.port}
+user = "{pg.SUPERUSER}"
+password = "{pg.SUPERUSER_PASSWORD}"
+""" for m in modes)
         cfg.write_text(f"""
 [gateway]
 listen = "127.0.0.1:{self.port}"
@@ -175,13 +191,7 @@ pool_mode = "{pool_mode}"
 default_pool_size = 20
 log_level = "warning"
 
-[databases.test]
-host = "{pg.host}"
-port = {pg.port}
-dbname = "test"
-user = "{pg.SUPERUSER}"
-password = "{pg.SUPERUSER_PASSWORD}"
-
+{databases}
 [users.{GATEWAY_USER}]
 password = "{GATEWAY_PASSWORD}"
 """)
@@ -215,14 +225,13 @@ password = "{GATEWAY_PASSWORD}"
 
 
 def dburi(mode: str, pg: PgCluster, gateway: Gateway | None) -> str:
-    if mode == "asyncpg":
-        return f"postgresql+asyncpg://{pg.SUPERUSER}:{pg.SUPERUSER_PASSWORD}@{pg.host}:{pg.port}/test"
-    if mode == "wirepool":
-        return f"postgresql+wirepool://{pg.SUPERUSER}:{pg.SUPERUSER_PASSWORD}@{pg.host}:{pg.port}/test"
+    db = db_name(mode)
+    if mode in ("asyncpg", "wirepool"):
+        return f"postgresql+{mode}://{pg.SUPERUSER}:{pg.SUPERUSER_PASSWORD}@{pg.host}:{pg.port}/{db}"
     assert gateway is not None
     transport = mode.split("-", 1)[1]
     return (f"postgresql+wirepool://{GATEWAY_USER}:{GATEWAY_PASSWORD}@127.0.0.1:{gateway.port}"
-            f"/test?transport={transport}")
+            f"/{db}?transport={transport}")
 
 
 def allowed_failures(baseline: Result) -> float:
@@ -259,6 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="directory for logs and JUnit files")
     ap.add_argument("--json", type=Path, help="write counts and failure lists here")
     ap.add_argument("--pytest-arg", action="append", default=[], help="extra pytest argument")
+    ap.add_argument("--jobs", "-j", type=int, default=1,
+                    help="modes run at the same time (each has its own database)")
     args = ap.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     for m in modes:
@@ -268,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     src = fetch_sqlalchemy_source(args.cache)
     print(f"SQLAlchemy source: {src}\nlogs: {out}", flush=True)
-    results = list(run_modes(src, modes, args.files, out, args.pytest_arg))
+    results = run_modes(src, modes, args.files, out, args.pytest_arg, args.jobs)
     text = report(results)
     print(text)
     if args.json:
@@ -280,19 +291,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_modes(src: Path, modes: Sequence[str], files: Sequence[str], out: Path,
-              extra_args: Sequence[str] = ()) -> Iterator[Result]:
-    """Start a cluster (and a gateway when a mode needs one), run each mode, clean up."""
-    pg = prepare_cluster()
+              extra_args: Sequence[str] = (), jobs: int = 1) -> list[Result]:
+    """Start a cluster (and a gateway when a mode needs one), run the modes (``jobs`` at a
+    time, each in its own database), clean up.  Results in the order of ``modes``."""
+    pg = prepare_cluster(modes)
     gateway = None
     try:
-        if any(m.startswith("wirepool-") for m in modes):
-            gateway = Gateway(pg, out)
-        for mode in modes:
+        gw_modes = [m for m in modes if m.startswith("wirepool-")]
+        if gw_modes:
+            gateway = Gateway(pg, out, gw_modes)
+
+        def one(mode: str) -> Result:
             print(f"running {mode} ...", flush=True)
             res = run_suite(src, mode, dburi(mode, pg, gateway), files, out, extra_args)
             print(f"  {mode}: {res.passed} passed, {res.failed} failed, {res.skipped} skipped "
                   f"in {res.seconds:.0f}s", flush=True)
-            yield res
+            return res
+
+        with ThreadPoolExecutor(max(1, jobs)) as ex:
+            return list(ex.map(one, modes))
     finally:
         if gateway is not None:
             gateway.close()
