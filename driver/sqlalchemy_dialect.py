@@ -27,11 +27,11 @@ driver's DSN.  See docs/sqlalchemy.md.
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 from urllib.parse import quote, urlencode
 
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import util
 from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_dbapi, PGDialect_asyncpg
 from sqlalchemy.engine.url import URL
 
@@ -59,7 +59,7 @@ class AsyncAdapt_wirepool_dbapi(AsyncAdapt_asyncpg_dbapi):
     found in it; here it is the same table over ``driver.exceptions``.
     """
 
-    @util.memoized_property
+    @cached_property
     def _asyncpg_error_translate(self) -> dict[type[BaseException], type[BaseException]]:
         e = self.asyncpg.exceptions
         return {
@@ -89,7 +89,7 @@ class PGDialect_wirepool(PGDialect_asyncpg):
     def import_dbapi(cls) -> Any:  # an AsyncAdapt_wirepool_dbapi
         import driver
 
-        return AsyncAdapt_wirepool_dbapi(driver)  # type: ignore[no-untyped-call]
+        return AsyncAdapt_wirepool_dbapi(driver)
 
     def create_connect_args(self, url: URL) -> tuple[list[Any], dict[str, Any]]:
         transport = url.query.get("transport", "tcp")
@@ -100,7 +100,7 @@ class PGDialect_wirepool(PGDialect_asyncpg):
             raise sa_exc.ArgumentError(
                 f"unknown transport {transport!r}: expected one of {', '.join(TRANSPORTS)}")
         url = url.difference_update_query(["transport"])
-        args, opts = super().create_connect_args(url)  # type: ignore[no-untyped-call]
+        args, opts = super().create_connect_args(url)
         for key, conv in _NUMERIC_KWARGS.items():
             if isinstance(opts.get(key), str):
                 opts[key] = conv(opts[key])
