@@ -5,4 +5,12 @@ import sys
 from .harness import main
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["importtime"]:
+        from .importtime import main as importtime_main
+
+        sys.exit(importtime_main(sys.argv[2:]))
+    if sys.argv[1:2] == ["copy"]:
+        from .copy_bench import main as copy_main
+
+        sys.exit(copy_main(sys.argv[2:]))
     sys.exit(main())

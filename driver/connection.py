@@ -10,25 +10,33 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import datetime
-import decimal
 import inspect
-import ipaddress
 import re
-import uuid
-import ssl as ssl_module
-from typing import Any, Awaitable, Callable, Iterable, NamedTuple, Sequence
+import sys
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, NamedTuple, Sequence
 
-from . import codecs
 from . import exceptions as exc
-from .dsn import ConnectParams, parse_dsn
-from .dsn import _timeout as _check_timeout
 from .protocol import client as pc
-from .protocol.auth import AuthenticationError
+from .protocol.framing import AuthenticationError
 from .protocol.framing import ProtocolError as FramingError
 from .protocol.messages import FieldDescription, RowDescription, decode_backend
 from .record import Record, make_mapping
 from .transport import Connector, Endpoint, Transport, TransportError, get_connector
+
+if TYPE_CHECKING:
+    from . import codecs
+    from .dsn import ConnectParams
+else:
+    class _LazyCodecs:
+        """``driver.codecs``, imported when a first statement needs it."""
+
+        def __getattr__(self, name: str) -> Any:
+            from . import codecs as module
+
+            globals()["codecs"] = module
+            return getattr(module, name)
+
+    codecs = _LazyCodecs()
 
 __all__ = ["Connection", "connect", "ServerVersion", "ConnectionSettings"]
 
@@ -187,6 +195,10 @@ class _NotLogged:
 _NOT_LOGGED = _NotLogged()
 
 
+_IP_TYPES = frozenset({"IPv4Address", "IPv6Address", "IPv4Network", "IPv6Network",
+                       "IPv4Interface", "IPv6Interface"})
+
+
 class _NoText(Exception):
     pass
 
@@ -206,17 +218,18 @@ def _text_value(v: Any, in_array: bool = False) -> str:
         if v in (float("inf"), float("-inf")):
             return "Infinity" if v > 0 else "-Infinity"
         return repr(v)
-    if t is decimal.Decimal:
-        return str(v)
     if t in (bytes, bytearray, memoryview):
         return "\\x" + bytes(v).hex()
-    if t is datetime.datetime or t is datetime.date or t is datetime.time:
-        return str(v.isoformat())
-    if t is datetime.timedelta:
-        return f"{v.days} days {v.seconds} seconds {v.microseconds} microseconds"
-    if t is uuid.UUID or isinstance(v, (ipaddress.IPv4Address, ipaddress.IPv6Address,
-                                        ipaddress.IPv4Network, ipaddress.IPv6Network,
-                                        ipaddress.IPv4Interface, ipaddress.IPv6Interface)):
+    # by module and name: the modules need not be imported to check
+    mod, name = t.__module__, t.__name__
+    if mod == "decimal" and name == "Decimal":
+        return str(v)
+    if mod == "datetime":
+        if name in ("datetime", "date", "time"):
+            return str(v.isoformat())
+        if name == "timedelta":
+            return f"{v.days} days {v.seconds} seconds {v.microseconds} microseconds"
+    if (mod == "uuid" and name == "UUID") or (mod == "ipaddress" and name in _IP_TYPES):
         return str(v)
     if t is list:
         # tuples are not arrays here: nested in a list they are elements (records,
@@ -1138,6 +1151,9 @@ async def connect(dsn: str | None = None, *, host: str | None = None, port: int 
     if pipeline_connect in (True, "password"):
         pipeline_password = True
     record_class = _check_record_class(record_class)
+    from .dsn import _timeout as _check_timeout
+    from .dsn import parse_dsn
+
     try:
         # timeout=None: params.connect_timeout is then the DSN's connect_timeout
         # (or PGCONNECT_TIMEOUT), which caps the timeout argument below.
@@ -1156,7 +1172,9 @@ async def connect(dsn: str | None = None, *, host: str | None = None, port: int 
         raise exc.ClientConfigurationError(str(e)) from e
     if params.connect_timeout and (timeout is None or params.connect_timeout < timeout):
         timeout = params.connect_timeout
-    ssl_context = params.ssl if isinstance(params.ssl, ssl_module.SSLContext) else None
+    ssl_mod = sys.modules.get("ssl")  # an SSLContext argument implies ssl is imported
+    ssl_context = (params.ssl if ssl_mod is not None and isinstance(params.ssl, ssl_mod.SSLContext)
+                   else None)
     endpoint = Endpoint(scheme=params.scheme, host=params.host, port=params.port,
                         sslmode=params.sslmode, ssl_context=ssl_context,
                         connect_timeout=timeout,

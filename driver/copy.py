@@ -492,55 +492,74 @@ def _encode_text(value: Any) -> bytes:
 async def _binary_chunks(records: Any, encoders: list[Callable[[Any], bytes]]
                          ) -> AsyncIterator[bytes]:
     """The binary COPY stream of ``records``, in chunks of about ``_CHUNK`` bytes."""
-    ncols = len(encoders)
-    row_head = _I16(ncols)
+    encode_row = _row_encoder(encoders)
     buf: list[bytes] = [_BINARY_HEADER]
-    size = 0
     append = buf.append
-    i32 = _I32
-    null = _NULL
+    size = 0
     n = 0
-    if isinstance(records, AsyncIterable):
-        async for rec in records:
-            size += _encode_row(rec, n, ncols, row_head, encoders, append, i32, null)
-            n += 1
-            if size >= _CHUNK:
-                yield b"".join(buf)
-                buf.clear()
-                size = 0
-    else:
-        for rec in records:
-            size += _encode_row(rec, n, ncols, row_head, encoders, append, i32, null)
-            n += 1
-            if size >= _CHUNK:
-                yield b"".join(buf)
-                buf.clear()
-                size = 0
+    try:
+        if isinstance(records, AsyncIterable):
+            async for rec in records:
+                row = encode_row(rec)
+                append(row)
+                n += 1
+                size += len(row)
+                if size >= _CHUNK:
+                    yield b"".join(buf)
+                    buf.clear()
+                    size = 0
+        else:
+            for rec in records:
+                row = encode_row(rec)
+                append(row)
+                n += 1
+                size += len(row)
+                if size >= _CHUNK:
+                    yield b"".join(buf)
+                    buf.clear()
+                    size = 0
+    except (TypeError, ValueError, OverflowError, ArithmeticError, codecs.EncodeError) as e:
+        raise _record_error(rec, n, encoders, e) from None
     append(_BINARY_TRAILER)
     yield b"".join(buf)
 
 
-def _encode_row(rec: Sequence[Any], n: int, ncols: int, row_head: bytes,
-                encoders: list[Callable[[Any], bytes]], append: Callable[[bytes], None],
-                i32: Callable[[int], bytes], null: bytes) -> int:
-    if len(rec) != ncols:
-        raise exc.InterfaceError(
-            f"the number of columns in the record #{n} ({len(rec)}) does not match "
-            f"the number of columns of the COPY ({ncols})")
-    append(row_head)
-    size = 2
-    for col, (enc, value) in enumerate(zip(encoders, rec)):
+def _row_encoder(encoders: list[Callable[[Any], bytes]]) -> Callable[[Sequence[Any]], bytes]:
+    """``record -> bytes`` of one binary COPY tuple, compiled for these columns."""
+    n = len(encoders)
+    names = ", ".join(f"a{i}" for i in range(n))
+    lines = [f"def encode_row(rec):", f"    {names}, = rec"]
+    parts = ["head"]
+    for i in range(n):
+        lines.append(f"    if a{i} is None:\n        p{i} = NULL\n    else:\n"
+                     f"        d = e{i}(a{i})\n        p{i} = i32(len(d)) + d")
+        parts.append(f"p{i}")
+    lines.append(f"    return {' + '.join(parts)}")
+    ns: dict[str, Any] = {f"e{i}": e for i, e in enumerate(encoders)}
+    ns.update(NULL=_NULL, i32=_I32, head=_I16(n))
+    exec("\n".join(lines) + "\n", ns)
+    fn: Callable[[Sequence[Any]], bytes] = ns["encode_row"]
+    return fn
+
+
+def _record_error(rec: Any, n: int, encoders: list[Callable[[Any], bytes]],
+                  e: BaseException) -> Exception:
+    """The error for record #``n`` that could not be encoded."""
+    try:
+        values = list(rec)
+    except TypeError:
+        return exc.DataError(f"record #{n} of the COPY is not a sequence: {rec!r:.40}")
+    if len(values) != len(encoders):
+        return exc.InterfaceError(
+            f"the number of columns in the record #{n} ({len(values)}) does not match "
+            f"the number of columns of the COPY ({len(encoders)})")
+    for col, (enc, value) in enumerate(zip(encoders, values)):
         if value is None:
-            append(null)
-            size += 4
             continue
         try:
-            data = enc(value)
-        except (TypeError, ValueError, OverflowError, ArithmeticError, codecs.EncodeError) as e:
-            raise exc.DataError(
+            enc(value)
+        except Exception as err:
+            return exc.DataError(
                 f"invalid input for query argument ${col + 1} in element #{n} of the "
-                f"COPY records: {value!r:.40} ({e})") from None
-        append(i32(len(data)))
-        append(data)
-        size += 4 + len(data)
-    return size
+                f"COPY records: {value!r:.40} ({err})")
+    return exc.DataError(f"invalid record #{n} of the COPY: {e}")

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import os
 import ssl as ssl_module
-from dataclasses import dataclass, field
+from .protocol._dataclass import dataclass, field
 from typing import Any, Mapping
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 

@@ -33,6 +33,8 @@ import os
 import re
 from typing import Final
 
+from .framing import AuthenticationError
+
 __all__ = [
     "AuthenticationError",
     "md5_password",
@@ -54,21 +56,6 @@ _SALT_LEN: Final = 16  # what PostgreSQL generates (SCRAM_DEFAULT_SALT_LEN)
 _NONCE_BYTES: Final = 18  # 24 base64 characters, as PostgreSQL
 _KEY_LEN: Final = 32  # SHA-256 digest size
 _GS2_NO_CB: Final = b"n,,"
-
-
-class AuthenticationError(Exception):
-    """Authentication failed: bad password/proof, bad server signature, or a
-    malformed SCRAM message.
-
-    ``sqlstate`` is what a PostgreSQL server reports for the same fault:
-    ``28P01`` (invalid_password) for a wrong password or proof, ``08P01``
-    (protocol_violation) for a malformed message, ``28000``
-    (invalid_authorization_specification) for unsupported options.
-    """
-
-    def __init__(self, message: str, sqlstate: str = "08P01") -> None:
-        super().__init__(message)
-        self.sqlstate = sqlstate
 
 
 # ---------------------------------------------------------------------------

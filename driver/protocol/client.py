@@ -42,11 +42,13 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from typing import Any, Callable, Final, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Final, Mapping, Sequence
 
 from . import messages as m
-from .auth import AuthenticationError, ScramClient, md5_password
-from .framing import MessageReader, ProtocolError
+from .framing import AuthenticationError, MessageReader, ProtocolError
+
+if TYPE_CHECKING:
+    from .auth import ScramClient
 
 __all__ = [
     "ClientProtocol",
@@ -891,9 +893,13 @@ class ClientProtocol:
             if len(data) != 4:
                 raise ProtocolError("AuthenticationMD5Password must carry a 4-byte salt")
             pw = self._require_password("md5")
+            from .auth import md5_password  # hashlib: loaded on first use
+
             self._out.append(m.password_message(md5_password(self.user, pw, data)))
             return
         if code == m.AUTH_SASL:
+            from .auth import ScramClient  # hashlib, hmac: loaded on first use
+
             mechanisms = [x.decode("ascii", "replace") for x in data.split(b"\x00") if x]
             if ScramClient.mechanism not in mechanisms:
                 raise UnsupportedAuthentication(

@@ -57,6 +57,21 @@ _COMPACT_AT: Final = 1 << 16
 _unpack_header = struct.Struct("!Bi").unpack_from  # type byte, length
 
 
+class AuthenticationError(Exception):
+    """Authentication failed: bad password/proof, bad server signature, or a
+    malformed SCRAM message.
+
+    ``sqlstate`` is what a PostgreSQL server reports for the same fault:
+    ``28P01`` (invalid_password) for a wrong password or proof, ``08P01``
+    (protocol_violation) for a malformed message, ``28000``
+    (invalid_authorization_specification) for unsupported options.
+    """
+
+    def __init__(self, message: str, sqlstate: str = "08P01") -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
 class ProtocolError(Exception):
     """The byte stream violates the framing of the PostgreSQL v3 protocol.
 

@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import base64
 import re
-from dataclasses import dataclass, field
+from ._dataclass import dataclass, field
 from typing import Iterable, Mapping
 from urllib.parse import quote, urlencode
 

@@ -13,7 +13,7 @@ A malformed body raises :class:`~driver.protocol.framing.ProtocolError`.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from ._dataclass import dataclass, field
 from typing import Callable, Final, Mapping, Sequence, Union
 
 from .framing import UNTYPED, FrontendReader, ProtocolError

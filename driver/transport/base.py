@@ -14,7 +14,7 @@ JS ``WebSocket``, HTTP) plug in without changing either.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
+from ..protocol._dataclass import dataclass, field
 from typing import Any
 
 
