@@ -97,7 +97,9 @@ class _Statement:
 
     def __init__(self, name: str, query: str, param_oids: Sequence[int],
                  fields: Sequence[FieldDescription], record_cls: Any,
-                 types: codecs.TypeRegistry = codecs.DEFAULT_REGISTRY) -> None:
+                 types: codecs.TypeRegistry | None = None) -> None:
+        if types is None:
+            types = codecs.DEFAULT_REGISTRY
         self.name = name
         self.query = query
         self.param_oids = tuple(param_oids)
