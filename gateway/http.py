@@ -858,9 +858,13 @@ class HttpListener:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        # The TLS handshake comes before connection_made (and the header deadline):
+        # it gets the same time limit.
+        hs = getattr(self, "header_timeout", 0) if self.ssl_context is not None else 0
         self.server = await loop.create_server(lambda: HttpConnection(self), self.host, self.port,
                                                backlog=self.backlog, reuse_address=True,
-                                               ssl=self.ssl_context)
+                                               ssl=self.ssl_context,
+                                               ssl_handshake_timeout=hs if hs and hs > 0 else None)
         self.port = self.bound_port
 
     @property

@@ -312,3 +312,50 @@ async def test_sighup_reloads_the_certificate_of_wirepool_serve(pg: PgCluster, p
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_cancel_reaches_a_hostssl_only_upstream(gateway_app: Any, ssl_cluster: PgCluster, pki: Pki) -> None:
+    app = await gateway_app(config=build_config(ssl_cluster, databases={"app": {
+        "host": "localhost", "sslmode": "verify-full", "sslrootcert": str(pki.ca)}}))
+    conn = await driver.connect(app.ws_dsn("alice", ALICE_PASSWORD, "app"), statement_cache_size=0)
+    try:
+        with pytest.raises(asyncio.TimeoutError):
+            await conn.fetchval("select pg_sleep(30)", timeout=0.5)
+        assert await conn.fetchval("select 5") == 5
+    finally:
+        await conn.close()
+
+
+async def test_stalled_tls_handshake_is_cut_at_client_login_timeout(gateway_app: Any, pki: Pki) -> None:
+    app = await _tls_app(gateway_app, pki, client_login_timeout=1.0)
+    r, w = await asyncio.open_connection("127.0.0.1", app.http_port)
+    try:
+        w.write(b"\x16\x03\x01")  # the first bytes of a ClientHello, then nothing
+        got = await asyncio.wait_for(r.read(), 15)  # EOF well before the 15 s
+        assert got == b""
+    finally:
+        w.close()
+
+
+@pytest.mark.parametrize("db, key, reason", [
+    ({"sslmode": "verify"}, "databases.app.sslmode", "unknown value"),
+    ({"sslmode": "require", "sslrootcert": "/nonexistent/ca.pem"}, "databases.app.sslrootcert", "not found"),
+])
+def test_upstream_tls_config_errors(db: dict[str, Any], key: str, reason: str) -> None:
+    from gateway.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError) as ei:
+        parse_config({"databases": {"app": {"user": "u", **db}}})
+    assert ei.value.key == key and reason in ei.value.reason
+
+
+def test_upstream_tls_config_defaults_and_relative_paths(tmp_path: Path) -> None:
+    from gateway.config import load_config
+
+    (tmp_path / "ca.pem").write_text("x")
+    p = tmp_path / "w.toml"
+    p.write_text('[databases.a]\nuser = "u"\n[databases.b]\nuser = "u"\nsslmode = "verify-full"\n'
+                 'sslrootcert = "ca.pem"\n')
+    cfg = load_config(p)
+    assert (cfg.databases["a"].sslmode, cfg.databases["a"].sslrootcert) == ("prefer", None)
+    assert (cfg.databases["b"].sslmode, cfg.databases["b"].sslrootcert) == ("verify-full", str(tmp_path / "ca.pem"))
