@@ -237,13 +237,25 @@ class GatewayApp:
 ReadyCallback = Callable[[GatewayApp], "Awaitable[None] | None"]
 
 
-async def run(config: Config, *, ready_callback: ReadyCallback | None = None, gateway: Any = None) -> None:
-    """Run until SIGINT/SIGTERM, then shut down gracefully."""
+async def run(config: Config, *, ready_callback: ReadyCallback | None = None, gateway: Any = None,
+              config_path: str | None = None) -> None:
+    """Run until SIGINT/SIGTERM (or the admin SHUTDOWN), then shut down
+    gracefully.  SIGHUP reloads ``config_path`` (gateway/reload.py) and the TLS certificate."""
+    from gateway import reload as _reload
     loop = asyncio.get_running_loop()
     app = GatewayApp(config, gateway=gateway)
     await app.start()
     stop = asyncio.Event()
     signals = 0
+    app.gateway.config_path = config_path
+    app.gateway.shutdown_hook = lambda timeout: stop.set()
+    _reload.write_pid_file(config.gateway.pid_file)
+
+    def on_hup() -> None:
+        if app.tls is not None:
+            app.reload_tls()
+        if config_path is not None:
+            _reload.reload_from_file(app.gateway)
 
     def on_signal(signame: str) -> None:
         nonlocal signals
@@ -265,9 +277,9 @@ async def run(config: Config, *, ready_callback: ReadyCallback | None = None, ga
             installed.append(sig)
         except (NotImplementedError, RuntimeError):  # pragma: no cover - not the main thread / Windows
             pass
-    if app.tls is not None and hasattr(signal, "SIGHUP"):
-        try:  # SIGHUP: reload the TLS certificate (docs/tls.md)
-            loop.add_signal_handler(signal.SIGHUP, app.reload_tls)
+    if (app.tls is not None or config_path is not None) and hasattr(signal, "SIGHUP"):
+        try:  # SIGHUP: reload the TLS certificate (docs/tls.md) and the config (docs/reload.md)
+            loop.add_signal_handler(signal.SIGHUP, on_hup)
             installed.append(signal.SIGHUP)
         except (NotImplementedError, RuntimeError):  # pragma: no cover
             pass
@@ -291,6 +303,7 @@ async def run(config: Config, *, ready_callback: ReadyCallback | None = None, ga
             loop.remove_signal_handler(sig)
         if not app._stopped:
             await app.shutdown(0)
+        _reload.remove_pid_file(config.gateway.pid_file)
 
 
 def install_uvloop() -> bool:
@@ -302,11 +315,12 @@ def install_uvloop() -> bool:
     return True
 
 
-def run_forever(config: Config, *, ready_callback: ReadyCallback | None = None) -> int:
+def run_forever(config: Config, *, ready_callback: ReadyCallback | None = None,
+                config_path: str | None = None) -> int:
     """Blocking entry point of ``wirepool serve``; returns the exit status."""
     install_uvloop()
     try:
-        asyncio.run(run(config, ready_callback=ready_callback))
+        asyncio.run(run(config, ready_callback=ready_callback, config_path=config_path))
     except KeyboardInterrupt:  # pragma: no cover - signal before handlers were installed
         return 130
     except OSError as e:

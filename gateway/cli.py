@@ -3,6 +3,7 @@
     wirepool check --config PATH     validate, print the effective settings (secrets masked)
     wirepool serve --config PATH     run the gateway
     wirepool serve                   embedded PostgreSQL (pgserver) + generated config
+    wirepool reload --config PATH    SIGHUP to the running gateway (its gateway.pid_file)
 
 Exit codes: 0 ok, 2 configuration error (``error: <key>: <reason>`` on stderr),
 1 any other failure.
@@ -40,7 +41,29 @@ def _build_parser() -> argparse.ArgumentParser:
                    help='override gateway.pg_listen (plain Postgres protocol; "" disables)')
     s.add_argument("--data-dir", metavar="DIR", help="embedded mode: where PostgreSQL keeps its data")
     s.add_argument("--log-level", choices=("debug", "info", "warning", "error", "critical"))
+    r = sub.add_parser("reload", help="make the running gateway re-read its config (SIGHUP via gateway.pid_file)")
+    r.add_argument("--config", "-c", required=True, metavar="PATH")
+    r.add_argument("--pid-file", metavar="PATH", help="override gateway.pid_file")
     return p
+
+
+def _reload(args: argparse.Namespace) -> int:
+    from gateway.reload import signal_reload
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        return _config_error(e)
+    pid_file = args.pid_file or cfg.gateway.pid_file
+    if not pid_file:
+        print("error: gateway.pid_file: not set (the running gateway's pid is unknown)", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        pid = signal_reload(pid_file)
+    except (OSError, ValueError) as e:
+        print(f"error: cannot signal the gateway via {pid_file}: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"sent SIGHUP to {pid}")
+    return EXIT_OK
 
 
 def _apply_overrides(cfg: Config, args: argparse.Namespace) -> Config:
@@ -94,7 +117,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as e:
         return _config_error(e)
     _setup_logging(cfg.gateway.log_level)
-    return app.run_forever(cfg)
+    return app.run_forever(cfg, config_path=args.config)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -103,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check(args)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "reload":
+        return _reload(args)
     return EXIT_FAILURE  # pragma: no cover - argparse enforces the choice
 
 

@@ -104,6 +104,12 @@ class GatewaySettings:
     auth_failure_max_delay: float = 5.0
     auth_failure_window: float = 300.0
     log_level: str = "info"
+    #: admin console (virtual database ``pgbouncer`` / ``wirepool``, docs/admin.md):
+    #: users allowed every command, and users allowed the read-only SHOW commands
+    admin_users: tuple[str, ...] = ()
+    stats_users: tuple[str, ...] = ()
+    #: where ``wirepool serve`` writes its pid (``wirepool reload`` signals it); None: no file
+    pid_file: str | None = None
     #: Postgres protocol over HTTP (issue 4): an HTTP session left inside a
     #: transaction is rolled back and its server released after this many idle seconds.
     http_session_timeout: float = 30.0
@@ -381,6 +387,15 @@ def _parse_gateway(raw: Mapping[str, Any], base_dir: Path | None) -> GatewaySett
             if not p.is_file():
                 raise ConfigError(key, f"file not found: {str(p)!r}")
             kw[name] = str(p)
+        elif name in ("admin_users", "stats_users"):
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if not isinstance(value, list):
+                raise ConfigError(key, f"expected a list of user names, got {_tname(value)}")
+            kw[name] = tuple(_str(v, f"{key}[{i}]", nonempty=True) for i, v in enumerate(value))
+        elif name == "pid_file":
+            p = Path(_str(value, key, nonempty=True)).expanduser()
+            kw[name] = str(base_dir / p if base_dir is not None and not p.is_absolute() else p)
         elif name == "server_reset_query":
             kw[name] = _str(value, key)  # "" disables the reset
         elif name == "server_check_query":
@@ -535,6 +550,8 @@ def config_to_display(cfg: Config) -> dict[str, Any]:
         v = getattr(g, f.name)
         if f.name in ("listen", "pg_listen"):
             v = "" if v is None else format_address(v)
+        elif isinstance(v, tuple):
+            v = list(v)
         gw[f.name] = v
     dbs: dict[str, Any] = {}
     for name, d in cfg.databases.items():

@@ -40,6 +40,9 @@ class Gateway:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
         self.interval = _janitor_interval(self.settings)
+        #: the TOML file RELOAD re-reads, and what the admin SHUTDOWN calls (set by gateway/app.run)
+        self.config_path: str | None = None
+        self.shutdown_hook: Any = None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:

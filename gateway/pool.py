@@ -72,6 +72,11 @@ class Pool:
         self.xact_count = 0
         self.query_count = 0
         self.wait_count = 0
+        self.wait_time = 0.0  # seconds clients spent waiting for a server (counted at hand-over)
+        self.xact_time = 0.0  # seconds servers spent linked (counted at release)
+        #: admin console (gateway/admin.py): PAUSE holds new transactions, DISABLE refuses logins
+        self.paused = False
+        self.disabled = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._probe: asyncio.Task[None] | None = None
         #: the upstream failure window and its background login probe
@@ -112,6 +117,8 @@ class Pool:
         :meth:`release` once the check succeeded -- or discarded (timeout:
         ``server_connect_timeout``) and a fresh one opened."""
         idle = self.sv_idle
+        if self.paused:
+            return None
         while idle:
             server = next(reversed(idle))
             if server.closed:
@@ -190,16 +197,18 @@ class Pool:
             return
         loop = self.gateway.loop
         now = loop.time()
-        if now - server.created >= self.settings.server_lifetime or self.closed:
+        if now - server.created >= self.settings.server_lifetime or self.closed or \
+                self.total_servers() > self.size + self.reserve:  # expired, RECONNECT, or shrunk by a reload
             self._move(server, None)
             server.close()
             self._launch_if_needed()
             return
         server.last_used = now
         waiting = self.cl_waiting
-        while waiting:
+        while waiting and not self.paused:
             client = next(iter(waiting))
             self._move(client, self.cl_active)
+            self.wait_time += now - client.wait_start
             fut = client.wait_future
             if fut is None:
                 self._move(server, self.sv_active)
@@ -282,7 +291,7 @@ class Pool:
         await self._connect(slot)
 
     def _launch_if_needed(self) -> None:
-        if self.closed:
+        if self.closed or self.paused:
             return
         waiting = len(self.cl_waiting)
         if not waiting:
@@ -427,7 +436,41 @@ class Pool:
             "xact_count": self.xact_count,
             "query_count": self.query_count,
             "wait_count": self.wait_count,
+            "paused": self.paused,
         }
+
+    # ------------------------------------------------- admin console / reload
+    def resume(self) -> None:
+        """End a PAUSE: idle servers go to the waiting clients, more open as needed."""
+        self.paused = False
+        while self.cl_waiting and self.sv_idle:
+            server = next(reversed(self.sv_idle))
+            self._move(server, None)
+            self.release(server)
+        self._launch_if_needed()
+
+    def expire_servers(self) -> None:
+        """RECONNECT / upstream changed: close idle servers now; linked ones
+        are closed when released (never in the middle of a transaction)."""
+        for server in list(self.sv_idle):
+            self._move(server, None)
+            server.close()
+        for lst in (self.sv_active, self.sv_used):
+            for server in lst:
+                server.created = float("-inf")
+        self._launch_if_needed()
+
+    def resize(self) -> None:
+        """After ``size`` changed: close idle servers above it (oldest first;
+        linked ones close on release), or open servers for waiting clients."""
+        over = self.total_servers() - self.size
+        for server in list(self.sv_idle):
+            if over <= 0:
+                break
+            self._move(server, None)
+            server.close()
+            over -= 1
+        self._launch_if_needed()
 
     async def close(self) -> None:
         self.closed = True

@@ -43,6 +43,7 @@ from driver.protocol import messages as m
 from driver.protocol.framing import FrontendReader, ProtocolError
 
 from .accounting import Accounting
+from .admin import ADMIN_DATABASES, serve_console
 from .auth import AuthFailed
 from .cancel import send_cancel
 from .limits import after_login, check_login_message, login_reader
@@ -162,6 +163,7 @@ class Session:
         self.prepared: Rewriter | None = None  # named prepared statements (transaction mode)
         self._swallow_keys: tuple[str, ...] = ()
         self.last_z = 0.0
+        self.link_time = self.connect_time = self.loop.time()
         self.query_start = 0.0
         self.last_activity = 0.0
         self._cancel_sent = False
@@ -303,8 +305,11 @@ class Session:
         if login_limit is not None:
             login_limit(None)
         # Database lookup only after authentication (as PostgreSQL does).
+        if self.database in ADMIN_DATABASES:  # the admin console (gateway/admin.py)
+            await serve_console(self, prefix)
+            return False
         pool = gw.pools.get(self.database)
-        if pool is None:
+        if pool is None or pool.disabled:
             raise AuthFailed("3D000", f'database "{self.database}" does not exist')
         self.pool = pool
         self.transaction_mode = pool.transaction_mode
@@ -647,6 +652,7 @@ class Session:
         client's bytes (a SET batch for the tracked parameters, or b"")."""
         self.server = server
         server.client = self
+        self.link_time = self.loop.time()
         if self.prepared is not None:
             st = server.statements
             if st is None:
@@ -769,6 +775,7 @@ class Session:
         pool = self.pool
         assert pool is not None
         pool.xact_count += 1
+        pool.xact_time += self.loop.time() - self.link_time
         if self._paused is server:
             self._paused = None
             if server.transport is not None:
