@@ -63,7 +63,8 @@ def canonical_encoding(value: str) -> str:
 
 def _datestyle(value: str, default: str | None) -> str:
     """``iso, dmy`` -> ``ISO, DMY`` (what ``SHOW DateStyle`` says).  A part left
-    out keeps the server default's; ``German`` alone implies ``DMY``."""
+    out keeps the server default's (without ``default``: only the given part,
+    e.g. ``SQL``); ``German`` alone implies ``DMY``."""
     style = order = None
     for tok in re.split(r"[\s,]+", value.strip().lower()):
         if not tok:
@@ -74,9 +75,11 @@ def _datestyle(value: str, default: str | None) -> str:
             order = _DATE_ORDERS[tok]
         elif tok != "default":
             return value  # invalid: the server will say so
-    d_style, _, d_order = (default or "ISO, MDY").partition(", ")
     if order is None and style == "German":
         order = "DMY"
+    if default is None and (style is None or order is None):
+        return style or order or value  # completed once the server's default is known
+    d_style, _, d_order = (default or "ISO, MDY").partition(", ")
     return f"{style or d_style}, {order or d_order or 'MDY'}"
 
 

@@ -68,12 +68,14 @@ class Recovery:
     async def _probe(self) -> None:
         pool = self.pool
         try:
-            while not pool.closed and pool.last_login_error is not None:
+            while True:
                 await asyncio.sleep(PROBE_INTERVAL)
                 if pool.closed or pool.last_login_error is None:
                     return
                 if pool.sv_login:
                     continue  # a login is already under way: it decides
+                if pool.total_servers():
+                    return  # servers alive: no fail-fast window, clients' own logins retry
                 await pool.login_once()
         except asyncio.CancelledError:
             pass

@@ -324,6 +324,8 @@ class Session:
         for name in TRACKED_NAMES:
             if name not in params and name in server_params:
                 params[name] = server_params[name]
+        if "DateStyle" in params and "DateStyle" in server_params:  # "SQL" -> "SQL, <server's order>"
+            params["DateStyle"] = canonical("DateStyle", params["DateStyle"], server_params["DateStyle"])
         self.sig = tracked_signature(params)
         gw.register_session(self)
         await self.stream.send(b"".join((prefix, _startup_block(server_params, params, self.sig),

@@ -117,4 +117,17 @@ def test_canonical_unknown_values_pass_unchanged() -> None:
     assert canonical("client_encoding", "klingon") == "klingon"
     assert canonical("DateStyle", "nonsense") == "nonsense"
     assert canonical("DateStyle", "dmy", "SQL, MDY") == "SQL, DMY"
+    assert canonical("DateStyle", "sql") == "SQL"  # completed with the server's order later
+    assert canonical("DateStyle", "SQL", "ISO, DMY") == "SQL, DMY"
+
+
+async def test_datestyle_part_keeps_the_servers_other_part(gateway_app: Any, pg_factory: Any) -> None:
+    c = await asyncio.to_thread(pg_factory, {"datestyle": "iso, dmy"})
+    app = await gateway_app(auth_type="password", databases={"app": {"host": c.host, "port": c.port}})
+    for value in ("sql", "postgres", "ymd"):
+        direct, _ = await _login(c.host, c.port, {"user": PgCluster.TRUST_USER, "database": PgCluster.DATABASE,
+                                                  "DateStyle": value})
+        via, _ = await _login("127.0.0.1", app.pg_port, {"user": "alice", "database": "app", "DateStyle": value},
+                              ALICE_PASSWORD)
+        assert via["DateStyle"] == direct["DateStyle"], value
     assert canonical("application_name", "App") == "App"
