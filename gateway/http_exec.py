@@ -57,7 +57,8 @@ from driver.protocol import messages as m
 from driver.protocol.framing import FrontendReader, MessageReader, ProtocolError
 
 from .auth import AuthFailed, Throttled
-from .session import TRACKED, Session, _normalize
+from .params import canonical as canonical_value
+from .session import TRACKED, Session
 
 log = logging.getLogger("wirepool.gateway.http")
 
@@ -334,7 +335,7 @@ class PreauthSession(Session):
         for key, value in self._startup_params.items():
             canonical = TRACKED.get(key.lower())
             if canonical is not None:
-                self.params[canonical] = _normalize(canonical, value)
+                self.params[canonical] = canonical_value(canonical, value)
         self.user = self._principal.user
         self.database = self._principal.database
         self._admit()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-__all__ = ["canonical", "canonical_encoding", "parse_options", "OptionsError"]
+__all__ = ["canonical", "canonical_encoding", "parse_options", "tracked_options", "OptionsError"]
 
 #: Postgres' encoding names and aliases (src/common/encnames.c, ``pg_encname_tbl``),
 #: keyed by the "clean" spelling: lower case, alphanumerics only.
@@ -114,7 +114,12 @@ def canonical(name: str, value: str, default: str | None = None) -> str:
 
 
 class OptionsError(ValueError):
-    """Malformed ``options`` startup parameter."""
+    """An ``options`` startup parameter the gateway cannot take (``sqlstate``
+    for the client's FATAL)."""
+
+    def __init__(self, message: str, sqlstate: str = "08P01") -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
 
 
 def _split(value: str) -> list[str]:
@@ -169,4 +174,18 @@ def parse_options(value: str) -> list[tuple[str, str]]:
             raise OptionsError(f'invalid "options": "{arg}" is not name=value')
         out.append((name.replace("-", "_"), val))
         i += 1
+    return out
+
+
+def tracked_options(value: str, tracked: dict[str, str]) -> dict[str, str]:
+    """The ``options`` startup parameter as ``{canonical name: canonical value}``
+    for the ``tracked`` parameters (lower-case name -> Postgres' name);
+    OptionsError for anything else."""
+    out: dict[str, str] = {}
+    for name, val in parse_options(value):
+        canon = tracked.get(name.lower())
+        if canon is None:
+            raise OptionsError(f'parameter "{name}" cannot be set in "options" through the gateway; '
+                               f"supported: {', '.join(tracked.values())}", "0A000")
+        out[canon] = canonical(canon, val)
     return out

@@ -47,7 +47,8 @@ from .admin import ADMIN_DATABASES, serve_console
 from .auth import AuthFailed
 from .cancel import send_cancel
 from .limits import after_login, check_login_message, login_reader
-from .params import OptionsError, canonical, parse_options
+from .params import OptionsError, tracked_options
+from .params import canonical as canonical_value
 from .pool import Pool, PoolError
 from .prepared import ClientStatements, Rewriter, server_statements
 from .schema import database_key
@@ -132,10 +133,6 @@ def _quote_literal(value: str) -> str:
     if "\\" in value:
         return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
     return "'" + value.replace("'", "''") + "'"
-
-
-def _normalize(name: str, value: str) -> str:
-    return canonical(name, value)
 
 
 class Session:
@@ -325,7 +322,7 @@ class Session:
             if name not in params and name in server_params:
                 params[name] = server_params[name]
         if "DateStyle" in params and "DateStyle" in server_params:  # "SQL" -> "SQL, <server's order>"
-            params["DateStyle"] = canonical("DateStyle", params["DateStyle"], server_params["DateStyle"])
+            params["DateStyle"] = canonical_value("DateStyle", params["DateStyle"], server_params["DateStyle"])
         self.sig = tracked_signature(params)
         gw.register_session(self)
         await self.stream.send(b"".join((prefix, _startup_block(server_params, params, self.sig),
@@ -368,11 +365,14 @@ class Session:
             lk = key.lower()
             canonical = TRACKED.get(lk)
             if canonical is not None:
-                self.params[canonical] = _normalize(canonical, value)
+                self.params[canonical] = canonical_value(canonical, value)
             elif key.startswith("_pq_."):
                 unrecognized.append(key)
             elif lk == "options":
-                self._startup_options(value)
+                try:
+                    self.params.update(tracked_options(value, TRACKED))
+                except OptionsError as exc:
+                    raise AuthFailed(exc.sqlstate, str(exc)) from None
             elif lk in IGNORED_STARTUP:
                 pass
             else:
@@ -391,19 +391,6 @@ class Session:
         if token is not None:
             return b""
         return await gw.authenticator.authenticate(user, send, self._next_message, peer)
-
-    def _startup_options(self, value: str) -> None:
-        """``options=-c name=value --name=value``: tracked parameters only."""
-        try:
-            opts = parse_options(value)
-        except OptionsError as exc:
-            raise AuthFailed("08P01", str(exc)) from None
-        for name, val in opts:
-            canonical_name = TRACKED.get(name.lower())
-            if canonical_name is None:
-                raise AuthFailed("0A000", f'parameter "{name}" cannot be set in "options" through the gateway; '
-                                          f"supported: {', '.join(TRACKED.values())}")
-            self.params[canonical_name] = _normalize(canonical_name, val)
 
     def _admit(self) -> None:
         """Count this client against ``max_client_conn`` (53300 past it;
