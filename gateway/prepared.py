@@ -296,9 +296,14 @@ class StatementRegistry:
         """The server said the statement's plan is stale: give it a new name
         (only once per stale name), so every server re-creates it."""
         if st.name == name:
-            st.rename(self._new_name())
-            self.by_name[st.name] = st
-            self.clock += 1  # servers close the old name before their next use
+            # every statement object with this text (clients still holding ones
+            # from before a schema bump) is as stale: all get new names
+            same = {o for o in list(self.by_name.values()) if o.key == st.key}
+            same.add(st)
+            for o in same:
+                o.rename(self._new_name())
+                self.by_name[o.name] = o
+            self.clock += 1  # servers close the old names before their next use
 
 
 class ClientStatements:
