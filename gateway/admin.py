@@ -216,6 +216,7 @@ class Console:
                 rows.append((p.name,) + avg)
             else:
                 rows.append((p.name,) + c + (avg if avg_prefix is not None else ()))
+        rows.append(("pgbouncer",) + (0,) * (len(cols) - 1))  # the console itself, as PgBouncer lists it
         return cols, rows
 
     def show_stats(self) -> bytes:
@@ -316,6 +317,8 @@ class Console:
         for f in dc_fields(GatewaySettings):
             v, d = getattr(g, f.name), getattr(default, f.name)
             rows.append((f.name, _fmt(v), _fmt(d), "yes" if f.name in LIVE_SETTINGS else "no"))
+        # PgBouncer keys tools read that have no setting here (0: no limit, which is what we do)
+        rows += [("max_db_connections", "0", "0", "no"), ("max_user_connections", "0", "0", "no")]
         return result([("key", S), ("value", S), ("default", S), ("changeable", S)], rows)
 
     def show_mem(self) -> bytes:

@@ -4,12 +4,14 @@ through pg_listen, compared with a real PgBouncer on the same workload."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pwd
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import AsyncIterator
 
 import asyncpg
 import psycopg
@@ -161,8 +163,11 @@ pidfile = {tmp / 'pgbouncer.pid'}
     return subprocess.Popen([PGBOUNCER, str(ini)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
 
 
-@pytest.mark.skipif(not os.access(PGBOUNCER, os.X_OK), reason="pgbouncer not installed")
-async def test_columns_match_pgbouncer(gateway_app, pg, pg_db):
+@contextlib.asynccontextmanager
+async def side_by_side(gateway_app, pg: PgCluster, pg_db: str) -> AsyncIterator[tuple[int, int]]:
+    """A real PgBouncer and the gateway on the same upstream, after the same
+    workload: yields (pgbouncer port, gateway pg_listen port)."""
+    assert os.access(PGBOUNCER, os.X_OK), f"{PGBOUNCER} missing: apt-get install pgbouncer"
     tmp = Path(tempfile.mkdtemp(prefix="wirepool-test-pgbouncer-"))
     port = free_port()
     proc = _start_pgbouncer(pg, pg_db, tmp, port)
@@ -173,12 +178,48 @@ async def test_columns_match_pgbouncer(gateway_app, pg, pg_db):
         for p in (port, app.pg_port):  # the same workload on both
             c = await asyncpg.connect(host="127.0.0.1", port=p, user="alice", password=ALICE_PASSWORD,
                                       database="app", statement_cache_size=0)
-            await c.execute("SELECT 1")
+            for _ in range(3):
+                async with c.transaction():
+                    await c.execute("SELECT 1")
             await c.close()
+        yield port, app.pg_port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _scrape(port: int) -> dict[str, int]:
+    """prometheus-pgbouncer-exporter's collector (the code its HTTP endpoint runs)
+    against the console at ``port``: metric family -> number of samples."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+    from prometheus_pgbouncer_exporter.collector import PgbouncersMetricsCollector
+    from prometheus_pgbouncer_exporter.config import PgbouncerConfig
+    dsn = f"postgresql://alice:{ALICE_PASSWORD}@127.0.0.1:{port}/pgbouncer"
+    registry = CollectorRegistry()
+    registry.register(PgbouncersMetricsCollector([PgbouncerConfig({"dsn": dsn})]))
+    text = generate_latest(registry).decode()
+    return {f.name: len(f.samples) for f in text_string_to_metric_families(text)}
+
+
+async def test_prometheus_pgbouncer_exporter(gateway_app, pg, pg_db):
+    async with side_by_side(gateway_app, pg, pg_db) as (bouncer_port, our_port):
+        theirs = await asyncio.to_thread(_scrape, bouncer_port)
+        ours = await asyncio.to_thread(_scrape, our_port)
+    assert theirs.get("pgbouncer_up") == 1 and len(theirs) > 10, theirs
+    assert set(ours) == set(theirs), (sorted(set(theirs) - set(ours)), sorted(set(ours) - set(theirs)))
+    assert all(n > 0 for n in ours.values()), ours
+    assert ours == theirs  # same families, same number of series (41 against PgBouncer 1.18 here)
+
+
+async def test_columns_match_pgbouncer(gateway_app, pg, pg_db):
+    async with side_by_side(gateway_app, pg, pg_db) as (port, our_port):
+        app_port = our_port
         problems: list[str] = []
         for what in ("POOLS", "STATS", "DATABASES", "LISTS", "CLIENTS", "SERVERS", "CONFIG", "USERS",
                      "STATS_TOTALS", "STATS_AVERAGES", "VERSION", "MEM", "STATE"):
-            ours, our_rows = await show(app.pg_port, f"SHOW {what}")
+            ours, our_rows = await show(app_port, f"SHOW {what}")
             assert our_rows, what
             try:
                 theirs, their_rows = await show(port, f"SHOW {what}")
@@ -194,9 +235,5 @@ async def test_columns_match_pgbouncer(gateway_app, pg, pg_db):
             if wrong:
                 problems.append(f"SHOW {what}: type OIDs differ (name, theirs, ours): {wrong}")
         assert not problems, "\n".join(problems)
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
