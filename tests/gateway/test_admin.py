@@ -237,3 +237,22 @@ async def test_columns_match_pgbouncer(gateway_app, pg, pg_db):
         assert not problems, "\n".join(problems)
 
 
+
+
+async def test_console_over_websocket(gateway_app, pg_db):
+    """The console through WebSocket /v2 with our driver (simple protocol: execute without args)."""
+    import driver
+    app = await gateway_app(databases={"app": {"dbname": pg_db}}, **ADMIN)
+    conn = await driver.connect(app.ws_dsn("alice", ALICE_PASSWORD, "wirepool"))
+    try:
+        assert await conn.execute("SHOW POOLS") == "SHOW"
+        assert await conn.execute("PAUSE app") == "PAUSE"
+        assert app.gateway.pools["app"].paused
+        assert await conn.execute("RESUME app") == "RESUME"
+        assert not app.gateway.pools["app"].paused
+        cols, rows = await show(app.pg_port, "SHOW CLIENTS")
+        names = [c for c, _ in cols]
+        mine = [dict(zip(names, r)) for r in rows if r[names.index("transport")] == "websocket"]
+        assert len(mine) == 1 and mine[0]["database"] == "wirepool" and mine[0]["user"] == "alice"
+    finally:
+        await conn.close()
