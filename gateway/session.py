@@ -147,6 +147,7 @@ class Session:
         self.reader: FrontendReader = login_reader(s)  # Postgres' pre-login limits (gateway/limits.py)
         self._partial_since = 0.0  # first byte of a partially received message (client_message_timeout)
         self._track_partial = s.client_message_timeout > 0
+        self._holding = False  # the client's reading is paused by flow control
         # pool bookkeeping (lists are maintained by Pool._move)
         self.pool: Pool | None = None
         self.pool_list: dict[Any, None] | None = None
@@ -293,6 +294,8 @@ class Session:
             async with asyncio.timeout(timeout):
                 prefix = await self._handshake()
         except TimeoutError:
+            limits.shed_log.shed("client_login_timeout: login not completed in time",
+                                 getattr(self.stream, "peer", "?"))
             raise AuthFailed("08006", "client_login_timeout: login not completed in time") from None
         finally:
             limits.end_login()
@@ -467,12 +470,16 @@ class Session:
                 if hold is not None:
                     # flow control: the client's reading is paused (see _on_client_data)
                     self._cb_hold = None
+                    self._holding = True
                     if hold is _HOLD_ASSIGN:
                         if self.server is None and self._pending_bytes > _OUT_HIGH:
                             fut = self._assigned = loop.create_future()
                             await fut
                     elif hold is self.server and not hold.closed:
                         await hold.drain()
+                    self._holding = False
+                    if self._partial_since:  # its clock ran only while we read
+                        self._partial_since = loop.time()
                     stream.resume_reading()
                     continue
                 w = self._cb_wait = loop.create_future()
@@ -862,7 +869,10 @@ class Session:
         if (s.client_idle_timeout > 0 and self.server is None and self.last_activity
                 and now - self.last_activity >= s.client_idle_timeout):
             self._abort("08P01", "client_idle_timeout")
-        elif self._partial_since and now - self._partial_since >= s.client_message_timeout:
+        elif (self._partial_since and now - self._partial_since >= s.client_message_timeout
+              and self._cb_hold is None and not self._holding):  # (not while we hold its reading)
+            self.gw.limits.shed_log.shed("client_message_timeout: message not received in time",
+                                         getattr(self.stream, "peer", "?"))
             self._abort("08P01", "client_message_timeout: message not received completely in time")
 
     def _note_partial(self, progress: bool) -> None:
