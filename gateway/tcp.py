@@ -25,6 +25,7 @@ log = logging.getLogger("wirepool.tcp")
 
 READ_HIGH_WATER = 1 << 20      # pause reading above this many unconsumed bytes
 WRITE_HIGH_WATER = 1 << 18     # send() waits while the transport buffer exceeds this
+LOGIN_RCVBUF = 16384          # socket receive buffer before login (reads stay small)
 
 
 def _peer_of(transport: asyncio.BaseTransport) -> str:
@@ -73,6 +74,7 @@ class ProtocolStream:
         self._closed = False        # close() was called
         self.bytes_received = 0
         self.bytes_sent = 0
+        self._rcv_small = False  # the socket's receive buffer is shrunk (before login)
         # callback mode (set_data_callback)
         self._on_data: Callable[[bytes], None] | None = None
         self._on_end: Callable[[Exception | None], None] | None = None
@@ -84,7 +86,7 @@ class ProtocolStream:
             w.set_result(None)
 
     def _feed(self, data: bytes) -> None:
-        if not data:
+        if not data or self._closed:  # closed: nobody reads it any more (WebSocket closing handshake)
             return
         on_data = self._on_data
         if on_data is not None:
@@ -190,8 +192,23 @@ class ProtocolStream:
 
     def set_login_limit(self, limit: int | None) -> None:
         """Before login (``limit``): buffer at most about ``limit`` bytes of
-        this peer's input; ``None`` restores the normal read high-water mark."""
+        this peer's input -- in the queue and in the kernel: the socket's
+        receive buffer shrinks too, so that no single read returns more;
+        ``None`` restores both."""
         self._high_water = READ_HIGH_WATER if limit is None else limit
+        if (limit is not None) == self._rcv_small:
+            return
+        sock = self.transport.get_extra_info("socket")
+        if sock is None:
+            return
+        try:
+            # After login: as large as the system allows (net.core.rmem_max caps it).
+            # A buffer once set is not auto-tuned by Linux any more: the price of
+            # keeping unauthenticated reads small.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, LOGIN_RCVBUF if limit is not None else 4 << 20)
+            self._rcv_small = limit is not None
+        except (OSError, AttributeError, TypeError):  # pragma: no cover - exotic transports
+            pass
 
     def pause_reading(self) -> None:
         """Stop reading from the peer (until :meth:`resume_reading`)."""

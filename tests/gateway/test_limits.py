@@ -353,3 +353,24 @@ async def test_http_connections_count_toward_max_client_conn(gateway_app):
     finally:
         for _, w in conns:
             w.close()
+
+
+async def test_socket_receive_buffer_is_small_until_login(gateway_app):
+    """Before login the kernel buffers little for the connection and no read
+    returns more than that (200 x 15 MiB senders then cost the gateway ~10 MB
+    of RSS, not ~160 MB); after login the buffer is large again."""
+    import socket as so
+    app = await gateway_app(auth_type="password")
+
+    def rcvbuf() -> int:
+        (s,) = [x for x in app.gateway._all_sessions]
+        return s.stream.transport.get_extra_info("socket").getsockopt(so.SOL_SOCKET, so.SO_RCVBUF)
+
+    c = await _password_prompt(app)
+    try:
+        assert rcvbuf() <= 4 * 16384
+        await c.send(m.password_message(ALICE_PASSWORD))
+        assert isinstance((await c.until(m.ReadyForQuery))[-1], m.ReadyForQuery)
+        assert rcvbuf() > 4 * 16384
+    finally:
+        await c.close()
