@@ -16,7 +16,8 @@ __all__ = ["CursorFactory", "Cursor", "CursorIterator"]
 class CursorFactory:
     """What ``Connection.cursor()`` returns: ``async for`` it, or ``await`` it."""
 
-    __slots__ = ("_conn", "_query", "_state", "_args", "_prefetch", "_timeout", "_record_cls")
+    __slots__ = ("_conn", "_query", "_state", "_args", "_prefetch", "_timeout", "_record_cls",
+                 "_owner")
 
     def __init__(self, connection: Connection, query: str, state: _Statement | None,
                  args: Sequence[Any], prefetch: int | None, timeout: float | None,
@@ -28,21 +29,28 @@ class CursorFactory:
         self._prefetch = prefetch
         self._timeout = timeout
         self._record_cls = record_class
+        #: the PreparedStatement this cursor comes from: kept alive while the cursor
+        #: is, so its server-side statement is not closed under it (see PreparedStatement.__del__)
+        self._owner: Any = None
 
     def __aiter__(self) -> CursorIterator:
         prefetch = 50 if self._prefetch is None else self._prefetch
-        return CursorIterator(self._conn, self._query, self._state, self._args, prefetch,
-                              self._timeout, self._record_cls)
+        it = CursorIterator(self._conn, self._query, self._state, self._args, prefetch,
+                            self._timeout, self._record_cls)
+        it._owner = self._owner
+        return it
 
     def __await__(self) -> Generator[Any, None, Cursor]:
         if self._prefetch is not None:
             raise exc.InterfaceError("prefetch argument can only be specified for iterable cursor")
         cursor = Cursor(self._conn, self._query, self._state, self._args, self._record_cls)
+        cursor._owner = self._owner
         return cursor._init(self._timeout).__await__()
 
 
 class _BaseCursor:
-    __slots__ = ("_conn", "_query", "_state", "_args", "_portal", "_exhausted", "_record_cls")
+    __slots__ = ("_conn", "_query", "_state", "_args", "_portal", "_exhausted", "_record_cls",
+                 "_owner")
 
     def __init__(self, connection: Connection, query: str, state: _Statement | None,
                  args: Sequence[Any], record_class: Any = None) -> None:
@@ -53,6 +61,7 @@ class _BaseCursor:
         self._args = args
         self._portal: str | None = None
         self._exhausted = False
+        self._owner: Any = None
 
     def _check_ready(self) -> None:
         if self._state is not None and self._state.closed:

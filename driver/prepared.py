@@ -135,8 +135,22 @@ class PreparedStatement:
                timeout: float | None = None) -> Any:
         from .cursor import CursorFactory
 
-        return CursorFactory(self._conn, self._st.query, self._st, args, prefetch, timeout,
-                             self._record_cls)
+        factory = CursorFactory(self._conn, self._st.query, self._st, args, prefetch, timeout,
+                                self._record_cls)
+        factory._owner = self
+        return factory
+
+    def __del__(self) -> None:
+        # As asyncpg: a statement from prepare() that nothing references any more is
+        # closed on the server (the Close goes out with the connection's next request),
+        # unless the connection's statement cache holds it.  Without this, code that
+        # prepares and drops statements (SQLAlchemy's LRU of prepared statements) leaks
+        # them on the server, and through a gateway hits max_client_statements.
+        st, conn = self._st, self._conn
+        if st.name and not st.closed and not conn.is_closed() \
+                and conn._stmt_cache.get(st.query) is not st:
+            st.closed = True
+            conn._pending_closes.append(st.name)
 
     def __repr__(self) -> str:
         return f"<PreparedStatement {self._st.name} {self._st.query!r}>"
