@@ -82,7 +82,11 @@ class AsyncAdapt_wirepool_dbapi(AsyncAdapt_asyncpg_dbapi):
 class PGDialect_wirepool(PGDialect_asyncpg):
     """``postgresql+wirepool://``: :class:`PGDialect_asyncpg` over :mod:`driver`."""
 
-    driver = "wirepool"
+    #: ``engine.dialect.driver`` says "asyncpg" on purpose: this *is* SQLAlchemy's asyncpg
+    #: dialect, so code (and SQLAlchemy's own test suite) that checks for asyncpg to enable
+    #: asyncpg behaviour (ranges, BitString, codecs...) must take that path here too.
+    #: ``engine.url.get_driver_name()`` is "wirepool".
+    driver = "asyncpg"
     supports_statement_cache = True
 
     @classmethod
