@@ -118,6 +118,8 @@ class Result:
     failed: int = 0
     skipped: int = 0
     seconds: float = 0.0
+    #: CPU time of the pytest process (the client side; independent of other load)
+    cpu_seconds: float = 0.0
     failures: list[str] = field(default_factory=list)
     returncode: int = 0
 
@@ -159,12 +161,15 @@ def run_suite(src: Path, mode: str, dburi: str, files: Sequence[str], out: Path,
            "--junitxml", str(junit), "--dburi", dburi, *extra_args, *files]
     t0 = time.monotonic()
     with open(log, "w") as fh:
-        rc = subprocess.run(cmd, cwd=src, env=env, stdout=fh, stderr=subprocess.STDOUT).returncode
+        proc = subprocess.Popen(cmd, cwd=src, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = rc = os.waitstatus_to_exitcode(status)
     elapsed = time.monotonic() - t0
     if not junit.exists():
         raise SystemExit(f"{mode}: pytest wrote no JUnit file (exit {rc}); see {log}")
     res = parse_junit(junit, mode)
     res.seconds, res.returncode = elapsed, rc
+    res.cpu_seconds = usage.ru_utime + usage.ru_stime
     return res
 
 
@@ -239,9 +244,10 @@ def allowed_failures(baseline: Result) -> float:
 
 
 def report(results: Sequence[Result]) -> str:
-    lines = [f"{'mode':<14}{'passed':>8}{'failed':>8}{'skipped':>9}{'run':>8}{'seconds':>9}"]
+    lines = [f"{'mode':<14}{'passed':>8}{'failed':>8}{'skipped':>9}{'run':>8}{'seconds':>9}{'cpu s':>7}"]
     for r in results:
-        lines.append(f"{r.mode:<14}{r.passed:>8}{r.failed:>8}{r.skipped:>9}{r.run:>8}{r.seconds:>9.0f}")
+        lines.append(f"{r.mode:<14}{r.passed:>8}{r.failed:>8}{r.skipped:>9}{r.run:>8}{r.seconds:>9.0f}"
+                     f"{r.cpu_seconds:>7.0f}")
     base = next((r for r in results if r.mode == "asyncpg"), None)
     if base is not None:
         for r in results:
