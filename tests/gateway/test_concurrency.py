@@ -31,7 +31,9 @@ async def test_500_ws_sessions_pool_of_5(gateway_app: Any, pg: Any, pg_db: str, 
             f"CREATE ROLE {ROLE} LOGIN PASSWORD '{ROLE_PASSWORD}'; END IF; END $$;", db="postgres")
     pg.psql(f'GRANT CONNECT ON DATABASE "{pg_db}" TO {ROLE};', db="postgres")
     pg.psql(f"CREATE TABLE conc (id int primary key, who text); GRANT ALL ON conc TO {ROLE};", db=pg_db)
-    app = await gateway_app(auth_type=auth_type, databases={
+    # 500 logins at once (SCRAM work is bounded by auth_max_concurrent): this test is about
+    # the pool limit, so the login deadline is PgBouncer's 60 s, not the internet default.
+    app = await gateway_app(auth_type=auth_type, client_login_timeout=60.0, databases={
         "app": {"dbname": pg_db, "user": ROLE, "password": ROLE_PASSWORD, "pool_size": POOL_SIZE}})
     dsn = f"ws://alice:{ALICE_PASSWORD}@127.0.0.1:{app.http_port}/app"
     pipeline = "password" if auth_type == "password" else None
