@@ -85,6 +85,8 @@ class Report:
     tracebacks: int = 0
     failures: list[Failure] = field(default_factory=list)
     known: list[Failure] = field(default_factory=list)
+    slow: dict[str, int] = field(default_factory=dict)     # hangs that did not happen again when replayed
+    load: tuple[float, float] = (0.0, 0.0)                  # 1-minute load average at the start, at the end
 
     @property
     def ok(self) -> bool:
@@ -96,10 +98,12 @@ class Report:
     def text(self) -> str:
         mb = 1 << 20
         lines = [f"campaign: {self.seconds:.0f} s"]
-        lines.append(f"  {'target':12s} {'inputs':>8s} {'corpus':>7s} {'hangs':>6s}")
+        lines.append(f"  load average {self.load[0]:.1f} at the start, {self.load[1]:.1f} at the end "
+                     f"({os.cpu_count()} cores)")
+        lines.append(f"  {'target':12s} {'inputs':>8s} {'corpus':>7s} {'hangs':>6s} {'slow':>5s}")
         for name, n in self.inputs.items():
             hangs = sum(1 for f in self.failures if f.kind == "hang" and f.target == name)
-            lines.append(f"  {name:12s} {n:8d} {self.corpus.get(name, 0):7d} {hangs:6d}")
+            lines.append(f"  {name:12s} {n:8d} {self.corpus.get(name, 0):7d} {hangs:6d} {self.slow.get(name, 0):5d}")
         for name, n in self.inproc_inputs.items():
             lines.append(f"  {INPROC + ':' + name:12s} {n:8d}")
         lat = sorted(self.probe_latencies)
@@ -210,6 +214,13 @@ class Campaign:
                 if not self.gw.alive():
                     return  # the monitor reports the crash
                 reason = known_hang(t.name, data)
+                if reason is None:
+                    # replayed once more on its own: on a loaded machine a slow moment is not a hang
+                    again = await send_input(self.gw.host, port, t.wrap(data))
+                    if again.hung is None:
+                        self.report.slow[t.name] = self.report.slow.get(t.name, 0) + 1
+                        self.log(f"slow [{t.name}] {out.hung}, not when replayed ({again.seconds:.1f} s): {data[:60]!r}")
+                        continue
                 self.log(f"hang [{t.name}] {out.hung}: {data[:80]!r}" + (f" -- KNOWN: {reason}" if reason else ""))
                 if reason is None:
                     self.report.failures.append(Failure("hang", t.name, out.hung, [(t.name, data)]))
@@ -425,6 +436,7 @@ class Campaign:
         await c.fetchval("select 1")
         await c.close()
         rep.rss_before = rep.rss_peak = self.gw.rss()
+        load0 = os.getloadavg()[0]
         t0 = time.monotonic()
         end = t0 + self.seconds
         parts = [self._monitor(end), self._probe(end)] + [self._target(t, end) for t in self.targets]
@@ -433,6 +445,7 @@ class Campaign:
         await asyncio.gather(*parts)
         self.stop.set()
         rep.seconds = time.monotonic() - t0
+        rep.load = (load0, os.getloadavg()[0])
         if self.gw.alive():
             await self._triage()
             await self._confirm_known_hangs()
