@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from .observe import error_class
 from .schema import DDL_FIRST, is_ddl_tag
 
 _Q, _S, _F, _X, _P = 81, 83, 70, 88, 80  # frontend types: Query, Sync, FunctionCall, Terminate, Parse
@@ -73,7 +74,7 @@ class _NoEvents:
 class Accounting:
     """Outstanding replies of one client's link (see the module docstring)."""
 
-    __slots__ = ("outstanding", "dirty", "swallow", "named", "listened", "ddl", "fatal", "status", "rewriter", "events",
+    __slots__ = ("outstanding", "dirty", "swallow", "named", "listened", "ddl", "fatal", "errors", "status", "rewriter", "events",
                  "_risk", "_risky", "_watch", "_xdone", "_xerr")
 
     def __init__(self, rewriter: Any = None, events: Events | None = None) -> None:
@@ -90,6 +91,8 @@ class Accounting:
         self.ddl = False
         #: the server sent a FATAL/PANIC ErrorResponse (it is about to close)
         self.fatal = False
+        #: ErrorResponses by SQLSTATE class (the session points it at its pool's counter)
+        self.errors: dict[str, int] = {}
         #: last ReadyForQuery status seen by :meth:`swallowed` (-1: none)
         self.status = -1
         self.rewriter = rewriter
@@ -252,8 +255,13 @@ class Accounting:
                     self.listened = True
                 elif chunk[s] in DDL_FIRST and is_ddl_tag(chunk, s, e):
                     self.ddl = True
-            elif t == _ERR and (b"\x00VFATAL\x00" in chunk[s:e] or b"\x00VPANIC\x00" in chunk[s:e]):
-                self.fatal = True
+            elif t == _ERR:
+                body = chunk[s:e]
+                cls = error_class(body)
+                errors = self.errors
+                errors[cls] = errors.get(cls, 0) + 1
+                if b"\x00VFATAL\x00" in body or b"\x00VPANIC\x00" in body:
+                    self.fatal = True
         if z < 0:
             return z
         if out > 0:

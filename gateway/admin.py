@@ -190,9 +190,9 @@ class Console:
     def _counters(self, p: "Pool") -> tuple[int, int, int, int, int, int, int]:
         """xact_count, query_count, received, sent, xact_time, query_time, wait_time (µs)."""
         xt = int(p.xact_time * 1e6)
-        # received/sent bytes are not counted (no per-message cost); query_time is
-        # the time linked per transaction (counted at release, not per query).
-        return p.xact_count, p.query_count, 0, 0, xt, xt, int(p.wait_time * 1e6)
+        # received/sent: bytes forwarded per read (gateway/observe.py, the same counters as
+        # /metrics); query_time is the time linked per transaction (counted at release).
+        return p.xact_count, p.query_count, p.obs.bytes_in, p.obs.bytes_out, xt, xt, int(p.wait_time * 1e6)
 
     def _stats_rows(self, totals_prefix: str, avg_prefix: str | None) -> tuple[list[tuple[str, int]], list[Any]]:
         names = ["xact_count", "query_count", "received", "sent", "xact_time", "query_time", "wait_time"]

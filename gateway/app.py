@@ -24,6 +24,7 @@ from urllib.parse import quote
 from gateway.config import Config
 from gateway.http import HttpListener, HttpRequest, HttpResponse
 from gateway.metrics import CONTENT_TYPE, make_registry, render
+from gateway.observe import collect
 from gateway.http_protocol import register as register_http_protocol
 from gateway.neon_sql import register as register_neon_sql
 from gateway.tcp import TcpListener
@@ -95,7 +96,9 @@ class GatewayApp:
             self.http.add_route("GET", "/metrics", self._metrics)
             register_neon_sql(self)  # POST/OPTIONS /sql (Neon-compatible, gateway/neon_sql.py)
             register_http_protocol(self)  # POST /pg, /pg/cancel (protocol over HTTP, gateway/http_protocol.py)
-            self._registry = make_registry(self._gateway_stats, self.listener_stats)
+            self._time_routes()
+            self._registry = make_registry(self._gateway_stats, self.listener_stats,
+                                           lambda: collect(self.gateway, self._shed_totals()))
             await self.http.start()
             if g.pg_listen is not None:
                 self.tcp = TcpListener(g.pg_listen[0], g.pg_listen[1], self.gateway.handle_client,
@@ -229,6 +232,28 @@ class GatewayApp:
             "tcp_connections_accepted": tcp.accepted_total if tcp else 0,
             "ready": 1 if self.is_ready() else 0,
         }
+
+    def _shed_totals(self) -> dict[str, int]:
+        limits = getattr(self.gateway, "limits", None)
+        return dict(limits.shed_log.totals) if limits is not None else {}
+
+    def _time_routes(self) -> None:
+        """HTTP request duration by endpoint (wirepool_http_request_duration_seconds)."""
+        obs = getattr(self.gateway, "obs", None)
+        if obs is None or self.http is None:
+            return
+        loop_time = asyncio.get_running_loop().time
+        routes = self.http.routes
+        for key, handler in list(routes.items()):
+            def timed(handler: Any = handler, endpoint: str = key[1]) -> Any:
+                async def run(req: HttpRequest) -> HttpResponse:
+                    t0 = loop_time()
+                    try:
+                        return await handler(req)
+                    finally:
+                        obs.http_done(endpoint, loop_time() - t0)
+                return run
+            routes[key] = timed()
 
     async def _metrics(self, req: HttpRequest) -> HttpResponse:
         return HttpResponse(200, render(self._registry), CONTENT_TYPE)

@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from typing import Any, Coroutine
 
 from .auth import Authenticator
 from .cancel import send_cancel
 from .limits import Limits
+from .observe import GatewayObs
 from .pool import Pool
 from .prepared import StatementRegistry
 from .session import Session
@@ -34,6 +36,7 @@ class Gateway:
         self.n_clients = 0
         self.limits = Limits(self.settings)  # login-phase and HTTP connection caps
         self.statements = StatementRegistry()  # named prepared statements, gateway-wide
+        self.obs = GatewayObs()  # logins, HTTP latency, /status history (gateway/observe.py)
         self.accepting = True
         self._loop: asyncio.AbstractEventLoop | None = None
         self._janitor: asyncio.Task[None] | None = None
@@ -73,6 +76,7 @@ class Gateway:
                     pool.tick(now)
                 except Exception:  # pragma: no cover - a bug; keep the janitor alive
                     log.exception("janitor failed for pool %s", pool.name)
+            self.obs.sample(now, time.time(), self.pools)
             if self.settings.client_idle_timeout > 0 or self.settings.client_message_timeout > 0:
                 for session in list(self._all_sessions):
                     session.check_idle(now)

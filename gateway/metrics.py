@@ -17,6 +17,7 @@ counters, and turns them into gauges in a private registry.
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
@@ -94,9 +95,11 @@ def stats_to_metrics(stats: Mapping[str, Any], source: str = "Gateway.stats()") 
 
 class StatsCollector(Collector):
     def __init__(self, stats: Callable[[], Mapping[str, Any]],
-                 extra: Callable[[], Mapping[str, Any]] | None = None) -> None:
+                 extra: Callable[[], Mapping[str, Any]] | None = None,
+                 families: Callable[[], list[Metric]] | None = None) -> None:
         self._stats = stats
         self._extra = extra
+        self._families = families
 
     def collect(self) -> Iterable[Metric]:
         try:
@@ -106,13 +109,19 @@ class StatsCollector(Collector):
         metrics = stats_to_metrics(s if isinstance(s, Mapping) else {})
         if self._extra is not None:
             metrics.extend(stats_to_metrics(self._extra(), "the listeners"))
+        if self._families is not None:  # histograms and counters (gateway/observe.py)
+            try:
+                metrics.extend(self._families())
+            except Exception:  # a bug there must not break the scrape
+                logging.getLogger("wirepool").exception("metrics: collecting histograms failed")
         return metrics
 
 
 def make_registry(stats: Callable[[], Mapping[str, Any]],
-                  extra: Callable[[], Mapping[str, Any]] | None = None) -> CollectorRegistry:
+                  extra: Callable[[], Mapping[str, Any]] | None = None,
+                  families: Callable[[], list[Metric]] | None = None) -> CollectorRegistry:
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(StatsCollector(stats, extra))
+    reg.register(StatsCollector(stats, extra, families))
     return reg
 
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from driver.protocol import messages as m
 
+from .observe import PoolObs
 from .recovery import Recovery
 from .server import ServerConnection, ServerError, open_server
 
@@ -81,6 +82,8 @@ class Pool:
         self._probe: asyncio.Task[None] | None = None
         #: the upstream failure window and its background login probe
         self.recovery = Recovery(self)
+        #: latency histograms, byte and error counters (gateway/observe.py)
+        self.obs = PoolObs()
         self._check_sql = m.query(settings.server_check_query) if settings.server_check_query else b""
 
     # ------------------------------------------------------------------ lists
@@ -208,7 +211,9 @@ class Pool:
         while waiting and not self.paused:
             client = next(iter(waiting))
             self._move(client, self.cl_active)
-            self.wait_time += now - client.wait_start
+            waited = now - client.wait_start
+            self.wait_time += waited
+            self.obs.wait.observe(waited)
             fut = client.wait_future
             if fut is None:
                 self._move(server, self.sv_active)
@@ -324,6 +329,7 @@ class Pool:
 
     async def _connect(self, slot: "_LoginSlot") -> None:
         db = self.db
+        t0 = self.gateway.loop.time()
         try:
             server = await asyncio.wait_for(
                 open_server(self, db.host, db.port, db.user, db.password, db.dbname,
@@ -341,6 +347,7 @@ class Pool:
             err = ServerError("08006", f"server login failed: {exc}")
         else:
             self._move(slot, None)
+            self.obs.connect.observe(self.gateway.loop.time() - t0)
             if self.closed:
                 server.close()
                 return

@@ -222,6 +222,7 @@ class Session:
             except (_ClientGone, TransportError, ConnectionError, OSError):
                 pass
             except AuthFailed as exc:
+                self.gw.obs.login_failed(getattr(self.stream, "kind", "?"), exc.sqlstate)
                 self._send_or_queue(_fatal(exc.sqlstate, exc.message))
             except PoolError as exc:
                 self._send_or_queue(_fatal(exc.sqlstate, exc.message))
@@ -312,6 +313,7 @@ class Session:
         if pool is None or pool.disabled:
             raise AuthFailed("3D000", f'database "{self.database}" does not exist')
         self.pool = pool
+        self.acc.errors = pool.obs.errors  # server ErrorResponses by SQLSTATE class (/metrics)
         self.transaction_mode = pool.transaction_mode
         if self.transaction_mode and s.max_prepared_statements > 0:
             self.prepared = Rewriter(ClientStatements(gw.statements, db=database_key(pool.db)),
@@ -328,6 +330,8 @@ class Session:
             params["DateStyle"] = canonical_value("DateStyle", params["DateStyle"], server_params["DateStyle"])
         self.sig = tracked_signature(params)
         gw.register_session(self)
+        gw.obs.logged_in(getattr(self.stream, "kind", "?"), "token" if getattr(self.stream, "token", None)
+                         is not None else gw.authenticator.auth_type)
         await self.stream.send(b"".join((prefix, _startup_block(server_params, params, self.sig),
                                          m.backend_key_data(self.process_id, self.secret_key), _RFQ_IDLE)))
         return True
@@ -540,15 +544,16 @@ class Session:
         before, d0 = acc.outstanding, acc.dirty
         chunk, idx, terminate = acc.client(chunk, idx)
         out = acc.outstanding
-        if self._track_times or self._track_activity:
-            now = self.loop.time()
-            self.last_activity = now
-            if before == 0 and out > 0:
-                self.query_start = now
-                self._cancel_sent = False
+        if before == 0 and out > 0:  # a query starts (its ReadyForQuery ends it: query duration)
+            self.query_start = self.last_activity = self.loop.time()
+            self._cancel_sent = False
+        elif self._track_times or self._track_activity:
+            self.last_activity = self.loop.time()
         if not chunk:
             return not terminate
-        self.pool.query_count += out - before  # type: ignore[union-attr]
+        pool = self.pool
+        pool.query_count += out - before  # type: ignore[union-attr]
+        pool.obs.bytes_in += len(chunk)  # type: ignore[union-attr]
         server = self.server
         if server is not None:
             if self.prepared is not None:
@@ -685,6 +690,7 @@ class Session:
             if not chunk:
                 return
         z = acc.replies(chunk, idx)
+        self.pool.obs.bytes_out += len(chunk)  # type: ignore[union-attr]
         direct = self._direct
         if direct is not None and not self._out:
             # Straight to the client's transport (no task switch).
@@ -724,6 +730,7 @@ class Session:
             if z == _IDLE:
                 acc.ddl = False
         if acc.outstanding == 0:
+            self.pool.obs.query.observe(self.loop.time() - self.query_start)  # type: ignore[union-attr]
             if z == _IDLE and not acc.dirty and self.transaction_mode:
                 self._release()
             elif self._track_times:
@@ -771,7 +778,9 @@ class Session:
         pool = self.pool
         assert pool is not None
         pool.xact_count += 1
-        pool.xact_time += self.loop.time() - self.link_time
+        linked = self.loop.time() - self.link_time
+        pool.xact_time += linked
+        pool.obs.xact.observe(linked)
         if self._paused is server:
             self._paused = None
             if server.transport is not None:
