@@ -25,6 +25,7 @@ from gateway.config import Config
 from gateway.http import HttpListener, HttpRequest, HttpResponse
 from gateway.metrics import CONTENT_TYPE, make_registry, render
 from gateway.observe import collect
+from gateway.status import register as register_status
 from gateway.http_protocol import register as register_http_protocol
 from gateway.neon_sql import register as register_neon_sql
 from gateway.tcp import TcpListener
@@ -96,6 +97,7 @@ class GatewayApp:
             self.http.add_route("GET", "/metrics", self._metrics)
             register_neon_sql(self)  # POST/OPTIONS /sql (Neon-compatible, gateway/neon_sql.py)
             register_http_protocol(self)  # POST /pg, /pg/cancel (protocol over HTTP, gateway/http_protocol.py)
+            register_status(self)  # GET /status (admin HTML page, gateway/status.py)
             self._time_routes()
             self._registry = make_registry(self._gateway_stats, self.listener_stats,
                                            lambda: collect(self.gateway, self._shed_totals()))
