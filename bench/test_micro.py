@@ -244,7 +244,10 @@ def _gateway_session() -> tuple[Any, Any, list[bytes]]:
 
     written: list[bytes] = []
     loop = asyncio.new_event_loop()
-    pool = types.SimpleNamespace(query_count=0, xact_count=0, xact_time=0.0, cl_waiting={}, release=lambda s: None,
+    from gateway.observe import PoolObs
+
+    pool = types.SimpleNamespace(query_count=0, xact_count=0, xact_time=0.0, obs=PoolObs(), cl_waiting={},
+                                 release=lambda s: None,
                                  reset_and_release=lambda *a: None, try_acquire=lambda: None)
     gw = types.SimpleNamespace(settings=GatewaySettings(), loop=loop, accepting=True)
     stream = types.SimpleNamespace(send_nowait=lambda d: written.append(d) or True,
