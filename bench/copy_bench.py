@@ -29,9 +29,13 @@ from typing import Any
 N = 100_000
 T0 = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
 COLS = "id int4, name text, score float8, at timestamptz, amount numeric"
+#: ``--simple``: no numeric/timestamptz (their pure-Python encoders dominate the driver's time)
+SIMPLE_COLS = "id int4, name text, score float8"
 
 
-def make_records(n: int) -> list[tuple[Any, ...]]:
+def make_records(n: int, simple: bool = False) -> list[tuple[Any, ...]]:
+    if simple:
+        return [(i, f"name-{i}", i * 0.5) for i in range(n)]
     return [(i, f"name-{i}", i * 0.5, T0 + datetime.timedelta(seconds=i),
              decimal.Decimal(i) / 100) for i in range(n)]
 
@@ -60,7 +64,8 @@ async def one_round(lib: Any, dsn: str, records: list[tuple[Any, ...]],
         await conn.close()
 
 
-async def run(dsn: str, rounds: int, n: int) -> dict[str, dict[str, list[float]]]:
+async def run(dsn: str, rounds: int, n: int,
+              simple: bool = False) -> dict[str, dict[str, list[float]]]:
     import asyncpg
 
     import driver
@@ -69,8 +74,9 @@ async def run(dsn: str, rounds: int, n: int) -> dict[str, dict[str, list[float]]
     setup = await asyncpg.connect(dsn)
     for name in libs:
         await setup.execute(f"DROP TABLE IF EXISTS bench_copy_{name}; "
-                            f"CREATE UNLOGGED TABLE bench_copy_{name} ({COLS})")
-    records = make_records(n)
+                            f"CREATE UNLOGGED TABLE bench_copy_{name} "
+                            f"({SIMPLE_COLS if simple else COLS})")
+    records = make_records(n, simple)
     times: dict[str, dict[str, list[float]]] = {
         name: {"records_in": [], "table_out": []} for name in libs}
     try:
@@ -89,8 +95,9 @@ async def run(dsn: str, rounds: int, n: int) -> dict[str, dict[str, list[float]]
     return times
 
 
-def report(times: dict[str, dict[str, list[float]]], rounds: int, n: int) -> None:
-    print(f"COPY of {n:,} records, {rounds} rounds (ms): median [min - max]")
+def report(times: dict[str, dict[str, list[float]]], rounds: int, n: int, simple: bool) -> None:
+    cols = SIMPLE_COLS if simple else COLS
+    print(f"COPY of {n:,} records ({cols}), {rounds} rounds (ms): median [min - max]")
     print(f"{'workload':12} {'driver':>26} {'asyncpg':>26} {'driver/asyncpg':>15}")
     for work in ("records_in", "table_out"):
         cells = []
@@ -107,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dsn", help="server to use (default: a private cluster)")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--records", type=int, default=N)
+    ap.add_argument("--simple", action="store_true", help=f"columns {SIMPLE_COLS} only")
     a = ap.parse_args(argv)
     cluster = None
     dsn = a.dsn
@@ -116,11 +124,11 @@ def main(argv: list[str] | None = None) -> int:
         cluster = E.BenchCluster()
         dsn = cluster.pg.dsn(E.BENCH_USER, E.BENCH_PASSWORD, E.BENCH_DB)
     try:
-        times = asyncio.run(run(dsn, a.rounds, a.records))
+        times = asyncio.run(run(dsn, a.rounds, a.records, a.simple))
     finally:
         if cluster is not None:
             cluster.close()
-    report(times, a.rounds, a.records)
+    report(times, a.rounds, a.records, a.simple)
     return 0
 
 
