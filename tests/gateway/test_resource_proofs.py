@@ -71,11 +71,6 @@ async def _healthz(gw: GatewayProcess) -> None:
         w.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 11 memory proof not met yet (helper hostile's part): each unauthenticated connection still costs "
-    "~250 KB at its first read (a 256 KB transport read, copied into the login reader) before the oversized "
-    "message closes it, so 200 attackers grow RSS by 51-57 MB; needs smaller pre-login reads "
-    "(BufferedProtocol or SO_RCVBUF before login)"))
 async def test_unauthenticated_clients_sending_15mib_keep_rss_bounded(pg: PgCluster) -> None:
     with GatewayProcess(pg) as gw:
         assert gw.pg_port is not None
