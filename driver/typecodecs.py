@@ -254,11 +254,6 @@ async def set_type_codec(conn: Connection, typename: str, *, schema: str = "publ
                    "results at the protocol level.")
     if format == "tuple" and kind == "scalar" and ref.oid not in _TUPLE_FORMATS:
         raise exc.InterfaceError(f"{typename} type does not support the 'tuple' exchange format")
-    if format == "binary" and kind == "scalar":
-        current = conn._types.get(ref.oid)
-        if current is not None and current.decode_binary is None and ref.oid in codecs.DEFAULT_REGISTRY:
-            raise exc.InterfaceError(
-                f"{typename} type does not support the 'binary' exchange format")
     conn._type_overrides[ref.oid] = Custom(ref.oid, typename, kind, encoder, decoder, format)
     _changed(conn)
 

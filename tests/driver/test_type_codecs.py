@@ -248,7 +248,12 @@ async def custom_codecs(conn: Any, mod: Any) -> Any:
                               decoder=lambda t: {"a": t[0], "b": t[1]}, format="tuple")
     out.append(await outcome(conn.fetchrow(
         "SELECT $1::inner_t, ARRAY[ROW(1,'z')::inner_t]", {"a": 5, "b": "q"})))
-    # binary format on a text-only builtin, and bad requests
+    # binary format on a builtin the driver exchanges in text (money_send: int64 cents)
+    await conn.set_type_codec("money", schema="pg_catalog", encoder=lambda v: v,
+                              decoder=lambda b: ("money", b), format="binary")
+    out.append(await outcome(conn.fetchrow("SELECT '1.5'::money, ARRAY['2'::money], $1::money",
+                                           struct.pack("!q", 250))))
+    # bad requests
     for kwargs in ({"typename": "nosuch"}, {"typename": "comp"}, {"typename": "posint"},
                    {"typename": "int4range", "schema": "pg_catalog"},
                    {"typename": "int4", "schema": "pg_catalog", "format": "tuple"},
@@ -422,3 +427,43 @@ async def test_hstore_builtin_codec_like_asyncpg(dsn: str) -> None:
     expected, got = await run_both(dsn, scenario)
     assert_same(expected, got)
     assert got[1][1][0] == ("hstore", ("dict", {"a": "1", "b c": None}))
+
+
+async def test_copy_records_with_introspected_types_like_asyncpg(dsn: str) -> None:
+    async def scenario(conn: Any, mod: Any) -> Any:
+        await conn.execute("DROP TABLE IF EXISTS cp; CREATE TABLE cp (m mood, ms mood[], "
+                           "i inner_t, r floatrange, d posint, g point, b varbit)")
+        records = [("ok", ["sad", None], (1, "a"), mod.Range(1.0, 2.0), 3, mod.Point(1, 2),
+                    mod.BitString("101")),
+                   (None, [], None, mod.Range(empty=True), None, None, None)]
+        out = [await outcome(conn.copy_records_to_table("cp", records=records))]
+        out.append(await outcome(conn.fetch("SELECT * FROM cp")))
+        return out
+
+    expected, got = await run_both(dsn, scenario)
+    assert_same(expected, got)
+    assert got[0] == "COPY 2"
+
+
+def test_introspection_and_custom_codecs_load_on_first_use(pg: PgCluster, pg_db: str) -> None:
+    import subprocess
+    import sys
+
+    dsn = pg.dsn(PgCluster.SUPERUSER, PgCluster.SUPERUSER_PASSWORD, pg_db)
+    code = (
+        "import asyncio, sys, driver\n"
+        "async def main():\n"
+        f"    c = await driver.connect({dsn!r})\n"
+        "    assert await c.fetchval('SELECT $1::int4range', driver.Range(1, 2)) == driver.Range(1, 2)\n"
+        "    before = sorted(m for m in sys.modules if m.startswith('driver.'))\n"
+        "    await c.execute(\"CREATE TYPE lazy_e AS ENUM ('x')\")\n"
+        "    assert await c.fetchval(\"SELECT 'x'::lazy_e\") == 'x'\n"
+        "    after = sorted(m for m in sys.modules if m.startswith('driver.'))\n"
+        "    await c.close()\n"
+        "    print(before, after)\n"
+        "asyncio.run(main())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    before, after = out.split("] [")
+    assert "driver.introspection" not in before and "driver.typecodecs" not in before
+    assert "driver.introspection" in after

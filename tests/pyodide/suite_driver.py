@@ -65,6 +65,14 @@ CODEC_CASES = [
     ("array_2d", "select '{{1,2},{3,4}}'::int8[]", [], [[1, 2], [3, 4]]),
     ("null", "select $1::int", [None], None),
     ("null_text", "select null::text", [], None),
+    # asyncpg's value types
+    ("range", "select $1::int4range", [driver.Range(1, 5)], driver.Range(1, 5)),
+    ("multirange", "select '{[1,3),[5,8)}'::int4multirange", [],
+     [driver.Range(1, 3), driver.Range(5, 8)]),
+    ("bits", "select $1::varbit", [driver.BitString("1011")], driver.BitString("1011")),
+    ("point", "select $1::point", [driver.Point(1.5, 2)], driver.Point(1.5, 2)),
+    ("circle", "select '<(1,2),3>'::circle", [], driver.Circle((1.0, 2.0), 3.0)),
+    ("record", "select row(1, 'a'::text)", [], (1, "a")),
 ]
 
 
@@ -81,6 +89,16 @@ async def codec_checks(conn):
         else:
             ok = type(got) is type(expected) and got == expected
         out[family] = {"ok": ok, "got": repr(got)}
+    # non-builtin types: introspected (one query), arrays of them, custom codecs
+    mood = f"{T}_mood"
+    await conn.execute(f"DO $$ BEGIN CREATE TYPE {mood} AS ENUM ('ok', 'sad'); "
+                       "EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+    got = await conn.fetchval(f"select $1::{mood}[], 'sad'::{mood}", ["ok", None])
+    out["enum_array"] = {"ok": got == ["ok", None], "got": repr(got)}
+    await conn.set_type_codec(mood, encoder=str.lower, decoder=str.upper)
+    got = await conn.fetchval(f"select $1::{mood}[]", ["OK"])
+    out["custom_codec"] = {"ok": got == ["OK"], "got": repr(got)}
+    await conn.reset_type_codec(mood)
     # several columns and rows at once, records by name
     rows = await conn.fetch("select g as n, g::text as s from generate_series(1, 3) g")
     out["records"] = {"ok": [(r["n"], r["s"]) for r in rows] == [(1, "1"), (2, "2"), (3, "3")],
