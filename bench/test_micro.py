@@ -255,7 +255,11 @@ def _gateway_session() -> tuple[Any, Any, list[bytes]]:
     sess = Session(gw, stream)  # type: ignore[arg-type]
     sess.pool = pool  # type: ignore[assignment]
     server = types.SimpleNamespace(reader=MessageReader(), write=written.append, params={}, sig=(),
-                                   status=73, client=None, transport=None, statements=None, closed=False)
+                                   status=73, client=None, transport=None, statements=None, closed=False,
+                                   owner=None, gucs={})
+    if hasattr(sess, "track"):  # session state tracking on (transaction mode)
+        from gateway.tracking import Tracker
+        sess.track = Tracker()
     sess.params = {}
     sess.sig = ()
     pool.try_acquire = lambda: server

@@ -18,8 +18,10 @@ ends* lives here, the way h11 keeps its state machine in ``_state.py``:
   the rewriter (``gateway.prepared.Rewriter``) its reply queue knows
   (``skipped_rfq``) and this class only subtracts.
 - **swallow**: replies to the gateway's own queries sent ahead of the
-  client's bytes (a SET batch at link): that many ReadyForQuery-terminated
-  replies are cut from the front of the server stream (:meth:`swallowed`).
+  client's bytes (a SET batch at link, a state probe at the end of a
+  transaction): that many ReadyForQuery-terminated replies are cut from the
+  front of the server stream (:meth:`swallowed`); each one's end is reported
+  (``events.swallow_done``), its rows and errors too.
 
 Use: ``client(chunk, idx)`` for every framed client chunk (before it is
 forwarded), ``from_server(chunk, idx)`` for every framed server chunk (it
@@ -46,6 +48,7 @@ _ERR = 69  # 'E'
 _Z = 90  # 'Z'
 _PS = 83  # backend 'S' ParameterStatus
 _C = 67  # backend CommandComplete
+_DROW = 68  # backend DataRow
 _IDLE = 73  # 'I'
 _LISTEN_TAG = b"LISTEN\x00"
 
@@ -56,12 +59,16 @@ class Events(Protocol):
     """What the accounting reports back (rare paths only)."""
 
     def parameter_status(self, body: bytes) -> None: ...
+    def swallowed_row(self, body: bytes) -> None: ...
     def swallowed_error(self, body: bytes) -> None: ...
     def swallow_done(self) -> None: ...
 
 
 class _NoEvents:
     def parameter_status(self, body: bytes) -> None:
+        pass
+
+    def swallowed_row(self, body: bytes) -> None:
         pass
 
     def swallowed_error(self, body: bytes) -> None:
@@ -193,16 +200,18 @@ class Accounting:
         ev = self.events
         for t, s, e in idx:
             n += 1
-            if t == _PS:
+            if t == _DROW:
+                ev.swallowed_row(chunk[s:e])
+            elif t == _PS:
                 ev.parameter_status(chunk[s:e])
             elif t == _ERR:
                 ev.swallowed_error(chunk[s:e])
             elif t == _Z:
                 self.status = chunk[s]
                 self.swallow -= 1
+                ev.swallow_done()
                 if self.swallow == 0:
                     cut = e
-                    ev.swallow_done()
                     break
         if self.swallow:
             return b"", []

@@ -81,6 +81,8 @@ class GatewaySettings:
     query_timeout: float = 0.0
     client_idle_timeout: float = 0.0
     server_reset_query: str = "DISCARD ALL"
+    #: Run server_reset_query in transaction mode too, at every release (PgBouncer's key).
+    server_reset_query_always: bool = False
     server_check_delay: float = 30.0
     server_check_query: str = "select 1"
     max_prepared_statements: int = 200
@@ -398,6 +400,10 @@ def _parse_gateway(raw: Mapping[str, Any], base_dir: Path | None) -> GatewaySett
             kw[name] = str(base_dir / p if base_dir is not None and not p.is_absolute() else p)
         elif name == "server_reset_query":
             kw[name] = _str(value, key)  # "" disables the reset
+        elif name == "server_reset_query_always":
+            if not isinstance(value, bool):
+                raise ConfigError(key, f"expected true or false, got {_tname(value)}")
+            kw[name] = value
         elif name == "server_check_query":
             kw[name] = _str(value, key)  # "" disables the check
         else:  # pragma: no cover - every field is handled above

@@ -409,6 +409,14 @@ def server_statements(server: Any, limit: int) -> ServerStatements:
     return st
 
 
+def forget_statements(server: Any) -> None:
+    """The server's named statements are gone (DISCARD ALL sent by the
+    gateway between clients): the next use re-Parses them."""
+    st = _SERVERS.get(server)
+    if st is not None:
+        st.reset()
+
+
 def _cstr_end(chunk: bytes, pos: int, end: int) -> int:
     """Index of the NUL ending the string at ``pos`` (ProtocolError if none)."""
     i = chunk.find(b"\x00", pos, end)

@@ -24,6 +24,7 @@ from driver.protocol import auth as pg_auth
 from driver.protocol import messages as m
 from driver.protocol.framing import MessageReader, ProtocolError
 
+from .prepared import forget_statements
 from .tls import UpstreamTlsError, negotiate_upstream, upstream_context
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -85,6 +86,14 @@ class ServerConnection(asyncio.Protocol):
         self.client: Any = None
         #: Named prepared statements on this server (gateway.prepared.ServerStatements), set on first use.
         self.statements: Any = None
+        #: Session parameters set on this server that the gateway knows of (gateway.tracking).
+        self.gucs: dict[str, str] = {}
+        #: The [users] identity this server last served (None: clean, e.g. after DISCARD ALL).
+        self.owner: str | None = None
+        #: Cleanup owed before a client other than ``pending_owner`` uses it (temp objects,
+        #: SQL prepared statements, held cursors; gateway.tracking.cleanup): encoded Query messages.
+        self.pending: list[bytes] = []
+        self.pending_owner: Any = None
         #: Pool list this server is on (maintained only by Pool._move).
         self.pool_list: dict[Any, None] | None = None
         now = self.loop.time()
@@ -103,6 +112,15 @@ class ServerConnection(asyncio.Protocol):
         self._internal_error: str | None = None
         self._internal_done: Callable[[bool], None] | None = None
         self._internal_timer: asyncio.TimerHandle | None = None
+
+    def reset_state(self) -> None:
+        """A reset (DISCARD ALL, server_reset_query) was sent: no session
+        state, no named statements (the registry forgets them), no owner."""
+        self.gucs = {}
+        self.owner = None
+        self.pending = []
+        self.pending_owner = None
+        forget_statements(self)
 
     def __repr__(self) -> str:
         return f"<ServerConnection {self.host}:{self.port} pid={self.backend_pid}>"

@@ -24,13 +24,16 @@ until the client leaves.  Server -> client bytes are handled in the server's
 ``data_received`` callback (:meth:`Session.on_server_data`) and queued for a
 per-session writer task.
 
-Named prepared statements (transaction mode) are not supported yet: a server
-on which the client created one (Parse with a non-empty name) gets
-``DEALLOCATE ALL`` before it goes back to the pool, so no other client can
-ever see (or execute) it; the client itself gets PostgreSQL's own error
-(26000 "prepared statement ... does not exist") when it uses the name in a
-later transaction.  Statements used within one transaction work.
-SQL-level PREPARE is not detected (as with PgBouncer).
+Session state (transaction mode): SET/RESET/set_config, temp objects,
+advisory locks, SQL PREPARE, WITH HOLD cursors and LISTEN are detected by
+:mod:`gateway.tracking`; a transaction that may have left any is followed by
+one probe query, the client's settings are re-applied wherever it lands
+(:meth:`Session._link`), and the server is cleaned before another client uses
+it.  A server never passes from one ``[users]`` identity to another without
+DISCARD ALL.  Without the statement rewriter (``max_prepared_statements = 0``)
+a server on which the client created a named protocol-level statement gets
+``DEALLOCATE ALL`` before it goes back to the pool.  The rules:
+docs/pooling-semantics.md.
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ from .prepared import ClientStatements, Rewriter, server_statements
 from .schema import database_key
 from .server import TRACKED_ORDER, ServerConnection, parse_parameter_status, tracked_signature
 from .streams import TransportError
+from .tracking import Tracker, apply_sql, cleanup, parse_probe, quote_literal
+from .tracking import hint as _hint
 
 if TYPE_CHECKING:  # pragma: no cover
     from .core import Gateway
@@ -79,6 +84,8 @@ _Z = 90
 _IDLE = 73  # 'I'
 
 _DEALLOCATE_ALL = m.query("DEALLOCATE ALL")
+_DISCARD_ALL = m.query("DISCARD ALL")
+_SET, _PROBE = "set", "probe"  # kinds of the gateway's own queries (Session._kinds)
 _UNLISTEN_ALL = m.query("UNLISTEN *")
 _ROLLBACK = m.query("ROLLBACK")
 
@@ -129,10 +136,6 @@ def _fatal(sqlstate: str, message: str) -> bytes:
     return m.error(sqlstate, message, severity="FATAL")
 
 
-def _quote_literal(value: str) -> str:
-    if "\\" in value:
-        return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
-    return "'" + value.replace("'", "''") + "'"
 
 
 class Session:
@@ -159,6 +162,14 @@ class Session:
         #: what the linked server still owes (ReadyForQuery, skip-till-Sync, swallowed replies)
         self.acc = Accounting(None, self)
         self.prepared: Rewriter | None = None  # named prepared statements (transaction mode)
+        #: session state tracking (transaction mode, gateway.tracking)
+        self.track: Tracker | None = None
+        self._kinds: list[str | None] = []  # the gateway's own queries awaiting their reply, in order
+        self._swallow_err = False
+        self._probe_rows: list[bytes] = []
+        self._reset_next: list[bytes] = []  # what the last probe says the server needs before release
+        self._reset_later: list[bytes] | None = None  # ... and before another client's use (None: no news)
+        self._gucs_before: dict[str, str] = {}
         self._swallow_keys: tuple[str, ...] = ()
         self.last_z = 0.0
         self.link_time = self.connect_time = self.loop.time()
@@ -319,6 +330,8 @@ class Session:
             self.prepared = Rewriter(ClientStatements(gw.statements, db=database_key(pool.db)),
                                      s.max_prepared_statements)
             self.acc.rewriter = self.prepared
+        if self.transaction_mode:
+            self.track = Tracker()
         pool.add_client(self)
         server_params = await pool.ensure_params(self)
         # Client's tracked values: what it asked for, else the server default.
@@ -544,6 +557,9 @@ class Session:
         before, d0 = acc.outstanding, acc.dirty
         chunk, idx, terminate = acc.client(chunk, idx)
         out = acc.outstanding
+        tk = self.track
+        if tk is not None and (_hint(chunk) or tk.names or tk.all_binds):
+            tk.scan(chunk, idx)  # slow path: may leave session state (SET, temp, locks...)
         if before == 0 and out > 0:  # a query starts (its ReadyForQuery ends it: query duration)
             self.query_start = self.last_activity = self.loop.time()
             self._cancel_sent = False
@@ -650,26 +666,60 @@ class Session:
 
     def _link(self, server: ServerConnection) -> bytes:
         """Link ``server``; returns what must be sent to it before the
-        client's bytes (a SET batch for the tracked parameters, or b"")."""
+        client's bytes (b"" mostly): DISCARD ALL when the server last served
+        another ``[users]`` identity, and one batch that sets the tracked
+        parameters and the client's session settings (:mod:`gateway.tracking`)."""
         self.server = server
         server.client = self
         self.link_time = self.loop.time()
+        head = []
+        if server.owner != self.user:
+            if server.owner is not None:
+                head.append(_DISCARD_ALL)
+                self._kinds.append(None)
+                server.reset_state()
+            server.owner = self.user
+        elif server.pending and server.pending_owner is not self:
+            head += server.pending  # another client's temp objects, SQL statements, cursors
+            self._kinds += [None] * len(server.pending)
+            server.pending = []
+            server.pending_owner = None
         if self.prepared is not None:
             st = server.statements
             if st is None:
                 st = server.statements = server_statements(server, self.settings.max_prepared_statements)
             self.prepared.link(st)
-        # Tracked parameters: one SET batch when this server's values differ.
-        if server.sig == self.sig:
-            return b""
-        sp = server.params
-        diffs = [(k, v) for k, v in self.params.items() if sp.get(k) != v]
-        if diffs:
-            sql = ";".join(f"SET {k} TO {_quote_literal(v)}" for k, v in diffs)
-            self.acc.swallow = 1
+        sql = []
+        if head or server.sig != self.sig:
+            sp = server.params
+            diffs = [(k, v) for k, v in self.params.items() if head or sp.get(k) != v]
+            sql = [f"SET {k} TO {quote_literal(v)}" for k, v in diffs]
             self._swallow_keys = tuple(k for k, _ in diffs)
-            return m.query(sql)
-        return b""
+        else:
+            self._swallow_keys = ()
+        tk = self.track
+        if tk is not None and (tk.settings or server.gucs):
+            more = apply_sql(tk.settings, server.gucs)
+            if more:
+                sql += more
+                self._gucs_before = server.gucs
+                server.gucs = dict(tk.settings)
+        if sql:
+            head.append(m.query(";".join(sql)))
+            self._kinds.append(_SET)
+        self.acc.swallow += len(head)
+        return b"".join(head)
+
+    def _probe(self, server: ServerConnection) -> None:
+        """The transaction that just ended may have left state on the server:
+        ask what is there before releasing it (see gateway.tracking)."""
+        tk = self.track
+        assert tk is not None
+        tk.marked = False
+        self._probe_rows = []
+        self._kinds.append(_PROBE)
+        self.acc.swallow += 1
+        server.write(m.query(tk.probe()))
 
     # ------------------------------------------------ server -> client (hot)
     def on_server_data(self, server: ServerConnection, data: bytes) -> None:
@@ -732,7 +782,10 @@ class Session:
         if acc.outstanding == 0:
             self.pool.obs.query.observe(self.loop.time() - self.query_start)  # type: ignore[union-attr]
             if z == _IDLE and not acc.dirty and self.transaction_mode:
-                self._release()
+                if self.track is not None and self.track.marked:
+                    self._probe(server)
+                else:
+                    self._release()
             elif self._track_times:
                 self.last_z = self.loop.time()
 
@@ -742,22 +795,50 @@ class Session:
         if server is not None:
             self._param_status(server, body)
 
+    def swallowed_row(self, body: bytes) -> None:
+        if self._kinds and self._kinds[0] is _PROBE:
+            self._probe_rows.append(body)
+
     def swallowed_error(self, body: bytes) -> None:
         fields = m.decode_fields(body)
-        log.warning("%r: applying tracked parameters failed: %s", self, fields.get("M"))
+        log.warning("%r: gateway query (%s) failed: %s", self, self._kinds[0] if self._kinds else "?",
+                    fields.get("M"))
+        self._swallow_err = True
 
     def swallow_done(self) -> None:
-        """Our SET batch is answered: adopt the server's resulting values
-        (canonical spelling, or its unchanged value if our SET failed): no SET loop."""
+        """One of our own queries is answered."""
+        kind = self._kinds.pop(0) if self._kinds else None
+        failed, self._swallow_err = self._swallow_err, False
         server = self.server
         if server is None:
             return
         if self.acc.status >= 0:
             server.status = self.acc.status
-        for k in self._swallow_keys:
-            if k in server.params:
-                self.params[k] = server.params[k]
-        self.sig = tracked_signature(self.params)
+        if kind is _SET:
+            # Adopt the server's resulting values (canonical spelling, or its
+            # unchanged value if our SET failed): no SET loop.
+            for k in self._swallow_keys:
+                if k in server.params:
+                    self.params[k] = server.params[k]
+            self.sig = tracked_signature(self.params)
+            if failed:  # the batch ran as one implicit transaction: nothing changed
+                server.gucs = self._gucs_before
+        elif kind is _PROBE:
+            tk = self.track
+            assert tk is not None
+            rows, self._probe_rows = self._probe_rows, []
+            if failed:  # cannot tell what is there: the server gets DISCARD ALL
+                self._reset_next = [_DISCARD_ALL]
+            else:
+                res = parse_probe(rows)
+                tk.probed(res)
+                server.gucs = dict(res.settings)
+                now, later = cleanup(res)
+                self._reset_next = [m.query(q) for q in now]
+                self._reset_later = [m.query(q) for q in later]
+            acc = self.acc
+            if (not acc.swallow and acc.settled() and server.status == _IDLE and self.transaction_mode):
+                self._release()
 
     def _param_status(self, server: ServerConnection, body: bytes) -> None:
         name, value = parse_parameter_status(body)
@@ -766,6 +847,8 @@ class Session:
             self.params[name] = value
             server.sig = tracked_signature(server.params)
             self.sig = tracked_signature(self.params)
+        elif self.track is not None and not self.acc.swallow:
+            self.track.reported(name)  # e.g. default_transaction_read_only: probe at the end
 
     def _release(self) -> None:
         server = self.server
@@ -785,7 +868,7 @@ class Session:
             self._paused = None
             if server.transport is not None:
                 server.transport.resume_reading()
-        reset = self._reset_parts()
+        reset = self._reset_parts(server)
         if reset:
             pool.reset_and_release(server, b"".join(reset), len(reset))
         else:
@@ -793,11 +876,17 @@ class Session:
         if not self.gw.accepting:
             self._abort("57P01", "terminating connection due to administrator command")
 
-    def _reset_parts(self) -> list[bytes]:
+    def _reset_parts(self, server: ServerConnection) -> list[bytes]:
         """What a transaction-mode server needs before another client may use
-        it: no named statements (when they are not tracked) and no LISTEN
-        registrations (their notifications would reach the next client)."""
-        parts = []
+        it: what the state probe found (temp objects, advisory locks, SQL
+        prepared statements, held cursors, LISTEN), no named statements (when
+        they are not tracked), or server_reset_query when it runs always."""
+        parts = self._reset_next
+        self._reset_next = []
+        if self._reset_later is not None:
+            server.pending = self._reset_later
+            server.pending_owner = self if self._reset_later else None
+            self._reset_later = None
         acc = self.acc
         if acc.named:
             acc.named = False
@@ -805,6 +894,12 @@ class Session:
         if acc.listened:
             acc.listened = False
             parts.append(_UNLISTEN_ALL)
+        s = self.settings
+        if s.server_reset_query_always and s.server_reset_query:
+            parts = [m.query(s.server_reset_query)]
+            server.reset_state()
+        elif _DISCARD_ALL in parts:
+            server.reset_state()
         return parts
 
     def on_server_lost(self, server: ServerConnection) -> None:
@@ -814,6 +909,7 @@ class Session:
         self.server = None
         fatal = self.acc.fatal  # the server said why (e.g. 57P01): exactly one error for the client
         self.acc.lost()
+        self._kinds.clear()
         if self.prepared is not None:
             self.prepared.unlink()
         if fatal:
@@ -976,8 +1072,16 @@ class Session:
             parts.append(_ROLLBACK)
         if not self.transaction_mode and self.settings.server_reset_query:
             parts.append(m.query(self.settings.server_reset_query))
+            server.reset_state()
         else:
-            parts += self._reset_parts()
+            if self.track is not None and self.track.marked:
+                # state left by a transaction that did not end cleanly: not probed
+                self._reset_next = [_DISCARD_ALL]
+            parts += self._reset_parts(server)
+            if server.pending_owner is self:  # its temp objects etc.: nobody will come back for them
+                parts += server.pending
+                server.pending = []
+                server.pending_owner = None
         if parts:
             pool.reset_and_release(server, b"".join(parts), len(parts))
         else:

@@ -15,10 +15,14 @@ class Rec:
     def __init__(self) -> None:
         self.params: list[bytes] = []
         self.errors: list[bytes] = []
+        self.rows: list[bytes] = []
         self.done = 0
 
     def parameter_status(self, body: bytes) -> None:
         self.params.append(body)
+
+    def swallowed_row(self, body: bytes) -> None:
+        self.rows.append(body)
 
     def swallowed_error(self, body: bytes) -> None:
         self.errors.append(body)
@@ -175,6 +179,15 @@ def test_swallow_split_across_chunks() -> None:
     assert not acc.settled()
     s(acc, Z_I)
     assert acc.settled()
+
+
+def test_two_swallowed_replies_each_reported() -> None:
+    rec = Rec()
+    acc = Accounting(None, rec)
+    acc.swallow = 2
+    row = m.data_row([b"x"])
+    out, z = s(acc, m.command_complete("DISCARD ALL") + Z_I + row + m.command_complete("SELECT 1") + Z_I)
+    assert out == b"" and rec.done == 2 and rec.rows == [row[5:]] and acc.swallow == 0
 
 
 def test_parameter_status_and_listen_in_replies() -> None:
