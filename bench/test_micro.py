@@ -256,7 +256,7 @@ def _gateway_session() -> tuple[Any, Any, list[bytes]]:
     sess.pool = pool  # type: ignore[assignment]
     server = types.SimpleNamespace(reader=MessageReader(), write=written.append, params={}, sig=(),
                                    status=73, client=None, transport=None, statements=None, closed=False,
-                                   owner=None, gucs={})
+                                   owner=None, gucs={}, pending=[], pending_owner=None)
     if hasattr(sess, "track"):  # session state tracking on (transaction mode)
         from gateway.tracking import Tracker
         sess.track = Tracker()

@@ -81,7 +81,8 @@ class _NoEvents:
 class Accounting:
     """Outstanding replies of one client's link (see the module docstring)."""
 
-    __slots__ = ("outstanding", "dirty", "swallow", "named", "listened", "ddl", "fatal", "errors", "status", "rewriter", "events",
+    __slots__ = ("outstanding", "dirty", "swallow", "texts", "text", "named", "listened", "ddl", "fatal", "errors",
+                 "status", "rewriter", "events",
                  "_risk", "_risky", "_watch", "_xdone", "_xerr")
 
     def __init__(self, rewriter: Any = None, events: Events | None = None) -> None:
@@ -90,6 +91,10 @@ class Accounting:
         self.dirty = 0
         #: gateway-internal replies (ReadyForQuery-terminated) to cut from the server stream
         self.swallow = 0
+        #: Query and Parse messages in the last client chunk (SQL text to look at) and,
+        #: when there is one, its body (start, end); end < 0 (negated) for a Parse
+        self.texts = 0
+        self.text = (0, 0)
         #: a Parse with a statement name went by (only counted without the rewriter)
         self.named = False
         #: a LISTEN completed
@@ -118,8 +123,12 @@ class Accounting:
         dirty = d0 = self.dirty
         risky: int = self._risky
         terminate = False
+        texts = 0
         for t, s, _e in idx:
             if t == _Q or t == _F:
+                if t == _Q:
+                    texts += 1
+                    text = s, _e
                 if dirty or risky:
                     risky = self._at_risk(out, dirty)
                     if risky < 0:  # the server already skips to Sync: no ReadyForQuery
@@ -138,11 +147,16 @@ class Accounting:
                 terminate = True
                 break
             elif t == _P:
+                texts += 1
+                text = s, -_e  # negative end: a Parse
                 dirty += 1
                 if s < _e and chunk[s] and self.rewriter is None:
                     self.named = True
             elif t not in _COPY:
                 dirty += 1
+        self.texts = texts
+        if texts == 1:
+            self.text = text
         if not chunk:
             return chunk, idx, terminate
         self.outstanding = out

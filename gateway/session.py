@@ -58,7 +58,6 @@ from .schema import database_key
 from .server import TRACKED_ORDER, ServerConnection, parse_parameter_status, tracked_signature
 from .streams import TransportError
 from .tracking import Tracker, apply_sql, cleanup, parse_probe, quote_literal
-from .tracking import hint as _hint
 
 if TYPE_CHECKING:  # pragma: no cover
     from .core import Gateway
@@ -558,8 +557,8 @@ class Session:
         chunk, idx, terminate = acc.client(chunk, idx)
         out = acc.outstanding
         tk = self.track
-        if tk is not None and (_hint(chunk) or tk.names or tk.all_binds):
-            tk.scan(chunk, idx)  # slow path: may leave session state (SET, temp, locks...)
+        if tk is not None and (acc.texts or tk.names or tk.all_binds):
+            tk.look(chunk, idx, acc.texts, acc.text)  # SET, temp tables, locks... (gateway.tracking)
         if before == 0 and out > 0:  # a query starts (its ReadyForQuery ends it: query duration)
             self.query_start = self.last_activity = self.loop.time()
             self._cancel_sent = False
@@ -673,22 +672,17 @@ class Session:
         server.client = self
         self.link_time = self.loop.time()
         head = []
-        if server.owner != self.user:
-            if server.owner is not None:
-                head.append(_DISCARD_ALL)
-                self._kinds.append(None)
-                server.reset_state()
-            server.owner = self.user
-        elif server.pending and server.pending_owner is not self:
-            head += server.pending  # another client's temp objects, SQL statements, cursors
-            self._kinds += [None] * len(server.pending)
-            server.pending = []
-            server.pending_owner = None
+        if server.owner != self.user or server.pending:
+            head = self._link_reset(server)
         if self.prepared is not None:
             st = server.statements
             if st is None:
                 st = server.statements = server_statements(server, self.settings.max_prepared_statements)
             self.prepared.link(st)
+        tk = self.track
+        if not head and server.sig == self.sig and not server.gucs and (tk is None or not tk.settings):
+            self._swallow_keys = ()
+            return b""  # the common case: nothing to set
         sql = []
         if head or server.sig != self.sig:
             sp = server.params
@@ -697,7 +691,6 @@ class Session:
             self._swallow_keys = tuple(k for k, _ in diffs)
         else:
             self._swallow_keys = ()
-        tk = self.track
         if tk is not None and (tk.settings or server.gucs):
             more = apply_sql(tk.settings, server.gucs)
             if more:
@@ -709,6 +702,24 @@ class Session:
             self._kinds.append(_SET)
         self.acc.swallow += len(head)
         return b"".join(head)
+
+    def _link_reset(self, server: ServerConnection) -> list[bytes]:
+        """What a server needs before this client: DISCARD ALL after another
+        ``[users]`` identity, or another client's left-over temp objects, SQL
+        statements and held cursors (the replies are swallowed)."""
+        head: list[bytes] = []
+        if server.owner != self.user:
+            if server.owner is not None:
+                head.append(_DISCARD_ALL)
+                self._kinds.append(None)
+                server.reset_state()
+            server.owner = self.user
+        if server.pending and server.pending_owner is not self:
+            head += server.pending
+            self._kinds += [None] * len(server.pending)
+            server.pending = []
+            server.pending_owner = None
+        return head
 
     def _probe(self, server: ServerConnection) -> None:
         """The transaction that just ended may have left state on the server:

@@ -33,8 +33,8 @@ import re
 import struct
 from dataclasses import dataclass, field
 
-#: stage 1: anything that may be worth a closer look
-_HINT = re.compile(rb"(?i)set|temp|advisory|prepare|hold|listen|discard|\bdo\b")
+#: stage 1: words worth a closer look (a DO block is seen by the SET it contains)
+_WORDS = (b"set", b"temp", b"advisory", b"prepare", b"hold", b"listen", b"discard")
 
 #: stage 2, on one statement text (bytes)
 _STMT = re.compile(
@@ -83,8 +83,11 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 
 
 def hint(chunk: bytes) -> bool:
-    """Stage 1 (hot path): may this chunk change session state?"""
-    return _HINT.search(chunk) is not None
+    """Stage 1 (hot path): may these bytes change session state?  Plain
+    substring searches of the lower-cased bytes (faster than a regex)."""
+    low = chunk.lower()
+    return (b"set" in low or b"temp" in low or b"advisory" in low or b"prepare" in low
+            or b"hold" in low or b"listen" in low or b"discard" in low)
 
 
 def statement_text(chunk: bytes, t: int, s: int, e: int) -> bytes:
@@ -98,6 +101,20 @@ def statement_text(chunk: bytes, t: int, s: int, e: int) -> bytes:
 def stateful(sql: bytes) -> bool:
     """Stage 2: does this statement text possibly leave session state behind?"""
     return _STMT.search(sql) is not None
+
+
+#: statement text -> verdict (both stages), for texts seen before: clients repeat theirs
+_SEEN: dict[bytes, bool] = {}
+_SEEN_MAX = 4096
+
+
+def _verdict(sql: bytes) -> bool:
+    hit = hint(sql) and stateful(sql)
+    if len(sql) <= 4096:
+        if len(_SEEN) >= _SEEN_MAX:
+            _SEEN.clear()
+        _SEEN[sql] = hit
+    return hit
 
 
 @dataclass
@@ -221,21 +238,60 @@ class Tracker:
         """Must every chunk be scanned (stateful named statements exist)?"""
         return bool(self.names) or self.all_binds
 
-    def scan(self, chunk: bytes, idx: list[tuple[int, int, int]]) -> None:
-        """Stage 2 over the Query/Parse messages of a chunk that passed :func:`hint`."""
+    def look(self, chunk: bytes, idx: list[tuple[int, int, int]], texts: int, text: tuple[int, int]) -> None:
+        """Hot path, per client chunk with SQL text or while the client has
+        stateful named statements (``texts``: its Query/Parse count and
+        ``text`` the body of the only one, from the accounting).  A text seen
+        before costs one dict lookup (:data:`_SEEN`)."""
+        if texts == 1:
+            s, e = text
+            if e > 0:
+                sql = chunk[s:e - 1]
+                hit = _SEEN.get(sql)
+                if hit is None:
+                    hit = _verdict(sql)
+                if hit:
+                    self._stateful(sql, chunk, _Q, s)
+                if not self.names and not self.all_binds:
+                    return
+            else:
+                i = chunk.index(b"\x00", s)
+                sql = chunk[i + 1:chunk.index(b"\x00", i + 1)]
+                hit = _SEEN.get(sql)
+                if hit is None:
+                    hit = _verdict(sql)
+                if hit:
+                    self._stateful(sql, chunk, _P, s)
+                elif self.names:
+                    self.names.discard(chunk[s:i])
+                if not self.names and not self.all_binds:
+                    return
+            self.scan(chunk, idx, binds_only=True)
+        else:
+            self.scan(chunk, idx)
+
+    def _stateful(self, sql: bytes, chunk: bytes, t: int, s: int) -> None:
+        self.marked = True
+        if len(self.custom) < 256:
+            for name in _CUSTOM.findall(sql):
+                self.custom.add(name.decode("utf-8", "replace").lower())
+        if t == _P:
+            if len(self.names) < _MAX_NAMES:
+                self.names.add(chunk[s:chunk.index(b"\x00", s)])
+            else:
+                self.all_binds = True
+
+    def scan(self, chunk: bytes, idx: list[tuple[int, int, int]], binds_only: bool = False) -> None:
+        """Every Query/Parse text of a chunk (both stages), and Binds of the
+        client's stateful named statements."""
         for t, s, e in idx:
-            if t == _Q or t == _P:
+            if (t == _Q or t == _P) and not binds_only:
                 sql = statement_text(chunk, t, s, e)
-                if stateful(sql):
-                    self.marked = True
-                    if len(self.custom) < 256:
-                        for name in _CUSTOM.findall(sql):
-                            self.custom.add(name.decode("utf-8", "replace").lower())
-                    if t == _P:
-                        if len(self.names) < _MAX_NAMES:
-                            self.names.add(chunk[s:chunk.index(b"\x00", s)])
-                        else:
-                            self.all_binds = True
+                hit = _SEEN.get(sql)
+                if hit is None:
+                    hit = _verdict(sql)
+                if hit:
+                    self._stateful(sql, chunk, t, s)
                 elif t == _P and self.names:
                     self.names.discard(chunk[s:chunk.index(b"\x00", s)])  # a name reused
             elif t == _B and (self.names or self.all_binds):

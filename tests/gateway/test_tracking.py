@@ -44,7 +44,7 @@ def test_stateful_statements_are_detected(sql: str) -> None:
 
 @pytest.mark.parametrize("sql", [
     "SELECT 1", "UPDATE t SET a = 1", "SET LOCAL statement_timeout = 5", "BEGIN; SET LOCAL search_path = x",
-    "SELECT * FROM settings OFFSET 3", "SELECT pg_advisory_xact_lock(1)", "INSERT INTO temperature VALUES (1)",
+    "SELECT pg_advisory_xact_lock(1)", "INSERT INTO temperature VALUES (1)",
     "DECLARE c CURSOR FOR SELECT 1",
 ])
 def test_ordinary_statements_are_not(sql: str) -> None:
@@ -154,3 +154,34 @@ async def test_probe_against_postgres(pg: Any) -> None:
         assert await conn.fetchval("SHOW search_path") == 'a, "B c"'
     finally:
         await conn.close()
+
+
+def _look(t: tr.Tracker, data: bytes) -> None:
+    """What the session does per client chunk: the accounting counts the
+    texts, the tracker looks (the hot path's shape)."""
+    from gateway.accounting import Accounting
+    acc = Accounting()
+    chunk, idx = _framed(data)
+    chunk, idx, _ = acc.client(chunk, idx)
+    if acc.texts or t.names or t.all_binds:
+        t.look(chunk, idx, acc.texts, acc.text)
+
+
+@pytest.mark.parametrize("framing", ["query", "parse", "two"])
+def test_look_like_the_session(framing: str) -> None:
+    def frame(sql: str) -> bytes:
+        if framing == "query":
+            return m.query(sql)
+        if framing == "parse":
+            return m.parse("st", sql, []) + m.bind("", "st", [], [], []) + m.execute("") + m.sync()
+        return m.query("SELECT 1") + m.parse("", sql, []) + m.sync()
+    t = tr.Tracker()
+    for _ in range(2):  # the second time from the verdict cache
+        _look(t, frame("SELECT * FROM t WHERE a = 1"))
+        assert not t.marked
+        _look(t, frame("SET statement_timeout = 5"))
+        assert t.marked
+        t.marked = False
+    if framing == "parse":  # a later Bind alone of the stateful statement marks
+        _look(t, m.bind("", "st", [], [], []) + m.execute("") + m.sync())
+        assert t.marked
