@@ -399,6 +399,7 @@ class HttpConnection(asyncio.Protocol):
         self._counted = False               # holds a slot of Limits.http_open
         self._req_start: float | None = None  # first byte of the request being read
         self._in_handler = False            # a route handler is running (cancelled if the client leaves)
+        self._since = 0.0                   # accepted, or last reply sent (idle since)
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -411,7 +412,14 @@ class HttpConnection(asyncio.Protocol):
         listener = self.listener
         listener.accepted_total += 1
         limits = listener.limits
+        self._since = asyncio.get_running_loop().time()
         if limits is not None:
+            full = limits.http_full()
+            if full is not None:
+                # Slowloris defence: at the cap, the connection that has waited
+                # longest for a request (idle, or still sending its head or body;
+                # never one whose request is being served) makes room.
+                listener.evict_oldest_waiting(full)
             if not limits.try_open_http(self.peer):
                 # Shed at once: the file descriptor is what a flood exhausts.
                 self._lost = True
@@ -548,8 +556,9 @@ class HttpConnection(asyncio.Protocol):
                     if await self._handle(ev):
                         return  # connection taken over (WebSocket) or closed
                     # the next request's clock starts at its first byte
-                    self._req_start = (asyncio.get_running_loop().time()
-                                       if self.h11.trailing_data[0] else None)
+                    now = asyncio.get_running_loop().time()
+                    self._since = now
+                    self._req_start = now if self.h11.trailing_data[0] else None
                     continue
                 if isinstance(ev, h11.ConnectionClosed) or ev is h11.PAUSED:
                     break
@@ -843,6 +852,28 @@ class HttpListener:
         self.connections: set[HttpConnection] = set()
         self.accepted_total = 0
         self.ws_opened_total = 0
+
+    def evict_oldest_waiting(self, reason: str) -> bool:
+        """Close the counted HTTP connection that has waited longest for (the
+        rest of) a request -- not one being served, not a WebSocket -- so that a
+        new client can be admitted at the cap. False if there is none."""
+        victim: HttpConnection | None = None
+        oldest = float("inf")
+        for c in self.connections:
+            if not c._counted or c._in_handler or c.ws is not None or c._lost:
+                continue
+            t = c._req_start if c._req_start is not None else c._since
+            if t < oldest:
+                victim, oldest = c, t
+        if victim is None:
+            return False
+        self.shed(f"{reason}: closing the longest-waiting request", victim.peer)
+        victim._uncount()
+        victim._lost = True
+        if victim.transport is not None:
+            victim.transport.abort()
+        victim._wake()
+        return True
 
     def shed(self, reason: str, peer: str) -> None:
         if self.limits is not None:

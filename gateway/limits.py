@@ -118,15 +118,20 @@ class Limits:
         self.logging_in -= 1
 
     # -- HTTP connections (listen, before any WebSocket upgrade)
-    def try_open_http(self, peer: str) -> bool:
-        s = self.settings
+    def http_full(self) -> str | None:
+        """Why no further HTTP connection may open now (None: one may)."""
         if self.http_open >= self.max_http_conn:
-            self.shed_log.shed(f"max_http_conn ({self.max_http_conn}) HTTP connections open", peer)
-            return False
-        if self.http_open >= s.max_client_conn:
+            return f"max_http_conn ({self.max_http_conn}) HTTP connections open"
+        if self.http_open >= self.settings.max_client_conn:
             # (requests on the HTTP connections admitted are counted with the
             # sessions: POST /sql past max_client_conn gets its 53300 error)
-            self.shed_log.shed(f"max_client_conn ({s.max_client_conn}) HTTP connections open", peer)
+            return f"max_client_conn ({self.settings.max_client_conn}) HTTP connections open"
+        return None
+
+    def try_open_http(self, peer: str) -> bool:
+        full = self.http_full()
+        if full is not None:
+            self.shed_log.shed(full, peer)
             return False
         self.http_open += 1
         return True

@@ -311,30 +311,37 @@ async def _get(port: int, path: str = "/healthz") -> bytes:
         w.close()
 
 
-async def test_max_http_conn_sheds_with_503(gateway_app, caplog):
+async def test_max_http_conn_evicts_the_longest_waiting_connection(gateway_app, caplog):
+    """At max_http_conn a new client is still served: the connection that has
+    waited longest for a request (a slowloris) is closed to make room, and the
+    shed is logged; pg_listen is not affected."""
     app = await gateway_app(max_http_conn=2)
     caplog.set_level(logging.WARNING, logger="wirepool.limits")
-    conns = [await _idle_http(app.http_port) for _ in range(2)]
+    first = await _idle_http(app.http_port)
+    await eventually(lambda: app.gateway.limits.http_open == 1, what="one HTTP connection open")
+    second = await _idle_http(app.http_port)
     await eventually(lambda: app.gateway.limits.http_open == 2, what="two HTTP connections open")
     try:
         got = await _get(app.http_port)
-        assert got.startswith(b"HTTP/1.1 503"), got
-        assert any("max_http_conn" in r.getMessage() for r in caplog.records)
-        # pg_listen is not affected
+        assert got.startswith(b"HTTP/1.1 200"), got
+        assert any("max_http_conn" in r.getMessage() and "longest-waiting" in r.getMessage()
+                   for r in caplog.records)
+        # the oldest idle connection was the one closed; the other is still open
+        assert await asyncio.wait_for(first[0].read(), 5) == b""
+        assert not second[0].at_eof()
         c = await RawClient.connect(app.pg_port)
         assert not errors(await c.login("alice", ALICE_PASSWORD, "app"))
         await c.close()
     finally:
-        for _, w in conns:
+        for _, w in (first, second):
             w.close()
     await eventually(lambda: app.gateway.limits.http_open == 0, what="HTTP slots freed")
-    assert (await _get(app.http_port)).startswith(b"HTTP/1.1 200")
 
 
 async def test_http_connections_count_toward_max_client_conn(gateway_app):
     """Open HTTP connections count toward max_client_conn: a pg_listen login
     past it gets 53300, and no more HTTP connections than max_client_conn
-    are held open (the next gets 503)."""
+    are held open (the next one evicts the longest-waiting idle connection)."""
     app = await gateway_app(max_client_conn=3)
     c = await RawClient.connect(app.pg_port)
     assert not errors(await c.login("alice", ALICE_PASSWORD, "app"))
@@ -349,7 +356,9 @@ async def test_http_connections_count_toward_max_client_conn(gateway_app):
         conns.append(await _idle_http(app.http_port))
         await eventually(lambda: app.gateway.limits.http_open == 3, what="three HTTP connections open")
         got = await _get(app.http_port)
-        assert got.startswith(b"HTTP/1.1 503"), got
+        assert got.startswith(b"HTTP/1.1 200"), got
+        assert app.gateway.limits.http_open <= 3
+        assert await asyncio.wait_for(conns[0][0].read(), 5) == b""
     finally:
         for _, w in conns:
             w.close()
