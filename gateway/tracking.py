@@ -90,12 +90,23 @@ def hint(chunk: bytes) -> bool:
             or b"hold" in low or b"listen" in low or b"discard" in low)
 
 
+def parse_name_end(chunk: bytes, s: int, e: int) -> int:
+    """End of the statement name of a Parse body ``chunk[s:e]`` (its NUL), or
+    ``e`` when the body has none (malformed: Postgres rejects it with 08P01)."""
+    i = chunk.find(b"\x00", s, e)
+    return e if i < 0 else i
+
+
 def statement_text(chunk: bytes, t: int, s: int, e: int) -> bytes:
-    """The SQL text of a Query or Parse message body ``chunk[s:e]``."""
+    """The SQL text of a Query or Parse message body ``chunk[s:e]`` (never
+    reads past the message: a malformed body gives what it holds)."""
     if t == _Q:
         return chunk[s:e - 1]
-    i = chunk.index(b"\x00", s)  # Parse: statement name, then the query
-    return chunk[i + 1:chunk.index(b"\x00", i + 1)]
+    i = parse_name_end(chunk, s, e)  # Parse: statement name, then the query
+    if i >= e:
+        return b""
+    j = chunk.find(b"\x00", i + 1, e)
+    return chunk[i + 1:e if j < 0 else j]
 
 
 def stateful(sql: bytes) -> bool:
@@ -255,8 +266,9 @@ class Tracker:
                 if not self.names and not self.all_binds:
                     return
             else:
-                i = chunk.index(b"\x00", s)
-                sql = chunk[i + 1:chunk.index(b"\x00", i + 1)]
+                e = -e  # a Parse: its end comes negated
+                i = parse_name_end(chunk, s, e)
+                sql = statement_text(chunk, _P, s, e)
                 hit = _SEEN.get(sql)
                 if hit is None:
                     hit = _verdict(sql)
@@ -277,7 +289,7 @@ class Tracker:
                 self.custom.add(name.decode("utf-8", "replace").lower())
         if t == _P:
             if len(self.names) < _MAX_NAMES:
-                self.names.add(chunk[s:chunk.index(b"\x00", s)])
+                self.names.add(chunk[s:parse_name_end(chunk, s, len(chunk))])
             else:
                 self.all_binds = True
 
