@@ -138,12 +138,14 @@ class Console:
             fn = getattr(self, "show_" + args[0].lower(), None)
             if fn is None:
                 raise AdminError("42601", f"unknown SHOW command: {args[0]}")
-            return fn()
+            shown: bytes = fn()
+            return shown
         fn = getattr(self, "cmd_" + verb.lower(), None)
         if fn is None or verb == "SET":
             raise AdminError("42601", f"unknown command: {words[0]} (SHOW HELP lists the commands)")
         self._need_admin()
-        return await fn(args)
+        done: bytes = await fn(args)
+        return done
 
     def _need_admin(self) -> None:
         if not self.admin:
@@ -206,7 +208,7 @@ class Console:
         if avg_prefix is not None:
             cols += [(n, Q) for n in avg_names]
         elapsed = max(time.monotonic() - _STARTED, 1e-6)
-        rows = []
+        rows: list[Any] = []
         for p in self.gw.pools.values():
             c = self._counters(p)
             avg = (int(c[0] / elapsed), int(c[1] / elapsed), 0, 0,

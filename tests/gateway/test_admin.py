@@ -256,3 +256,62 @@ async def test_console_over_websocket(gateway_app, pg_db):
         assert len(mine) == 1 and mine[0]["database"] == "wirepool" and mine[0]["user"] == "alice"
     finally:
         await conn.close()
+
+
+async def test_commands_set_disable_reconnect_kill(gateway_app, pg, pg_db):
+    from tests.gateway.pool_helpers import admin, backends
+    app = await gateway_app(databases={"app": {"dbname": pg_db}}, default_pool_size=2, **ADMIN)
+    pool = app.gateway.pools["app"]
+    adm = await console(app.pg_port)
+    # SET a live setting: SHOW CONFIG follows, the pool size too
+    await adm.execute("SET default_pool_size = 4")
+    assert pool.size == 4
+    cur = await adm.execute("SHOW CONFIG")
+    assert ("default_pool_size", "4", "20", "yes") in await cur.fetchall()
+    for bad, code in (("SET listen = '1.2.3.4:5'", "55P02"), ("SET default_pool_size = lots", "22023"),
+                      ("SET default_pool_size = -1", "22023"), ("FROB", "42601"), ("PAUSE nosuchdb", "3D000")):
+        with pytest.raises(psycopg.Error) as ei:
+            await adm.execute(bad)
+        assert ei.value.sqlstate == code, bad
+    # extended protocol: an error, and the connection stays usable
+    async with await psycopg.AsyncConnection.connect(host="127.0.0.1", port=app.pg_port, user="alice",
+                                                     password=ALICE_PASSWORD, dbname="pgbouncer",
+                                                     autocommit=True) as ext:
+        with pytest.raises(psycopg.Error, match="simple query protocol"):
+            await ext.execute("SHOW %s", ["POOLS"])  # parameters: the extended protocol
+        ccur = psycopg.AsyncClientCursor(ext)
+        await ccur.execute("SHOW VERSION")  # still usable after the error
+        assert "PgBouncer" in (await ccur.fetchone())[0]
+    # DISABLE refuses new logins, ENABLE accepts them again
+    await adm.execute("DISABLE app")
+    with pytest.raises(asyncpg.PostgresError) as e2:
+        await asyncpg.connect(app.pg_dsn("alice", ALICE_PASSWORD, "app"))
+    assert e2.value.sqlstate == "3D000"
+    await adm.execute("ENABLE app")
+    c = await asyncpg.connect(app.pg_dsn("alice", ALICE_PASSWORD, "app"))
+    before = await c.fetchval("SELECT pg_backend_pid()")
+    # RECONNECT: the idle server is closed, the next transaction gets a new backend
+    await adm.execute("RECONNECT app")
+    assert await c.fetchval("SELECT pg_backend_pid()") != before
+    # KILL ends the clients; new transactions then wait for RESUME
+    await adm.execute("KILL app")
+    await eventually(lambda: c.is_closed() or not pool.cl_active, what="client ended by KILL")
+    with pytest.raises(Exception):  # asyncpg reports the FATAL it got while idle in its own ways
+        await asyncio.wait_for(c.fetchval("SELECT 1"), 10)
+    superuser = await admin(pg)
+    try:
+        await eventually(lambda: _no_backends(superuser, pg_db), what="servers closed by KILL")
+    finally:
+        await superuser.close()
+    c2 = await asyncpg.connect(app.pg_dsn("alice", ALICE_PASSWORD, "app"))
+    held = asyncio.ensure_future(c2.fetchval("SELECT 7"))
+    await eventually(lambda: len(pool.cl_waiting) == 1, what="held by KILL's pause")
+    await adm.execute("RESUME app")
+    assert await asyncio.wait_for(held, 10) == 7
+    await c2.close()
+    await adm.close()
+
+
+async def _no_backends(conn: asyncpg.Connection, dbname: str) -> bool:
+    from tests.gateway.pool_helpers import backends
+    return not await backends(conn, dbname)
