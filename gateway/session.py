@@ -1,17 +1,12 @@
-"""Client sessions: the server side of startup, authentication, and the
-transaction-pooling loop.
+"""Client sessions: the transaction-pooling loop.
 
 One :class:`Session` per :class:`~gateway.streams.ClientStream`.
 
-Startup: SSLRequest / GSSENCRequest are answered ``N``; a CancelRequest is
-forwarded (see :mod:`gateway.cancel`) and the stream closed; protocol 3.x with
-x > 0 (or ``_pq_.`` options) gets NegotiateProtocolVersion, any other major
-version a FATAL 0A000.  Then authentication (:mod:`gateway.auth`), the
-database lookup (unknown -> 3D000, no upstream attempt), and the reply:
-AuthenticationOk, the upstream's ParameterStatus values (cached per pool),
-a gateway-issued BackendKeyData and ReadyForQuery -- without a server.
-Bytes are processed strictly in order, so StartupMessage + PasswordMessage +
-the first query in one chunk work.
+Startup (:mod:`gateway.login`): SSLRequest (TLS when configured, else ``N``),
+CancelRequest, startup parameters, authentication, admission, the database
+lookup and the login reply -- without a server.  Bytes are processed strictly
+in order, so StartupMessage + PasswordMessage + the first query in one chunk
+work.
 
 Pooling loop (the hot path): every client chunk is framed with
 ``FrontendReader.read_raw()`` and forwarded whole; only message types are
@@ -46,14 +41,13 @@ from driver.protocol import messages as m
 from driver.protocol.framing import FrontendReader, ProtocolError
 
 from .accounting import Accounting
-from .admin import ADMIN_DATABASES, serve_console
 from .auth import AuthFailed
 from .cancel import send_cancel
-from .limits import after_login, check_login_message, login_reader
-from .params import OptionsError, tracked_options
-from .params import canonical as canonical_value
+from . import login
+from .login import TRACKED, TRACKED_NAMES  # noqa: F401 (TRACKED: re-exported for http_exec)
+from .limits import check_login_message, login_reader
 from .pool import Pool, PoolError
-from .prepared import ClientStatements, Rewriter, server_statements
+from .prepared import Rewriter, server_statements
 from .schema import database_key
 from .server import TRACKED_ORDER, ServerConnection, parse_parameter_status, tracked_signature
 from .streams import TransportError
@@ -64,19 +58,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("wirepool.gateway.session")
 
-#: lower-case name -> the canonical name PostgreSQL reports.
-TRACKED: dict[str, str] = {
-    "client_encoding": "client_encoding",
-    "datestyle": "DateStyle",
-    "intervalstyle": "IntervalStyle",
-    "timezone": "TimeZone",
-    "standard_conforming_strings": "standard_conforming_strings",
-    "application_name": "application_name",
-}
-TRACKED_NAMES = frozenset(TRACKED.values())
 assert TRACKED_NAMES == frozenset(TRACKED_ORDER)
-#: Startup parameters accepted and ignored.
-IGNORED_STARTUP = frozenset({"extra_float_digits"})
 
 _S = 83  # backend ParameterStatus
 _Z = 90
@@ -111,26 +93,6 @@ def _direct_writer(stream: Any) -> tuple[Any, Any]:
 
 
 _RFQ_IDLE = m.ready_for_query("I")
-#: (id(server params), client's tracked signature) -> (server params, AuthenticationOk + ParameterStatus block)
-_STARTUP_BLOCKS: dict[tuple[int, tuple[str | None, ...]], tuple[dict[str, str], bytes, int]] = {}
-
-
-def _startup_block(server_params: dict[str, str], params: dict[str, str],
-                   sig: tuple[str | None, ...]) -> bytes:
-    """AuthenticationOk + the ParameterStatus messages of a login reply, built
-    once per (pool's server values, client's tracked values)."""
-    key = (id(server_params), sig)
-    hit = _STARTUP_BLOCKS.get(key)
-    if hit is not None and hit[0] is server_params and len(server_params) == hit[2]:
-        return hit[1]
-    block = m.AUTHENTICATION_OK + b"".join(m.parameter_status(name, params.get(name, value))
-                                           for name, value in server_params.items())
-    if len(_STARTUP_BLOCKS) > 256:
-        _STARTUP_BLOCKS.clear()
-    _STARTUP_BLOCKS[key] = (server_params, block, len(server_params))
-    return block
-
-
 def _fatal(sqlstate: str, message: str) -> bytes:
     return m.error(sqlstate, message, severity="FATAL")
 
@@ -291,136 +253,16 @@ class Session:
         self._pend_chunk, self._pend_idx, self._pend_pos = b"", [], 0
         return chunk, rest
 
+    # ======================================================== login (gateway/login.py)
     async def _startup(self) -> bool:
-        gw = self.gw
-        s = self.settings
-        timeout = s.client_login_timeout if s.client_login_timeout > 0 else None
-        limits = gw.limits
-        if not limits.try_begin_login(getattr(self.stream, "peer", "?")):
-            raise AuthFailed("53300", "sorry, too many clients are logging in")
-        login_limit = getattr(self.stream, "set_login_limit", None)
-        if login_limit is not None:
-            login_limit(s.login_buffer_size)
-        try:
-            async with asyncio.timeout(timeout):
-                prefix = await self._handshake()
-        except TimeoutError:
-            limits.shed_log.shed("client_login_timeout: login not completed in time",
-                                 getattr(self.stream, "peer", "?"))
-            raise AuthFailed("08006", "client_login_timeout: login not completed in time") from None
-        finally:
-            limits.end_login()
-        if prefix is None:
-            return False
-        after_login(self.reader, s)
-        if login_limit is not None:
-            login_limit(None)
-        # Database lookup only after authentication (as PostgreSQL does).
-        if self.database in ADMIN_DATABASES:  # the admin console (gateway/admin.py)
-            await serve_console(self, prefix)
-            return False
-        pool = gw.pools.get(self.database)
-        if pool is None or pool.disabled:
-            raise AuthFailed("3D000", f'database "{self.database}" does not exist')
-        self.pool = pool
-        self.acc.errors = pool.obs.errors  # server ErrorResponses by SQLSTATE class (/metrics)
-        self.transaction_mode = pool.transaction_mode
-        if self.transaction_mode and s.max_prepared_statements > 0:
-            self.prepared = Rewriter(ClientStatements(gw.statements, db=database_key(pool.db)),
-                                     s.max_prepared_statements)
-            self.acc.rewriter = self.prepared
-        if self.transaction_mode:
-            self.track = Tracker()
-        pool.add_client(self)
-        server_params = await pool.ensure_params(self)
-        # Client's tracked values: what it asked for, else the server default.
-        params = self.params
-        for name in TRACKED_NAMES:
-            if name not in params and name in server_params:
-                params[name] = server_params[name]
-        if "DateStyle" in params and "DateStyle" in server_params:  # "SQL" -> "SQL, <server's order>"
-            params["DateStyle"] = canonical_value("DateStyle", params["DateStyle"], server_params["DateStyle"])
-        self.sig = tracked_signature(params)
-        gw.register_session(self)
-        gw.obs.logged_in(getattr(self.stream, "kind", "?"), "token" if getattr(self.stream, "token", None)
-                         is not None else gw.authenticator.auth_type)
-        await self.stream.send(b"".join((prefix, _startup_block(server_params, params, self.sig),
-                                         m.backend_key_data(self.process_id, self.secret_key), _RFQ_IDLE)))
-        return True
+        return await login.startup(self)
 
     async def _handshake(self) -> bytes | None:
-        """Startup packet(s) and authentication.  Returns the bytes to send
-        before AuthenticationOk, or None when the stream is done (cancel)."""
-        gw = self.gw
-        send = self.stream.send
-        while True:
-            mtype, body = await self._next_message()
-            if mtype != m.F.UNTYPED:  # pragma: no cover - the reader guarantees it
-                raise ProtocolError("expected a startup packet")
-            msg = m.decode_frontend(mtype, body)
-            if isinstance(msg, m.SSLRequest) and getattr(self.stream, "tls_available", False):
-                if self.reader.buffered or self._pend_pos < len(self._pend_idx):
-                    # Bytes sent in clear after the SSLRequest must not count as encrypted.
-                    raise ProtocolError("unencrypted data received after SSLRequest")
-                await send(b"S")
-                await self.stream.start_tls()
-                continue
-            if isinstance(msg, (m.SSLRequest, m.GSSENCRequest)):
-                await send(m.SSL_REFUSED)
-                continue
-            if isinstance(msg, m.CancelRequest):
-                await gw.handle_cancel(msg.process_id, msg.secret_key)
-                return None
-            assert isinstance(msg, m.StartupMessage)
-            break
-        if msg.major != 3:
-            raise AuthFailed("0A000", f"unsupported frontend protocol {msg.major}.{msg.minor}: "
-                                      "server supports 3.0 to 3.0")
-        unrecognized: list[str] = []
-        user = msg.params.get("user", "")
-        for key, value in msg.params.items():
-            if key in ("user", "database"):
-                continue
-            lk = key.lower()
-            canonical = TRACKED.get(lk)
-            if canonical is not None:
-                self.params[canonical] = canonical_value(canonical, value)
-            elif key.startswith("_pq_."):
-                unrecognized.append(key)
-            elif lk == "options":
-                try:
-                    self.params.update(tracked_options(value, TRACKED))
-                except OptionsError as exc:
-                    raise AuthFailed(exc.sqlstate, str(exc)) from None
-            elif lk in IGNORED_STARTUP:
-                pass
-            else:
-                raise AuthFailed("08P01", f"unsupported startup parameter: {key}")
-        if msg.minor > 0 or unrecognized:
-            await send(m.negotiate_protocol_version(0, unrecognized))
-        token = getattr(self.stream, "token", None)
-        peer = getattr(self.stream, "peer", "?")
-        if token is not None:  # API token (WebSocket upgrade): no password exchange
-            user = await gw.authenticator.authenticate_token(token, user, peer)
-        if not user:
-            raise AuthFailed("28000", "no PostgreSQL user name specified in startup packet")
-        self.user = user
-        self.database = msg.params.get("database") or user
-        self._admit()
-        if token is not None:
-            return b""
-        return await gw.authenticator.authenticate(user, send, self._next_message, peer)
+        """Startup packet(s) and authentication (overridden by /pg's pre-authenticated session)."""
+        return await login.handshake(self)
 
     def _admit(self) -> None:
-        """Count this client against ``max_client_conn`` (53300 past it;
-        57P03 while the gateway shuts down)."""
-        gw = self.gw
-        if not gw.accepting:
-            raise AuthFailed("57P03", "the gateway is shutting down")
-        if gw.n_clients + gw.limits.clients_beside(self.stream) >= self.settings.max_client_conn:
-            raise AuthFailed("53300", "sorry, too many clients already")
-        gw.n_clients += 1
-        self.counted = True
+        login.admit(self)
 
     # ======================================================== pooling loop
     async def _serve(self) -> None:

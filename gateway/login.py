@@ -1,0 +1,194 @@
+"""The login phase of a client session (pg_listen and WebSocket /v2):
+startup packet(s), SSL/GSS negotiation, CancelRequest, startup parameters,
+authentication, admission (``max_client_conn``), the database lookup, and the
+login reply (AuthenticationOk, ParameterStatus, BackendKeyData,
+ReadyForQuery) -- without a server.
+
+Functions of the :class:`~gateway.session.Session` they serve (PgBouncer's
+``client.c`` login half); the pooling loop stays in :mod:`gateway.session`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from driver.protocol import messages as m
+from driver.protocol.framing import ProtocolError
+
+from .admin import ADMIN_DATABASES, serve_console
+from .auth import AuthFailed
+from .limits import after_login
+from .params import OptionsError, tracked_options
+from .params import canonical as canonical_value
+from .prepared import ClientStatements, Rewriter
+from .schema import database_key
+from .server import tracked_signature
+from .tracking import Tracker
+
+#: lower-case name -> the canonical name PostgreSQL reports.
+TRACKED: dict[str, str] = {
+    "client_encoding": "client_encoding",
+    "datestyle": "DateStyle",
+    "intervalstyle": "IntervalStyle",
+    "timezone": "TimeZone",
+    "standard_conforming_strings": "standard_conforming_strings",
+    "application_name": "application_name",
+}
+TRACKED_NAMES = frozenset(TRACKED.values())
+#: Startup parameters accepted and ignored.
+IGNORED_STARTUP = frozenset({"extra_float_digits"})
+_RFQ_IDLE = m.ready_for_query("I")
+
+
+#: (id(server params), client's tracked signature) -> (server params, AuthenticationOk + ParameterStatus block)
+_STARTUP_BLOCKS: dict[tuple[int, tuple[str | None, ...]], tuple[dict[str, str], bytes, int]] = {}
+
+
+def startup_block(server_params: dict[str, str], params: dict[str, str],
+                   sig: tuple[str | None, ...]) -> bytes:
+    """AuthenticationOk + the ParameterStatus messages of a login reply, built
+    once per (pool's server values, client's tracked values)."""
+    key = (id(server_params), sig)
+    hit = _STARTUP_BLOCKS.get(key)
+    if hit is not None and hit[0] is server_params and len(server_params) == hit[2]:
+        return hit[1]
+    block = m.AUTHENTICATION_OK + b"".join(m.parameter_status(name, params.get(name, value))
+                                           for name, value in server_params.items())
+    if len(_STARTUP_BLOCKS) > 256:
+        _STARTUP_BLOCKS.clear()
+    _STARTUP_BLOCKS[key] = (server_params, block, len(server_params))
+    return block
+
+
+
+async def startup(self: Any) -> bool:
+    gw = self.gw
+    s = self.settings
+    timeout = s.client_login_timeout if s.client_login_timeout > 0 else None
+    limits = gw.limits
+    if not limits.try_begin_login(getattr(self.stream, "peer", "?")):
+        raise AuthFailed("53300", "sorry, too many clients are logging in")
+    login_limit = getattr(self.stream, "set_login_limit", None)
+    if login_limit is not None:
+        login_limit(s.login_buffer_size)
+    try:
+        async with asyncio.timeout(timeout):
+            prefix = await self._handshake()
+    except TimeoutError:
+        limits.shed_log.shed("client_login_timeout: login not completed in time",
+                             getattr(self.stream, "peer", "?"))
+        raise AuthFailed("08006", "client_login_timeout: login not completed in time") from None
+    finally:
+        limits.end_login()
+    if prefix is None:
+        return False
+    after_login(self.reader, s)
+    if login_limit is not None:
+        login_limit(None)
+    # Database lookup only after authentication (as PostgreSQL does).
+    if self.database in ADMIN_DATABASES:  # the admin console (gateway/admin.py)
+        await serve_console(self, prefix)
+        return False
+    pool = gw.pools.get(self.database)
+    if pool is None or pool.disabled:
+        raise AuthFailed("3D000", f'database "{self.database}" does not exist')
+    self.pool = pool
+    self.acc.errors = pool.obs.errors  # server ErrorResponses by SQLSTATE class (/metrics)
+    self.transaction_mode = pool.transaction_mode
+    if self.transaction_mode and s.max_prepared_statements > 0:
+        self.prepared = Rewriter(ClientStatements(gw.statements, db=database_key(pool.db)),
+                                 s.max_prepared_statements)
+        self.acc.rewriter = self.prepared
+    if self.transaction_mode:
+        self.track = Tracker()
+    pool.add_client(self)
+    server_params = await pool.ensure_params(self)
+    # Client's tracked values: what it asked for, else the server default.
+    params = self.params
+    for name in TRACKED_NAMES:
+        if name not in params and name in server_params:
+            params[name] = server_params[name]
+    if "DateStyle" in params and "DateStyle" in server_params:  # "SQL" -> "SQL, <server's order>"
+        params["DateStyle"] = canonical_value("DateStyle", params["DateStyle"], server_params["DateStyle"])
+    self.sig = tracked_signature(params)
+    gw.register_session(self)
+    gw.obs.logged_in(getattr(self.stream, "kind", "?"), "token" if getattr(self.stream, "token", None)
+                     is not None else gw.authenticator.auth_type)
+    await self.stream.send(b"".join((prefix, startup_block(server_params, params, self.sig),
+                                     m.backend_key_data(self.process_id, self.secret_key), _RFQ_IDLE)))
+    return True
+
+async def handshake(self: Any) -> bytes | None:
+    """Startup packet(s) and authentication.  Returns the bytes to send
+    before AuthenticationOk, or None when the stream is done (cancel)."""
+    gw = self.gw
+    send = self.stream.send
+    while True:
+        mtype, body = await self._next_message()
+        if mtype != m.F.UNTYPED:  # pragma: no cover - the reader guarantees it
+            raise ProtocolError("expected a startup packet")
+        msg = m.decode_frontend(mtype, body)
+        if isinstance(msg, m.SSLRequest) and getattr(self.stream, "tls_available", False):
+            if self.reader.buffered or self._pend_pos < len(self._pend_idx):
+                # Bytes sent in clear after the SSLRequest must not count as encrypted.
+                raise ProtocolError("unencrypted data received after SSLRequest")
+            await send(b"S")
+            await self.stream.start_tls()
+            continue
+        if isinstance(msg, (m.SSLRequest, m.GSSENCRequest)):
+            await send(m.SSL_REFUSED)
+            continue
+        if isinstance(msg, m.CancelRequest):
+            await gw.handle_cancel(msg.process_id, msg.secret_key)
+            return None
+        assert isinstance(msg, m.StartupMessage)
+        break
+    if msg.major != 3:
+        raise AuthFailed("0A000", f"unsupported frontend protocol {msg.major}.{msg.minor}: "
+                                  "server supports 3.0 to 3.0")
+    unrecognized: list[str] = []
+    user = msg.params.get("user", "")
+    for key, value in msg.params.items():
+        if key in ("user", "database"):
+            continue
+        lk = key.lower()
+        canonical = TRACKED.get(lk)
+        if canonical is not None:
+            self.params[canonical] = canonical_value(canonical, value)
+        elif key.startswith("_pq_."):
+            unrecognized.append(key)
+        elif lk == "options":
+            try:
+                self.params.update(tracked_options(value, TRACKED))
+            except OptionsError as exc:
+                raise AuthFailed(exc.sqlstate, str(exc)) from None
+        elif lk in IGNORED_STARTUP:
+            pass
+        else:
+            raise AuthFailed("08P01", f"unsupported startup parameter: {key}")
+    if msg.minor > 0 or unrecognized:
+        await send(m.negotiate_protocol_version(0, unrecognized))
+    token = getattr(self.stream, "token", None)
+    peer = getattr(self.stream, "peer", "?")
+    if token is not None:  # API token (WebSocket upgrade): no password exchange
+        user = await gw.authenticator.authenticate_token(token, user, peer)
+    if not user:
+        raise AuthFailed("28000", "no PostgreSQL user name specified in startup packet")
+    self.user = user
+    self.database = msg.params.get("database") or user
+    self._admit()
+    if token is not None:
+        return b""
+    return await gw.authenticator.authenticate(user, send, self._next_message, peer)
+
+def admit(self: Any) -> None:
+    """Count this client against ``max_client_conn`` (53300 past it;
+    57P03 while the gateway shuts down)."""
+    gw = self.gw
+    if not gw.accepting:
+        raise AuthFailed("57P03", "the gateway is shutting down")
+    if gw.n_clients + gw.limits.clients_beside(self.stream) >= self.settings.max_client_conn:
+        raise AuthFailed("53300", "sorry, too many clients already")
+    gw.n_clients += 1
+    self.counted = True
