@@ -115,14 +115,19 @@ def _backend(data: bytes) -> list[Any]:
     return [m.decode_backend(t, b) for t, b in r.read()]
 
 
+_DESCRIBE_MISSING_PORTAL = b"D\x00\x00\x00\x06P\x00"
+
+
+@pytest.mark.parametrize("describes", [1, 2])  # 2: found by the fuzz campaign (the second is skipped too)
 @pytest.mark.parametrize("max_prepared_statements", [200, 0])  # with and without the rewriter
-async def test_pg_query_skipped_after_extended_error_does_not_hang(gateway_app, pg_db, max_prepared_statements):
+async def test_pg_query_skipped_after_extended_error_does_not_hang(gateway_app, pg_db, max_prepared_statements,
+                                                                   describes):
     """Describe of a missing portal fails; Postgres skips the Query after it
     (skip-till-Sync): the response ends with the error, the server is synced
     and goes back to the pool clean."""
     app = await gateway_app(max_prepared_statements=max_prepared_statements,
                             databases={"app": {"dbname": pg_db, "pool_size": 1}})
-    body = b"D\x00\x00\x00\x06P\x00" + b"Q\x00\x00\x00\x0dselect 1\x00"
+    body = _DESCRIBE_MISSING_PORTAL * describes + b"Q\x00\x00\x00\x0dselect 1\x00"
     status, hdrs, data = await _pg(app, body)
     assert status == 200, data
     msgs = _backend(data)
