@@ -72,7 +72,11 @@ gives the registry entry a fresh gateway name, so no other client keeps
 hitting the stale plan; the client still gets Postgres' error.  A DDL seen by
 the gateway calls :meth:`StatementRegistry.bump` for its database: statements
 created before it are no longer handed to new clients, and each server closes
-the unused ones before its next use (:meth:`Rewriter._sweep`).
+the unused ones before its next use (:meth:`Rewriter._sweep`).  One a client
+still maps is renamed when it is next parsed afresh on a server
+(:meth:`StatementRegistry.renew`), so the servers holding its old plan close it
+too: its first use after the migration fails (Postgres' error, on a server
+with the old plan) or renews it, never a later one.
 
 A Parse of a name the server already has is answered with a synthetic
 ParseComplete only when the transaction surely is not aborted (no Query/Sync
@@ -213,8 +217,10 @@ class Statement:
         self.parse = b""
         self.rename(name)
 
-    def rename(self, name: bytes) -> None:
+    def rename(self, name: bytes, born: int | None = None) -> None:
         self.name = name
+        if born is not None:
+            self.born = born
         body = name + b"\x00" + self.key
         self.parse = b"P" + _pack_i32(len(body) + 4) + body
 
@@ -301,9 +307,24 @@ class StatementRegistry:
             same = {o for o in list(self.by_name.values()) if o.key == st.key}
             same.add(st)
             for o in same:
-                o.rename(self._new_name())
+                o.rename(self._new_name(), self.clock)  # parsed from now on: current schema
                 self.by_name[o.name] = o
             self.clock += 1  # servers close the old names before their next use
+
+    def renew(self, st: Statement, db: str) -> bool:
+        """``st`` is about to be parsed afresh on a server after a schema change
+        of ``db`` it predates: give it a new name first (True if it did), so
+        the servers still holding its old plan close it before their next use
+        instead of failing later.  Without this, a long-lived client's first
+        use after a migration could land on a server without the statement
+        (fresh Parse, no error, nothing retired) and a later use on one with
+        the stale plan would fail then -- an error long after the migration."""
+        if st.born >= self.marks.get(db, 0) or self.by_name.get(st.name) is not st:
+            return False
+        st.rename(self._new_name(), self.clock)
+        self.by_name[st.name] = st
+        self.clock += 1
+        return True
 
 
 class ClientStatements:
@@ -689,8 +710,7 @@ class Rewriter:
                 if st2 is None:
                     self._local_error(out, m.error("26000", f'prepared statement "{_txt(name)}" does not exist'))
                     continue
-                gname = st2.name
-                self._ensure(sv, st2, out)
+                gname = self._ensure(sv, st2, out)
                 body = chunk[s:ns] + gname + chunk[ne:e]
                 out.append(chr(t).encode() + _pack_i32(len(body) + 4) + body)
                 ref = (st2, gname)
@@ -749,15 +769,20 @@ class Rewriter:
         ch = sv.changed.get(gname)
         return ch is None or ch == sv.sent or ch < sv.acked
 
-    def _ensure(self, sv: ServerStatements, st: Statement, out: list[bytes]) -> None:
-        """Make sure the server has ``st`` before the next message: inject its Parse."""
+    def _ensure(self, sv: ServerStatements, st: Statement, out: list[bytes]) -> bytes:
+        """Make sure the server has ``st`` before the next message: inject its
+        Parse.  Returns the gateway name to use (``st`` may be renamed when it
+        predates a schema change, see :meth:`StatementRegistry.renew`)."""
         gname = st.name
         if self._certain(sv, gname):
             sv.lru.move_to_end(gname)
-            return
+            return gname
+        if self.client.registry.renew(st, self.client.db):
+            gname = st.name
         sundo = self._make_room(sv, gname, out)
         out.append(st.parse)
         self._q.append((_R1, _SWALLOW, None, (st, gname), (sundo,), 0))
+        return gname
 
     def _make_room(self, sv: ServerStatements, gname: bytes, out: list[bytes]) -> tuple[Any, ...]:
         """Record ``gname`` as being created now; inject a Close first when its

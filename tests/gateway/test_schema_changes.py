@@ -96,6 +96,56 @@ async def test_enum_recreated_directly_costs_at_most_one_error_per_server(
         assert results == ["b"] * 5, results
 
 
+async def _run_on_server_other_than(app: Any, busy_pid: int | None, conn: Any, query: str
+                                    ) -> tuple[Any, int]:
+    """Run ``query`` on ``conn`` (pool of 2, transaction mode) while the server
+    ``busy_pid`` (any one if None) is held in a transaction by another client:
+    it lands on the other server.  Returns the result (or the error) and the
+    pid of the server it ran on."""
+    holders = [await asyncpg.connect(app.pg_dsn("alice", ALICE_PASSWORD, "app")) for _ in range(2)]
+    try:
+        trs = [h.transaction() for h in holders]
+        for t in trs:
+            await t.start()
+        pids = [await h.fetchval("select pg_backend_pid()") for h in holders]
+        assert busy_pid is None or busy_pid in pids, (busy_pid, pids)
+        free = pids.index(busy_pid) ^ 1 if busy_pid is not None else 0
+        await trs[free].rollback()  # only busy_pid stays held
+        try:
+            return await asyncio.wait_for(conn.fetchval(query, "b"), 10), pids[free]
+        except asyncpg.PostgresError as exc:
+            return exc, pids[free]
+        finally:
+            await trs[free ^ 1].rollback()
+    finally:
+        for h in holders:
+            await h.close()
+
+
+async def test_long_lived_statement_after_migration_fails_only_at_first_use(
+        gateway_app: Any, pg_db: str) -> None:
+    """A client's statement held on server A only; a migration through the
+    gateway; its first use lands on server B (parsed afresh, no error), its next
+    one on A, which still has the old plan: that must not fail either -- an
+    error long after the migration is what made the WebSocket cycles flaky."""
+    query = "select $1::my_enum::text"  # parameter of the dropped type: XX000, no driver retries
+    app = await gateway_app(auth_type="password", databases={"app": {"pool_size": 2, "dbname": pg_db}})
+    admin = await asyncpg.connect(app.pg_dsn("alice", ALICE_PASSWORD, "app"))
+    client = await asyncpg.connect(app.pg_dsn("alice", ALICE_PASSWORD, "app"))
+    try:
+        await admin.execute(RECREATE)
+        r, pa = await _run_on_server_other_than(app, None, client, query)  # prepared on pa only
+        assert r == "b", r
+        await admin.execute(RECREATE)  # through the gateway: the schema epoch is bumped
+        r, pb = await _run_on_server_other_than(app, pa, client, query)  # first use: elsewhere
+        assert r == "b" and pb != pa, (r, pa, pb)
+        r, pc = await _run_on_server_other_than(app, pb, client, query)  # next: the old plan's server
+        assert r == "b" and pc == pa, (r, pa, pc)
+    finally:
+        await client.close()
+        await admin.close()
+
+
 # --------------------------------------------------------------------------- migration cycles
 
 CYCLES = 5
