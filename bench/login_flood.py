@@ -37,6 +37,7 @@ import time
 from typing import Any
 
 from .env import BENCH_DB, BenchCluster, Gateway
+from .preauth_memory import normal_client
 
 FLOOD_SOURCE = "127.0.0.2"
 
@@ -95,34 +96,7 @@ async def flood(port: int, rate: float, seconds: float) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ normal client
-
-async def normal_client(gw: Gateway, seconds: float) -> dict[str, float]:
-    import asyncpg
-
-    kw = gw.tcp_kwargs()
-    conn = await asyncpg.connect(**kw, statement_cache_size=0)
-    lat: list[float] = []
-    logins: list[float] = []
-    loop = asyncio.get_running_loop()
-    end = loop.time() + seconds
-    next_login = loop.time()
-
-    try:
-        while loop.time() < end:
-            t0 = time.perf_counter()
-            assert await conn.fetchval("select 1") == 1
-            lat.append(time.perf_counter() - t0)
-            if loop.time() >= next_login:
-                next_login = loop.time() + 0.5
-                t0 = time.perf_counter()
-                c2 = await asyncpg.connect(**kw, statement_cache_size=0)
-                await c2.close()
-                logins.append(time.perf_counter() - t0)
-    finally:
-        await conn.close()
-    lat.sort()
-    return {"n": len(lat), "p50_ms": 1000 * lat[len(lat) // 2], "p99_ms": 1000 * lat[int(len(lat) * 0.99)],
-            "max_ms": 1000 * lat[-1], "login_p50_ms": 1000 * statistics.median(logins)}
+# (the same measuring client as the pre-auth memory bench: select 1 in a loop, a login every 0.5 s)
 
 
 async def one_run(gw: Gateway, rate: float, seconds: float, with_flood: bool) -> dict[str, float]:
@@ -132,7 +106,7 @@ async def one_run(gw: Gateway, rate: float, seconds: float, with_flood: bool) ->
             sys.executable, "-m", "bench.login_flood", "--flood-worker", str(gw.pg_port), str(rate), str(seconds),
             stdout=asyncio.subprocess.PIPE)
         await asyncio.sleep(0.5)  # let the flood reach its rate before measuring (warm-up, not synchronisation)
-    res = await normal_client(gw, seconds - 1 if with_flood else seconds)
+    res = await normal_client(gw.tcp_kwargs(), seconds - 1 if with_flood else seconds)
     if proc is not None:
         out, _ = await proc.communicate()
         words = out.decode().split()
