@@ -125,6 +125,18 @@ class GatewaySettings:
     http_max_batch_messages: int = 10000
     #: Most backend bytes in one HTTP response (larger results: cancelled, error).
     http_max_response_size: int = 67108864
+    #: LISTEN fan-out in transaction mode (gateway/listen.py, docs/listen.md): unsent
+    #: notification bytes per client before it is disconnected (53400); channels per
+    #: client and clients per channel (0 = no limit); backlog kept per channel for SSE
+    #: Last-Event-ID resumes (entries, and bytes over all channels of a database);
+    #: seconds a channel stays LISTENed after its last subscriber left; SSE heartbeat.
+    listen_queue_bytes: int = 1048576
+    listen_max_channels_per_client: int = 1000
+    listen_max_clients_per_channel: int = 0
+    listen_backlog: int = 64
+    listen_backlog_bytes: int = 1048576
+    listen_linger: float = 30.0
+    listen_heartbeat: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -333,7 +345,7 @@ def _is_valid_scram_verifier(text: str) -> bool:
 # --------------------------------------------------------------------------- parsing
 
 _FLOAT_SETTINGS = {f.name for f in fields(GatewaySettings) if f.type in ("float", float)}
-_POSITIVE_FLOATS = {"server_connect_timeout", "sql_timeout", "http_session_timeout",
+_POSITIVE_FLOATS = {"server_connect_timeout", "sql_timeout", "http_session_timeout", "listen_heartbeat",
                     "http_idle_session_timeout", "auth_failure_window"}
 _INT_MIN = {
     "max_client_conn": 1,
@@ -352,6 +364,11 @@ _INT_MIN = {
     "http_max_response_size": MIN_MESSAGE_SIZE,
     "auth_max_concurrent": 1,
     "auth_failure_free": 0,
+    "listen_queue_bytes": MIN_MESSAGE_SIZE,
+    "listen_max_channels_per_client": 0,
+    "listen_max_clients_per_channel": 0,
+    "listen_backlog": 0,
+    "listen_backlog_bytes": 0,
 }
 _INT_MAX = {"max_message_size": 1 << 30, "sql_max_request_size": 1 << 30, "sql_max_response_size": 1 << 30,
             "http_max_response_size": 1 << 30}

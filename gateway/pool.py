@@ -481,6 +481,9 @@ class Pool:
 
     async def close(self) -> None:
         self.closed = True
+        hub = getattr(self, "listen_hub", None)  # gateway/listen.py
+        if hub is not None:
+            hub.close()
         probe = self.recovery.cancel()
         if probe is not None:
             self._tasks.add(probe)
