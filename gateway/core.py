@@ -163,15 +163,20 @@ class Gateway:
         finally:
             self._all_sessions.discard(session)
 
-    def register_session(self, session: Session) -> None:
-        """Issue a unique BackendKeyData for ``session``."""
+    def register_session(self, session: Session, pid: int = 0) -> None:
+        """Issue a unique BackendKeyData for ``session``: the secret is always
+        random; the pid is ``pid`` (session mode: the linked server's real
+        backend pid) when given and free, else random in 2**22..2**31-1 --
+        above Linux's pid_max, so it never shadows a real backend's pid."""
         sessions = self.sessions
-        while True:
-            # one urandom call for both: pid in 1..2**31-1, key a signed int32
-            raw = os.urandom(8)
-            pid = int.from_bytes(raw[:4], "big") & 0x7FFFFFFF
-            if pid and pid not in sessions:
-                break
+        raw = os.urandom(8)
+        if not (0 < pid < 1 << 22 and pid not in sessions):
+            while True:
+                # one urandom call for both: pid in 2**22..2**31-1, key a signed int32
+                pid = int.from_bytes(raw[:4], "big") & 0x7FFFFFFF
+                if pid >= 1 << 22 and pid not in sessions:
+                    break
+                raw = os.urandom(8)
         session.process_id = pid
         session.secret_key = int.from_bytes(raw[4:], "big", signed=True)
         self.sessions[pid] = session

@@ -2,7 +2,9 @@
 startup packet(s), SSL/GSS negotiation, CancelRequest, startup parameters,
 authentication, admission (``max_client_conn``), the database lookup, and the
 login reply (AuthenticationOk, ParameterStatus, BackendKeyData,
-ReadyForQuery) -- without a server.
+ReadyForQuery) -- without a server in transaction mode; in session mode the
+client's server is linked first and BackendKeyData carries its real pid
+(:func:`link_session_server`).
 
 Functions of the :class:`~gateway.session.Session` they serve (PgBouncer's
 ``client.c`` login half); the pooling loop stays in :mod:`gateway.session`.
@@ -112,12 +114,29 @@ async def startup(self: Any) -> bool:
     if "DateStyle" in params and "DateStyle" in server_params:  # "SQL" -> "SQL, <server's order>"
         params["DateStyle"] = canonical_value("DateStyle", params["DateStyle"], server_params["DateStyle"])
     self.sig = tracked_signature(params)
-    gw.register_session(self)
+    # Session mode: the client's server is linked now, and BackendKeyData names it.
+    gw.register_session(self, 0 if self.transaction_mode else await link_session_server(self))
     gw.obs.logged_in(getattr(self.stream, "kind", "?"), "token" if getattr(self.stream, "token", None)
                      is not None else gw.authenticator.auth_type)
     await self.stream.send(b"".join((prefix, startup_block(server_params, params, self.sig),
                                      m.backend_key_data(self.process_id, self.secret_key), _RFQ_IDLE)))
     return True
+
+async def link_session_server(self: Any) -> int:
+    """Session mode: take the client's server at login (waiting in the pool's
+    queue, bounded by ``query_wait_timeout``; PoolError otherwise) and link it
+    for the whole session, as PgBouncer's session pooling does.  Returns the
+    server's backend pid, which the login reply's BackendKeyData then carries
+    (with a gateway-issued secret), so that ``pg_terminate_backend`` of the
+    client's ``backend_pid`` ends its own server, as directly; 0 when the
+    upstream sent no pid.  See docs/pooling-semantics.md."""
+    pool = self.pool
+    server = pool.try_acquire()
+    if server is None:
+        server = await pool.wait_for_server(self)
+    self._send_pending(server)  # links it; DISCARD ALL / SET batch as needed (replies swallowed)
+    return int(server.backend_pid)
+
 
 async def handshake(self: Any) -> bytes | None:
     """Startup packet(s) and authentication.  Returns the bytes to send

@@ -24,16 +24,17 @@ async def test_terminate_own_backend(gateway_app, mode):
 
 @pytest.mark.parametrize("mode", ["session", "transaction"])
 async def test_server_killed_by_another_client(gateway_app, mode):
-    """The psycopg tests kill ``conn.pgconn.backend_pid`` (the gateway's pid, see
-    docs/pooling-semantics.md); killing the real one, from another client, gives
-    the killed client what direct Postgres gives."""
+    """Killing the client's real backend from another client gives the killed
+    client what direct Postgres gives.  In transaction mode ``conn.pgconn.backend_pid``
+    is the gateway's pid; in session mode it is the real one (see
+    docs/pooling-semantics.md and test_session_backend_key.py)."""
     app = await gateway_app(databases={"app": {"pool_mode": mode}})
     dsn = app.pg_dsn("alice", ALICE_PASSWORD, "app")
     async with await psycopg.AsyncConnection.connect(dsn) as killer:
         async with await psycopg.AsyncConnection.connect(dsn) as conn:
             await conn.execute("begin")  # pins the server in transaction mode too
             pid = (await (await conn.execute("select pg_backend_pid()")).fetchone())[0]
-            assert pid != conn.pgconn.backend_pid  # the gateway's BackendKeyData pid
+            assert (pid == conn.pgconn.backend_pid) == (mode == "session")  # BackendKeyData's pid
             row = await (await killer.execute("select pg_terminate_backend(%s)", [pid])).fetchone()
             assert row == (True,)
             with pytest.raises(psycopg.OperationalError):
