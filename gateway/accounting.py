@@ -23,6 +23,9 @@ ends* lives here, the way h11 keeps its state machine in ``_state.py``:
   front of the server stream (:meth:`swallowed`); each one's end is reported
   (``events.swallow_done``), its rows and errors too.
 
+Server chunks are framed by ``MessageReader.feed_read_runs``: a run of
+DataRows is one index entry (nothing here looks inside rows).
+
 Use: ``client(chunk, idx)`` for every framed client chunk (before it is
 forwarded), ``from_server(chunk, idx)`` for every framed server chunk (it
 cuts swallowed replies and scans for skips), then -- after the rewriter, if
@@ -34,6 +37,8 @@ the transaction is over: in transaction mode the server can be released.
 from __future__ import annotations
 
 from typing import Any, Protocol
+
+from driver.protocol.framing import split_data_rows
 
 from .observe import error_class
 from .schema import DDL_FIRST, is_ddl_tag
@@ -214,8 +219,9 @@ class Accounting:
         ev = self.events
         for t, s, e in idx:
             n += 1
-            if t == _DROW:
-                ev.swallowed_row(chunk[s:e])
+            if t == _DROW:  # a run of DataRows (MessageReader.feed_read_runs)
+                for row in split_data_rows(chunk, s, e):
+                    ev.swallowed_row(row)
             elif t == _PS:
                 ev.parameter_status(chunk[s:e])
             elif t == _ERR:

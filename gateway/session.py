@@ -577,7 +577,7 @@ class Session:
     # ------------------------------------------------ server -> client (hot)
     def on_server_data(self, server: ServerConnection, data: bytes) -> None:
         try:
-            chunk, idx = server.reader.feed_read_raw(data)
+            chunk, idx = server.reader.feed_read_runs(data)  # a run of DataRows: one entry
         except ProtocolError:
             log.warning("%r sent a malformed message; closing it", server)
             server.close()
