@@ -413,7 +413,7 @@ class Console:
         gw = self.gw
         hook = getattr(gw, "shutdown_hook", None)
         timeout = 0.0 if mode == "" else gw.settings.shutdown_timeout
-        gw.loop.call_later(0.05, lambda: hook(timeout) if hook is not None else gw.spawn(gw.shutdown(timeout)))
+        gw.loop.call_later(0.05, lambda: hook(timeout, mode) if hook is not None else gw.spawn(gw.shutdown(timeout)))
         return m.command_complete("SHUTDOWN")
 
     def cmd_set(self, key: str, raw: str) -> bytes:

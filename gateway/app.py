@@ -67,6 +67,10 @@ class GatewayApp:
         self._registry: Any = None
         #: the listeners' certificate (gateway/tls.py), None without TLS
         self.tls: ServerTls | None = None
+        #: listening sockets received from the process taken over ("listen", "pg_listen"; gateway/takeover.py)
+        self.inherited: dict[str, Any] = {}
+        #: the control socket server offering the sockets to a successor (gateway/takeover.py)
+        self.control: Any = None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -84,6 +88,7 @@ class GatewayApp:
             self.http = HttpListener(g.listen[0], g.listen[1],
                                      ws_max_message_size=g.max_message_size + WS_SLACK,
                                      ssl_context=ctx)
+            self.http.sock = self.inherited.get("listen")
             self.http.header_timeout = g.client_login_timeout
             self.http.min_body_rate = g.http_min_body_rate
             limits = getattr(self.gateway, "limits", None)
@@ -105,6 +110,7 @@ class GatewayApp:
             if g.pg_listen is not None:
                 self.tcp = TcpListener(g.pg_listen[0], g.pg_listen[1], self.gateway.handle_client,
                                        ssl_context=ctx)
+                self.tcp.sock = self.inherited.get("pg_listen")
                 await self.tcp.start()
         except BaseException:
             await self._close_listeners()
@@ -265,17 +271,51 @@ ReadyCallback = Callable[[GatewayApp], "Awaitable[None] | None"]
 
 
 async def run(config: Config, *, ready_callback: ReadyCallback | None = None, gateway: Any = None,
-              config_path: str | None = None) -> None:
-    """Run until SIGINT/SIGTERM (or the admin SHUTDOWN), then shut down
-    gracefully.  SIGHUP reloads ``config_path`` (gateway/reload.py) and the TLS certificate."""
+              config_path: str | None = None, takeover: bool = False) -> None:
+    """Run until SIGINT/SIGTERM (or the admin SHUTDOWN, or a successor's
+    takeover), then shut down gracefully.  SIGHUP reloads ``config_path``
+    (gateway/reload.py) and the TLS certificate.  ``takeover``: serve the
+    listening sockets of the gateway running on ``control_socket`` (gateway/takeover.py)."""
     from gateway import reload as _reload
+    from gateway import takeover as _takeover
     loop = asyncio.get_running_loop()
+    ctl_path = config.gateway.control_socket
     app = GatewayApp(config, gateway=gateway)
-    await app.start()
+    handover = None
+    if takeover:
+        if not ctl_path:
+            raise _takeover.TakeoverError("--takeover needs gateway.control_socket")
+        handover = await asyncio.to_thread(_takeover.receive, ctl_path)
+        app.inherited = handover.sockets
+    try:
+        await app.start()
+        if handover is not None:
+            forward = await asyncio.to_thread(handover.commit)
+            if forward:
+                _takeover.install_forwarding(app, forward)
+    except BaseException:
+        if handover is not None:
+            handover.abort()
+        await app.shutdown(0)
+        raise
     stop = asyncio.Event()
     signals = 0
+    how: dict[str, Any] = {"mode": "WAIT_FOR_SERVERS", "timeout": None}
+
+    def request_shutdown(timeout: float | None, mode: str = "WAIT_FOR_SERVERS") -> None:
+        how.update(mode=mode, timeout=timeout)
+        stop.set()
     app.gateway.config_path = config_path
-    app.gateway.shutdown_hook = lambda timeout: stop.set()
+    app.gateway.shutdown_hook = request_shutdown
+    control = None
+    if ctl_path:
+        control = _takeover.ControlServer(app, ctl_path, lambda: request_shutdown(None, "TAKEOVER"))
+        try:
+            await control.start()
+            app.control = control
+        except BaseException:
+            await app.shutdown(0)
+            raise
     _reload.write_pid_file(config.gateway.pid_file)
 
     def on_hup() -> None:
@@ -315,8 +355,9 @@ async def run(config: Config, *, ready_callback: ReadyCallback | None = None, ga
             r = ready_callback(app)
             if inspect.isawaitable(r):
                 await r
+        _takeover.signal_ready()
         await stop.wait()
-        shutdown_task = loop.create_task(app.shutdown())
+        shutdown_task = loop.create_task(_takeover.shutdown_app(app, how["mode"], how["timeout"]))
         try:
             await shutdown_task
         except asyncio.CancelledError:
@@ -330,6 +371,8 @@ async def run(config: Config, *, ready_callback: ReadyCallback | None = None, ga
             loop.remove_signal_handler(sig)
         if not app._stopped:
             await app.shutdown(0)
+        if control is not None:
+            control.close()
         _reload.remove_pid_file(config.gateway.pid_file)
 
 
@@ -343,11 +386,11 @@ def install_uvloop() -> bool:
 
 
 def run_forever(config: Config, *, ready_callback: ReadyCallback | None = None,
-                config_path: str | None = None) -> int:
+                config_path: str | None = None, takeover: bool = False) -> int:
     """Blocking entry point of ``wirepool serve``; returns the exit status."""
     install_uvloop()
     try:
-        asyncio.run(run(config, ready_callback=ready_callback, config_path=config_path))
+        asyncio.run(run(config, ready_callback=ready_callback, config_path=config_path, takeover=takeover))
     except KeyboardInterrupt:  # pragma: no cover - signal before handlers were installed
         return 130
     except OSError as e:

@@ -4,6 +4,8 @@
     wirepool serve --config PATH     run the gateway
     wirepool serve                   embedded PostgreSQL (pgserver) + generated config
     wirepool reload --config PATH    SIGHUP to the running gateway (its gateway.pid_file)
+    wirepool serve --config PATH --takeover   take over the ports of the running gateway
+    wirepool takeover --config PATH  the same, in the background; returns once it serves (systemd ExecReload)
 
 Exit codes: 0 ok, 2 configuration error (``error: <key>: <reason>`` on stderr),
 1 any other failure.
@@ -41,6 +43,13 @@ def _build_parser() -> argparse.ArgumentParser:
                    help='override gateway.pg_listen (plain Postgres protocol; "" disables)')
     s.add_argument("--data-dir", metavar="DIR", help="embedded mode: where PostgreSQL keeps its data")
     s.add_argument("--log-level", choices=("debug", "info", "warning", "error", "critical"))
+    s.add_argument("--takeover", action="store_true",
+                   help="take over the listening sockets of the gateway running on gateway.control_socket "
+                        "(zero-downtime restart/upgrade, docs/takeover.md)")
+    t = sub.add_parser("takeover", help="start a new gateway that takes over the running one; "
+                                        "return once it serves (for systemd's ExecReload)")
+    t.add_argument("--config", "-c", required=True, metavar="PATH")
+    t.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the new process (default 120)")
     r = sub.add_parser("reload", help="make the running gateway re-read its config (SIGHUP via gateway.pid_file)")
     r.add_argument("--config", "-c", required=True, metavar="PATH")
     r.add_argument("--pid-file", metavar="PATH", help="override gateway.pid_file")
@@ -117,7 +126,46 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as e:
         return _config_error(e)
     _setup_logging(cfg.gateway.log_level)
-    return app.run_forever(cfg, config_path=args.config)
+    return app.run_forever(cfg, config_path=args.config, takeover=args.takeover)
+
+
+def _takeover(args: argparse.Namespace) -> int:
+    """Spawn ``wirepool serve --takeover`` and wait for its readiness line."""
+    import os
+    import select
+    import subprocess
+    import time
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        return _config_error(e)
+    if not cfg.gateway.control_socket:
+        print("error: gateway.control_socket: not set (needed to find the running gateway)", file=sys.stderr)
+        return EXIT_CONFIG
+    r, w = os.pipe()
+    env = dict(os.environ, WIREPOOL_READY_FD=str(w))
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", args.config, "--takeover"],
+                            stdin=subprocess.DEVNULL, env=env, pass_fds=(w,), start_new_session=True)
+    os.close(w)
+    deadline = time.monotonic() + args.timeout
+    line = b""
+    with os.fdopen(r, "rb", buffering=0) as ready:
+        while time.monotonic() < deadline and b"\n" not in line:
+            if not select.select([ready], [], [], 0.2)[0]:
+                if proc.poll() is not None:
+                    break
+                continue
+            chunk = ready.read(64)
+            if not chunk:
+                break
+            line += chunk
+    if line.startswith(b"ready"):
+        print(f"took over: the new gateway is pid {proc.pid}")
+        return EXIT_OK
+    if proc.poll() is None:
+        proc.terminate()  # too slow: give up, the running gateway keeps serving (unless it already let go)
+    print(f"error: the new gateway did not take over (exit status {proc.wait()})", file=sys.stderr)
+    return EXIT_FAILURE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -128,6 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "reload":
         return _reload(args)
+    if args.command == "takeover":
+        return _takeover(args)
     return EXIT_FAILURE  # pragma: no cover - argparse enforces the choice
 
 

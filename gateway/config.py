@@ -112,6 +112,9 @@ class GatewaySettings:
     stats_users: tuple[str, ...] = ()
     #: where ``wirepool serve`` writes its pid (``wirepool reload`` signals it); None: no file
     pid_file: str | None = None
+    #: unix socket where ``wirepool serve`` offers its listening sockets to a successor
+    #: (``wirepool serve --takeover``, docs/takeover.md); None: no takeover
+    control_socket: str | None = None
     #: Postgres protocol over HTTP (issue 4): an HTTP session left inside a
     #: transaction is rolled back and its server released after this many idle seconds.
     http_session_timeout: float = 30.0
@@ -412,7 +415,7 @@ def _parse_gateway(raw: Mapping[str, Any], base_dir: Path | None) -> GatewaySett
             if not isinstance(value, list):
                 raise ConfigError(key, f"expected a list of user names, got {_tname(value)}")
             kw[name] = tuple(_str(v, f"{key}[{i}]", nonempty=True) for i, v in enumerate(value))
-        elif name == "pid_file":
+        elif name in ("pid_file", "control_socket"):
             p = Path(_str(value, key, nonempty=True)).expanduser()
             kw[name] = str(base_dir / p if base_dir is not None and not p.is_absolute() else p)
         elif name == "server_reset_query":

@@ -23,6 +23,7 @@ import base64
 import binascii
 import hashlib
 import logging
+import socket
 import ssl
 from http import HTTPStatus
 from dataclasses import dataclass, field
@@ -704,6 +705,7 @@ class HttpConnection(asyncio.Protocol):
         if not any(k.lower() == "content-length" for k, _ in resp.headers):
             hdrs.append(("content-length", str(len(resp.body))))
         hdrs.extend(resp.headers)
+        close = close or self.listener.draining
         if close:
             hdrs.append(("connection", "close"))
         data = h.send(h11.Response(status_code=resp.status, headers=hdrs, reason=_reason(resp.status))) or b""
@@ -852,6 +854,10 @@ class HttpListener:
         self.connections: set[HttpConnection] = set()
         self.accepted_total = 0
         self.ws_opened_total = 0
+        #: an already listening socket to serve instead of binding (takeover, gateway/takeover.py)
+        self.sock: socket.socket | None = None
+        #: answers carry ``connection: close`` (a process handing over to its successor)
+        self.draining = False
 
     def evict_oldest_waiting(self, reason: str) -> bool:
         """Close the counted HTTP connection that has waited longest for (the
@@ -892,9 +898,10 @@ class HttpListener:
         # The TLS handshake comes before connection_made (and the header deadline):
         # it gets the same time limit.
         hs = getattr(self, "header_timeout", 0) if self.ssl_context is not None else 0
-        self.server = await loop.create_server(lambda: HttpConnection(self), self.host, self.port,
-                                               backlog=self.backlog, reuse_address=True,
-                                               ssl=self.ssl_context,
+        where: dict[str, Any] = ({"sock": self.sock} if self.sock is not None else
+                                 {"host": self.host, "port": self.port, "reuse_address": True})
+        self.server = await loop.create_server(lambda: HttpConnection(self), **where,
+                                               backlog=self.backlog, ssl=self.ssl_context,
                                                ssl_handshake_timeout=hs if hs and hs > 0 else None)
         self.port = self.bound_port
 

@@ -383,11 +383,16 @@ class TcpListener:
         self.server: asyncio.base_events.Server | None = None
         self.connections: set[TcpProtocol] = set()
         self.accepted_total = 0
+        #: an already listening socket to serve instead of binding (takeover, gateway/takeover.py)
+        self.sock: socket.socket | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: TcpProtocol(self), self.host, self.port,
-                                               backlog=self.backlog, reuse_address=True)
+        if self.sock is not None:
+            self.server = await loop.create_server(lambda: TcpProtocol(self), sock=self.sock, backlog=self.backlog)
+        else:
+            self.server = await loop.create_server(lambda: TcpProtocol(self), self.host, self.port,
+                                                   backlog=self.backlog, reuse_address=True)
         self.port = self.bound_port
 
     @property

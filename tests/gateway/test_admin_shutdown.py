@@ -1,0 +1,167 @@
+"""The admin SHUTDOWN against a real ``wirepool serve`` process (docs/admin.md):
+plain (at once), WAIT_FOR_SERVERS (idle clients end, a transaction finishes)
+and WAIT_FOR_CLIENTS (clients keep working until they leave by themselves)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import asyncpg
+import psycopg
+import pytest
+
+from tests.gateway.conftest import ALICE_PASSWORD
+from tests.gateway.pool_helpers import eventually
+from tests.pgcluster import PgCluster, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+SHUTDOWN_TIMEOUT = 20
+
+
+def _start(tmp_path: Path, pg: PgCluster, dbname: str) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    cfg = tmp_path / "wirepool.toml"
+    cfg.write_text(f"""[gateway]
+listen = "127.0.0.1:0"
+pg_listen = "127.0.0.1:{port}"
+auth_type = "password"
+shutdown_timeout = {SHUTDOWN_TIMEOUT}
+admin_users = ["alice"]
+pid_file = "{tmp_path / 'wirepool.pid'}"
+
+[databases.app]
+host = "{pg.host}"
+port = {pg.port}
+dbname = "{dbname}"
+user = "{pg.SCRAM_USER}"
+password = "{pg.SCRAM_PASSWORD}"
+
+[users.alice]
+password = "{ALICE_PASSWORD}"
+""")
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg)],
+                            stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    log.close()
+    return proc, port
+
+
+async def _up(proc: subprocess.Popen[bytes], tmp_path: Path) -> None:
+    def ready() -> bool:
+        assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+        return (tmp_path / "wirepool.pid").exists()
+    await eventually(ready, timeout=30, what="gateway up")
+
+
+async def _connect(port: int) -> asyncpg.Connection:
+    return await asyncpg.connect(host="127.0.0.1", port=port, user="alice", password=ALICE_PASSWORD, database="app")
+
+
+async def _shutdown(port: int, mode: str) -> None:
+    async with await psycopg.AsyncConnection.connect(
+            host="127.0.0.1", port=port, user="alice", password=ALICE_PASSWORD, dbname="pgbouncer",
+            autocommit=True, cursor_factory=psycopg.AsyncClientCursor) as conn:
+        cur = await conn.execute(f"SHUTDOWN {mode}".strip())
+        assert cur.statusmessage == "SHUTDOWN"
+
+
+async def _refused(port: int) -> bool:
+    try:
+        conn = await _connect(port)
+    except (ConnectionRefusedError, OSError):
+        return True
+    await conn.close()
+    return False
+
+
+async def _exited(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    return await asyncio.to_thread(proc.wait, timeout)
+
+
+@pytest.fixture
+def serve(pg, pg_db, tmp_path):
+    procs: list[subprocess.Popen[bytes]] = []
+
+    async def start() -> tuple[subprocess.Popen[bytes], int]:
+        proc, port = _start(tmp_path, pg, pg_db)
+        procs.append(proc)
+        await _up(proc, tmp_path)
+        return proc, port
+    yield start
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+async def test_shutdown_closes_at_once(serve, tmp_path):
+    proc, port = await serve()
+    busy = await _connect(port)
+    tx = busy.transaction()
+    await tx.start()
+    await busy.execute("SELECT 1")
+    t0 = time.monotonic()
+    await _shutdown(port, "")
+    assert await _exited(proc, 15) == 0
+    assert time.monotonic() - t0 < SHUTDOWN_TIMEOUT / 2  # did not wait for the open transaction
+    with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError)):
+        await busy.fetchval("SELECT 2")
+    busy.terminate()
+    assert not (tmp_path / "wirepool.pid").exists()
+
+
+async def test_shutdown_wait_for_servers_lets_the_transaction_finish(serve, pg, pg_db):
+    proc, port = await serve()
+    idle = await _connect(port)
+    busy = await _connect(port)
+    await busy.execute("CREATE TABLE IF NOT EXISTS shutdown_probe (v int)")
+    tx = busy.transaction()
+    await tx.start()
+    await busy.execute("INSERT INTO shutdown_probe VALUES (42)")
+    await _shutdown(port, "WAIT_FOR_SERVERS")
+    await eventually(lambda: idle.is_closed() or _refused(port), timeout=10, what="shutdown begun")
+    assert await _refused(port)  # no new clients
+    await eventually(lambda: _idle_ended(idle), timeout=10, what="idle client ended")
+    assert proc.poll() is None  # still waiting for the transaction
+    assert await busy.fetchval("SELECT count(*) FROM shutdown_probe WHERE v = 42") == 1
+    await tx.commit()
+    assert await _exited(proc, SHUTDOWN_TIMEOUT) == 0
+    direct = await asyncpg.connect(host=pg.host, port=pg.port, user=pg.SCRAM_USER, password=pg.SCRAM_PASSWORD,
+                                   database=pg_db)
+    try:
+        assert await direct.fetchval("SELECT count(*) FROM shutdown_probe WHERE v = 42") == 1  # committed
+    finally:
+        await direct.close()
+    busy.terminate()
+
+
+async def _idle_ended(conn: asyncpg.Connection) -> bool:
+    try:
+        await conn.fetchval("SELECT 1")
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError):
+        return True
+    return False
+
+
+async def test_shutdown_wait_for_clients_serves_until_they_leave(serve):
+    proc, port = await serve()
+    clients = [await _connect(port) for _ in range(3)]
+    await _shutdown(port, "WAIT_FOR_CLIENTS")
+    await eventually(lambda: _refused(port), timeout=10, what="stopped accepting")
+    # connected clients keep working: new transactions included
+    for i, c in enumerate(clients):
+        async with c.transaction():
+            assert await c.fetchval("SELECT $1::int + 1", i) == i + 1
+    await clients[0].close()
+    await clients[1].close()
+    assert await clients[2].fetchval("SELECT 5") == 5
+    assert proc.poll() is None
+    t0 = time.monotonic()
+    await clients[2].close()
+    assert await _exited(proc, SHUTDOWN_TIMEOUT) == 0
+    assert time.monotonic() - t0 < SHUTDOWN_TIMEOUT / 2 - 1  # left when the last client did, not at the deadline
