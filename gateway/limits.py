@@ -105,6 +105,12 @@ class Limits:
         self.http_open = 0
         self.shed_log = ShedLog()
 
+    def update(self, settings: Any) -> None:
+        """New settings (RELOAD, SIGHUP, the admin SET): the caps apply to the next
+        connection; connections already open or logging in are never closed for it."""
+        self.settings = settings
+        self.max_login_clients, self.max_http_conn = effective_caps(settings)
+
     # -- login phase (pg_listen and WebSocket sessions)
     def try_begin_login(self, peer: str) -> bool:
         cap = self.max_login_clients

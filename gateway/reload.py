@@ -86,7 +86,7 @@ def apply_settings(gw: "Gateway", g: GatewaySettings, *, update_pools: bool = Tr
     gw.settings = g
     gw.config = replace(gw.config, gateway=g)
     gw.interval = _janitor_interval(g)
-    gw.limits.settings = g
+    gw.limits.update(g)
     logging.getLogger("wirepool").setLevel(g.log_level.upper())
     for name, pool in gw.pools.items():
         db = gw.config.databases.get(name, pool.db)

@@ -104,7 +104,7 @@ async def _n_backends(pg: PgCluster, dbname: str) -> int:
 
 
 async def _steps(pg: PgCluster, pg_db: str, cfg_path: Path, port: int, reload: Any, **kw: Any) -> None:
-    load = Load(port, "alice", ALICE_PASSWORD, 100)
+    load = Load(port, "alice", ALICE_PASSWORD, 200)
     await load.start()
     await eventually(lambda: load.ok > 100, what="load running")
     assert await _n_backends(pg, pg_db) <= 5
