@@ -117,6 +117,13 @@ class Console:
 
     # ------------------------------------------------------------ dispatch
     async def execute(self, sql: str) -> bytes:
+        cluster = getattr(self.gw, "cluster", None)
+        if cluster is not None and cluster.count > 1:  # every worker's answer (gateway/cluster.py)
+            reply: bytes = await cluster.console(self, sql)
+            return reply
+        return await self.execute_local(sql)
+
+    async def execute_local(self, sql: str) -> bytes:
         text = sql.strip().rstrip(";").strip()
         if not text:
             return b"I\x00\x00\x00\x04"  # EmptyQueryResponse

@@ -57,9 +57,12 @@ class GatewayApp:
     default ``Gateway(config)`` is created.
     """
 
-    def __init__(self, config: Config, *, gateway: Any = None) -> None:
+    def __init__(self, config: Config, *, gateway: Any = None, workers: Any = None) -> None:
         self.config = config
         self.gateway: Any = gateway
+        #: gateway.workers.WorkerContext when this process is one of several (or advertises itself)
+        self.workers: Any = workers
+        self.cluster: Any = None
         self.http: HttpListener | None = None
         self.tcp: TcpListener | None = None
         self._shutting_down = False
@@ -98,19 +101,29 @@ class GatewayApp:
             # The driver's ws:// DSN may put something else in the path: any
             # non-HTTP path upgrades too (routing is by the StartupMessage's database).
             self.http.ws_default = self.gateway.handle_client
+            if self.workers is not None and self.workers.count > 1:
+                self.http.sock = self.workers.listener_socket("http")
             self.http.add_route("GET", "/healthz", self._healthz)
             self.http.add_route("GET", "/metrics", self._metrics)
             register_neon_sql(self)  # POST/OPTIONS /sql (Neon-compatible, gateway/neon_sql.py)
             register_http_protocol(self)  # POST /pg, /pg/cancel (protocol over HTTP, gateway/http_protocol.py)
             register_status(self)  # GET /status (admin HTML page, gateway/status.py)
+            if self.workers is not None:  # workers / instances: one gateway seen from outside
+                from gateway.cluster import Cluster
+                self.cluster = Cluster(self, self.workers)
+                self.cluster.register()
             self._time_routes()
             self._registry = make_registry(self._gateway_stats, self.listener_stats,
                                            lambda: collect(self.gateway, self._shed_totals()))
             await self.http.start()
+            if self.cluster is not None:
+                await self.cluster.start()
             if g.pg_listen is not None:
                 self.tcp = TcpListener(g.pg_listen[0], g.pg_listen[1], self.gateway.handle_client,
                                        ssl_context=ctx)
                 self.tcp.sock = self.inherited.get("pg_listen")
+                if self.workers is not None and self.workers.count > 1:
+                    self.tcp.sock = self.workers.listener_socket("pg")
                 await self.tcp.start()
         except BaseException:
             await self._close_listeners()
@@ -149,6 +162,8 @@ class GatewayApp:
             await self.http.close()
         if self.tcp is not None:
             await self.tcp.close()
+        if self.cluster is not None:
+            await self.cluster.close()
 
     async def _close_gateway(self) -> None:
         if self.gateway is not None:
@@ -271,16 +286,20 @@ ReadyCallback = Callable[[GatewayApp], "Awaitable[None] | None"]
 
 
 async def run(config: Config, *, ready_callback: ReadyCallback | None = None, gateway: Any = None,
-              config_path: str | None = None, takeover: bool = False) -> None:
+              config_path: str | None = None, takeover: bool = False, workers: Any = None) -> None:
     """Run until SIGINT/SIGTERM (or the admin SHUTDOWN, or a successor's
     takeover), then shut down gracefully.  SIGHUP reloads ``config_path``
     (gateway/reload.py) and the TLS certificate.  ``takeover``: serve the
-    listening sockets of the gateway running on ``control_socket`` (gateway/takeover.py)."""
+    listening sockets of the gateway running on ``control_socket`` (gateway/takeover.py).
+    ``workers``: this process is one of ``workers = N`` (gateway/workers.py)."""
     from gateway import reload as _reload
     from gateway import takeover as _takeover
     loop = asyncio.get_running_loop()
     ctl_path = config.gateway.control_socket
-    app = GatewayApp(config, gateway=gateway)
+    if workers is None:
+        from gateway.workers import single_context
+        workers = single_context(config)  # advertise_url: /pg tokens name this instance
+    app = GatewayApp(config, gateway=gateway, workers=workers)
     handover = None
     if takeover:
         if not ctl_path:
@@ -298,6 +317,9 @@ async def run(config: Config, *, ready_callback: ReadyCallback | None = None, ga
             handover.abort()
         await app.shutdown(0)
         raise
+    if workers is not None and workers.count > 1:  # a reload applies this worker's share (gateway/workers.py)
+        from gateway.workers import worker_config
+        app.gateway.config_transform = lambda c: worker_config(c, workers.index, workers.count)
     stop = asyncio.Event()
     signals = 0
     how: dict[str, Any] = {"mode": "WAIT_FOR_SERVERS", "timeout": None}
@@ -388,6 +410,9 @@ def install_uvloop() -> bool:
 def run_forever(config: Config, *, ready_callback: ReadyCallback | None = None,
                 config_path: str | None = None, takeover: bool = False) -> int:
     """Blocking entry point of ``wirepool serve``; returns the exit status."""
+    if config.gateway.workers > 1 and ready_callback is None:
+        from gateway.workers import serve
+        return serve(config, config_path)
     install_uvloop()
     try:
         asyncio.run(run(config, ready_callback=ready_callback, config_path=config_path, takeover=takeover))

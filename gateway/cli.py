@@ -104,6 +104,9 @@ def _check(args: argparse.Namespace) -> int:
         return _config_error(e)
     sys.stdout.write(f"# {args.config}: OK\n")
     sys.stdout.write(display_to_toml(config_to_display(cfg)))
+    if cfg.gateway.workers > 1:
+        from gateway.workers import budget_lines
+        sys.stdout.write("\n".join(budget_lines(cfg)) + "\n")
     sys.stdout.flush()
     return EXIT_OK
 

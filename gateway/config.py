@@ -140,6 +140,15 @@ class GatewaySettings:
     listen_backlog_bytes: int = 1048576
     listen_linger: float = 30.0
     listen_heartbeat: float = 15.0
+    #: Processes sharing ``listen`` and ``pg_listen`` (gateway/workers.py); "auto" in the
+    #: file = the machine's cores.  Pool sizes are split between them (docs/scaling.md).
+    workers: int = 1
+    #: This instance's internal HTTP address (``http://host:port``, ``$VAR`` expanded), named in
+    #: the ``/pg`` session tokens it issues so other instances can forward to it (docs/scaling.md).
+    advertise_url: str | None = None
+    #: Secret shared by the instances (and workers) of one gateway: signs ``/pg`` session tokens
+    #: and authenticates forwarded requests.  None: a random one per start.
+    cluster_secret: str | None = None
 
 
 @dataclass(frozen=True)
@@ -251,6 +260,29 @@ def parse_address(text: str, key: str) -> tuple[str, int]:
     if port > 65535:
         raise ConfigError(key, f"invalid address {text!r}: port must be 0..65535")
     return host, port
+
+
+def parse_workers(v: Any, key: str) -> int:
+    """``workers``: a positive integer or ``"auto"`` (the machine's cores)."""
+    if v == "auto":
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    return _int(v, key, minimum=1, maximum=256)
+
+
+def parse_advertise_url(v: Any, key: str) -> str:
+    """``advertise_url``: ``http(s)://host:port`` after ``$VAR`` expansion (no path)."""
+    from urllib.parse import urlsplit
+    s = os.path.expandvars(_str(v, key, nonempty=True)).rstrip("/")
+    try:
+        u = urlsplit(s)
+        port = u.port
+    except ValueError as e:
+        raise ConfigError(key, f"invalid URL {s!r}: {e}") from None
+    if u.scheme not in ("http", "https") or not u.hostname or port is None or u.path or u.query:
+        raise ConfigError(key, f'invalid URL {s!r}: expected "http://host:port" (https: too)')
+    if "$" in s:
+        raise ConfigError(key, f"unset environment variable in {s!r}")
+    return s
 
 
 def format_address(addr: tuple[str, int]) -> str:
@@ -426,9 +458,19 @@ def _parse_gateway(raw: Mapping[str, Any], base_dir: Path | None) -> GatewaySett
             kw[name] = value
         elif name == "server_check_query":
             kw[name] = _str(value, key)  # "" disables the check
+        elif name == "workers":
+            kw[name] = parse_workers(value, key)
+        elif name == "advertise_url":
+            kw[name] = parse_advertise_url(value, key)
+        elif name == "cluster_secret":
+            kw[name] = _str(value, key, nonempty=True)
+            if len(kw[name]) < 16:
+                raise ConfigError(key, "must be at least 16 characters (it signs session tokens)")
         else:  # pragma: no cover - every field is handled above
             raise ConfigError(key, "unknown key")
     g = GatewaySettings(**kw)
+    if g.advertise_url is not None and g.cluster_secret is None:
+        raise ConfigError("gateway.cluster_secret", "required with advertise_url (the instances must share it)")
     if g.min_pool_size > g.default_pool_size:
         raise ConfigError("gateway.min_pool_size",
                           f"must not exceed default_pool_size ({g.min_pool_size} > {g.default_pool_size})")
@@ -481,6 +523,10 @@ def _parse_database(name: str, raw: Mapping[str, Any], g: GatewaySettings,
         kw["sslrootcert"] = str(p)
     db = DatabaseConfig(**kw)
     size, min_size = db.effective_pool_size(g), db.effective_min_pool_size(g)
+    if size < g.workers:
+        key = f"{prefix}.pool_size" if db.pool_size is not None else "gateway.default_pool_size"
+        raise ConfigError(key, f"pool size {size} is smaller than workers = {g.workers}: "
+                               "every worker needs at least one server (docs/scaling.md)")
     if min_size > size:
         key = f"{prefix}.min_pool_size" if db.min_pool_size is not None else f"{prefix}.pool_size"
         raise ConfigError(key, f"min_pool_size ({min_size}) must not exceed the pool size ({size})")
@@ -576,6 +622,8 @@ def config_to_display(cfg: Config) -> dict[str, Any]:
         v = getattr(g, f.name)
         if f.name in ("listen", "pg_listen"):
             v = "" if v is None else format_address(v)
+        elif f.name == "cluster_secret" and v is not None:
+            v = MASK
         elif isinstance(v, tuple):
             v = list(v)
         gw[f.name] = v

@@ -384,6 +384,8 @@ class HttpExecutor:
         self.gw = gateway
         self.settings = gateway.settings
         self._secret = secrets.token_bytes(32)
+        #: who issued the tokens (gateway/cluster.py): b"" for a lone process
+        self.owner = b""
         self.sessions: dict[bytes, _HttpSession] = {}
         self._ended: OrderedDict[bytes, tuple[str, int]] = OrderedDict()  # sid -> (why, last seq)
         # counters (tests, metrics)
@@ -433,24 +435,42 @@ class HttpExecutor:
     def _issue(self, hs: _HttpSession) -> str:
         hs.seq += 1
         hs.issued = int(time.time() * 1000)
-        payload = hs.sid + struct.pack("!QQ", hs.seq, hs.issued)
+        payload = hs.sid + struct.pack("!QQ", hs.seq, hs.issued) + self.owner
         return _b64(payload) + "." + _b64(self._sign(payload))
 
-    def session_principal(self, token: str) -> Principal:
-        """Who the session of ``token`` belongs to (the token is not consumed)."""
-        return self._lookup(token).principal
+    def set_identity(self, secret: bytes, owner: bytes) -> None:
+        """Workers / instances (gateway/cluster.py): a shared token key, and the
+        owner (worker index + advertise_url) every token issued here names."""
+        self._secret = secret
+        self.owner = owner
 
-    def _lookup(self, token: str) -> _HttpSession:
+    def token_owner(self, token: str) -> bytes:
+        """The owner a token names, once its MAC is checked (401 for a forgery)."""
+        return self._verify(token)[32:]
+
+    def _verify(self, token: str) -> bytes:
         try:
             p, _, mac = token.partition(".")
             payload = _unb64(p)
             sig = _unb64(mac)
         except (ValueError, TypeError):
             payload, sig = b"", b""
-        if len(payload) != 32 or not hmac.compare_digest(sig, self._sign(payload)):
+        if len(payload) < 32 or len(payload) > 1024 or not hmac.compare_digest(sig, self._sign(payload)):
             raise HttpExecError(401, "08P01", "invalid HTTP session token (malformed or not signed by this gateway)")
+        return payload
+
+    def session_principal(self, token: str) -> Principal:
+        """Who the session of ``token`` belongs to (the token is not consumed)."""
+        return self._lookup(token).principal
+
+    def _lookup(self, token: str) -> _HttpSession:
+        payload = self._verify(token)
+        if payload[32:] != self.owner:
+            # another worker/instance, or an earlier process at this address (takeover, restart)
+            raise HttpExecError(401, "08P01", "invalid HTTP session token (issued by another gateway process, "
+                                              "and not forwarded to it: docs/scaling.md)")
         sid = payload[:16]
-        seq, _issued = struct.unpack("!QQ", payload[16:])
+        seq, _issued = struct.unpack("!QQ", payload[16:32])
         hs = self.sessions.get(sid)
         if hs is None:
             reason, last = self._ended.get(sid, ("it no longer exists", 0))

@@ -50,7 +50,7 @@ H_USER = "wirepool-user"
 H_PARAMS = "wirepool-params"
 _NO_STORE = ("cache-control", "no-store")
 #: severity of the ErrorResponse body per HTTP status (FATAL: the session is gone or never existed)
-_FATAL_STATUSES = frozenset({401, 403, 404, 409, 410, 503})
+_FATAL_STATUSES = frozenset({401, 403, 404, 409, 410, 421, 503})
 
 
 def error_response(e: HttpExecError) -> HttpResponse:
@@ -110,6 +110,11 @@ class HttpProtocolEndpoint:
                 token, keep = None, True
             elif not token:
                 token = None
+        cluster = getattr(self.app.gateway, "cluster", None)
+        if token is not None and cluster is not None:  # another worker's/instance's session: forward it
+            fwd = await cluster.route_pg(req, token)
+            if fwd is not None:
+                return fwd
         params: dict[str, str] = {}
         ph = req.header(H_PARAMS)
         if ph:

@@ -37,7 +37,7 @@ log = logging.getLogger("wirepool.gateway.reload")
 
 #: [gateway] settings that need a restart (bound to listening sockets or the process)
 RESTART_ONLY = ("listen", "pg_listen", "tls_cert_file", "tls_key_file", "tls_reload_interval", "pid_file",
-                "control_socket", "auth_max_concurrent")
+                "control_socket", "auth_max_concurrent", "workers", "advertise_url", "cluster_secret")
 _UPSTREAM = ("host", "port", "dbname", "user", "password", "sslmode", "sslrootcert")
 
 
@@ -54,6 +54,9 @@ def reload_from_file(gw: "Gateway", path: str | None = None) -> tuple[bool, str]
     except ConfigError as exc:
         log.error("reload: %s: %s -- keeping the running configuration", path, exc)
         return False, str(exc)
+    transform = getattr(gw, "config_transform", None)
+    if transform is not None:  # a worker's share of the pools (gateway/workers.py)
+        cfg = transform(cfg)
     summary = apply_config(gw, cfg)
     log.info("reload: %s", summary)
     return True, summary
