@@ -254,6 +254,7 @@ class GatewayApp:
             "tcp_connections": len(tcp.connections) if tcp else 0,
             "tcp_connections_accepted": tcp.accepted_total if tcp else 0,
             "ready": 1 if self.is_ready() else 0,
+            "http_forwarded": self.cluster.forwarded if self.cluster is not None else 0,
         }
 
     def _shed_totals(self) -> dict[str, int]:

@@ -44,7 +44,7 @@ class Served:
         self.http_port = free_port()
         self.pg_port = free_port()
         g = {"listen": f"127.0.0.1:{self.http_port}", "pg_listen": f"127.0.0.1:{self.pg_port}",
-             "auth_type": "password", "shutdown_timeout": 5.0, "admin_users": ["alice"],
+             "auth_type": "password", "shutdown_timeout": 2.0, "admin_users": ["alice"],
              "pid_file": str(self.dir / "gateway.pid"), **settings}
         db = {"host": pg.host, "port": pg.port, "dbname": dbname, "user": PgCluster.SCRAM_USER,
               "password": PgCluster.SCRAM_PASSWORD, "sslmode": "disable", **(pool or {})}
