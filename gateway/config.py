@@ -285,6 +285,19 @@ def parse_advertise_url(v: Any, key: str) -> str:
     return s
 
 
+def _env_ref(v: str, key: str) -> str:
+    """``"$NAME"`` / ``"${NAME}"`` alone: the environment variable's value (e.g. from a Kubernetes Secret)."""
+    import re
+    mm = re.fullmatch(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))", v)
+    if mm is None:
+        return v
+    name = mm.group(1) or mm.group(2)
+    value = os.environ.get(name)
+    if not value:
+        raise ConfigError(key, f"environment variable {name} is not set")
+    return value
+
+
 def format_address(addr: tuple[str, int]) -> str:
     host, port = addr
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -463,7 +476,7 @@ def _parse_gateway(raw: Mapping[str, Any], base_dir: Path | None) -> GatewaySett
         elif name == "advertise_url":
             kw[name] = parse_advertise_url(value, key)
         elif name == "cluster_secret":
-            kw[name] = _str(value, key, nonempty=True)
+            kw[name] = _env_ref(_str(value, key, nonempty=True), key)
             if len(kw[name]) < 16:
                 raise ConfigError(key, "must be at least 16 characters (it signs session tokens)")
         else:  # pragma: no cover - every field is handled above

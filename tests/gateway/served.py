@@ -41,7 +41,7 @@ class Served:
     def __init__(self, pg: PgCluster, dbname: str, settings: Mapping[str, Any], *,
                  pool: Mapping[str, Any] | None = None) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="wp-served-"))
-        self.http_port = free_port()
+        self.http_port = int(settings["listen"].rpartition(":")[2]) if "listen" in settings else free_port()
         self.pg_port = free_port()
         g = {"listen": f"127.0.0.1:{self.http_port}", "pg_listen": f"127.0.0.1:{self.pg_port}",
              "auth_type": "password", "shutdown_timeout": 2.0, "admin_users": ["alice"],

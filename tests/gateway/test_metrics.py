@@ -25,7 +25,8 @@ from tests.gateway.pool_helpers import eventually
 DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 #: gauges that read 0 at the scrape (the only server is linked, nothing logs in, no PAUSE, no WebSocket open)
 MAY_BE_ZERO = {"wirepool_pools_sv_idle", "wirepool_pools_sv_used", "wirepool_pools_sv_login", "wirepool_pools_paused",
-               "wirepool_ws_open"}
+               "wirepool_ws_open",
+               "wirepool_http_forwarded"}  # a lone process never forwards (tests/gateway/test_forwarding.py)
 
 
 def documented() -> dict[str, tuple[str, frozenset[str]]]:

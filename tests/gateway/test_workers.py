@@ -13,8 +13,10 @@ import re
 import shutil
 import signal
 import subprocess
+import time
 from typing import Any
 
+import asyncpg
 import pytest
 
 import driver
@@ -168,4 +170,16 @@ async def test_worker_restart_reload_and_admin_console(pg: PgCluster, pg_db: str
         c = await driver.connect(gw.ws_dsn())
         assert await c.fetchval("SELECT 41 + 1") == 42
         await c.close()
+        # a CancelRequest lands on either worker (a new connection): the other passes it on
+        pgc = await asyncpg.connect(host="127.0.0.1", port=gw.pg_port, user="alice", password=ALICE_PASSWORD,
+                                    database="app", statement_cache_size=0)
+        try:
+            for _ in range(4):
+                t0 = time.monotonic()
+                with pytest.raises(asyncio.TimeoutError):
+                    await pgc.execute("SELECT pg_sleep(30)", timeout=0.3)
+                assert await pgc.fetchval("SELECT 7") == 7  # the sleep was cancelled, not waited out
+                assert time.monotonic() - t0 < 15
+        finally:
+            await pgc.close()
     assert gw.proc.returncode == 0
