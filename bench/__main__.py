@@ -13,6 +13,10 @@ if __name__ == "__main__":
         from .copy_bench import main as copy_main
 
         sys.exit(copy_main(sys.argv[2:]))
+    if sys.argv[1:2] == ["workers"]:
+        from .workers_curve import main as workers_main
+
+        sys.exit(workers_main(sys.argv[2:]))
     if sys.argv[1:2] == ["large"]:
         from .large_results import main as large_main
 

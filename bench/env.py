@@ -61,6 +61,26 @@ def wait_port(host: str, port: int, timeout: float = 30.0, proc: subprocess.Pope
             time.sleep(0.05)
 
 
+def wait_workers(host: str, port: int, n: int, timeout: float = 30.0, proc: subprocess.Popen[Any] | None = None) -> None:
+    """Poll /metrics until ``n`` workers answer (``wirepool_worker_up{worker=..} 1.0``)."""
+    import urllib.request
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=2) as r:
+                text = r.read().decode()
+            if sum(1 for line in text.splitlines()
+                   if line.startswith("wirepool_worker_up{") and line.endswith(" 1.0")) >= n:
+                return
+        except OSError:
+            pass
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"gateway exited with {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{n} workers not ready after {timeout}s")
+        time.sleep(0.1)
+
+
 def scram_verifier_for(password: str, iterations: int) -> str:
     """A SCRAM-SHA-256 verifier (RFC 5802/7677, Postgres' storage format) with a chosen
     iteration count: the client-side PBKDF2 cost of every login scales with it."""
@@ -363,6 +383,9 @@ password = "{self.user_password()}"
         try:
             wait_port(self.host, self.pg_port, proc=self.proc)
             wait_port(self.host, self.port, proc=self.proc)
+            workers = int(self.extra.get("workers", 1))
+            if workers > 1:  # every worker listening (gateway/workers.py), not just the first
+                wait_workers(self.host, self.port, workers, proc=self.proc)
         except RuntimeError as e:
             tail = self.log_tail()
             self.stop()

@@ -67,6 +67,8 @@ class Run:
     cdfs: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     cluster: E.BenchCluster | None = None
     dsn: str | None = None
+    #: keyword arguments of every bench.env.Gateway this run starts (bench/workers_curve.py: workers)
+    gateway_kw: dict[str, Any] = field(default_factory=dict)
     _ws_probe: tuple[bool, str] | None = None
     _last: float = field(default_factory=time.monotonic)
 
@@ -129,7 +131,7 @@ def service_for(run: Run, target: str, **gw: Any) -> Iterator[tuple[Any, dict[st
         with E.PgBouncer(c) as b:
             yield b, {"client": "asyncpg", "kwargs": b.conn_kwargs(), "statement_cache_size": 0}
     elif target.startswith("gateway-"):
-        g = E.Gateway(c, **gw)
+        g = E.Gateway(c, **{**run.gateway_kw, **gw})  # gateway_kw: e.g. workers (bench/workers_curve.py)
         with g:
             if target == "gateway-tcp":
                 yield g, {"client": "asyncpg", "kwargs": g.tcp_kwargs(), "statement_cache_size": 0}
