@@ -269,7 +269,7 @@ async def _mogrify(conn: Connection, query: str, args: Sequence[Any],
                    timeout: float | None) -> str:
     """``query`` with ``$n`` replaced by the server's ``quote_nullable`` of
     each argument, typed as the server infers it for ``query``."""
-    from .connection import _Statement
+    from .statements import _Statement
 
     await conn._acquire()
     try:
@@ -459,7 +459,7 @@ async def _binary_encoders(conn: Connection, type_oids: list[int],
             out.append(None)
             unknown.append(oid)
     if unknown:
-        from .connection import _Statement
+        from .statements import _Statement
 
         sql = ("SELECT t.oid, t.typtype::text, t.typbasetype, format_type(t.oid, NULL) "
                "FROM pg_catalog.pg_type t WHERE t.oid = ANY($1::oid[])")

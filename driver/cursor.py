@@ -8,7 +8,8 @@ from . import exceptions as exc
 from .protocol import client as pc
 
 if TYPE_CHECKING:
-    from .connection import Connection, _Statement
+    from .connection import Connection
+    from .statements import _Statement
 
 __all__ = ["CursorFactory", "Cursor", "CursorIterator"]
 

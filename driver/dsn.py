@@ -113,6 +113,16 @@ class ConnectParams:
     #: Query parameters not consumed above (ws/http extras such as ``token``,
     #: and ignored libpq parameters).
     query: dict[str, str] = field(default_factory=dict, repr=False)
+    #: postgresql://: every ``(host, port)`` to try, in order, when there are
+    #: several (``host=a,b``, a list of hosts); ``host``/``port`` are the first.
+    hosts: list[tuple[str, int]] = field(default_factory=list)
+
+    def addresses(self) -> list[ConnectParams]:
+        """One :class:`ConnectParams` per host to try, in order (asyncpg's multi-host connect)."""
+        if len(self.hosts) <= 1:
+            return [self]
+        values = {f.name: getattr(self, f.name) for f in self.__wp_fields__}  # type: ignore[attr-defined]
+        return [ConnectParams(**{**values, "host": h, "port": p, "hosts": []}) for h, p in self.hosts]
 
     @property
     def is_unix_socket(self) -> bool:
@@ -198,10 +208,14 @@ def _parse_keyword_value(dsn: str) -> dict[str, str]:
         out[key] = "".join(chars)
 
 
+def _split_hostports(hostport: str) -> tuple[str, str]:
+    """``h1:p1,h2,[v6]:p3`` -> ("h1,h2,v6", "p1,,p3"): hosts and ports, comma-joined."""
+    pairs = [_split_hostport(part) for part in hostport.split(",")]
+    return ",".join(h for h, _ in pairs), ",".join(p for _, p in pairs)
+
+
 def _split_hostport(hostport: str) -> tuple[str, str]:
     """``host:port`` / ``[v6]:port`` / ``host`` -> (host, port text), percent-decoded host."""
-    if "," in hostport:
-        raise _config_error(f"multiple hosts are not supported: {hostport!r}")
     if hostport.startswith("["):
         end = hostport.find("]")
         if end < 0:
@@ -236,10 +250,10 @@ def _parse_url(dsn: str) -> tuple[str, dict[str, str], str, dict[str, str]]:
         if colon:
             fields["password"] = unquote(password)
     if hostport:
-        host, port = _split_hostport(hostport)
-        if host:
+        host, port = _split_hostports(hostport) if scheme == "postgresql" else _split_hostport(hostport)
+        if host.strip(","):
             fields["host"] = host
-        if port:
+        if port.strip(","):
             fields["port"] = port
     path = parts.path
     if scheme in ("postgresql", "ws", "wss"):
@@ -336,8 +350,6 @@ def parse_dsn(
     q_timeout: str | None = None
     for key, value in query.items():
         if key in ("host", "port", "user", "password"):
-            if key == "host" and "," in value:
-                raise _config_error(f"multiple hosts are not supported: {value!r}")
             fields[key] = value
         elif key in ("dbname", "database"):
             fields["dbname"] = value
@@ -357,30 +369,29 @@ def parse_dsn(
             settings[key] = value
     is_pg = scheme == "postgresql"
 
-    # host
+    # hosts and ports: several (tried in order) for postgresql://, as asyncpg and libpq
     if isinstance(host, (list, tuple)):
-        if len(host) != 1:
-            raise _config_error("multiple hosts are not supported")
-        host = host[0]
-    if host is not None and "," in host:
-        raise _config_error(f"multiple hosts are not supported: {host!r}")
-    final_host = host or fields.get("host") or (env.get("PGHOST") if is_pg else None) or "localhost"
-    if "," in final_host:
-        raise _config_error(f"multiple hosts are not supported: {final_host!r}")
-
-    # port
+        host = ",".join(str(h) for h in host)
+    host_text = host or fields.get("host") or (env.get("PGHOST") if is_pg else None) or "localhost"
+    hosts = [h or "localhost" for h in host_text.split(",")] if is_pg else [host_text]
+    if not is_pg and "," in host_text:
+        raise _config_error(f"multiple hosts are not supported for {scheme}://: {host_text!r}")
     if isinstance(port, (list, tuple)):
-        if len(port) != 1:
-            raise _config_error("multiple ports are not supported")
-        port = port[0]
+        port = ",".join(str(p) for p in port)
     if port is not None and port != "":
-        final_port = _int_port(port, "the port argument")
+        port_texts, what = str(port).split(","), "the port argument"
     elif fields.get("port"):
-        final_port = _int_port(fields["port"], "the DSN")
+        port_texts, what = fields["port"].split(","), "the DSN"
     elif is_pg and env.get("PGPORT"):
-        final_port = _int_port(env["PGPORT"], "PGPORT")
+        port_texts, what = env["PGPORT"].split(","), "PGPORT"
     else:
-        final_port = _DEFAULT_PORTS[scheme]
+        port_texts, what = [""], ""
+    if len(port_texts) == 1:
+        port_texts *= len(hosts)
+    elif len(port_texts) != len(hosts):
+        raise _config_error(f"could not match {len(port_texts)} port numbers to {len(hosts)} hosts")
+    ports = [_int_port(p, what) if p else _DEFAULT_PORTS[scheme] for p in port_texts]
+    final_host, final_port = hosts[0], ports[0]
 
     # user, password, database
     final_user = user or fields.get("user") or env.get("PGUSER") or ""
@@ -448,4 +459,5 @@ def parse_dsn(
         scheme=scheme, host=final_host, port=final_port, user=final_user, password=final_password,
         database=final_db, sslmode=sslmode, ssl=ssl_value, connect_timeout=connect_timeout,
         server_settings=settings, path=path, query=extra,
+        hosts=list(zip(hosts, ports)) if len(hosts) > 1 else [],
     )

@@ -1,14 +1,167 @@
-"""Query loggers (asyncpg's ``add_query_logger`` / ``query_logger``)."""
+"""Listeners of a :class:`~driver.connection.Connection`, as asyncpg has them.
+
+:class:`ListenersMixin` (mixed into Connection): LISTEN/NOTIFY callbacks
+(``add_listener``), server notices (``add_log_listener``), the end of the
+connection (``add_termination_listener``) and query loggers
+(``add_query_logger`` / ``query_logger``, records are :class:`LoggedQuery`).
+Every callback runs soon on the event loop (a coroutine function's result is
+awaited in a background task); an exception in one never breaks the connection.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import time
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, NamedTuple, cast
 
 if TYPE_CHECKING:
     from .connection import Connection
+    from .protocol import client as pc
 
-__all__ = ["LoggedQuery", "QueryTimer", "QueryLoggerContext"]
+__all__ = ["ListenersMixin", "LoggedQuery", "QueryTimer", "QueryLoggerContext"]
+
+
+class _NotLogged:
+    """The query-logging context when no logger is installed: does nothing."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc_info: Any) -> None:
+        return None
+
+
+_NOT_LOGGED = _NotLogged()
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class ListenersMixin:
+    """Listener registries and the callbacks' dispatch (mixed into Connection)."""
+
+    if TYPE_CHECKING:
+        _loop: asyncio.AbstractEventLoop
+        _background: set[asyncio.Task[Any]]
+
+        def _check_open(self) -> None: ...
+        def is_closed(self) -> bool: ...
+        async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str: ...
+
+    def _init_listeners(self) -> None:
+        self._listeners: dict[str, list[Callable[..., Any]]] = {}
+        self._log_listeners: list[Callable[..., Any]] = []
+        self._termination_listeners: list[Callable[..., Any]] = []
+        self._query_loggers: list[Callable[..., Any]] = []
+
+    # -- dispatch (from the reader task) ----------------------------------------
+    def _notification(self, ev: pc.Notification) -> None:
+        for cb in list(self._listeners.get(ev.channel, ())):
+            self._call_soon(cb, self, ev.process_id, ev.channel, ev.payload)
+
+    def _notice(self, ev: pc.Notice) -> None:
+        if self._log_listeners:
+            from . import exceptions as exc
+
+            msg = exc.PostgresLogMessage.new(ev.fields)
+            for cb in list(self._log_listeners):
+                self._call_soon(cb, self, msg)
+
+    def _terminated(self) -> None:
+        for cb in list(self._termination_listeners):
+            self._call_soon(cb, self)
+
+    def _call_soon(self, cb: Callable[..., Any], *args: Any) -> None:
+        def run() -> None:
+            try:
+                res = cb(*args)
+                if inspect.isawaitable(res):
+                    self._spawn(res)
+            except Exception as e:  # a listener must not break the connection
+                self._loop.call_exception_handler({
+                    "message": "unhandled exception in a connection callback",
+                    "exception": e})
+        self._loop.call_soon(run)
+
+    def _spawn(self, aw: Awaitable[Any]) -> None:
+        async def wrap() -> None:
+            await aw
+        task = self._loop.create_task(wrap())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- public API ------------------------------------------------------------
+    async def add_listener(self, channel: str, callback: Callable[..., Any]) -> None:
+        self._check_open()
+        cbs = self._listeners.get(channel)
+        if cbs is None:
+            await self.execute(f"LISTEN {_quote_ident(channel)}")
+            cbs = self._listeners.setdefault(channel, [])
+        cbs.append(callback)
+
+    async def remove_listener(self, channel: str, callback: Callable[..., Any]) -> None:
+        if self.is_closed():
+            return
+        cbs = self._listeners.get(channel)
+        if not cbs:
+            return
+        try:
+            cbs.remove(callback)
+        except ValueError:
+            return
+        if not cbs:
+            del self._listeners[channel]
+            await self.execute(f"UNLISTEN {_quote_ident(channel)}")
+
+    def add_log_listener(self, callback: Callable[..., Any]) -> None:
+        """``callback(connection, message)`` (or a coroutine function) for each
+        NOTICE/WARNING the server sends (a ``PostgresLogMessage``)."""
+        if callback not in self._log_listeners:
+            self._log_listeners.append(callback)
+
+    def remove_log_listener(self, callback: Callable[..., Any]) -> None:
+        try:
+            self._log_listeners.remove(callback)
+        except ValueError:
+            pass
+
+    def add_termination_listener(self, callback: Callable[..., Any]) -> None:
+        """``callback(connection)`` (or a coroutine function) once the connection is closed."""
+        if callback not in self._termination_listeners:
+            self._termination_listeners.append(callback)
+
+    def remove_termination_listener(self, callback: Callable[..., Any]) -> None:
+        try:
+            self._termination_listeners.remove(callback)
+        except ValueError:
+            pass
+
+    def add_query_logger(self, callback: Callable[..., Any]) -> None:
+        """``callback(record)`` (or a coroutine function) after each query of
+        ``execute``/``fetch*``/``executemany``/``fetchmany``; ``record`` is a
+        :class:`driver.listeners.LoggedQuery` (as asyncpg's)."""
+        if callback not in self._query_loggers:
+            self._query_loggers.append(callback)
+
+    def remove_query_logger(self, callback: Callable[..., Any]) -> None:
+        try:
+            self._query_loggers.remove(callback)
+        except ValueError:
+            pass
+
+    def query_logger(self, callback: Callable[..., Any]) -> Any:
+        """Context manager: ``callback`` is a query logger inside the block."""
+        return QueryLoggerContext(cast("Connection", self), callback)
+
+    def _logged(self, query: str, args: Any, timeout: float | None) -> Any:
+        if not self._query_loggers:
+            return _NOT_LOGGED
+        return QueryTimer(cast("Connection", self), query, args, timeout)
+
 
 
 class LoggedQuery(NamedTuple):

@@ -8,7 +8,8 @@ from . import codecs
 from .types import Attribute, Type
 
 if TYPE_CHECKING:
-    from .connection import Connection, _Statement
+    from .connection import Connection
+    from .statements import _Statement
 
 __all__ = ["PreparedStatement", "Type", "Attribute"]
 

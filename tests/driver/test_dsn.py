@@ -143,8 +143,10 @@ def test_websocket_and_http_schemes() -> None:
     ("mysql://h/db", {}, "scheme"),
     ("postgresql://h:notaport/db", {}, "port"),
     ("postgresql://h:70000/db", {}, "port"),
-    ("postgresql://h1,h2/db", {}, "multiple hosts"),
-    ("postgresql://h/db?host=a,b", {}, "multiple hosts"),
+    ("postgresql://h1,h2,h3/db?port=1,2", {}, "match 2 port numbers to 3 hosts"),
+    ("postgresql://h/db", {"host": ["a", "b"], "port": [1, 2, 3]}, "match 3 port numbers"),
+    ("ws://h1,h2/db", {}, "multiple hosts are not supported for ws"),
+    ("postgresql://h/db?target_session_attrs=bogus", {}, "target_session_attrs"),
     ("postgresql://h/db?sslmode=bogus", {}, "sslmode"),
     ("postgresql://h/db", {"ssl": "bogus"}, "sslmode"),
     ("postgresql://h/db", {"ssl": 3}, "ssl"),
@@ -163,10 +165,31 @@ def test_websocket_and_http_schemes() -> None:
 ])
 def test_errors(dsn: str, kw: dict[str, object], needle: str) -> None:
     from driver.exceptions import ClientConfigurationError
+    from driver.login import target_session_attrs
 
     with pytest.raises(ClientConfigurationError, match=needle) as ei:
-        p(dsn, **kw)
+        target_session_attrs(None, p(dsn, **kw))
     assert isinstance(ei.value, ValueError)
+
+
+@pytest.mark.parametrize("dsn,kw,expected", [
+    ("postgresql://u@h1:1,h2:2/db", {}, [("h1", 1), ("h2", 2)]),
+    ("postgresql://u@h1:1,h2/db", {}, [("h1", 1), ("h2", 5432)]),
+    ("postgresql://u@[::1]:7,h2:8/db", {}, [("::1", 7), ("h2", 8)]),
+    ("postgresql://u@/db?host=a,b&port=5,6", {}, [("a", 5), ("b", 6)]),
+    ("postgresql://u@/db?host=a,b&port=5", {}, [("a", 5), ("b", 5)]),
+    ("postgresql://u@/db", {"host": ["a", "b"], "port": [5, 6]}, [("a", 5), ("b", 6)]),
+    ("postgresql://u@/db", {"host": "a,/tmp", "port": 9}, [("a", 9), ("/tmp", 9)]),
+    ("host=a,b port=1,2 user=u", {}, [("a", 1), ("b", 2)]),
+])
+def test_multiple_hosts(dsn: str, kw: dict[str, object], expected: list[tuple[str, int]]) -> None:
+    c = p(dsn, **kw)
+    assert (c.host, c.port) == expected[0]
+    assert c.hosts == expected
+    assert [(a.host, a.port, a.user, a.hosts) for a in c.addresses()] == [
+        (h, port, "u", []) for h, port in expected]
+    one = p("postgresql://u@h:1/db")
+    assert one.hosts == [] and one.addresses() == [one]
 
 
 def test_keyword_value_form() -> None:
