@@ -129,7 +129,7 @@ def start_pytest(py: Path, tree: Path, dsn: str, files: list[str], xml: Path, ti
         paths += sorted(os.path.relpath(p, tree) for p in glob.glob(str(tree / f)))
     cache = tree / f".cache-{xml.stem}"  # one per parallel run (psycopg's conftest keeps a segfault flag there)
     shutil.rmtree(cache, ignore_errors=True)
-    cmd = [str(py), "-m", "pytest", "-q", "-p", "no:randomly", "-o", f"cache_dir={cache}", "--test-dsn", dsn,
+    cmd = [str(py), "-m", "pytest", "-v", "-p", "no:randomly", "-o", f"cache_dir={cache}", "--test-dsn", dsn,
            f"--timeout={timeout}", f"--junitxml={xml}", *paths]
     if xml.exists():
         xml.unlink()
@@ -167,6 +167,26 @@ def parse_junit(xml: Path, tree: Path) -> dict[str, str]:
     return out
 
 
+_VLINE = re.compile(r"^(tests/\S+::\S+(?:\[.*?\])?) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b")
+
+
+def parse_verbose(log: Path) -> dict[str, str]:
+    """The ``-v`` log of a run, possibly cut short -> nodeid -> outcome, for
+    the tests that finished (a teardown ERROR after PASSED counts as error)."""
+    out: dict[str, str] = {}
+    if not log.exists():
+        return out
+    names = {"PASSED": "passed", "FAILED": "failed", "ERROR": "error", "SKIPPED": "skipped",
+             "XFAIL": "xfailed", "XPASS": "passed"}
+    for line in log.read_text(errors="replace").splitlines():
+        lm = _VLINE.match(line)
+        if lm:
+            node, res = lm.group(1), names[lm.group(2)]
+            if out.get(node) not in ("failed", "error"):
+                out[node] = res
+    return out
+
+
 def counts(res: dict[str, str]) -> dict[str, int]:
     c = {k: 0 for k in ("passed", "failed", "error", "skipped", "xfailed")}
     for v in res.values():
@@ -180,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", help="reuse this directory (venv + copied tests)")
     ap.add_argument("--timeout", type=int, default=60, help="pytest-timeout per test")
     ap.add_argument("--modes", default="direct,session,transaction")
+    ap.add_argument("--max-minutes", type=float, default=0,
+                    help="stop the runs after this long and compare the tests all modes finished (0: no limit)")
     args = ap.parse_args(argv)
 
     from tests.pgcluster import PgCluster
@@ -209,9 +231,15 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         for mode in modes:
             running[mode] = start_pytest(py, tree, dsns[mode], files, base / f"{mode}.xml", args.timeout)
+        limit = t0 + args.max_minutes * 60 if args.max_minutes else None
         for mode, p in running.items():
-            p.wait()
-            results[mode] = parse_junit(base / f"{mode}.xml", tree)
+            try:
+                p.wait(None if limit is None else max(1.0, limit - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                print(f"# {mode}: stopped after {time.monotonic() - t0:.0f}s (--max-minutes)", file=sys.stderr)
+                p.terminate()
+                p.wait(30)
+            results[mode] = parse_junit(base / f"{mode}.xml", tree) or parse_verbose(base / f"{mode}.log")
             print(f"# {mode}: done after {time.monotonic() - t0:.0f}s", file=sys.stderr)
     finally:
         for p in running.values():
@@ -223,6 +251,11 @@ def main(argv: list[str] | None = None) -> int:
             proc.wait(10)
         pg.cleanup()
 
+    partial = len({len(r) for r in results.values()}) > 1
+    if partial:  # cut short: compare only the tests every mode finished
+        common = set.intersection(*(set(r) for r in results.values()))
+        results = {mode: {n: v for n, v in r.items() if n in common} for mode, r in results.items()}
+        print(f"PARTIAL RUN (--max-minutes): {len(common)} tests finished in every mode")
     cols = ["passed", "failed", "error", "skipped", "xfailed"]
     print(f"psycopg 3.3.4 test suite ({' '.join(files)})")
     print(f"{'mode':<12}" + "".join(f"{c:>9}" for c in cols) + f"{'total':>9}")
