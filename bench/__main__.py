@@ -9,6 +9,10 @@ if __name__ == "__main__":
         from .importtime import main as importtime_main
 
         sys.exit(importtime_main(sys.argv[2:]))
+    if sys.argv[1:2] == ["identity"]:
+        from .identity import main as identity_main
+
+        sys.exit(identity_main(sys.argv[2:]))
     if sys.argv[1:2] == ["copy"]:
         from .copy_bench import main as copy_main
 
