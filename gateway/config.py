@@ -29,6 +29,7 @@ __all__ = [
 AUTH_TYPES = ("scram-sha-256", "password", "md5", "trust")
 POOL_MODES = ("transaction", "session")
 SSL_MODES = ("disable", "prefer", "require", "verify-ca", "verify-full")
+CACHE_MODES = ("off", "hint", "auto")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 MASK = "***"
 SCRAM_PREFIX = "SCRAM-SHA-256$"
@@ -149,6 +150,11 @@ class GatewaySettings:
     #: Secret shared by the instances (and workers) of one gateway: signs ``/pg`` session tokens
     #: and authenticates forwarded requests.  None: a random one per start.
     cluster_secret: str | None = None
+    #: Query result cache (docs/cache.md): bytes of all entries (LRU by bytes), and of one entry.
+    cache_max_bytes: int = 67108864
+    cache_max_entry_bytes: int = 1048576
+    #: Notification channel whose payload is a cache tag to invalidate ("" = none).
+    cache_channel: str = "wirepool_invalidate"
 
 
 @dataclass(frozen=True)
@@ -174,6 +180,10 @@ class DatabaseConfig:
     sslmode: str = "prefer"
     #: CA bundle for verify-ca / verify-full (None: the system's trust store).
     sslrootcert: str | None = None
+    #: Query result cache (docs/cache.md): "off", "hint" (hinted statements) or "auto".
+    cache: str = "off"
+    cache_ttl: float = 60.0
+    cache_swr: float = 15.0
 
     def __post_init__(self) -> None:
         if not self.dbname:
@@ -417,12 +427,15 @@ _INT_MIN = {
     "listen_max_clients_per_channel": 0,
     "listen_backlog": 0,
     "listen_backlog_bytes": 0,
+    "cache_max_bytes": 0,
+    "cache_max_entry_bytes": 0,
 }
 _INT_MAX = {"max_message_size": 1 << 30, "sql_max_request_size": 1 << 30, "sql_max_response_size": 1 << 30,
             "http_max_response_size": 1 << 30}
 _GATEWAY_KEYS = frozenset(f.name for f in fields(GatewaySettings))
 _DB_KEYS = frozenset({"host", "port", "dbname", "user", "password", "pool_size", "pool_mode",
-                      "min_pool_size", "reserve_pool_size", "sslmode", "sslrootcert"})
+                      "min_pool_size", "reserve_pool_size", "sslmode", "sslrootcert",
+                      "cache", "cache_ttl", "cache_swr"})
 _USER_KEYS = frozenset({"password", "tokens"})
 _TOP_KEYS = frozenset({"gateway", "databases", "users"})
 
@@ -479,6 +492,8 @@ def _parse_gateway(raw: Mapping[str, Any], base_dir: Path | None) -> GatewaySett
             kw[name] = _env_ref(_str(value, key, nonempty=True), key)
             if len(kw[name]) < 16:
                 raise ConfigError(key, "must be at least 16 characters (it signs session tokens)")
+        elif name == "cache_channel":
+            kw[name] = _str(value, key)  # "" disables the channel
         else:  # pragma: no cover - every field is handled above
             raise ConfigError(key, "unknown key")
     g = GatewaySettings(**kw)
@@ -534,6 +549,11 @@ def _parse_database(name: str, raw: Mapping[str, Any], g: GatewaySettings,
         if not p.is_file():
             raise ConfigError(f"{prefix}.sslrootcert", f"file not found: {str(p)!r}")
         kw["sslrootcert"] = str(p)
+    if "cache" in raw:
+        kw["cache"] = _choice(raw["cache"], f"{prefix}.cache", CACHE_MODES)
+    for k in ("cache_ttl", "cache_swr"):
+        if k in raw:
+            kw[k] = _float(raw[k], f"{prefix}.{k}")
     db = DatabaseConfig(**kw)
     size, min_size = db.effective_pool_size(g), db.effective_min_pool_size(g)
     if size < g.workers:
@@ -649,6 +669,7 @@ def config_to_display(cfg: Config) -> dict[str, Any]:
             "min_pool_size": d.effective_min_pool_size(g),
             "reserve_pool_size": d.effective_reserve_pool_size(g),
             "sslmode": d.sslmode, "sslrootcert": d.sslrootcert,
+            "cache": d.cache, "cache_ttl": d.cache_ttl, "cache_swr": d.cache_swr,
         }
     users: dict[str, Any] = {}
     for name, u in cfg.users.items():

@@ -20,6 +20,7 @@ from driver.protocol.framing import ProtocolError
 
 from .admin import ADMIN_DATABASES, serve_console
 from .auth import AuthFailed
+from .cache_hook import attach as cache_attach
 from .limits import after_login
 from .params import OptionsError, tracked_options
 from .params import canonical as canonical_value
@@ -104,6 +105,7 @@ async def startup(self: Any) -> bool:
         self.acc.rewriter = self.prepared
     if self.transaction_mode:
         self.track = Tracker()
+    self.cache = cache_attach(self)
     pool.add_client(self)
     server_params = await pool.ensure_params(self)
     # Client's tracked values: what it asked for, else the server default.

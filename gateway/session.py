@@ -41,6 +41,7 @@ from driver.protocol import messages as m
 from driver.protocol.framing import FrontendReader, ProtocolError
 
 from .accounting import Accounting
+from .cache_hook import SessionCache, on_ddl
 from .auth import AuthFailed
 from .cancel import send_cancel
 from . import login
@@ -125,6 +126,7 @@ class Session:
         self.prepared: Rewriter | None = None  # named prepared statements (transaction mode)
         #: session state tracking (transaction mode, gateway.tracking)
         self.track: Tracker | None = None
+        self.cache: SessionCache | None = None  # query result cache (gateway.cache_hook), set at login
         self._kinds: list[str | None] = []  # the gateway's own queries awaiting their reply, in order
         self._swallow_err = False
         self._probe_rows: list[bytes] = []
@@ -394,6 +396,8 @@ class Session:
     def _from_client(self, chunk: bytes, idx: list[tuple[int, int, int]]) -> bool:
         """Forward one framed chunk (or queue it until a server is assigned);
         False when the client terminated.  Synchronous: no task switch."""
+        if self.cache is not None and self.cache.intercept(chunk, idx):
+            return True  # answered from (or waiting for) the result cache
         acc = self.acc
         before, d0 = acc.outstanding, acc.dirty
         chunk, idx, terminate = acc.client(chunk, idx)
@@ -593,6 +597,8 @@ class Session:
             if not chunk:
                 return
         z = acc.replies(chunk, idx)
+        if self.cache is not None and self.cache.cap is not None:
+            self.cache.captured(chunk, idx)
         self.pool.obs.bytes_out += len(chunk)  # type: ignore[union-attr]
         direct = self._direct
         if direct is not None and not self._out:
@@ -629,7 +635,8 @@ class Session:
             return
         server.status = z
         if acc.ddl:  # a DDL completed: bump the schema epoch, again when its transaction ends
-            self.gw.statements.bump(database_key(self.pool.db))  # type: ignore[union-attr]
+            self.gw.statements.bump(dbk := database_key(self.pool.db))  # type: ignore[union-attr]
+            on_ddl(self.gw, dbk)  # the database's cached results go too
             if z == _IDLE:
                 acc.ddl = False
         if acc.outstanding == 0:
@@ -685,6 +692,8 @@ class Session:
             else:
                 res = parse_probe(rows)
                 tk.probed(res)
+                if res.temp and self.cache is not None:
+                    self.cache.disabled = True  # names may resolve to its temp objects
                 server.gucs = dict(res.settings)
                 now, later = cleanup(res)
                 self._reset_next = [m.query(q) for q in now]
@@ -866,6 +875,8 @@ class Session:
         self._finished = True
         gw = self.gw
         gw.unregister_session(self)
+        if self.cache is not None:
+            self.cache.close()
         if self.counted:
             self.counted = False
             gw.n_clients -= 1

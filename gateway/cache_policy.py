@@ -1,0 +1,368 @@
+"""What the result cache may cache, under which key, for how long (sans-I/O).
+
+- :func:`parse_hint` / :func:`parse_header`: the hint comment
+  ``/* wirepool:cache ttl=60 swr=30 tags=quotes,authors */`` anywhere in a
+  statement's text, and ``/sql``'s ``Wirepool-Cache: ttl=60, swr=30,
+  tags=quotes`` request header.
+- :func:`unit_of`: is a framed client chunk exactly one cacheable unit -- a
+  simple Query, or an extended-protocol ``[Parse] Bind [Describe portal]
+  Execute Sync`` of the unnamed statement (or, without Parse, of a named
+  statement the client prepared earlier)?  Returns its parts, else None.
+- :func:`read_only`: may a statement text be cached at all (one SELECT /
+  WITH / VALUES / TABLE statement that neither writes nor locks), and the
+  function names it calls; :class:`Volatility` says, from ``pg_proc``, whether
+  they are all IMMUTABLE (``"auto"`` mode caches nothing else; unknown names
+  and views are "not certain": not cached).
+- :func:`replay`: the reply to a unit built from a stored entry, exactly as
+  Postgres would send it (ParseComplete, BindComplete, RowDescription,
+  DataRows, CommandComplete, ReadyForQuery ``I``).
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass
+from typing import Hashable
+
+from driver.protocol import messages as m
+
+_Q, _P, _B, _D, _E, _S = 81, 80, 66, 68, 69, 83
+
+PARSE_COMPLETE = b"1\x00\x00\x00\x04"
+BIND_COMPLETE = b"2\x00\x00\x00\x04"
+RFQ_IDLE = m.ready_for_query("I")
+
+MAX_TTL = 86400.0 * 365
+
+
+@dataclass(frozen=True)
+class Hint:
+    ttl: float | None = None
+    swr: float | None = None
+    tags: tuple[str, ...] = ()
+
+
+_HINT = re.compile(rb"/\*\s*wirepool:cache\b(.*?)\*/", re.S | re.I)
+_TAG_OK = re.compile(r"^[A-Za-z0-9_.:\-/]{1,128}$")
+
+
+def _fields(pairs: list[tuple[str, str]]) -> Hint | None:
+    ttl = swr = None
+    tags: list[str] = []
+    for k, v in pairs:
+        k = k.strip().lower()
+        v = v.strip()
+        if k in ("ttl", "swr"):
+            try:
+                x = float(v)
+            except ValueError:
+                return None
+            if not (0 <= x <= MAX_TTL):  # also rejects nan
+                return None
+            if k == "ttl":
+                ttl = x
+            else:
+                swr = x
+        elif k == "tags":
+            for t in re.split(r"[,\s]+", v):
+                if t:
+                    if not _TAG_OK.match(t):
+                        return None
+                    tags.append(t)
+        else:
+            return None
+    return Hint(ttl, swr, tuple(dict.fromkeys(tags)))
+
+
+def parse_hint(sql: bytes) -> Hint | None:
+    """The hint comment in a statement text, or None (none, or malformed:
+    a malformed hint caches nothing)."""
+    if b"wirepool:cache" not in sql and b"WIREPOOL:CACHE" not in sql.upper():
+        return None
+    mt = _HINT.search(sql)
+    if mt is None:
+        return None
+    try:
+        body = mt.group(1).decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    pairs = []
+    for word in re.findall(r"[A-Za-z]+\s*=\s*[^\s=]*(?:\s*,\s*[^\s=,]+)*", body):
+        k, _, v = word.partition("=")
+        pairs.append((k, v))
+    rest = re.sub(r"[A-Za-z]+\s*=\s*[^\s=]*(?:\s*,\s*[^\s=,]+)*", "", body).strip()
+    if rest:
+        return None
+    return _fields(pairs)
+
+
+def parse_header(value: str) -> Hint | None:
+    """``ttl=60, swr=30, tags=quotes,authors`` (a comma-separated part without
+    ``=`` continues the tags).  None when malformed."""
+    pairs: list[tuple[str, str]] = []
+    for part in value.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "=" in part:
+            k, _, v = part.partition("=")
+            pairs.append((k, v))
+        elif pairs and pairs[-1][0].strip().lower() == "tags":
+            pairs[-1] = (pairs[-1][0], pairs[-1][1] + "," + part)
+        else:
+            return None
+    return _fields(pairs) if pairs else None
+
+
+def hint_comment(h: Hint) -> str:
+    """A hint as a comment to put in front of a statement (for the /sql header)."""
+    parts = []
+    if h.ttl is not None:
+        parts.append(f"ttl={h.ttl:g}")
+    if h.swr is not None:
+        parts.append(f"swr={h.swr:g}")
+    if h.tags:
+        parts.append("tags=" + ",".join(h.tags))
+    return "/* wirepool:cache " + " ".join(parts) + " */ "
+
+
+# ---------------------------------------------------------------- units
+
+@dataclass(frozen=True)
+class Unit:
+    """One cacheable client unit."""
+
+    #: message types in order, e.g. b"Q", b"PBDES", b"BES"
+    shape: bytes
+    #: the statement: a Query's text, or the Parse tail (text NUL + parameter type OIDs)
+    text: bytes
+    #: named statement (Bind without Parse): its client name, else b""
+    stmt: bytes
+    #: the Bind body after portal and statement names (formats, values, result formats)
+    bind: bytes
+    #: the Execute body (portal name, row limit: a reply cut by the limit is not cached)
+    exe: bytes = b""
+
+
+def _cstr(chunk: bytes, pos: int, end: int) -> int:
+    i = chunk.find(b"\x00", pos, end)
+    return -1 if i < 0 else i
+
+
+def unit_of(chunk: bytes, idx: list[tuple[int, int, int]]) -> Unit | None:
+    """The chunk as one cacheable unit, else None (headers only, no decoding
+    of values).  The unnamed portal and, with Parse, the unnamed statement."""
+    n = len(idx)
+    if n == 1:
+        t, s, e = idx[0]
+        if t != _Q or e - s < 2 or chunk[e - 1] != 0:
+            return None
+        return Unit(b"Q", chunk[s:e - 1], b"", b"")
+    if n < 3 or n > 5 or idx[-1][0] != _S or idx[-2][0] != _E:
+        return None
+    shape = bytes(t for t, _s, _e in idx)
+    if shape not in (b"PBES", b"PBDES", b"BES", b"BDES"):
+        return None
+    text = b""
+    i = 0
+    if shape[0] == _P:
+        _t, s, e = idx[0]
+        if chunk[s] != 0:  # a named Parse creates client state: not a cacheable unit
+            return None
+        text = chunk[s + 1:e]
+        if _cstr(chunk, s + 1, e) < 0:
+            return None
+        i = 1
+    _t, s, e = idx[i]  # Bind: portal, statement, then the rest
+    j = _cstr(chunk, s, e)
+    if j != s:  # a named portal
+        return None
+    k = _cstr(chunk, j + 1, e)
+    if k < 0:
+        return None
+    stmt = chunk[j + 1:k]
+    if shape[0] == _P and stmt:
+        return None
+    if shape[0] == _B and not stmt:  # the unnamed statement of an earlier segment
+        return None
+    bind = chunk[k + 1:e]
+    if b"D" in shape:
+        _t, s, e = idx[i + 1]
+        if e - s != 2 or chunk[s] != 80 or chunk[s + 1] != 0:  # Describe 'P' ""
+            return None
+    _t, s, e = idx[-2]  # Execute of the unnamed portal
+    if e - s != 5 or chunk[s] != 0:
+        return None
+    if idx[-1][2] - idx[-1][1] != 0:
+        return None
+    return Unit(shape, text, stmt, bind, chunk[s:e])
+
+
+def sql_of(text: bytes, shape: bytes) -> bytes:
+    """The SQL of a unit's text (a Parse tail ends at its NUL)."""
+    if shape == b"Q":
+        return text
+    i = text.find(b"\x00")
+    return text if i < 0 else text[:i]
+
+
+def replay(shape: bytes, rowdesc: bytes, body: bytes) -> bytes:
+    """The server's reply to ``shape`` from a stored result."""
+    if shape == b"Q":
+        return rowdesc + body + RFQ_IDLE
+    out = []
+    for t in shape:
+        if t == _P:
+            out.append(PARSE_COMPLETE)
+        elif t == _B:
+            out.append(BIND_COMPLETE)
+        elif t == _D:
+            out.append(rowdesc)
+        elif t == _E:
+            out.append(body)
+        else:
+            out.append(RFQ_IDLE)
+    return b"".join(out)
+
+
+def refresh_batch(shape: bytes, text: bytes, bind: bytes, exe: bytes = b"\x00\x00\x00\x00\x00") -> bytes:
+    """Frontend messages that re-run a unit on any server: the Query itself,
+    or an unnamed Parse of the statement + Bind + Describe + Execute + Sync."""
+    if shape == b"Q":
+        return _msg(b"Q", text + b"\x00")
+    return (_msg(b"P", b"\x00" + text) + _msg(b"B", b"\x00\x00" + bind) + _msg(b"D", b"P\x00")
+            + _msg(b"E", exe) + m.SYNC)
+
+
+def _msg(t: bytes, body: bytes) -> bytes:
+    return t + struct.pack("!I", len(body) + 4) + body
+
+
+# ---------------------------------------------------------------- read-only + volatility
+
+_STRIP = re.compile(r"""'(?:[^']|'')*'|"(?:[^"]|"")*"|--[^\n]*|/\*.*?\*/|\$([A-Za-z_]\w*)?\$.*?\$\1\$""", re.S)
+_FIRST = frozenset({"select", "with", "values", "table"})
+_WRITES = frozenset({"insert", "update", "delete", "merge", "into", "for", "lock", "copy", "call",
+                     "execute", "notify", "listen", "set", "do", "prepare", "create", "alter", "drop",
+                     "truncate", "grant", "revoke", "vacuum", "analyze", "refresh", "discard", "reset"})
+#: time and transaction dependent SQL value functions (no parentheses)
+_TIME = frozenset({"current_timestamp", "current_time", "current_date", "localtime", "localtimestamp",
+                   "current_catalog", "current_schema"})
+#: words followed by "(" that are SQL syntax, not functions in pg_proc
+_SYNTAX = frozenset({"in", "exists", "any", "all", "some", "values", "as", "cast", "coalesce", "nullif",
+                     "greatest", "least", "row", "array", "over", "filter", "within", "from", "join", "using",
+                     "on", "where", "and", "or", "not", "select", "lateral", "case", "when", "then", "else",
+                     "is", "distinct", "by", "partition", "group", "order", "having", "limit", "offset",
+                     "union", "intersect", "except", "with", "recursive", "materialized", "cube", "rollup",
+                     "grouping", "sets", "like", "ilike", "similar", "between", "end", "table", "returning",
+                     "fetch", "only", "nulls", "asc", "desc", "escape", "at", "zone", "interval", "varchar",
+                     "char", "character", "numeric", "decimal", "time", "timestamp", "bit", "varying",
+                     "precision", "float", "unnest", "rows", "range", "groups", "xmlelement", "json", "jsonb",
+                     "overlay", "position", "substring", "trim", "extract", "collate"})
+_WORD = re.compile(r'"(?:[^"]|"")*"|[A-Za-z_][A-Za-z0-9_$]*|\S')
+
+
+@dataclass(frozen=True)
+class ReadOnly:
+    """A statement the cache may consider: its called function names
+    (``schema.name`` or ``name``, lower case unless quoted) and identifiers."""
+
+    functions: frozenset[str]
+    words: frozenset[str]
+
+
+def read_only(sql: bytes) -> ReadOnly | None:
+    """One statement that only reads (SELECT/WITH/VALUES/TABLE without any
+    writing CTE, INTO, locking clause or time function), else None."""
+    try:
+        text = sql.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    stripped = _STRIP.sub(lambda mt: " " if not mt.group(0).startswith('"') else mt.group(0), text)
+    toks = _WORD.findall(stripped)
+    # trailing semicolons only
+    while toks and toks[-1] == ";":
+        toks.pop()
+    if not toks or ";" in toks:
+        return None
+    if "$" in stripped.replace("$$", ""):
+        # positional parameters are fine ($1); anything else with "$" is not certain
+        if re.search(r"\$(?!\d)", stripped):
+            return None
+    first = toks[0].lower()
+    if first not in _FIRST:
+        return None
+    funcs: set[str] = set()
+    words: set[str] = set()
+    n = len(toks)
+    for i, tok in enumerate(toks):
+        if tok[0] == '"':
+            word = tok[1:-1].replace('""', '"')
+        elif tok[0].isalpha() or tok[0] == "_":
+            word = tok.lower()
+            if word in _WRITES or word in _TIME:
+                return None
+        else:
+            continue
+        words.add(word)
+        if i + 1 < n and toks[i + 1] == "(":
+            if i >= 2 and toks[i - 1] == ".":
+                prev = toks[i - 2]
+                schema = prev[1:-1].replace('""', '"') if prev[0] == '"' else prev.lower()
+                funcs.add(f"{schema}.{word}")
+            elif word not in _SYNTAX or tok[0] == '"':
+                funcs.add(word)
+    return ReadOnly(frozenset(funcs), frozenset(words))
+
+
+#: catalog query: every function name (bare and schema-qualified) with whether all of
+#: its overloads are IMMUTABLE, and the names of views (whose bodies are not looked at)
+CATALOG_SQL = (
+    "SELECT p.proname, bool_and(p.provolatile = 'i')::text FROM pg_catalog.pg_proc p GROUP BY 1"
+    " UNION ALL SELECT n.nspname || '.' || p.proname, bool_and(p.provolatile = 'i')::text"
+    " FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace GROUP BY 1"
+    " UNION ALL SELECT '~view:' || c.relname, 'false' FROM pg_catalog.pg_class c"
+    " WHERE c.relkind IN ('v', 'm', 'f') GROUP BY 1"
+)
+
+
+class Volatility:
+    """One upstream database's catalog answer (:data:`CATALOG_SQL`)."""
+
+    __slots__ = ("immutable", "known", "views", "epoch")
+
+    def __init__(self, rows: list[tuple[str, str]], epoch: int) -> None:
+        self.immutable: set[str] = set()
+        self.known: set[str] = set()
+        self.views: set[str] = set()
+        self.epoch = epoch
+        for name, flag in rows:
+            if name.startswith("~view:"):
+                self.views.add(name[6:])
+                continue
+            self.known.add(name)
+            if flag == "true":
+                self.immutable.add(name)
+
+    def certain(self, ro: ReadOnly) -> bool:
+        """Every function called is known and IMMUTABLE, and no view is named."""
+        for f in ro.functions:
+            if f not in self.immutable:
+                return False
+        for w in ro.words:
+            if w in self.views:
+                return False
+        return True
+
+
+# ---------------------------------------------------------------- keys
+
+def cache_key(dbname: str, role: str, user: str, unit: Unit, statement: bytes,
+              sig: tuple[str | None, ...], settings: dict[str, str]) -> Hashable:
+    """Everything that can change the bytes of a result: the database and
+    upstream role, the client identity, the statement (Parse tail: text and
+    parameter types), the Bind (parameter formats and values, result formats),
+    the message shape, the tracked parameters and every session setting."""
+    return (dbname, role, user, unit.shape, statement, unit.bind, unit.exe, sig,
+            tuple(sorted(settings.items())) if settings else ())
