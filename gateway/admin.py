@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from driver.protocol import messages as m
 
+from . import cache_admin
 from .auth import AuthFailed
 from .config import ConfigError, GatewaySettings
 
@@ -54,7 +55,7 @@ _STATE_CODE = {"cl_active": "active", "cl_waiting": "waiting", "sv_active": "act
                "sv_idle": "idle", "sv_used": "used", "sv_login": "login"}
 HELP = """Console usage
 \tSHOW HELP|CONFIG|USERS|DATABASES|POOLS|CLIENTS|SERVERS|VERSION
-\tSHOW STATS|STATS_TOTALS|STATS_AVERAGES|LISTS|MEM|STATE
+\tSHOW STATS|STATS_TOTALS|STATS_AVERAGES|LISTS|MEM|STATE|CACHE
 \tSET key = arg
 \tRELOAD
 \tPAUSE [<db>]
@@ -65,6 +66,7 @@ HELP = """Console usage
 \tKILL <db>
 \tKILL_CLIENT <id>
 \tWAIT_CLOSE [<db>]
+\tCACHE_INVALIDATE <tag> [<tag> ...] | *
 \tSHUTDOWN [WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS]"""
 
 
@@ -346,7 +348,17 @@ class Console:
                 ("paused", "yes" if paused else "no"), ("suspended", "no")]
         return result([("key", S), ("value", S)], rows)
 
+    def show_cache(self) -> bytes:  # the result cache's counters (gateway/cache_admin.py)
+        return result([("key", S), ("value", I)], cache_admin.show_rows(self.gw))
+
     # ------------------------------------------------------------ commands
+    async def cmd_cache_invalidate(self, args: Sequence[str]) -> bytes:
+        if not args:
+            raise AdminError("42601", "CACHE_INVALIDATE needs tags (or * for everything)")
+        return m.notice_response({"S": "NOTICE", "V": "NOTICE", "C": "00000",
+                                  "M": f"{cache_admin.admin_invalidate(self.gw, args)} entries invalidated"}
+                                 ) + m.command_complete("CACHE_INVALIDATE")
+
     async def cmd_pause(self, args: Sequence[str]) -> bytes:
         pools = self._pools(args)
         if all(p.paused for p in pools):

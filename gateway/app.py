@@ -26,6 +26,7 @@ from gateway.http import HttpListener, HttpRequest, HttpResponse
 from gateway.metrics import CONTENT_TYPE, make_registry, render
 from gateway.observe import collect
 from gateway.status import register as register_status
+from gateway.cache_admin import register as register_cache
 from gateway.http_protocol import register as register_http_protocol
 from gateway.neon_sql import register as register_neon_sql
 from gateway.tcp import TcpListener
@@ -108,6 +109,7 @@ class GatewayApp:
             register_neon_sql(self)  # POST/OPTIONS /sql (Neon-compatible, gateway/neon_sql.py)
             register_http_protocol(self)  # POST /pg, /pg/cancel (protocol over HTTP, gateway/http_protocol.py)
             register_status(self)  # GET /status (admin HTML page, gateway/status.py)
+            register_cache(self)  # POST /cache/invalidate (gateway/cache_admin.py)
             if self.workers is not None:  # workers / instances: one gateway seen from outside
                 from gateway.cluster import Cluster
                 self.cluster = Cluster(self, self.workers)

@@ -65,7 +65,42 @@ def attach(session: "Session") -> "SessionCache | None":
     principal = getattr(session, "_principal", None)
     if principal is not None and principal.method == INTERNAL:
         return None
-    return SessionCache(session, get_cache(session.gw))
+    rc = get_cache(session.gw)
+    _ensure_channel(session.gw, pool)
+    return SessionCache(session, rc)
+
+
+def _ensure_channel(gw: Any, pool: Any) -> None:
+    """Subscribe (once per pool) to ``cache_channel`` through the pool's
+    LISTEN hub (gateway/listen.py): each notification's payload is a tag (or
+    several, comma-separated) whose entries are dropped; a gap in the
+    notifications drops the whole database's entries."""
+    channel = gw.settings.cache_channel
+    subs: dict[str, Any] = gw.__dict__.setdefault("cache_subscriptions", {})
+    if not channel or pool.name in subs:
+        return
+    subs[pool.name] = None
+    gw.spawn(_subscribe(gw, pool, channel, subs))
+
+
+async def _subscribe(gw: Any, pool: Any, channel: str, subs: dict[str, Any]) -> None:
+    from .listen import hub_for
+    dbkey = database_key(pool.db)
+    rc = get_cache(gw)
+
+    def notified(payload: str, _pid: int) -> None:
+        tags = [t.strip() for t in payload.split(",") if t.strip()]
+        if tags:
+            rc.invalidate_tags(tags, dbkey)
+
+    def gap() -> None:
+        rc.invalidate_db(dbkey)
+
+    try:
+        subs[pool.name] = await hub_for(pool).subscribe_internal(channel, notified, gap)
+    except Exception as exc:
+        log.warning("cache: LISTEN %s on %s failed (%s); retried at the next session", channel, pool.name, exc)
+        subs.pop(pool.name, None)
 
 
 class _Capture:
@@ -254,6 +289,7 @@ class SessionCache:
             if t == _DROW:
                 cap.size += e - st + 5
                 if cap.size > limit:
+                    self.rc.stats.too_large += 1
                     cap.ok = False
                     cap.parts = []
                 else:

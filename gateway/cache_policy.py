@@ -27,7 +27,9 @@ from typing import Hashable
 
 from driver.protocol import messages as m
 
-_Q, _P, _B, _D, _E, _S = 81, 80, 66, 68, 69, 83
+_Q, _P, _B, _D, _E, _S, _H = 81, 80, 66, 68, 69, 83, 72
+#: extended-protocol units: [Parse] Bind [Describe portal] Execute [Flush] Sync
+_SHAPES = frozenset({b"PBES", b"PBDES", b"BES", b"BDES", b"PBEHS", b"PBDEHS", b"BEHS", b"BDEHS"})
 
 PARSE_COMPLETE = b"1\x00\x00\x00\x04"
 BIND_COMPLETE = b"2\x00\x00\x00\x04"
@@ -159,11 +161,13 @@ def unit_of(chunk: bytes, idx: list[tuple[int, int, int]]) -> Unit | None:
         if t != _Q or e - s < 2 or chunk[e - 1] != 0:
             return None
         return Unit(b"Q", chunk[s:e - 1], b"", b"")
-    if n < 3 or n > 5 or idx[-1][0] != _S or idx[-2][0] != _E:
+    if n < 3 or n > 6 or idx[-1][0] != _S:
         return None
     shape = bytes(t for t, _s, _e in idx)
-    if shape not in (b"PBES", b"PBDES", b"BES", b"BDES"):
+    if shape not in _SHAPES:
         return None
+    if shape[-2] == _H:  # node-postgres: Flush before Sync (no reply of its own)
+        idx = idx[:-2] + idx[-1:]
     text = b""
     i = 0
     if shape[0] == _P:
@@ -221,7 +225,7 @@ def replay(shape: bytes, rowdesc: bytes, body: bytes) -> bytes:
             out.append(rowdesc)
         elif t == _E:
             out.append(body)
-        else:
+        elif t == _S:
             out.append(RFQ_IDLE)
     return b"".join(out)
 
@@ -241,7 +245,7 @@ def _msg(t: bytes, body: bytes) -> bytes:
 
 # ---------------------------------------------------------------- read-only + volatility
 
-_STRIP = re.compile(r"""'(?:[^']|'')*'|"(?:[^"]|"")*"|--[^\n]*|/\*.*?\*/|\$([A-Za-z_]\w*)?\$.*?\$\1\$""", re.S)
+_STRIP = re.compile(r"""'(?:[^']|'')*'|"(?:[^"]|"")*"|--[^\n]*|/\*.*?\*/|\$([A-Za-z_]\w*|)\$.*?\$\1\$""", re.S)
 _FIRST = frozenset({"select", "with", "values", "table"})
 _WRITES = frozenset({"insert", "update", "delete", "merge", "into", "for", "lock", "copy", "call",
                      "execute", "notify", "listen", "set", "do", "prepare", "create", "alter", "drop",
@@ -279,6 +283,8 @@ def read_only(sql: bytes) -> ReadOnly | None:
         text = sql.decode("utf-8")
     except UnicodeDecodeError:
         return None
+    if re.search(r"(?i)\be'|\bu&", text):  # escape-string / Unicode literals: not tokenized here
+        return None
     stripped = _STRIP.sub(lambda mt: " " if not mt.group(0).startswith('"') else mt.group(0), text)
     toks = _WORD.findall(stripped)
     # trailing semicolons only
@@ -286,10 +292,8 @@ def read_only(sql: bytes) -> ReadOnly | None:
         toks.pop()
     if not toks or ";" in toks:
         return None
-    if "$" in stripped.replace("$$", ""):
-        # positional parameters are fine ($1); anything else with "$" is not certain
-        if re.search(r"\$(?!\d)", stripped):
-            return None
+    if re.search(r"\$(?!\d)", stripped):  # parameters ($1) are fine; any other "$" is not certain
+        return None
     first = toks[0].lower()
     if first not in _FIRST:
         return None

@@ -120,6 +120,9 @@ class ExecResult:
     process_id: int = 0
     #: new sessions: the startup reply (AuthenticationOk ... ReadyForQuery), else b""
     startup: bytes = b""
+    #: result cache (gateway/cache_hook.py): "hit" / "stale" / "miss" for the batch's last
+    #: cacheable statement; None when the database's cache is off
+    cache: str | None = None
 
 
 # --------------------------------------------------------------------------- stream
@@ -623,6 +626,9 @@ class HttpExecutor:
             elif hello:
                 return ExecResult(b"", chr(stream.status or 73), self._issue(hs), 0, None, False, {},
                                   session.process_id)
+            cc = session.cache
+            if cc is not None:
+                cc.state = None
             done = stream.begin(expected, max_resp)
             stream.on_overflow = lambda: self.gw.spawn(self._cancel(session))
             if chunk:
@@ -663,6 +669,8 @@ class HttpExecutor:
                 raise err
             res = ExecResult(data, status, None, stream.zs, stream.fatal if ended else None, timed_out,
                              parameters, session.process_id, startup)
+            if cc is not None:
+                res.cache = cc.state or "miss"
             if terminate:
                 res.status = None  # the session is closed (as asked)
             elif ended and res.fatal is None:

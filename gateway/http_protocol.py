@@ -134,6 +134,8 @@ class HttpProtocolEndpoint:
             principal = await ex.authenticate(database, user, password, api_token, req.peer)
         res = await ex.run(principal, req.body, session_token=token, params=params, keep=keep)
         headers = [("wirepool-status", res.status or "closed"), _NO_STORE]
+        if res.cache is not None:
+            headers.append(("wirepool-cache", res.cache))
         if res.session_token:
             headers.append(("wirepool-session", res.session_token))
         if res.timed_out:

@@ -46,6 +46,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from driver.protocol import messages as m
 from driver.protocol.framing import MessageReader, ProtocolError
 
+from .cache_policy import hint_comment
+from .cache_policy import parse_header as parse_cache_header
 from .http import HttpRequest, HttpResponse
 from .http_exec import HttpAuthError, HttpExecError, get_executor
 from .limits import JSON_MAX_DEPTH, json_too_deep
@@ -71,12 +73,13 @@ _ISOLATION = {
 
 ALLOWED_HEADERS = ("Authorization, Content-Type, Neon-Connection-String, Neon-Raw-Text-Output, "
                    "Neon-Array-Mode, Neon-Batch-Isolation-Level, Neon-Batch-Read-Only, "
-                   "Neon-Batch-Deferrable, Neon-Pool-Opt-In")
+                   "Neon-Batch-Deferrable, Neon-Pool-Opt-In, Wirepool-Cache")
 CORS_HEADERS = [
     ("access-control-allow-origin", "*"),
     ("access-control-allow-headers", ALLOWED_HEADERS),
     ("access-control-allow-methods", "POST, OPTIONS"),
     ("access-control-max-age", "86400"),
+    ("access-control-expose-headers", "Wirepool-Cache"),
 ]
 
 _T, _D, _C, _E, _Z, _I, _N = (m.B.ROW_DESCRIPTION, m.B.DATA_ROW, m.B.COMMAND_COMPLETE, m.B.ERROR_RESPONSE,
@@ -411,12 +414,15 @@ class NeonSql:
     async def handle(self, req: HttpRequest) -> HttpResponse:
         self.requests += 1
         try:
-            obj = await self._execute(req)
+            obj, cached = await self._execute(req)
             out = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
             if len(out) > self.max_response:
                 raise NeonError(507, f"response is too large (max is {self.max_response} bytes: "
                                      "sql_max_response_size)", "54000")
-            return HttpResponse(200, out, "application/json", list(CORS_HEADERS))
+            headers = list(CORS_HEADERS)
+            if cached is not None:
+                headers.append(("wirepool-cache", cached))
+            return HttpResponse(200, out, "application/json", headers)
         except NeonError as exc:
             return self._error(exc.status, exc.body)
         except HttpExecError as exc:
@@ -437,7 +443,7 @@ class NeonSql:
         return HttpResponse(status, json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8"),
                             "application/json", list(CORS_HEADERS))
 
-    async def _execute(self, req: HttpRequest) -> Any:
+    async def _execute(self, req: HttpRequest) -> tuple[Any, str | None]:
         if len(req.body) > self.max_request:
             raise NeonError(413, f"request body is too large ({len(req.body)} > {self.max_request} bytes: "
                                  "sql_max_request_size)", "54000")
@@ -487,6 +493,12 @@ class NeonSql:
             parts.append(m.SYNC)
             parts.append(_ROLLBACK)
         else:
+            hinted = req.header("wirepool-cache")
+            if hinted is not None and isinstance(payload.get("query"), str):
+                hint = parse_cache_header(hinted)
+                if hint is None:
+                    raise NeonError(400, "invalid Wirepool-Cache header: expected ttl=<s>, swr=<s>, tags=<a,b>")
+                payload = dict(payload, query=hint_comment(hint) + payload["query"])
             data, mode = _statement(payload, "request")
             parts.append(data)
             parts.append(m.SYNC)
@@ -508,7 +520,7 @@ class NeonSql:
         results = build_results(res.data, modes, raw_text, self.max_response)
         if len(results) != len(modes):  # pragma: no cover - every statement was described
             raise NeonError(500, f"expected {len(modes)} results, got {len(results)}", "XX000")
-        return {"results": results} if batch else results[0]
+        return ({"results": results} if batch else results[0]), res.cache
 
 
 def register(app: Any) -> NeonSql:

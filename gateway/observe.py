@@ -201,4 +201,6 @@ def collect(gateway: Any, shed_totals: dict[str, int] | None = None) -> list[Met
         v = p.obs.wait.quantile(0.99)
         wq.add_metric(lv, 0.0 if v is None else v)
     out.append(wq)
+    from .cache_admin import collect as cache_families  # (cache_admin imports http, which imports this)
+    out += cache_families(gateway)
     return out

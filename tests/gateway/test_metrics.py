@@ -27,6 +27,11 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 MAY_BE_ZERO = {"wirepool_pools_sv_idle", "wirepool_pools_sv_used", "wirepool_pools_sv_login", "wirepool_pools_paused",
                "wirepool_ws_open",
                "wirepool_http_forwarded"}  # a lone process never forwards (tests/gateway/test_forwarding.py)
+#: the result cache's families (cache off in this workload; tests/gateway/test_cache_e2e.py moves them)
+MAY_BE_ZERO |= {
+    "wirepool_cache_hits_total", "wirepool_cache_misses_total", "wirepool_cache_stale_total",
+    "wirepool_cache_evictions_total", "wirepool_cache_invalidations_total", "wirepool_cache_bytes",
+    "wirepool_cache_entries"}
 
 
 def documented() -> dict[str, tuple[str, frozenset[str]]]:
