@@ -42,14 +42,13 @@ except Exception:  # pragma: no cover - not installed
 TEXT, INT4, NUMERIC = 25, 23, 1700
 _SIZE = {TEXT: -1, INT4: 4, NUMERIC: -1}
 S, I, Q = TEXT, INT4, NUMERIC  # PgBouncer's 's', 'i', 'q' column kinds (its 64-bit counters are numeric)
-_STARTED = time.monotonic()
 _RFQ = m.ready_for_query("I")
 #: [gateway] settings SET can change on a running gateway (all others need RELOAD or a restart)
 LIVE_SETTINGS = frozenset({
     "default_pool_size", "min_pool_size", "reserve_pool_size", "reserve_pool_timeout", "query_wait_timeout",
     "server_idle_timeout", "server_lifetime", "server_connect_timeout", "server_login_retry",
     "idle_transaction_timeout", "query_timeout", "client_idle_timeout", "max_client_conn",
-    "max_login_clients", "max_http_conn",
+    "max_login_clients", "max_http_conn", "stats_period",
     "max_prepared_statements", "server_check_delay", "server_check_query", "pool_mode", "log_level"})
 _STATE_CODE = {"cl_active": "active", "cl_waiting": "waiting", "sv_active": "active",
                "sv_idle": "idle", "sv_used": "used", "sv_login": "login"}
@@ -217,13 +216,11 @@ class Console:
                      "avg_query_time", "avg_wait_time"]
         if avg_prefix is not None:
             cols += [(n, Q) for n in avg_names]
-        elapsed = max(time.monotonic() - _STARTED, 1e-6)
+        period = getattr(self.gw, "period_stats", None)  # averages over stats_period (gateway/stats_period.py)
         rows: list[Any] = []
         for p in self.gw.pools.values():
             c = self._counters(p)
-            avg = (int(c[0] / elapsed), int(c[1] / elapsed), 0, 0,
-                   c[4] // c[0] if c[0] else 0, c[5] // c[1] if c[1] else 0,
-                   c[6] // p.wait_count if p.wait_count else 0)
+            avg = period.averages(p.name) if period is not None else (0,) * 7
             if totals_prefix == "avg":
                 rows.append((p.name,) + avg)
             else:

@@ -93,6 +93,8 @@ class GatewaySettings:
     sql_max_response_size: int = 10485760
     sql_timeout: float = 15.0
     shutdown_timeout: float = 30.0
+    #: seconds over which the admin SHOW STATS avg_* columns are averaged (PgBouncer's)
+    stats_period: float = 60.0
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     #: Seconds between checks of the certificate files for changes (0 = only on SIGHUP).
@@ -403,7 +405,7 @@ def _is_valid_scram_verifier(text: str) -> bool:
 # --------------------------------------------------------------------------- parsing
 
 _FLOAT_SETTINGS = {f.name for f in fields(GatewaySettings) if f.type in ("float", float)}
-_POSITIVE_FLOATS = {"server_connect_timeout", "sql_timeout", "http_session_timeout", "listen_heartbeat",
+_POSITIVE_FLOATS = {"stats_period", "server_connect_timeout", "sql_timeout", "http_session_timeout", "listen_heartbeat",
                     "http_idle_session_timeout", "auth_failure_window"}
 _INT_MIN = {
     "max_client_conn": 1,

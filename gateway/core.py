@@ -19,6 +19,7 @@ from .observe import GatewayObs
 from .pool import Pool
 from .prepared import StatementRegistry
 from .session import Session
+from .stats_period import PeriodStats
 
 log = logging.getLogger("wirepool.gateway")
 
@@ -37,6 +38,7 @@ class Gateway:
         self.limits = Limits(self.settings)  # login-phase and HTTP connection caps
         self.statements = StatementRegistry()  # named prepared statements, gateway-wide
         self.obs = GatewayObs()  # logins, HTTP latency, /status history (gateway/observe.py)
+        self.period_stats = PeriodStats()  # SHOW STATS avg_* over stats_period (gateway/stats_period.py)
         self.accepting = True
         self._loop: asyncio.AbstractEventLoop | None = None
         self._janitor: asyncio.Task[None] | None = None
@@ -77,6 +79,7 @@ class Gateway:
                 except Exception:  # pragma: no cover - a bug; keep the janitor alive
                     log.exception("janitor failed for pool %s", pool.name)
             self.obs.sample(now, time.time(), self.pools)
+            self.period_stats.tick(now, self.pools, self.settings.stats_period)
             if self.settings.client_idle_timeout > 0 or self.settings.client_message_timeout > 0:
                 for session in list(self._all_sessions):
                     session.check_idle(now)
