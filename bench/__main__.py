@@ -21,6 +21,10 @@ if __name__ == "__main__":
         from .workers_curve import main as workers_main
 
         sys.exit(workers_main(sys.argv[2:]))
+    if sys.argv[1:2] == ["sweep"]:
+        from .sweep import main as sweep_main
+
+        sys.exit(sweep_main(sys.argv[2:]))
     if sys.argv[1:2] == ["large"]:
         from .large_results import main as large_main
 

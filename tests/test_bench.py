@@ -116,3 +116,32 @@ def test_quick_run_structure(tmp_path: Path) -> None:
     assert json.loads((out / "machine.json").read_text())["cores"] >= 1
     assert (out / "results.md").read_text().startswith("| scenario")
     print(f"quick harness run took {elapsed:.1f}s")
+
+
+def test_sweep_analysis() -> None:
+    """bench/sweep.py: client wait from /metrics deltas, and the pool-size recommendation."""
+    from bench.sweep import recommend, scrape_wait, wait_stats
+
+    def metrics(counts: dict[str, int], total: float) -> str:
+        lines = []
+        for db in ("a", "b"):
+            lines += [f'wirepool_client_wait_seconds_bucket{{database="{db}",user="u",le="{le}"}} {c}'
+                      for le, c in counts.items()]
+            lines += [f'wirepool_client_wait_seconds_sum{{database="{db}",user="u"}} {total}',
+                      f'wirepool_client_wait_seconds_count{{database="{db}",user="u"}} {counts["+Inf"]}']
+        return "# HELP x\n" + "\n".join(lines) + "\n"
+    before = scrape_wait(metrics({"0.001": 0, "0.01": 0, "0.1": 0, "+Inf": 0}, 0.0))
+    after = scrape_wait(metrics({"0.001": 10, "0.01": 15, "0.1": 20, "+Inf": 20}, 0.5))
+    assert after["count"] == 40 and after["sum"] == 1.0 and after["buckets"][0.1] == 40
+    # 1000 transactions, 40 waited (1 s in all): mean 1 ms; p99 = rank 990: 960 zeros + 30 within 10 ms
+    assert wait_stats(before, after, 1000) == {"wait_mean_ms": 1.0, "wait_p99_ms": 10.0}
+    # 10000 transactions: rank 9900 falls among the 9960 that did not wait
+    assert wait_stats(before, after, 10000) == {"wait_mean_ms": 0.1, "wait_p99_ms": 0.0}
+    # 40 transactions, all waited: p99 in the 0.1 s bucket
+    assert wait_stats(before, after, 40) == {"wait_mean_ms": 25.0, "wait_p99_ms": 100.0}
+    rows = [{"pool_size": 2, "tps": 500.0, "failed": 0}, {"pool_size": 5, "tps": 960.0, "failed": 0},
+            {"pool_size": 10, "tps": 1000.0, "failed": 0}, {"pool_size": 20, "tps": 990.0, "failed": 0},
+            {"pool_size": 40, "tps": 2000.0, "failed": 3}]  # a run with errors does not count
+    pick, sentence = recommend(rows)
+    assert pick == 5 and "default_pool_size = 5" in sentence and "1000 TPS at pool size 10" in sentence
+    assert recommend([])[0] is None
