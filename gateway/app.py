@@ -333,7 +333,10 @@ async def run(config: Config, *, ready_callback: ReadyCallback | None = None, ga
     app.gateway.config_path = config_path
     app.gateway.shutdown_hook = request_shutdown
     control = None
-    if ctl_path:
+    if ctl_path and workers is not None and workers.count > 1:
+        if workers.index == 0:
+            log.warning("control_socket: takeover is not available with workers > 1; ignored (docs/takeover.md)")
+    elif ctl_path:
         control = _takeover.ControlServer(app, ctl_path, lambda: request_shutdown(None, "TAKEOVER"))
         try:
             await control.start()
@@ -414,6 +417,9 @@ def run_forever(config: Config, *, ready_callback: ReadyCallback | None = None,
                 config_path: str | None = None, takeover: bool = False) -> int:
     """Blocking entry point of ``wirepool serve``; returns the exit status."""
     if config.gateway.workers > 1 and ready_callback is None:
+        if takeover:  # each worker has its own SO_REUSEPORT socket: nothing single to hand over
+            log.error("cannot start: --takeover is not available with workers > 1 (docs/takeover.md)")
+            return 1
         from gateway.workers import serve
         return serve(config, config_path)
     install_uvloop()

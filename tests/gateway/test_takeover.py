@@ -201,6 +201,11 @@ async def test_takeover_refused_cases_leave_the_running_gateway_alone(pg, pg_db,
     r = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--takeover", "--config", str(cfg)],
                        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60)
     assert r.returncode == 1 and "no running gateway answers on control_socket" in r.stderr, r.stderr
+    workers = tmp_path / "workers.toml"  # several SO_REUSEPORT sockets: nothing single to hand over
+    workers.write_text(cfg.read_text().replace("[gateway]", "[gateway]\nworkers = 2"))
+    r = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--takeover", "--config", str(workers)],
+                       capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60)
+    assert r.returncode == 1 and "not available with workers > 1" in r.stderr, r.stderr
     old = _serve(cfg, log, "serve")
     try:
         await eventually(lambda: (tmp_path / "wirepool.ctl").exists() and _pid(tmp_path / "wirepool.pid") == old.pid,
