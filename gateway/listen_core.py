@@ -48,6 +48,7 @@ class Notification:
     payload: str
     pid: int
     size: int = 0  # bytes counted against backlog_bytes
+    wire: bytes = b""  # NotificationResponse, encoded once for all sessions
 
 
 class Subscriber(Protocol):

@@ -51,7 +51,8 @@ from .pool import Pool, PoolError
 from .prepared import Rewriter, server_statements
 from .schema import database_key
 from .server import TRACKED_ORDER, ServerConnection, parse_parameter_status, tracked_signature
-from .streams import TransportError
+from .streams import TransportError, direct_writer as _direct_writer
+from .listen_session import SessionListen
 from .tracking import Tracker, apply_sql, cleanup, parse_probe, quote_literal
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -82,22 +83,11 @@ class _ClientGone(Exception):
 _HOLD_ASSIGN = object()  # callback mode: paused until a server is assigned
 
 
-def _direct_writer(stream: Any) -> tuple[Any, Any]:
-    """A synchronous write path to the client, if the stream has one:
-    ``(send_nowait(data) -> bool "no need to wait", async drain())`` or
-    (None, None) -- then replies go through ``await send()`` in a writer task."""
-    nowait = getattr(stream, "send_nowait", None)
-    drain = getattr(stream, "drain", None)
-    if nowait is not None and drain is not None:
-        return nowait, drain
-    return None, None
-
-
 _RFQ_IDLE = m.ready_for_query("I")
+
+
 def _fatal(sqlstate: str, message: str) -> bytes:
     return m.error(sqlstate, message, severity="FATAL")
-
-
 
 
 class Session:
@@ -126,6 +116,7 @@ class Session:
         self.prepared: Rewriter | None = None  # named prepared statements (transaction mode)
         #: session state tracking (transaction mode, gateway.tracking)
         self.track: Tracker | None = None
+        self.listen: SessionListen | None = None  # LISTEN via the pool's hub (gateway.listen_session)
         self.cache: SessionCache | None = None  # query result cache (gateway.cache_hook), set at login
         self._kinds: list[str | None] = []  # the gateway's own queries awaiting their reply, in order
         self._swallow_err = False
@@ -396,6 +387,9 @@ class Session:
     def _from_client(self, chunk: bytes, idx: list[tuple[int, int, int]]) -> bool:
         """Forward one framed chunk (or queue it until a server is assigned);
         False when the client terminated.  Synchronous: no task switch."""
+        lq = self.listen
+        if lq is not None and lq.take(chunk, idx):  # LISTEN/UNLISTEN answered by the gateway
+            return True
         if self.cache is not None and self.cache.intercept(chunk, idx):
             return True  # answered from (or waiting for) the result cache
         acc = self.acc
@@ -597,6 +591,9 @@ class Session:
             if not chunk:
                 return
         z = acc.replies(chunk, idx)
+        lq = self.listen
+        if lq is not None and lq.pending:  # LISTEN in a transaction: applied at COMMIT
+            lq.replies(chunk, idx)
         if self.cache is not None and self.cache.cap is not None:
             self.cache.captured(chunk, idx)
         self.pool.obs.bytes_out += len(chunk)  # type: ignore[union-attr]
@@ -890,6 +887,8 @@ class Session:
             self.prepared.client.clear()
         if self.pool is not None:
             self.pool.remove_client(self)
+        if self.listen is not None:
+            self.listen.close()
         # flush what is queued, then close
         try:
             if self._writer is not None:

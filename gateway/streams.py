@@ -7,7 +7,7 @@ carry no meaning: ``recv`` returns whatever bytes arrived.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class TransportError(Exception):
@@ -34,3 +34,14 @@ class ClientStream(Protocol):
     async def close(self) -> None:
         """Close the stream; idempotent, never raises."""
         ...
+
+
+def direct_writer(stream: Any) -> tuple[Any, Any]:
+    """A synchronous write path to the client, if the stream has one:
+    ``(send_nowait(data) -> bool "no need to wait", async drain())`` or
+    (None, None) -- then replies go through ``await send()`` in a writer task."""
+    nowait = getattr(stream, "send_nowait", None)
+    drain = getattr(stream, "drain", None)
+    if nowait is not None and drain is not None:
+        return nowait, drain
+    return None, None
