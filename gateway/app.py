@@ -27,6 +27,7 @@ from gateway.metrics import CONTENT_TYPE, make_registry, render
 from gateway.observe import collect
 from gateway.status import register as register_status
 from gateway.cache_admin import register as register_cache
+from gateway.listen_sse import register as register_listen
 from gateway.http_protocol import register as register_http_protocol
 from gateway.neon_sql import register as register_neon_sql
 from gateway.tcp import TcpListener
@@ -110,6 +111,7 @@ class GatewayApp:
             register_http_protocol(self)  # POST /pg, /pg/cancel (protocol over HTTP, gateway/http_protocol.py)
             register_status(self)  # GET /status (admin HTML page, gateway/status.py)
             register_cache(self)  # POST /cache/invalidate (gateway/cache_admin.py)
+            register_listen(self)  # GET /listen (LISTEN as Server-Sent Events, gateway/listen_sse.py)
             if self.workers is not None:  # workers / instances: one gateway seen from outside
                 from gateway.cluster import Cluster
                 self.cluster = Cluster(self, self.workers)

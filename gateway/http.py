@@ -93,6 +93,9 @@ class HttpResponse:
     body: bytes = b""
     content_type: str | None = "text/plain; charset=utf-8"
     headers: list[tuple[str, str]] = field(default_factory=list)
+    #: a streamed body (e.g. SSE, gateway/listen_sse.py): ``await stream(write, transport)``
+    #: after the headers; the connection closes when it returns or the client leaves
+    stream: Any = None
 
     @classmethod
     def text(cls, status: int, text: str) -> "HttpResponse":
@@ -699,6 +702,9 @@ class HttpConnection(asyncio.Protocol):
         if self._lost or self.transport is None:
             return
         h = self.h11
+        if resp.stream is not None:
+            await self._stream(resp)
+            return
         hdrs: list[tuple[str, str]] = []
         if resp.content_type is not None:
             hdrs.append(("content-type", resp.content_type))
@@ -724,6 +730,27 @@ class HttpConnection(asyncio.Protocol):
                 await fut
             finally:
                 self._drain_waiter = None
+
+    async def _stream(self, resp: HttpResponse) -> None:
+        """Headers (chunked), then ``resp.stream`` writes the body; the client
+        leaving cancels it (``_in_handler``).  The connection is closed after."""
+        h, tr = self.h11, self.transport
+        assert tr is not None
+        hdrs = [("content-type", resp.content_type or "application/octet-stream"), *resp.headers]
+        tr.write(h.send(h11.Response(status_code=resp.status, headers=hdrs, reason=_reason(resp.status))) or b"")
+
+        def write(data: bytes) -> None:
+            if not self._lost and not tr.is_closing():
+                tr.write(h.send(h11.Data(data=data)) or b"")
+
+        self._in_handler = True
+        try:
+            await resp.stream(write, tr)
+            if not self._lost and not tr.is_closing():
+                tr.write(h.send(h11.EndOfMessage()) or b"")
+        finally:
+            self._in_handler = False
+            tr.close()
 
     def _plain_handshake(self, ev: h11.Request) -> ServerProtocol | None:
         """The common handshake without websockets' HTTP layer: a valid RFC 6455

@@ -147,8 +147,8 @@ class Registry:
             raise ListenLimit("53400", f"too many listeners on channel \"{channel}\" "
                                        f"(listen_max_clients_per_channel = {self.max_subscribers})")
         new = ch is None or not ch.subs
-        if ch is None:
-            ch = self.channels[channel] = _Channel()
+        if ch is None:  # nothing before now is known for it
+            ch = self.channels[channel] = _Channel(evicted=self.seq)
         ch.subs[sub] = None
         if mine is None:
             mine = self.by_sub[sub] = set()
