@@ -72,6 +72,9 @@ class ListenersMixin:
                 self._call_soon(cb, self, msg)
 
     def _terminated(self) -> None:
+        sse = getattr(self, "_sse", None)
+        if sse is not None:
+            sse.close()
         for cb in list(self._termination_listeners):
             self._call_soon(cb, self)
 
@@ -99,6 +102,17 @@ class ListenersMixin:
         self._check_open()
         cbs = self._listeners.get(channel)
         if cbs is None:
+            from .sse import sse_for  # http(s):// connections: GET /listen (Server-Sent Events)
+
+            sse = sse_for(self)
+            if sse is not None:  # registered first: a resumed stream replays missed events at once
+                self._listeners[channel] = [callback]
+                try:
+                    await sse.listen(channel)
+                except BaseException:
+                    self._listeners.pop(channel, None)
+                    raise
+                return
             await self.execute(f"LISTEN {_quote_ident(channel)}")
             cbs = self._listeners.setdefault(channel, [])
         cbs.append(callback)
@@ -115,7 +129,11 @@ class ListenersMixin:
             return
         if not cbs:
             del self._listeners[channel]
-            await self.execute(f"UNLISTEN {_quote_ident(channel)}")
+            sse = getattr(self, "_sse", None)
+            if sse is not None:
+                await sse.unlisten(channel)
+            else:
+                await self.execute(f"UNLISTEN {_quote_ident(channel)}")
 
     def add_log_listener(self, callback: Callable[..., Any]) -> None:
         """``callback(connection, message)`` (or a coroutine function) for each

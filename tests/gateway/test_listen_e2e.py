@@ -69,8 +69,8 @@ def _ws_dsn(app: Any) -> str:
 
 
 async def test_delivery_to_every_client_while_50_others_work(gateway_app: Any) -> None:
-    """Pool of 2, transaction mode: asyncpg (pg_listen), the driver (WebSocket)
-    and the Neon Client (WebSocket) each get 1,000 notifications in order with
+    """Pool of 2, transaction mode: asyncpg (pg_listen), the driver (WebSocket
+    and HTTP: GET /listen) and the Neon Client (WebSocket) each get 1,000 notifications in order with
     the right payload and the notifying backend's pid, while 50 other clients
     run transactions."""
     app = await gateway_app(databases={"app": {"pool_size": 2}})
@@ -81,6 +81,9 @@ async def test_delivery_to_every_client_while_50_others_work(gateway_app: Any) -
     await a.add_listener("fan", lambda _c, pid, _ch, payload: pg_got.append((pid, payload)))
     d = await driver.connect(_ws_dsn(app))
     await d.add_listener("fan", lambda _c, pid, _ch, payload: ws_got.append((pid, payload)))
+    http_got: list[tuple[int, str]] = []
+    h = await driver.connect(f"http://alice:{ALICE_PASSWORD}@127.0.0.1:{app.http_port}/app")  # GET /listen (SSE)
+    await h.add_listener("fan", lambda _c, pid, _ch, payload: http_got.append((pid, payload)))
     node = await NodeListener.start(app, "fan", n)
     pool = app.gateway.pools["app"]
     assert pool.total_servers() <= 2 and hub_for(pool).listening == {"fan"}
@@ -109,8 +112,8 @@ async def test_delivery_to_every_client_while_50_others_work(gateway_app: Any) -
         stop.set()
         await asyncio.gather(*workers)
         assert all(done) and sum(done) >= 50
-        await eventually(lambda: len(pg_got) >= n and len(ws_got) >= n, 30, "1,000 notifications")
-        for got in (pg_got, ws_got):
+        await eventually(lambda: min(len(pg_got), len(ws_got), len(http_got)) >= n, 30, "1,000 notifications")
+        for got in (pg_got, ws_got, http_got):
             assert [p.split(":")[0] for _pid, p in got] == [str(i) for i in range(n)]
             assert all(pid == int(p.split(":")[1]) for pid, p in got)  # the notifying backend's pid
         res = await node.result()
@@ -125,6 +128,7 @@ async def test_delivery_to_every_client_while_50_others_work(gateway_app: Any) -
         await sender.close()
         await a.close()
         await d.close()
+        await h.close()
         if node.proc.returncode is None:
             node.proc.kill()
             await node.proc.wait()
