@@ -90,7 +90,8 @@ _LISTEN_RE = re.compile(r"\s*LISTEN\s", re.IGNORECASE)
 _SESSION_LOST = (401, 403, 404, 409, 410)
 
 LISTEN_UNSUPPORTED = ("LISTEN is not supported over the HTTP transport: notifications need a "
-                      "persistent connection (use ws://, wss:// or postgresql://)")
+                      "persistent connection (use add_listener, which streams the gateway's GET /listen, "
+                      "or ws://, wss:// or postgresql://)")
 
 
 def http_error_sqlstate(status: int) -> str:
