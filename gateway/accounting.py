@@ -38,12 +38,13 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from driver.protocol.framing import split_data_rows
+from driver.protocol.framing import ProtocolError, split_data_rows
 
 from .observe import error_class
 from .schema import DDL_FIRST, is_ddl_tag
 
 _Q, _S, _F, _X, _P = 81, 83, 70, 88, 80  # frontend types: Query, Sync, FunctionCall, Terminate, Parse
+_H = 72  # Flush
 #: frontend CopyData/CopyDone/CopyFail and Flush: no reply of their own
 _COPY = frozenset({100, 99, 102, 72})
 #: backend completion replies of one extended-protocol message (Parse '1', Bind '2',
@@ -159,6 +160,11 @@ class Accounting:
                     self.named = True
             elif t not in _COPY:
                 dirty += 1
+            elif t == _H and _e != s:
+                # Postgres fails it as an extended-protocol message and then skips
+                # every message until a Sync, with no reply to count: a server
+                # released after it would ignore the next client's Query.
+                raise ProtocolError("invalid message format: Flush has a body")
         self.texts = texts
         if texts == 1:
             self.text = text

@@ -144,3 +144,41 @@ async def test_pg_query_skipped_after_extended_error_does_not_hang(gateway_app, 
     for _ in range(3):  # and repeated requests never pile up
         status, hdrs, data = await _pg(app, body)
         assert status == 200 and hdrs["wirepool-status"] == "I"
+
+
+# ------------------------------------------------------------------ Flush with a body
+
+#: Flush ('H') must be empty; Postgres fails this one as an extended-protocol
+#: message ("invalid message format") and then skips everything until a Sync
+FLUSH_WITH_BODY = b"H\x00\x00\x00\x0dselect 1\x00"
+
+
+@pytest.mark.parametrize("when", ["same_chunk", "after_reply"])
+async def test_flush_with_a_body_does_not_leave_the_server_skipping(gateway_app, pg_db, when):
+    """Found by the fuzz campaign: a Flush with a body after a completed Query
+    reached Postgres once the server was back in the pool (transaction mode:
+    released at the Query's ReadyForQuery), so the server went on skipping
+    till Sync and the next client's simple Query on it was never answered.
+    The client that sent it gets 08P01 and is ended; the next client is served."""
+    app = await gateway_app(databases={"app": {"dbname": pg_db, "pool_size": 1}})
+    a = await _login(app)
+    try:
+        if when == "same_chunk":
+            await a.send(m.query("select 'first'") + FLUSH_WITH_BODY)
+        else:
+            assert rows(await a.query("select 'first'")) == [("first",)]
+            await a.send(FLUSH_WITH_BODY)
+        try:
+            msgs: Any = await a.read_to_eof(timeout=5)
+        except asyncio.TimeoutError:
+            msgs = "not ended"
+    finally:
+        await a.close()
+    await eventually(lambda: pool_stats(app)["sv_idle"] + pool_stats(app)["sv_login"] <= 1
+                     and not pool_stats(app)["sv_active"], what="a's server released or closed")
+    b = await _login(app)
+    try:
+        assert rows(await asyncio.wait_for(b.query("select 'second'"), 5)) == [("second",)]
+    finally:
+        await b.close()
+    assert isinstance(msgs, list) and [e.sqlstate for e in errors(msgs)] == ["08P01"], msgs
