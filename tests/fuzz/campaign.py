@@ -16,9 +16,11 @@ for ``--seconds`` runs at the same time:
 It fails on a gateway crash, a traceback in the gateway log, an in-process
 crash, a hang (a target connection not closed within 2 s of EOF, a probe
 query over 2 s), a probe error, or RSS growth over ``--rss-limit-mb``.  Every
-input that failed is saved under tests/fuzz/regressions/<target>/ (after a
-serial replay to find which of the recent inputs reproduces a traceback);
-tests/fuzz/test_regressions.py replays them all.
+input that failed is saved (after a serial replay to find which of the recent
+inputs reproduces a traceback) under ``<dir>/<target>/``: a fresh temporary
+directory, printed in the report -- or, with ``--save-regressions``,
+tests/fuzz/regressions/ in the checkout, whose inputs
+tests/fuzz/test_regressions.py replays.  Tests never write into the checkout.
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ class Report:
     known: list[Failure] = field(default_factory=list)
     slow: dict[str, int] = field(default_factory=dict)     # hangs that did not happen again when replayed
     load: tuple[float, float] = (0.0, 0.0)                  # 1-minute load average at the start, at the end
+    saved_to: str = ""                                      # directory the failing inputs were written to
 
     @property
     def ok(self) -> bool:
@@ -126,6 +129,8 @@ class Report:
             lines.append(f"  known {f.kind} [{f.target}] {f.detail[:300]}")
             for s in f.saved:
                 lines.append(f"       saved {s}")
+        if any(f.saved for f in self.failures + self.known):
+            lines.append(f"  failing inputs saved under {self.saved_to}")
         lines.append("RESULT: " + ("PASS" if self.ok else "FAIL"))
         return "\n".join(lines)
 
@@ -164,9 +169,10 @@ def mark_known(paths: list[str], reason: str) -> None:
     kf.write_text(json.dumps(known, indent=1, sort_keys=True) + "\n")
 
 
-def save_regression(target: str, data: bytes) -> str:
-    """Write a failing input to regressions/<target>/ (gzipped when over 16 KB)."""
-    d = REGRESSIONS / target
+def save_regression(target: str, data: bytes, root: Path = REGRESSIONS) -> str:
+    """Write a failing input to <root>/<target>/ (gzipped when over 16 KB); returns
+    its path (relative to the checkout when it is in it)."""
+    d = root / target
     d.mkdir(parents=True, exist_ok=True)
     name = hashlib.sha1(data).hexdigest()[:16]
     if len(data) > 16384:
@@ -175,13 +181,13 @@ def save_regression(target: str, data: bytes) -> str:
     else:
         p = d / f"{name}.bin"
         p.write_bytes(data)
-    return str(p.relative_to(ROOT))
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
 
 
 class Campaign:
     def __init__(self, gw: GatewayProcess, *, seconds: float, targets: list[str], workers: int = 2,
                  inproc: bool = True, rss_limit_mb: float = 64.0, seed: int | None = None,
-                 save: bool = True, log: Any = None) -> None:
+                 save_dir: Path | None = None, log: Any = None) -> None:
         self.gw = gw
         self.seconds = seconds
         self.targets = [TARGETS[t] for t in targets]
@@ -189,7 +195,9 @@ class Campaign:
         self.inproc = inproc
         self.rss_limit = rss_limit_mb * (1 << 20)
         self.rng_seed = seed if seed is not None else random.randrange(1 << 30)
-        self.save = save
+        #: where failing inputs are written: REGRESSIONS (the checkout) only when asked;
+        #: None: a temporary directory made when there is something to write
+        self.save_dir = save_dir
         self.log = log or (lambda s: print(s, file=sys.stderr, flush=True))
         self.report = Report()
         self.recent: deque[Record] = deque(maxlen=400)
@@ -456,7 +464,11 @@ class Campaign:
                 rep.failures.append(Failure("rss", "gateway",
                                             f"RSS grew by {(rep.rss_after - rep.rss_before) / (1 << 20):.1f} MB "
                                             f"(limit {self.rss_limit / (1 << 20):.0f} MB)"))
-        if self.save:
+        if rep.failures or rep.known:
+            if self.save_dir is None:  # not the checkout: tests must leave no files in it
+                self.save_dir = Path(tempfile.mkdtemp(prefix="wp-fuzz-failures-"))
+            rep.saved_to = str(self.save_dir)
+            in_repo = self.save_dir.resolve() == REGRESSIONS.resolve()
             kf = REGRESSIONS / "known.json"
             represented = set(json.loads(kf.read_text()).values()) if kf.exists() else set()
             for f in rep.failures + rep.known:
@@ -469,8 +481,8 @@ class Campaign:
                 for target, data in f.inputs:
                     if data not in seen:
                         seen.add(data)
-                        f.saved.append(save_regression(target, data))
-                if f in rep.known and f.confirmed:
+                        f.saved.append(save_regression(target, data, self.save_dir))
+                if f in rep.known and f.confirmed and in_repo:
                     mark_known(f.saved, f.detail.split("KNOWN: ", 1)[-1])
         return rep
 
@@ -491,7 +503,9 @@ def _sub_of(data: bytes) -> str:
 
 async def run_campaign(seconds: float, targets: list[str] | None = None, *, pg: PgCluster | None = None,
                        inproc: bool = True, workers: int = 2, rss_limit_mb: float = 64.0, seed: int | None = None,
-                       save: bool = True) -> Report:
+                       save_dir: Path | None = None) -> Report:
+    """Run a campaign; failing inputs go to ``save_dir`` (default: a new temporary
+    directory, named in the report; the checkout only when passed REGRESSIONS)."""
     names = targets or list(TARGETS)
     own = pg is None
     cluster = pg if pg is not None else PgCluster({"max_connections": 60})
@@ -500,7 +514,7 @@ async def run_campaign(seconds: float, targets: list[str] | None = None, *, pg: 
         try:
             camp = Campaign(gw, seconds=seconds, targets=[n for n in names if n != INPROC],
                             inproc=inproc and (targets is None or INPROC in targets), workers=workers,
-                            rss_limit_mb=rss_limit_mb, seed=seed, save=save)
+                            rss_limit_mb=rss_limit_mb, seed=seed, save_dir=save_dir)
             return await camp.run()
         finally:
             gw.stop()
@@ -517,9 +531,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2, help="concurrent connections per network target")
     ap.add_argument("--rss-limit-mb", type=float, default=64.0)
     ap.add_argument("--seed", type=int)
-    ap.add_argument("--no-save", action="store_true", help="do not write failing inputs to tests/fuzz/regressions")
+    ap.add_argument("--save-regressions", action="store_true",
+                    help="write failing inputs to tests/fuzz/regressions/ in the checkout (to commit them as "
+                         "regression tests); default: a temporary directory named in the report")
     args = ap.parse_args(argv)
     rep = asyncio.run(run_campaign(args.seconds, args.target, workers=args.workers,
-                                   rss_limit_mb=args.rss_limit_mb, seed=args.seed, save=not args.no_save))
+                                   rss_limit_mb=args.rss_limit_mb, seed=args.seed,
+                                   save_dir=REGRESSIONS if args.save_regressions else None))
     print(rep.text(), flush=True)
     return 0 if rep.ok else 1
