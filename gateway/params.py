@@ -95,6 +95,7 @@ def _zones() -> dict[str, str]:
     return out
 
 
+@lru_cache(maxsize=512)
 def canonical(name: str, value: str, default: str | None = None) -> str:
     """``value`` of parameter ``name`` (Postgres' spelling of the name) as
     Postgres reports it; ``default`` is the server's current value (DateStyle

@@ -43,10 +43,12 @@ def source_of(peer: str) -> str:
     """``"1.2.3.4:5678"`` / ``"[::1]:5678"`` -> the address; IPv6 addresses are
     grouped by /64 (one host usually owns a whole /64)."""
     host = peer
+    if peer.count(":") == 1 and not peer.startswith("["):
+        # IPv4 "a.b.c.d:port": ipaddress would give back the same text (it accepts
+        # only the canonical dotted quad) or reject it (then the text is kept too)
+        return peer.rpartition(":")[0]
     if peer.startswith("["):
         host = peer[1:peer.find("]")] if "]" in peer else peer
-    elif peer.count(":") == 1:
-        host = peer.rpartition(":")[0]
     try:
         addr = ipaddress.ip_address(host)
     except ValueError:

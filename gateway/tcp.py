@@ -75,6 +75,7 @@ class ProtocolStream:
         self.bytes_received = 0
         self.bytes_sent = 0
         self._rcv_small = False  # the socket's receive buffer is shrunk (before login)
+        self._sock: Any = None
         # callback mode (set_data_callback)
         self._on_data: Callable[[bytes], None] | None = None
         self._on_end: Callable[[Exception | None], None] | None = None
@@ -198,9 +199,12 @@ class ProtocolStream:
         self._high_water = READ_HIGH_WATER if limit is None else limit
         if (limit is not None) == self._rcv_small:
             return
-        sock = self.transport.get_extra_info("socket")
+        sock = self._sock
         if sock is None:
-            return
+            # (uvloop builds a new socket object per call: fetched once, used twice)
+            sock = self._sock = self.transport.get_extra_info("socket")
+            if sock is None:
+                return
         try:
             # After login: as large as the system allows (net.core.rmem_max caps it).
             # A buffer once set is not auto-tuned by Linux any more: the price of
