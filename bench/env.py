@@ -44,6 +44,8 @@ BENCH_DB = "bench"
 ITEMS = 10_000
 #: the indexed SELECT every session runs
 QUERY = "SELECT val FROM items WHERE id = $1"
+#: the bench user's API token on every bench gateway (the cold-start latency case, bench/cold_start.py)
+BENCH_TOKEN = "wp_bench_cold_start_token_0123456789"
 POOL_SIZE = 20
 
 
@@ -333,6 +335,7 @@ password = "{BENCH_PASSWORD}"
 
 [users.{BENCH_USER}]
 password = "{self.user_password()}"
+tokens = ["{BENCH_TOKEN}"]
 """
 
     def user_password(self) -> str:

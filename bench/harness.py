@@ -19,6 +19,7 @@ from typing import Any, Iterator
 import psutil
 
 from . import env as E
+from .cold_start import CASES as COLD_START_CASES, relay, relay_dsn, token_dsn
 from .loadgen import Workers, merge
 from .report import Progress, cdf_points, charts, markdown_table, pct_ms, table, write_json
 
@@ -473,7 +474,7 @@ LATENCY_CASES = (
     ("gateway-ws-pipelined", "gateway-ws", "driver over WebSocket, auth_type=password, pipelined startup"),
     ("gateway-http", "gateway-http", "driver over HTTP (POST /pg): hello request, then the query"),
     ("gateway-sql", "gateway-sql", "HTTP one-shot: POST /sql as Neon's neon() sends it (new TCP connection)"),
-)
+) + COLD_START_CASES
 
 
 def scenario_latency(run: Run) -> None:
@@ -499,9 +500,17 @@ def scenario_latency(run: Run) -> None:
                     upstream = svc.port
                 else:
                     upstream = client["kwargs"]["port"]
-                with delay_proxy(upstream, s.delay) as pport:
+                # ws-relay-pgbouncer: client -> delay proxy -> WebSocket-to-TCP relay -> PgBouncer
+                rl = relay(upstream) if name == "ws-relay-pgbouncer" else contextlib.nullcontext(upstream)
+                with rl as upstream, delay_proxy(upstream, s.delay) as pport:
                     client = dict(client)
-                    if client["client"] == "asyncpg":
+                    if name == "gateway-ws-token":
+                        client = client_for(needs, svc, pport)
+                        client["dsn"] = token_dsn(pport)
+                    elif name == "ws-relay-pgbouncer":
+                        client = {"client": "driver", "dsn": relay_dsn(pport),
+                                  "connect_kwargs": dict(DRIVER_CONNECT_KWARGS)}
+                    elif client["client"] == "asyncpg":
                         client["kwargs"] = dict(client["kwargs"], port=pport)
                     else:
                         client = client_for(needs, svc, pport)

@@ -129,12 +129,13 @@ class WebSocketStream(ProtocolStream):
     - ``send(data)``: one binary message per call.
     - ``close()``: sends a close frame (1000, or 1003 after a text frame) and
       closes TCP when the client answers (or after a timeout).
-    - ``path``, ``query`` (dict), ``headers`` (list of (lower-name, value)),
-      ``token`` (``?token=`` or ``Authorization: Bearer``), ``authorization``
+    - ``path``, ``query`` (dict), ``token`` (``?token=`` or ``Authorization: Bearer``), ``authorization``
       (raw header), ``extensions`` (negotiated, e.g. ``["permessage-deflate"]``).
     """
 
     kind = "ws"
+    __slots__ = ("ws", "path", "query", "authorization", "token", "extensions", "_plain_frames", "_fast_rx",
+                 "_rx", "_rx_limit", "_rx_left", "_rx_mask", "_rx_off", "_text", "_close_timer")
 
     def __init__(self, transport: asyncio.Transport, ws: ServerProtocol, request: HttpRequest) -> None:
         super().__init__(transport)
@@ -142,7 +143,6 @@ class WebSocketStream(ProtocolStream):
         self.ws = ws
         self.path = request.path
         self.query = request.query
-        self.headers = request.headers
         self.authorization: str | None = request.header("authorization")
         tok = request.query.get("token")
         if tok is None and self.authorization and self.authorization[:7].lower() == "bearer ":
@@ -385,6 +385,19 @@ class WebSocketStream(ProtocolStream):
 
 # --------------------------------------------------------------------------- connection protocol
 
+class _NoH11:
+    """Stands in for the h11 connection of an upgraded (WebSocket) connection."""
+
+    their_state = our_state = h11.SWITCHED_PROTOCOL
+    trailing_data = (b"", False)
+
+    def receive_data(self, data: bytes) -> None:
+        raise RuntimeError("the connection is a WebSocket")
+
+
+_NO_H11: Any = _NoH11()
+
+
 class HttpConnection(asyncio.Protocol):
     """One client connection on ``listen``: HTTP/1.1 until (maybe) a WebSocket upgrade."""
 
@@ -394,6 +407,7 @@ class HttpConnection(asyncio.Protocol):
         self.peer = "?"
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_SIZE)
         self.ws: WebSocketStream | None = None
+        self._ws_run: tuple[ServerProtocol, HttpRequest, StreamHandler] | None = None
         self.task: asyncio.Task[None] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._paused = False
@@ -558,6 +572,11 @@ class HttpConnection(asyncio.Protocol):
                     continue
                 if isinstance(ev, h11.Request):
                     if await self._handle(ev):
+                        if self._ws_run is not None:
+                            # the WebSocket session runs here, with the request's h11
+                            # objects and the handler frames gone (idle-session memory)
+                            ev = None
+                            await self._run_ws(*self._take_ws_run())
                         return  # connection taken over (WebSocket) or closed
                     # the next request's clock starts at its first byte
                     now = asyncio.get_running_loop().time()
@@ -797,7 +816,8 @@ class HttpConnection(asyncio.Protocol):
         listener = self.listener
         ws = self._plain_handshake(ev)
         if ws is not None:
-            return await self._run_ws(ws, req, on_stream)
+            self._ws_run = (ws, req, on_stream)  # run by _serve (after this frame is gone)
+            return True
         ws = ServerProtocol(extensions=listener.ws_extensions, max_size=listener.ws_max_message_size,
                             logger=ws_log)
         # Feed the request as received (method, target, header lines) to websockets.
@@ -822,14 +842,23 @@ class HttpConnection(asyncio.Protocol):
         if response.status_code != 101:
             self.transport.close()
             return True
-        return await self._run_ws(ws, req, on_stream)
+        self._ws_run = (ws, req, on_stream)  # run by _serve (after this frame is gone)
+        return True
+
+    def _take_ws_run(self) -> tuple[ServerProtocol, HttpRequest, StreamHandler]:
+        run = self._ws_run
+        assert run is not None
+        self._ws_run = None
+        return run
 
     async def _run_ws(self, ws: ServerProtocol, req: HttpRequest, on_stream: StreamHandler) -> bool:
         assert self.transport is not None
         listener = self.listener
         trailing, closed = self.h11.trailing_data
         stream = WebSocketStream(self.transport, ws, req)
+        del req
         self.ws = stream
+        self.h11 = _NO_H11  # WebSocket from here: the HTTP state machine is not needed any more
         if self._write_paused:
             stream._pause_writing()
         if self._paused:

@@ -330,6 +330,8 @@ class StatementRegistry:
 class ClientStatements:
     """One client's statement names -> registry entries, with caps."""
 
+    __slots__ = ("registry", "db", "max_statements", "max_bytes", "names", "total_bytes")
+
     def __init__(self, registry: StatementRegistry,
                  max_statements: int = DEFAULT_MAX_CLIENT_STATEMENTS,
                  max_bytes: int = DEFAULT_MAX_CLIENT_STATEMENT_BYTES, db: str = "") -> None:
@@ -454,6 +456,9 @@ def _close_msg(name: bytes) -> bytes:
     return _msg(b"C", b"S" + name + b"\x00")
 
 
+_NO_Q: Any = ()  # Rewriter._q while unlinked: empty, and any attempt to queue on it fails loudly
+
+
 class Rewriter:
     """Rewrites one client's stream for the server it is linked to.
 
@@ -462,12 +467,16 @@ class Rewriter:
     outstanding), :meth:`abandon` when a server is given up mid-pipeline.
     """
 
+    __slots__ = ("client", "limit", "enabled", "server", "_q", "_desc_half", "_status", "_skipping",
+                 "_last_stmt", "_plain", "dropped_rfq", "skipped_rfq")
+
     def __init__(self, client: ClientStatements, limit: int) -> None:
         self.client = client
         self.limit = limit
         self.enabled = limit > 0
         self.server: ServerStatements | None = None
-        self._q: deque[Entry] = deque()
+        #: the reply queue, a deque while linked; the shared empty tuple while not (idle-session memory)
+        self._q: deque[Entry] = _NO_Q
         self._desc_half = False      # the head Describe('S') got its ParameterDescription
         self._status = 73            # last ReadyForQuery status seen ('I')
         self._skipping = False       # a local error: drop client messages until Sync
@@ -487,11 +496,14 @@ class Rewriter:
     def link(self, server: ServerStatements) -> None:
         if self._q or self._plain:
             self.abandon()
+        if self._q is _NO_Q:
+            self._q = deque()
         self.server = server
 
     def unlink(self) -> None:
         if self._q or self._plain:
             self.abandon()
+        self._q = _NO_Q  # empty now
         self.server = None
 
     @property
@@ -513,7 +525,8 @@ class Rewriter:
                         sv.maybe.add(name)
             sv.changed.clear()
             sv.acked = sv.sent
-        q.clear()
+        if q:
+            q.clear()
         self._plain = 0
         self._skipping = False
         self.skipped_rfq = 0

@@ -93,6 +93,17 @@ def _fatal(sqlstate: str, message: str) -> bytes:
 class Session:
     """One client connection."""
 
+    # Thousands of idle sessions per process: no per-instance __dict__ (subclasses may have one).
+    __slots__ = ('_aborted', '_assigned', '_cancel_sent', '_cb_done', '_cb_exc', '_cb_hold', '_cb_wait',
+                 '_direct', '_direct_drain', '_finished', '_gucs_before', '_holding', '_kinds', '_main',
+                 '_out', '_out_bytes', '_partial_since', '_paused', '_pend_chunk', '_pend_idx', '_pend_pos',
+                 '_pending', '_pending_bytes', '_probe_rows', '_reset_later', '_reset_next', '_serving',
+                 '_swallow_err', '_swallow_keys', '_track_activity', '_track_partial', '_track_times',
+                 '_wake', '_writer', '_writer_stop', 'acc', 'connect_time', 'counted', 'database', 'gw',
+                 'last_activity', 'last_z', 'link_time', 'loop', 'params', 'pool', 'pool_list', 'prepared',
+                 'process_id', 'query_start', 'reader', 'secret_key', 'server', 'settings', 'sig', 'stream',
+                 'track', 'transaction_mode', 'user', 'wait_future', 'wait_start', '__weakref__')
+
     def __init__(self, gateway: "Gateway", stream: Any) -> None:
         self.gw = gateway
         self.stream = stream

@@ -56,6 +56,9 @@ class ProtocolStream:
     """
 
     kind = "?"
+    __slots__ = ("transport", "peer", "_loop", "_chunks", "_buffered", "_eof", "_error", "_waiter",
+                 "_reading_paused", "_high_water", "_write_paused", "_drain_waiter", "_lost", "_closed",
+                 "bytes_received", "bytes_sent", "_rcv_small", "_sock", "_on_data", "_on_end", "__weakref__")
 
     def __init__(self, transport: asyncio.Transport, *, read_high_water: int = READ_HIGH_WATER) -> None:
         self.transport: asyncio.Transport = transport
@@ -299,6 +302,7 @@ class TcpStream(ProtocolStream):
     """
 
     kind = "tcp"
+    __slots__ = ("_protocol", "_ssl_context", "token", "headers", "tls")
 
     def __init__(self, transport: asyncio.Transport, protocol: "TcpProtocol",
                  ssl_context: ssl.SSLContext | None) -> None:

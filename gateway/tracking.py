@@ -228,6 +228,9 @@ def apply_sql(want: dict[str, str], have: dict[str, str]) -> list[str]:
     return out
 
 
+_NONE: frozenset = frozenset()  # type: ignore[type-arg]  # shared by idle sessions until they need a set
+
+
 class Tracker:
     """One client's session state (transaction mode)."""
 
@@ -239,10 +242,10 @@ class Tracker:
         #: the current transaction may have left state behind: probe before release
         self.marked = False
         #: custom (dotted) parameter names the client touched (probed by name)
-        self.custom: set[str] = set()
+        self.custom: set[str] | frozenset[str] = _NONE  # (a set of its own at the first name)
         #: names of the client's prepared statements whose text is stateful: a Bind of
         #: one marks the transaction (a cached statement is executed without its text)
-        self.names: set[bytes] = set()
+        self.names: set[bytes] | frozenset[bytes] = _NONE  # (a set of its own at the first name)
         self.all_binds = False  # too many such names: every Bind marks
 
     def watching(self) -> bool:
@@ -286,9 +289,13 @@ class Tracker:
         self.marked = True
         if len(self.custom) < 256:
             for name in _CUSTOM.findall(sql):
+                if type(self.custom) is not set:
+                    self.custom = set()
                 self.custom.add(name.decode("utf-8", "replace").lower())
         if t == _P:
             if len(self.names) < _MAX_NAMES:
+                if type(self.names) is not set:
+                    self.names = set()
                 self.names.add(chunk[s:parse_name_end(chunk, s, len(chunk))])
             else:
                 self.all_binds = True
