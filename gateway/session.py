@@ -102,7 +102,8 @@ class Session:
                  '_wake', '_writer', '_writer_stop', 'acc', 'connect_time', 'counted', 'database', 'gw',
                  'last_activity', 'last_z', 'link_time', 'loop', 'params', 'pool', 'pool_list', 'prepared',
                  'process_id', 'query_start', 'reader', 'secret_key', 'server', 'settings', 'sig', 'stream',
-                 'track', 'transaction_mode', 'user', 'wait_future', 'wait_start', '__weakref__')
+                 'track', 'transaction_mode', 'user', 'wait_future', 'wait_start', 'listen', 'cache',
+                 '__weakref__')  # a new attribute must be added here (else AttributeError in __init__)
 
     def __init__(self, gateway: "Gateway", stream: Any) -> None:
         self.gw = gateway
