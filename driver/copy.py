@@ -16,6 +16,7 @@ import os
 import re
 import struct
 from collections.abc import AsyncIterable
+from itertools import islice
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 
 from . import codecs
@@ -37,6 +38,10 @@ _BINARY_TRAILER = b"\xff\xff"
 _NULL = b"\xff\xff\xff\xff"
 _I32 = struct.Struct("!i").pack
 _I16 = struct.Struct("!h").pack
+_IH = struct.Struct("!ih").pack
+_II = struct.Struct("!ii").pack
+_IQ = struct.Struct("!iq").pack
+_ID = struct.Struct("!id").pack
 
 
 def _quote_ident(name: str) -> str:
@@ -509,34 +514,86 @@ async def _binary_chunks(records: Any, encoders: list[Callable[[Any], bytes]]
                     buf.clear()
                     size = 0
         else:
-            for rec in records:
-                row = encode_row(rec)
-                append(row)
-                n += 1
-                size += len(row)
+            # batches of records encoded by map() (no Python loop per record)
+            it = iter(records)
+            while True:
+                batch = list(islice(it, 1000))
+                if not batch:
+                    break
+                try:
+                    rows = b"".join(map(encode_row, batch))
+                except _ENCODE_ERRORS:
+                    for rec in batch:  # find the record (the except below reports it)
+                        encode_row(rec)
+                        n += 1
+                    raise
+                append(rows)
+                n += len(batch)
+                size += len(rows)
                 if size >= _CHUNK:
                     yield b"".join(buf)
                     buf.clear()
                     size = 0
-    except (TypeError, ValueError, OverflowError, ArithmeticError, codecs.EncodeError) as e:
+    except _ENCODE_ERRORS as e:
         raise _record_error(rec, n, encoders, e) from None
     append(_BINARY_TRAILER)
     yield b"".join(buf)
 
 
+#: builtin encoders whose common case the row encoder inlines:
+#: encoder name -> (condition on the value ``a``, expression of the field with its length)
+_INLINE = {
+    "encode_int2": ("type({a}) is int and -32768 <= {a} <= 32767", "ih(2, {a})"),
+    "encode_int4": ("type({a}) is int and -2147483648 <= {a} <= 2147483647", "ii(4, {a})"),
+    "encode_int8": ("type({a}) is int and -9223372036854775808 <= {a} <= 9223372036854775807",
+                    "iq(8, {a})"),
+    "encode_float8": ("type({a}) is float", "id_(8, {a})"),
+    "encode_text": ("type({a}) is str", None),
+    # aware in UTC: microseconds since 2000-01-01 UTC (infinities go through the encoder)
+    "encode_timestamptz": ("type({a}) is datetime and {a}.tzinfo is UTC and "
+                           "NEG_INF_US < (us := ({a} - EPOCH_UTC) // US) < INF_US",
+                           "iq(8, us)"),
+}
+
+
+_ENCODE_ERRORS = (TypeError, ValueError, OverflowError, ArithmeticError, codecs.EncodeError)
+
+
 def _row_encoder(encoders: list[Callable[[Any], bytes]]) -> Callable[[Sequence[Any]], bytes]:
-    """``record -> bytes`` of one binary COPY tuple, compiled for these columns."""
+    """``record -> bytes`` of one binary COPY tuple, compiled for these columns.
+
+    The common case of the builtin int/float8/text encoders is inlined (an
+    exact ``int`` in range, a ``float``, a ``str``); any other value goes
+    through the column's encoder, so errors and edge cases are the same."""
+    from .codecs import _binary
+
     n = len(encoders)
     names = ", ".join(f"a{i}" for i in range(n))
-    lines = [f"def encode_row(rec):", f"    {names}, = rec"]
+    lines = ["def encode_row(rec):", f"    {names}, = rec"]
     parts = ["head"]
-    for i in range(n):
-        lines.append(f"    if a{i} is None:\n        p{i} = NULL\n    else:\n"
-                     f"        d = e{i}(a{i})\n        p{i} = i32(len(d)) + d")
+    for i, enc in enumerate(encoders):
+        inline = _INLINE.get(getattr(enc, "__name__", ""))
+        if inline is not None and getattr(_binary, enc.__name__, None) is not enc:
+            inline = None  # same name, not the builtin encoder
+        generic = (f"if a{i} is None:\n        p{i} = NULL\n    else:\n"
+                   f"        d = e{i}(a{i})\n        p{i} = i32(len(d)) + d")
+        if inline is None:
+            lines.append("    " + generic)
+        else:
+            cond, expr = inline
+            cond = cond.format(a=f"a{i}")
+            if expr is None:  # text: utf-8, then the length
+                body = f"d = a{i}.encode(); p{i} = i32(len(d)) + d"
+            else:
+                body = f"p{i} = " + expr.format(a=f"a{i}")
+            lines.append(f"    if {cond}:\n        {body}\n    el" + generic)
         parts.append(f"p{i}")
-    lines.append(f"    return {' + '.join(parts)}")
+    lines.append(f"    return b''.join(({', '.join(parts)},))")
     ns: dict[str, Any] = {f"e{i}": e for i, e in enumerate(encoders)}
-    ns.update(NULL=_NULL, i32=_I32, head=_I16(n))
+    ns.update(NULL=_NULL, i32=_I32, head=_I16(n), ih=_IH, ii=_II, iq=_IQ, id_=_ID,
+              datetime=_binary._datetime, UTC=_binary.UTC, EPOCH_UTC=_binary.PG_EPOCH_UTC,
+              US=_binary._ONE_US, NEG_INF_US=_binary._NEG_INFINITY_TS_US,
+              INF_US=_binary._INFINITY_TS_US)
     exec("\n".join(lines) + "\n", ns)
     fn: Callable[[Sequence[Any]], bytes] = ns["encode_row"]
     return fn

@@ -196,7 +196,49 @@ def decode_numeric(b: Any) -> Decimal:
     return Decimal(f"{coeff}E{exp10}")
 
 
+_P10 = (1, 10, 100, 1000)
+#: struct.pack of a numeric with k base-10000 digits, by k
+_numeric_packs: dict[int, Any] = {}
+
+
 def encode_numeric(v: Any) -> bytes:
+    """Decimal -> numeric_send's bytes.  A finite Decimal whose ``str`` has no
+    exponent (the common case) takes an integer-arithmetic path, about twice
+    as fast as the general one (:func:`_encode_numeric`), byte for byte the same."""
+    if type(v) is Decimal:
+        s = str(v)
+        if len(s) < 120 and "E" not in s and "N" not in s and "I" not in s:
+            neg = s[0] == "-"
+            if neg:
+                s = s[1:]
+            ip, dot, fp = s.partition(".")
+            dscale = len(fp)
+            coef = int(ip + fp)
+            exp = -dscale
+            r = exp % 4  # align the exponent to base-10000 digits
+            if r:
+                coef *= _P10[r]
+                exp -= r
+            if coef == 0:
+                return _numeric_head.pack(0, 0, _NUMERIC_POS, dscale)
+            groups = []  # least significant first
+            while coef:
+                coef, d = divmod(coef, 10000)
+                groups.append(d)
+            low = 0
+            while groups[low] == 0:  # trailing zero digits are not sent
+                low += 1
+            k = len(groups) - low
+            pack = _numeric_packs.get(k)
+            if pack is None:
+                pack = _numeric_packs[k] = struct.Struct(f"!HhHH{k}H").pack
+            body: bytes = pack(k, len(groups) - 1 + exp // 4, _NUMERIC_NEG if neg else _NUMERIC_POS,
+                               dscale, *groups[:low - 1 if low else None:-1])
+            return body
+    return _encode_numeric(v)
+
+
+def _encode_numeric(v: Any) -> bytes:
     if isinstance(v, Decimal):
         d = v
     elif isinstance(v, (int, float, str)) and not isinstance(v, bool):
@@ -355,6 +397,7 @@ _INFINITY_DATE_ORD = INFINITY_DATE.toordinal()
 _NEG_INFINITY_DATE_ORD = NEG_INFINITY_DATE.toordinal()
 _ONE_US = _dt.timedelta(microseconds=1)
 _timedelta = _dt.timedelta
+_datetime = _dt.datetime
 _date_fromordinal = _dt.date.fromordinal
 
 
@@ -431,6 +474,11 @@ def local_timezone() -> _dt.tzinfo:
 
 
 def encode_timestamptz(v: Any) -> bytes:
+    if type(v) is _datetime and v.utcoffset() is not None:
+        # aware: the difference from the epoch is the instant, no astimezone() needed
+        us = (v - PG_EPOCH_UTC) // _ONE_US
+        if _NEG_INFINITY_TS_US < us < _INFINITY_TS_US:
+            return _i64.pack(us)
     if not isinstance(v, _dt.datetime):
         if isinstance(v, _dt.date):
             v = _dt.datetime(v.year, v.month, v.day, tzinfo=local_timezone())

@@ -357,7 +357,8 @@ class CopyQuery(SimpleQuery):
     """A simple-protocol COPY statement whose data the caller streams.
 
     COPY TO STDOUT: each CopyData body goes to ``sink`` (``copy_out`` if
-    None) as it arrives.  COPY FROM STDIN: ``on_copy_in`` is called with the
+    None) as it arrives; ``sink`` may get the bodies of several consecutive
+    CopyData messages concatenated in one call (the data stream is the same).  COPY FROM STDIN: ``on_copy_in`` is called with the
     :class:`CopyInStarted` event as soon as the CopyInResponse is handled
     (before the event is returned by ``next_events``), so the caller can
     start sending without waiting for a dispatch round.
@@ -545,6 +546,9 @@ class ClientProtocol:
         self._held: list[Request] = []  # submitted during auth, not sent yet
         self._skipping = False  # head request failed: skip to its ReadyForQuery
         self._copy_in: Request | None = None
+        #: the CopyQuery (with a sink) whose COPY TO STDOUT is running: its
+        #: CopyData bodies are framed in bulk (MessageReader.read_copy_data)
+        self._copy_out: CopyQuery | None = None
         self._password_sent_early = False
         self._password_requested = False
         self._pipeline_requests = False
@@ -687,6 +691,11 @@ class ClientProtocol:
         reader = self._reader
         reader.feed(data)
         try:
+            copy_out = self._copy_out
+            if copy_out is not None:
+                chunk = reader.read_copy_data()
+                if chunk:
+                    copy_out._copy_data(chunk)
             msgs = reader.read()
             self._handle(msgs)
         except (ProtocolError, AuthenticationError, ClientProtocolError) as exc:
@@ -712,6 +721,7 @@ class ClientProtocol:
         self._pending.clear()
         self._held.clear()
         self._copy_in = None
+        self._copy_out = None
 
     def _handle(self, msgs: list[tuple[int, bytes]]) -> None:
         pending = self._pending
@@ -756,6 +766,7 @@ class ClientProtocol:
         if not self._pending:
             raise ProtocolError("unexpected ReadyForQuery")
         req = self._pending.popleft()
+        self._copy_out = None
         if self._copy_in is req:  # the COPY ended without our CopyDone/CopyFail
             req.copy_in_active = False
             self._copy_in = None
@@ -839,11 +850,12 @@ class ClientProtocol:
                 head.on_copy_in(event)
             self._events.append(event)
         elif mtype == _COPY_OUT_RESPONSE:
-            pass
+            if isinstance(head, CopyQuery) and head.sink is not None:
+                self._copy_out = head
         elif mtype == _COPY_DATA:
             head._copy_data(body)
         elif mtype == _COPY_DONE:
-            pass
+            self._copy_out = None
         elif mtype == _COPY_BOTH_RESPONSE:
             raise ProtocolError("COPY BOTH (replication) is not supported")
         elif mtype == _NEGOTIATE_VERSION:

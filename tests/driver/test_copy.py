@@ -220,3 +220,81 @@ async def test_timeout_cancels_the_copy(conn: driver.Connection) -> None:
     with pytest.raises(TimeoutError):
         await conn.copy_to_table("t", source=slow(), timeout=0.5)
     assert await conn.fetchval("SELECT count(*) FROM t") == 0
+
+
+class _Int(int):
+    pass
+
+
+_EDGE_COLS = "a int2, b int4, c int8, d float8, e text, f timestamptz, g numeric"
+_UTC = datetime.timezone.utc
+_PLUS = datetime.timezone(datetime.timedelta(hours=5, minutes=30))
+#: values on both sides of the row encoder's inlined fast paths (exact int in range,
+#: float, str, UTC-aware datetime) and of the numeric encoder's (no exponent in str())
+EDGE_RECORDS: list[tuple[Any, ...]] = [
+    (-32768, -2**31, -2**63, 0.0, "", datetime.datetime(1, 1, 1, tzinfo=_UTC),
+     decimal.Decimal("-0.00")),
+    (32767, 2**31 - 1, 2**63 - 1, float("inf"), "é\u20ac", datetime.datetime(9999, 12, 31, 23, 59,
+     59, 999999, tzinfo=_UTC), decimal.Decimal("1E+10")),
+    (True, _Int(7), False, float("-inf"), "x" * 70_000, datetime.datetime(2000, 1, 1, tzinfo=_PLUS),
+     decimal.Decimal("-1.5E-7")),
+    (None, None, None, None, None, None, None),
+    (_Int(-1), 5, 2**40, 7, "a", datetime.datetime.max, decimal.Decimal("NaN")),
+    (0, 0, 0, decimal.Decimal("2.5"), "b", datetime.datetime.min, decimal.Decimal("-Infinity")),
+    (1, 1, 1, -0.0, "c", datetime.date(2020, 2, 29), decimal.Decimal("123456789012345678901.0001")),
+    (2, 2, 2, 1e308, "d", datetime.datetime(2024, 6, 1, 12, tzinfo=_UTC),
+     decimal.Decimal("0.000100")),
+]
+
+
+async def test_edge_values_match_asyncpg(conn: driver.Connection, apg: Any) -> None:
+    await conn.execute(f"SET timezone = 'UTC'; CREATE TABLE mine ({_EDGE_COLS});"
+                       f" CREATE TABLE theirs ({_EDGE_COLS})")
+    await apg.execute("SET timezone = 'UTC'")
+    assert await conn.copy_records_to_table("mine", records=EDGE_RECORDS) == "COPY 8"
+    assert await apg.copy_records_to_table("theirs", records=EDGE_RECORDS) == "COPY 8"
+    assert await digest(conn, "mine") == await digest(apg, "theirs")
+    # out of range / wrong type: an error for that record, both sides, the connection goes on
+    for bad in [(32768, 0, 0, 0.0, "", None, None), (0, 2**31, 0, 0.0, "", None, None),
+                (0, 0, 2**63, 0.0, "", None, None), (0, 0, 0, "1.5", "", None, None),
+                (0, 0, 0, 0.0, b"x", None, None), (0, 0, 0, 0.0, "", "2024-01-01", None)]:
+        recs = EDGE_RECORDS[:2] + [bad]
+        with pytest.raises((asyncpg.DataError, asyncpg.InterfaceError, OverflowError, TypeError,
+                            ValueError)):
+            await apg.copy_records_to_table("theirs", records=recs)
+        with pytest.raises((exc.DataError, exc.InterfaceError)) as ei:
+            await conn.copy_records_to_table("mine", records=recs)
+        assert "#2" in str(ei.value), ei.value
+    assert await conn.fetchval("SELECT count(*) FROM mine") == 8
+
+
+def test_numeric_encoder_fast_path_is_byte_identical() -> None:
+    """encode_numeric's str()-based path gives numeric_send's bytes, as the general path."""
+    import random
+
+    from driver.codecs import _binary
+
+    rnd = random.Random(9)
+    values = [decimal.Decimal(x) for x in (
+        "0", "-0", "0.00", "-0.00", "0E+7", "1E-16383", "1E-16384", "1E+131071", "1E+131072",
+        "9" * 200, "0.0001", "10000", "123.4500", "-.5", "99999999.99999999")]
+    for _ in range(20_000):
+        values.append(decimal.Decimal(rnd.randint(-10**15, 10**15)) / 10 ** rnd.randint(0, 15))
+        values.append(decimal.Decimal(f"{rnd.choice('-+')}{rnd.randint(0, 10**rnd.randint(0, 40))}"
+                                      f"E{rnd.randint(-60, 60)}"))
+
+    def run(f: Any, v: decimal.Decimal) -> Any:
+        try:
+            return f(v)
+        except Exception as e:
+            return type(e)
+
+    assert [v for v in values if run(_binary.encode_numeric, v)
+            != run(_binary._encode_numeric, v)] == []
+
+
+async def test_numeric_values_round_trip_like_asyncpg(conn: driver.Connection, apg: Any) -> None:
+    vals = [decimal.Decimal(x) for x in ("0.00", "-0.001", "12345678.9000", "1E+20", "-7",
+                                         "0.000000001", "31415926535897932384626433.832795")]
+    sql = "SELECT $1::numeric::text"
+    assert [await conn.fetchval(sql, v) for v in vals] == [await apg.fetchval(sql, v) for v in vals]
