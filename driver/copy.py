@@ -38,10 +38,6 @@ _BINARY_TRAILER = b"\xff\xff"
 _NULL = b"\xff\xff\xff\xff"
 _I32 = struct.Struct("!i").pack
 _I16 = struct.Struct("!h").pack
-_IH = struct.Struct("!ih").pack
-_II = struct.Struct("!ii").pack
-_IQ = struct.Struct("!iq").pack
-_ID = struct.Struct("!id").pack
 
 
 def _quote_ident(name: str) -> str:
@@ -540,60 +536,22 @@ async def _binary_chunks(records: Any, encoders: list[Callable[[Any], bytes]]
     yield b"".join(buf)
 
 
-#: builtin encoders whose common case the row encoder inlines:
-#: encoder name -> (condition on the value ``a``, expression of the field with its length)
-_INLINE = {
-    "encode_int2": ("type({a}) is int and -32768 <= {a} <= 32767", "ih(2, {a})"),
-    "encode_int4": ("type({a}) is int and -2147483648 <= {a} <= 2147483647", "ii(4, {a})"),
-    "encode_int8": ("type({a}) is int and -9223372036854775808 <= {a} <= 9223372036854775807",
-                    "iq(8, {a})"),
-    "encode_float8": ("type({a}) is float", "id_(8, {a})"),
-    "encode_text": ("type({a}) is str", None),
-    # aware in UTC: microseconds since 2000-01-01 UTC (infinities go through the encoder)
-    "encode_timestamptz": ("type({a}) is datetime and {a}.tzinfo is UTC and "
-                           "NEG_INF_US < (us := ({a} - EPOCH_UTC) // US) < INF_US",
-                           "iq(8, us)"),
-}
-
-
 _ENCODE_ERRORS = (TypeError, ValueError, OverflowError, ArithmeticError, codecs.EncodeError)
 
 
 def _row_encoder(encoders: list[Callable[[Any], bytes]]) -> Callable[[Sequence[Any]], bytes]:
-    """``record -> bytes`` of one binary COPY tuple, compiled for these columns.
-
-    The common case of the builtin int/float8/text encoders is inlined (an
-    exact ``int`` in range, a ``float``, a ``str``); any other value goes
-    through the column's encoder, so errors and edge cases are the same."""
-    from .codecs import _binary
+    """``record -> bytes`` of one binary COPY tuple, compiled for these columns
+    (common values inlined: see :mod:`driver.codecs._inline`)."""
+    from .codecs._inline import NAMESPACE, field_code
 
     n = len(encoders)
     names = ", ".join(f"a{i}" for i in range(n))
     lines = ["def encode_row(rec):", f"    {names}, = rec"]
-    parts = ["head"]
-    for i, enc in enumerate(encoders):
-        inline = _INLINE.get(getattr(enc, "__name__", ""))
-        if inline is not None and getattr(_binary, enc.__name__, None) is not enc:
-            inline = None  # same name, not the builtin encoder
-        generic = (f"if a{i} is None:\n        p{i} = NULL\n    else:\n"
-                   f"        d = e{i}(a{i})\n        p{i} = i32(len(d)) + d")
-        if inline is None:
-            lines.append("    " + generic)
-        else:
-            cond, expr = inline
-            cond = cond.format(a=f"a{i}")
-            if expr is None:  # text: utf-8, then the length
-                body = f"d = a{i}.encode(); p{i} = i32(len(d)) + d"
-            else:
-                body = f"p{i} = " + expr.format(a=f"a{i}")
-            lines.append(f"    if {cond}:\n        {body}\n    el" + generic)
-        parts.append(f"p{i}")
-    lines.append(f"    return b''.join(({', '.join(parts)},))")
-    ns: dict[str, Any] = {f"e{i}": e for i, e in enumerate(encoders)}
-    ns.update(NULL=_NULL, i32=_I32, head=_I16(n), ih=_IH, ii=_II, iq=_IQ, id_=_ID,
-              datetime=_binary._datetime, UTC=_binary.UTC, EPOCH_UTC=_binary.PG_EPOCH_UTC,
-              US=_binary._ONE_US, NEG_INF_US=_binary._NEG_INFINITY_TS_US,
-              INF_US=_binary._INFINITY_TS_US)
+    lines += [field_code(i, enc) for i, enc in enumerate(encoders)]
+    parts = ", ".join(["head"] + [f"p{i}" for i in range(n)])
+    lines.append(f"    return b''.join(({parts},))")
+    ns: dict[str, Any] = dict(NAMESPACE)
+    ns.update({f"e{i}": e for i, e in enumerate(encoders)}, head=_I16(n))
     exec("\n".join(lines) + "\n", ns)
     fn: Callable[[Sequence[Any]], bytes] = ns["encode_row"]
     return fn

@@ -39,7 +39,8 @@ class _Statement:
     """A server-side prepared statement (or the unnamed one) and its codecs."""
 
     __slots__ = ("name", "query", "param_oids", "fields", "result_formats", "row_decoder",
-                 "mapping", "closed", "last_status", "_values_decoder", "_decoders")
+                 "mapping", "closed", "last_status", "_values_decoder", "_decoders",
+                 "batch_encoder")
 
     def __init__(self, name: str, query: str, param_oids: Sequence[int],
                  fields: Sequence[FieldDescription], record_cls: Any,
@@ -59,6 +60,8 @@ class _Statement:
         self.row_decoder: pc.RowDecoder = self.decoder_for(record_cls)
         self.closed = False
         self.last_status: str | None = None
+        #: (registry, compiled Bind+Execute builder or None): see driver.batch
+        self.batch_encoder: tuple[Any, Any] | None = None
 
     def decoder_for(self, record_cls: Any) -> pc.RowDecoder:
         """DataRow body -> an instance of ``record_cls`` (``Record`` if None)."""
@@ -367,6 +370,26 @@ class StatementsMixin:
         return st, result
 
 
+    def _bind_execute_many(self, req: pc.ExtendedQuery, stmt: _Statement,
+                           args: Sequence[Sequence[Any]]) -> list[pc.QueryResult] | None:
+        """Bind + Execute of every argument tuple with the statement's compiled
+        builder (driver.batch); None when the general path must do it (no
+        builder, or a value it does not take: that path raises the error)."""
+        from .batch import bind_execute_encoder
+
+        build = bind_execute_encoder(stmt, self._types)
+        if build is None:
+            return None
+        try:
+            data = b"".join(map(build, args))
+        except Exception:
+            return None
+        req.add_raw(data)
+        QueryResult = pc.QueryResult
+        results = [QueryResult() for _ in range(len(args))]
+        req.results.extend(results)
+        return results
+
     async def _executemany(self, command: str, args: Iterable[Sequence[Any]],
                            deadline: float | None, st: _Statement | None = None, *,
                            rows: bool = False, record_cls: Any = None) -> list[Any]:
@@ -379,8 +402,10 @@ class StatementsMixin:
             req = pc.ExtendedQuery()
             if stmt.name == "":
                 req.parse("", stmt.query, stmt.param_oids)
-            results = [self._add_bind_execute(req, stmt, a, element=n, record_cls=record_cls)
-                       for n, a in enumerate(args)]
+            results = None if rows else self._bind_execute_many(req, stmt, args)
+            if results is None:
+                results = [self._add_bind_execute(req, stmt, a, element=n, record_cls=record_cls)
+                           for n, a in enumerate(args)]
             self._queue_closes(req)
             try:
                 await self._request(req, deadline, command)

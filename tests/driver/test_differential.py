@@ -160,6 +160,33 @@ async def executemany_batch(conn: Any) -> Any:
     return [r1, r2, rows(await conn.fetch("SELECT count(*), max(a), min(b) FROM em"))]
 
 
+class _Int(int):
+    pass
+
+
+@scenario
+async def executemany_values(conn: Any) -> Any:
+    """The compiled Bind builder (driver/batch.py): inlined values, NULLs, values its
+    fast paths leave to the encoders, and errors (which go the general way)."""
+    await conn.execute("CREATE TEMP TABLE emv (i2 int2, i4 int4, i8 int8, f float8, t text,"
+                       " ts timestamptz, n numeric, b bool)")
+    utc = datetime.timezone.utc
+    good = [(1, 2, 3, 1.5, "a", datetime.datetime(2024, 1, 1, tzinfo=utc), decimal.Decimal("1.10"),
+             True),
+            (None, None, None, None, None, None, None, None),
+            (-32768, -2**31, -2**63, float("inf"), "é" * 3, datetime.datetime.max,
+             decimal.Decimal("NaN"), False),
+            (True, _Int(9), 2**62, 7, "", datetime.datetime(2000, 1, 1,
+             tzinfo=datetime.timezone(datetime.timedelta(hours=-3))), 5, None)]
+    ins = "INSERT INTO emv VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+    out: list[Any] = [await conn.executemany(ins, good)]
+    for bad in [(32768,) + good[0][1:], good[0][:1] + (2**31,) + good[0][2:],
+                good[0][:3] + ("x",) + good[0][4:], good[0][:7], good[0][:4] + (b"x",) + good[0][5:]]:
+        out.append(await outcome(conn.executemany(ins, [good[0], bad])))
+    out.append(rows(await conn.fetch("SELECT * FROM emv ORDER BY i4 NULLS FIRST, b")))
+    return out
+
+
 @scenario
 async def transactions(conn: Any) -> Any:
     await conn.execute("CREATE TEMP TABLE tr (a int)")
