@@ -136,3 +136,13 @@ async def test_transaction_mode_pid_is_never_a_real_one(gateway_app):
         assert pool_stats(app)["sv_active"] == 0  # no server held at login
     finally:
         await c.close()
+
+
+async def test_http_pg_driver_sees_real_pid(gateway_app):
+    """/pg (the driver over http://): the session's hello carries the real pid too."""
+    app = await gateway_app(databases={"app": {"pool_mode": "session"}})
+    conn = await driver.connect(f"http://alice:{ALICE_PASSWORD}@127.0.0.1:{app.http_port}/app")
+    try:
+        assert conn.get_server_pid() == await conn.fetchval("SELECT pg_backend_pid()")
+    finally:
+        await conn.close()
