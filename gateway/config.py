@@ -87,6 +87,10 @@ class GatewaySettings:
     server_check_delay: float = 30.0
     server_check_query: str = "select 1"
     max_prepared_statements: int = 200
+    #: SO_SNDBUF and SO_RCVBUF of client (pg_listen, WebSocket) and server sockets, in
+    #: bytes (PgBouncer's key); 0 = the OS default (autotuning).  Bounds what the kernel
+    #: holds for a slow client (docs/pooling-semantics.md, "Read-ahead of a slow client").
+    tcp_socket_buffer: int = 0
     max_message_size: int = 16777216
     # Neon-compatible POST /sql (gateway/neon_sql.py): request body (413) and response (507) caps, time per request.
     sql_max_request_size: int = 10485760
@@ -413,6 +417,7 @@ _INT_MIN = {
     "min_pool_size": 0,
     "reserve_pool_size": 0,
     "max_prepared_statements": 0,
+    "tcp_socket_buffer": 0,
     "max_message_size": MIN_MESSAGE_SIZE,
     "sql_max_request_size": MIN_MESSAGE_SIZE,
     "sql_max_response_size": MIN_MESSAGE_SIZE,

@@ -28,6 +28,7 @@ from .params import canonical as canonical_value
 from .prepared import ClientStatements, Rewriter
 from .schema import database_key
 from .server import tracked_signature
+from .tcp import set_socket_buffer
 from .tracking import Tracker
 
 #: lower-case name -> the canonical name PostgreSQL reports.
@@ -90,6 +91,7 @@ async def startup(self: Any) -> bool:
     after_login(self.reader, s)
     if login_limit is not None:
         login_limit(None)
+    set_socket_buffer(getattr(self.stream, "transport", None), s.tcp_socket_buffer)
     # Database lookup only after authentication (as PostgreSQL does).
     if self.database in ADMIN_DATABASES:  # the admin console (gateway/admin.py)
         await serve_console(self, prefix)

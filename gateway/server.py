@@ -25,6 +25,7 @@ from driver.protocol import messages as m
 from driver.protocol.framing import MessageReader, ProtocolError
 
 from .prepared import forget_statements
+from .tcp import set_socket_buffer
 from .tls import UpstreamTlsError, negotiate_upstream, upstream_context
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -128,6 +129,7 @@ class ServerConnection(asyncio.Protocol):
     # ------------------------------------------------------------ protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        set_socket_buffer(transport, getattr(getattr(self.pool, "settings", None), "tcp_socket_buffer", 0))
 
     def data_received(self, data: bytes) -> None:
         client = self.client

@@ -47,6 +47,22 @@ def set_nodelay(transport: asyncio.BaseTransport) -> None:
         pass
 
 
+def set_socket_buffer(transport: Any, size: int) -> None:
+    """``tcp_socket_buffer``: fixed SO_SNDBUF/SO_RCVBUF (no autotuning) on a
+    TCP socket; 0 leaves the OS default."""
+    if size <= 0 or transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    try:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    except (OSError, AttributeError):  # pragma: no cover - exotic transports
+        pass
+
+
 class ProtocolStream:
     """Receive queue + write flow control over an asyncio transport.
 

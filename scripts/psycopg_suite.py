@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -121,7 +122,8 @@ def start_gateway(pg: object, dbs: dict[str, str], base: Path, extra: str = "") 
     return proc, pgl
 
 
-def start_pytest(py: Path, tree: Path, dsn: str, files: list[str], xml: Path, timeout: int) -> subprocess.Popen[bytes]:
+def start_pytest(py: Path, tree: Path, dsn: str, files: list[str], xml: Path, timeout: int,
+                 extra: list[str] | None = None) -> subprocess.Popen[bytes]:
     """psycopg's pytest on ``files`` against ``dsn``, in the background (output in ``xml`` + .log)."""
     import glob
     paths: list[str] = []
@@ -130,7 +132,7 @@ def start_pytest(py: Path, tree: Path, dsn: str, files: list[str], xml: Path, ti
     cache = tree / f".cache-{xml.stem}"  # one per parallel run (psycopg's conftest keeps a segfault flag there)
     shutil.rmtree(cache, ignore_errors=True)
     cmd = [str(py), "-m", "pytest", "-v", "-p", "no:randomly", "-o", f"cache_dir={cache}", "--test-dsn", dsn,
-           f"--timeout={timeout}", f"--junitxml={xml}", *paths]
+           f"--timeout={timeout}", f"--junitxml={xml}", *(extra or []), *paths]
     if xml.exists():
         xml.unlink()
     log = open(xml.with_suffix(".log"), "wb")
@@ -200,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", help="reuse this directory (venv + copied tests)")
     ap.add_argument("--timeout", type=int, default=60, help="pytest-timeout per test")
     ap.add_argument("--modes", default="direct,session,transaction")
+    ap.add_argument("--pytest-args", default="", help="more arguments for psycopg's pytest, e.g. \"-m 'not slow'\"")
     ap.add_argument("--max-minutes", type=float, default=0,
                     help="stop the runs after this long and compare the tests all modes finished (0: no limit)")
     args = ap.parse_args(argv)
@@ -230,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         t0 = time.monotonic()
         for mode in modes:
-            running[mode] = start_pytest(py, tree, dsns[mode], files, base / f"{mode}.xml", args.timeout)
+            running[mode] = start_pytest(py, tree, dsns[mode], files, base / f"{mode}.xml", args.timeout,
+                                         shlex.split(args.pytest_args))
         limit = t0 + args.max_minutes * 60 if args.max_minutes else None
         for mode, p in running.items():
             try:

@@ -7,6 +7,7 @@ the end (docs/pooling-semantics.md, "Read-ahead of a slow client")."""
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import asyncpg
 import pytest
@@ -68,3 +69,21 @@ async def test_slow_client_blocks_its_server(gateway_app, pg: PgCluster, mode: s
     finally:
         await c.close()
         await adm.close()
+
+
+async def test_tcp_socket_buffer_fixes_both_sockets(gateway_app) -> None:
+    """``tcp_socket_buffer`` (PgBouncer's key) sets SO_SNDBUF/SO_RCVBUF of the
+    client's and the server's socket: no autotuning, so the kernel holds at
+    most that much for a slow client (Linux reports twice the value set)."""
+    size = 200_000  # above the defaults (tcp_wmem 16 kB, tcp_rmem 128 kB initial)
+    app = await gateway_app(tcp_socket_buffer=size, databases={"app": {"pool_mode": "session"}})
+    c = await RawClient.connect(app.pg_port)
+    try:
+        await c.login("alice", ALICE_PASSWORD, "app")
+        (s,) = [s for s in app.gateway._all_sessions if s.server is not None]
+        for transport in (s.stream.transport, s.server.transport):
+            sock = transport.get_extra_info("socket")
+            for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+                assert size <= sock.getsockopt(socket.SOL_SOCKET, opt) <= 2 * size
+    finally:
+        await c.close()
