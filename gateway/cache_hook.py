@@ -120,7 +120,7 @@ class SessionCache:
     """One session's use of the gateway's :class:`ResultCache`."""
 
     __slots__ = ("s", "rc", "db", "dbkey", "cap", "parked", "park_bytes", "bypass", "state", "disabled",
-                 "_decisions")
+                 "_decisions", "_epoch")
 
     def __init__(self, session: "Session", rc: ResultCache) -> None:
         self.s = session
@@ -138,6 +138,7 @@ class SessionCache:
         #: the client made temp objects: names may resolve to them, nothing is cached
         self.disabled = False
         self._decisions: dict[bytes, tuple[float, float, tuple[str, ...]] | None] = {}
+        self._epoch = 0  # the database's schema epoch the decisions were made in
 
     # ------------------------------------------------------------ client side
     def intercept(self, chunk: bytes, idx: list[tuple[int, int, int]]) -> bool:
@@ -196,6 +197,10 @@ class SessionCache:
 
     def _decide(self, text: bytes, shape: bytes) -> tuple[float, float, tuple[str, ...]] | None:
         """(ttl, swr, tags) for a statement, or None: not cacheable."""
+        epoch = self.s.gw.statements.marks.get(self.dbkey, 0)
+        if epoch != self._epoch:  # a DDL since: functions may have changed volatility
+            self._decisions.clear()
+            self._epoch = epoch
         dkey = shape[:1] + text
         got = self._decisions.get(dkey, False)
         if got is not False:

@@ -44,7 +44,7 @@ from .accounting import Accounting
 from .cache_hook import SessionCache, on_ddl
 from .auth import AuthFailed
 from .cancel import send_cancel
-from . import login
+from . import login, session_timeouts
 from .login import TRACKED, TRACKED_NAMES  # noqa: F401 (TRACKED: re-exported for http_exec)
 from .limits import check_login_message, login_reader
 from .pool import Pool, PoolError
@@ -826,30 +826,11 @@ class Session:
             self._abort(None, None)
 
     # ------------------------------------------------------------ timeouts
-    def check_timeouts(self, now: float) -> None:
-        """Called by the janitor for linked clients."""
-        s = self.settings
-        server = self.server
-        if server is None:
-            return
-        if self.acc.outstanding == 0:
-            if (s.idle_transaction_timeout > 0 and not self.acc.dirty and server.status != _IDLE
-                    and now - self.last_z >= s.idle_transaction_timeout):
-                self._abort("25P03", "terminating connection due to idle-in-transaction timeout")
-        elif s.query_timeout > 0 and not self._cancel_sent and now - self.query_start >= s.query_timeout:
-            self._cancel_sent = True
-            self.gw.spawn(send_cancel(server.host, server.port, server.backend_pid, server.backend_key))
+    def check_timeouts(self, now: float) -> None:  # called by the janitor for linked clients
+        session_timeouts.check_timeouts(self, now)
 
     def check_idle(self, now: float) -> None:
-        s = self.settings
-        if (s.client_idle_timeout > 0 and self.server is None and self.last_activity
-                and now - self.last_activity >= s.client_idle_timeout):
-            self._abort("08P01", "client_idle_timeout")
-        elif (self._partial_since and now - self._partial_since >= s.client_message_timeout
-              and self._cb_hold is None and not self._holding):  # (not while we hold its reading)
-            self.gw.limits.shed_log.shed("client_message_timeout: message not received in time",
-                                         getattr(self.stream, "peer", "?"))
-            self._abort("08P01", "client_message_timeout: message not received completely in time")
+        session_timeouts.check_idle(self, now)
 
     def _note_partial(self, progress: bool) -> None:
         """A message started but not complete holds its bytes: time it."""
