@@ -29,4 +29,8 @@ if __name__ == "__main__":
         from .large_results import main as large_main
 
         sys.exit(large_main(sys.argv[2:]))
+    if sys.argv[1:2] == ["listen"]:
+        from .listen_bench import main as listen_main
+
+        sys.exit(listen_main(sys.argv[2:]))
     sys.exit(main())

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from driver.protocol import messages as m
 
-from . import cache_admin
+from . import cache_admin, listen_admin
 from .auth import AuthFailed
 from .config import ConfigError, GatewaySettings
 
@@ -347,6 +347,10 @@ class Console:
 
     def show_cache(self) -> bytes:  # the result cache's counters (gateway/cache_admin.py)
         return result([("key", S), ("value", I)], cache_admin.show_rows(self.gw))
+
+    def show_listeners(self) -> bytes:  # LISTEN fan-out, one row per channel (gateway/listen_admin.py)
+        return result([(c, I if c in ("subscribers", "backlog", "listener_pid") else S)
+                       for c in listen_admin.COLUMNS], listen_admin.show_rows(self.gw))
 
     # ------------------------------------------------------------ commands
     async def cmd_cache_invalidate(self, args: Sequence[str]) -> bytes:

@@ -86,6 +86,8 @@ class ListenHub:
         self.down_since = 0.0
         self.reconnects = 0
         self.last_error = ""
+        #: subscribers with notifications batched during the current upstream chunk (``flush()`` after it)
+        self.touched: list[Any] = []
 
     def __repr__(self) -> str:
         return f"<ListenHub {self.name} channels={len(self.listening)}>"
@@ -239,6 +241,11 @@ class ListenHub:
             elif t == _E:
                 f = m.decode_fields(chunk[s:e])
                 log.warning("listen hub %s: %s %s", self.name, f.get("C"), f.get("M"))
+        touched = self.touched
+        if touched:
+            self.touched = []
+            for sub in touched:
+                sub.flush()
 
     def server_lost(self, server: ServerConnection) -> None:
         if server is not self.conn:

@@ -56,6 +56,7 @@ _NO_DATA = b"n\x00\x00\x00\x04"
 _DESCRIBE_S = b"t\x00\x00\x00\x06\x00\x00" + _NO_DATA  # no parameters, no rows
 _EXTENDED = frozenset((_P, _B, _D, _E, _S, _H, _C))
 _MAX_STMTS = 256
+_BATCH_MAX = 16384  # notification bytes per client write
 _Plan = tuple[list[tuple[int, Any]], dict[bytes, Any], dict[bytes, Any]]
 
 
@@ -68,7 +69,7 @@ class SessionListen:
     """One client's channels and its LISTEN/UNLISTEN in flight."""
 
     __slots__ = ("s", "hub", "channels", "pending", "_rolled", "held", "limit", "dead", "delivered",
-                 "stmts", "portals")
+                 "stmts", "portals", "batch", "batch_bytes")
 
     def __init__(self, session: "Session") -> None:
         self.s = session
@@ -82,6 +83,8 @@ class SessionListen:
         self.limit = session.settings.listen_queue_bytes
         self.dead = False
         self.delivered = 0
+        self.batch: list[bytes] = []  # notifications of the current upstream chunk (flush)
+        self.batch_bytes = 0
         #: extended protocol: LISTEN statements and portals answered here (name -> actions)
         self.stmts: dict[bytes, list[tuple[str, str | None]]] = {}
         self.portals: dict[bytes, list[tuple[str, str | None]]] = {}
@@ -295,26 +298,47 @@ class SessionListen:
 
     # ------------------------------------------------- subscriber (hub side)
     def deliver(self, n: Notification) -> bool:
+        """Queued in ``batch``; the hub calls :meth:`flush` after the upstream
+        chunk (one write -- one WebSocket message -- per chunk, not per notification)."""
         if self.dead:
             return True
         wire = n.wire
         if not wire:
             wire = n.wire = m.notification_response(n.pid, n.channel, n.payload)
-        s = self.s
+        batch = self.batch
+        if not batch:
+            self.hub.touched.append(self)
+        batch.append(wire)
+        self.batch_bytes += len(wire)
         self.delivered += 1
+        if self.batch_bytes >= _BATCH_MAX:
+            self.flush()  # large chunk: write as we go, so the check below sees the socket's progress
+        s = self.s
+        tr = getattr(s.stream, "transport", None)
+        unsent: int = self.batch_bytes + s._out_bytes + (tr.get_write_buffer_size() if tr is not None else 0)
+        return bool(unsent <= self.limit)
+
+    def flush(self) -> None:
+        batch = self.batch
+        if not batch or self.dead:
+            batch.clear()
+            self.batch_bytes = 0
+            return
+        data = batch[0] if len(batch) == 1 else b"".join(batch)
+        batch.clear()
+        self.batch_bytes = 0
+        s = self.s
         if s._direct is not None and not s._out:
             try:
-                s._direct(wire)
+                s._direct(data)
             except Exception:  # client gone: its session is ending
-                return True
+                pass
         else:
-            s._send_or_queue(wire)
-        tr = getattr(s.stream, "transport", None)
-        unsent: int = s._out_bytes + (tr.get_write_buffer_size() if tr is not None else 0)
-        return bool(unsent <= self.limit)
+            s._send_or_queue(data)
 
     def gap(self, message: str) -> None:
         if not self.dead:
+            self.flush()
             self._notice(message)
 
     def _notice(self, message: str) -> None:
@@ -323,6 +347,7 @@ class SessionListen:
     def overflow(self) -> None:
         """Too slow: FATAL 53400 after what it has been sent, then disconnect."""
         self.dead = True
+        self.batch.clear()
         s = self.s
         log.warning("%r: disconnected: more than listen_queue_bytes = %d bytes of notifications unsent",
                     s, self.limit)

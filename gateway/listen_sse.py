@@ -94,7 +94,10 @@ def _sse(event: str, data: Any, ident: str | None = None) -> bytes:
 class SseSubscriber:
     """One ``GET /listen`` stream, as a hub subscriber."""
 
-    def __init__(self, write: Callable[[bytes], None], transport: Any, epoch: str, limit: int) -> None:
+    def __init__(self, hub: Any, write: Callable[[bytes], None], transport: Any, epoch: str, limit: int) -> None:
+        self.hub = hub
+        self.batch: list[bytes] = []
+        self.batch_bytes = 0
         self.write = write
         self.transport = transport
         self.epoch = epoch
@@ -107,18 +110,35 @@ class SseSubscriber:
                     f"{self.epoch}-{n.seq}")
 
     def deliver(self, n: Notification) -> bool:
+        """Batched per upstream chunk (the hub calls :meth:`flush`; backlog replays flush themselves)."""
         if self.done.done() or n.seq <= self.last:
             return True
         self.last = n.seq
-        self.write(self.event(n))
+        ev = self.event(n)
+        if not self.batch:
+            self.hub.touched.append(self)
+        self.batch.append(ev)
+        self.batch_bytes += len(ev)
+        if self.batch_bytes >= 16384:
+            self.flush()
         tr = self.transport
-        return tr is None or bool(tr.get_write_buffer_size() <= self.limit)
+        return tr is None or bool(tr.get_write_buffer_size() + self.batch_bytes <= self.limit)
+
+    def flush(self) -> None:
+        if self.batch:
+            data = b"".join(self.batch)
+            self.batch.clear()
+            self.batch_bytes = 0
+            if not self.done.done():
+                self.write(data)
 
     def gap(self, message: str) -> None:
         if not self.done.done():
+            self.flush()
             self.write(_sse("gap", {"reason": message}))
 
     def overflow(self) -> None:
+        self.batch.clear()
         if not self.done.done():
             self.write(_sse("error", {"code": "53400", "message": "the client did not read its events (more than "
                                                                   f"listen_queue_bytes = {self.limit} bytes unsent)"}))
@@ -160,7 +180,7 @@ class ListenEndpoint:
         settings = gw.settings
 
         async def stream(write: Callable[[bytes], None], transport: Any) -> None:
-            sub = SseSubscriber(write, transport, hub.registry.epoch, settings.listen_queue_bytes)
+            sub = SseSubscriber(hub, write, transport, hub.registry.epoch, settings.listen_queue_bytes)
             self.streams += 1
             try:
                 await self._run(hub, sub, channels, last_id, settings.listen_heartbeat)
@@ -197,6 +217,9 @@ class ListenEndpoint:
                                                  f"{last_id}"}))
                 for n in missed:
                     sub.deliver(n)
+                if sub in hub.touched:  # replayed here, not in an upstream chunk: write now
+                    hub.touched.remove(sub)
+                sub.flush()
         if futs:
             try:
                 await asyncio.wait_for(asyncio.gather(*futs), hub.settings.server_connect_timeout)

@@ -203,4 +203,6 @@ def collect(gateway: Any, shed_totals: dict[str, int] | None = None) -> list[Met
     out.append(wq)
     from .cache_admin import collect as cache_families  # (cache_admin imports http, which imports this)
     out += cache_families(gateway)
+    from .listen_admin import collect as listen_families
+    out += listen_families(gateway)
     return out

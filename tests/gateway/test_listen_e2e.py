@@ -20,7 +20,9 @@ from driver.protocol import messages as m
 from gateway.listen import hub_for
 from tests.gateway.conftest import ALICE_PASSWORD
 from tests.gateway.node_helpers import JS_DIR
-from tests.gateway.pool_helpers import RawClient, admin, eventually
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.gateway.pool_helpers import RawClient, admin, eventually, rows
 from tests.pgcluster import PgCluster
 
 pytestmark = pytest.mark.timeout(120)
@@ -58,6 +60,14 @@ class NodeListener:
         assert lines, (out, err)
         res: dict[str, Any] = json.loads(lines[-1])
         return res
+
+
+async def _http_get(port: int, path: str) -> bytes:
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    w.write(f"GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".encode())
+    data = await asyncio.wait_for(r.read(), 10)
+    w.close()
+    return data.partition(b"\r\n\r\n")[2]
 
 
 def _dsn(app: Any) -> str:
@@ -276,7 +286,7 @@ async def test_listener_connection_killed_delivery_resumes_with_gap_notice(gatew
 
 async def test_slow_consumer_disconnected_others_keep_receiving(gateway_app: Any, pg: PgCluster) -> None:
     limit = 65536
-    app = await gateway_app(databases={"app": {"pool_size": 2}}, listen_queue_bytes=limit)
+    app = await gateway_app(databases={"app": {"pool_size": 2}}, listen_queue_bytes=limit, admin_users=["alice"])
     adm = await admin(pg)
     good: list[str] = []
     g = await asyncpg.connect(_dsn(app))
@@ -304,6 +314,19 @@ async def test_slow_consumer_disconnected_others_keep_receiving(gateway_app: Any
         assert "listen_queue_bytes" in msgs[-1].message
         assert all(isinstance(x, m.NotificationResponse) for x in msgs[:-1])
         assert 1 < len(msgs) - 1 < sent
+        # visible to operators: SHOW LISTENERS and /metrics
+        adm_c = await RawClient.connect(app.pg_port)
+        await adm_c.login("alice", ALICE_PASSWORD, "pgbouncer")
+        listed = rows(await adm_c.query("SHOW LISTENERS"))
+        await adm_c.close()
+        assert listed == [("app", PgCluster.SCRAM_USER, "slow", "listening", "1", "64", str(hub.backend_pid))]
+        text = (await _http_get(app.http_port, "/metrics")).decode()
+        got = {(s.name, s.labels.get("database")): s.value for f in text_string_to_metric_families(text)
+               for s in f.samples if s.name.startswith("wirepool_listen_")}
+        assert got[("wirepool_listen_notifications_dropped_total", "app")] == 1
+        assert got[("wirepool_listen_notifications_received_total", "app")] == sent
+        assert got[("wirepool_listen_notifications_delivered_total", "app")] >= sent
+        assert got[("wirepool_listen_subscribers", "app")] == 1 and got[("wirepool_listen_channels", "app")] == 1
     finally:
         await g.close()
         await slow.close()

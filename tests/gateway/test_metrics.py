@@ -32,6 +32,11 @@ MAY_BE_ZERO |= {
     "wirepool_cache_hits_total", "wirepool_cache_misses_total", "wirepool_cache_stale_total",
     "wirepool_cache_evictions_total", "wirepool_cache_invalidations_total", "wirepool_cache_bytes",
     "wirepool_cache_entries"}
+#: LISTEN fan-out (no LISTEN in this workload; tests/gateway/test_listen_e2e.py moves them)
+MAY_BE_ZERO |= {
+    "wirepool_listen_channels", "wirepool_listen_subscribers", "wirepool_listen_backlog_bytes",
+    "wirepool_listen_notifications_received_total", "wirepool_listen_notifications_delivered_total",
+    "wirepool_listen_notifications_dropped_total", "wirepool_listen_reconnects_total"}
 
 
 def documented() -> dict[str, tuple[str, frozenset[str]]]:
