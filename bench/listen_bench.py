@@ -60,7 +60,8 @@ class Listener:
     async def open_ws(self, url: str) -> None:
         import websockets
 
-        ws = await websockets.connect(url, max_size=None, compression=None, open_timeout=60)
+        # no client pings: a busy bench process would miss its own pong deadline and close listeners
+        ws = await websockets.connect(url, max_size=None, compression=None, open_timeout=60, ping_interval=None)
 
         async def recv() -> bytes:
             try:
@@ -154,6 +155,8 @@ async def measure(listeners: list[Listener], sender: Any, latency_n: int, burst:
         await asyncio.sleep(0.01)
     deadline = time.monotonic() + 60
     while any(ls.count < latency_n for ls in listeners):
+        if any(ls.task is not None and ls.task.done() for ls in listeners):
+            raise RuntimeError("a listener's connection closed")
         if time.monotonic() > deadline:
             raise RuntimeError("latency notifications not all received")
         await asyncio.sleep(0.005)
@@ -163,6 +166,8 @@ async def measure(listeners: list[Listener], sender: Any, latency_n: int, burst:
     t0 = time.perf_counter()
     await sender.execute(f"select pg_notify('fan', 'B' || i) from generate_series(1, {burst}) i")
     while any(ls.count < burst for ls in listeners):
+        if any(ls.task is not None and ls.task.done() for ls in listeners):
+            raise RuntimeError("a listener's connection closed")
         if time.monotonic() > deadline + 120:
             raise RuntimeError("burst not all received")
         await asyncio.sleep(0.002)
