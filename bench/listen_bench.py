@@ -15,7 +15,9 @@ Per round and configuration:
   ``time.time()`` at send; every listener notes the receipt time: p50/p99 of
   (receipt - send) over all (listener, notification) pairs;
 - **throughput**: ``--burst`` NOTIFYs in one statement; deliveries per second
-  from the statement's start until every listener has all of them.
+  from the statement's start until every listener has all of them, and the
+  gateway process's CPU time per delivery over that burst (the bench client
+  shares the machine; this figure does not depend on it).
 
 Prints median and spread (min..max) over ``--rounds`` rounds, and the ratio of
 each gateway configuration's median to the direct one measured in the same run.
@@ -146,7 +148,19 @@ async def _open_many(n: int, opener: Any, concurrency: int = 50) -> list[Listene
     return list(await asyncio.gather(*(one() for _ in range(n))))
 
 
-async def measure(listeners: list[Listener], sender: Any, latency_n: int, burst: int) -> dict[str, float]:
+def _cpu(pid: int | None) -> float:
+    """CPU seconds (user + system) of process ``pid`` so far (0 without one)."""
+    if not pid:
+        return 0.0
+    import os
+
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(listeners: list[Listener], sender: Any, latency_n: int, burst: int,
+                  pid: int | None = None) -> dict[str, float]:
     for ls in listeners:
         ls.lat.clear()
         ls.count = 0
@@ -164,6 +178,7 @@ async def measure(listeners: list[Listener], sender: Any, latency_n: int, burst:
     for ls in listeners:
         ls.count = 0
     t0 = time.perf_counter()
+    c0 = _cpu(pid)
     await sender.execute(f"select pg_notify('fan', 'B' || i) from generate_series(1, {burst}) i")
     while any(ls.count < burst for ls in listeners):
         if any(ls.task is not None and ls.task.done() for ls in listeners):
@@ -172,8 +187,11 @@ async def measure(listeners: list[Listener], sender: Any, latency_n: int, burst:
             raise RuntimeError("burst not all received")
         await asyncio.sleep(0.002)
     dt = time.perf_counter() - t0
-    return {"p50_ms": lat[len(lat) // 2] * 1000, "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000,
-            "deliveries_per_s": burst * len(listeners) / dt}
+    out = {"p50_ms": lat[len(lat) // 2] * 1000, "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000,
+           "deliveries_per_s": burst * len(listeners) / dt}
+    if pid:  # the gateway's own CPU per delivery, whatever the bench client costs
+        out["gw_cpu_us_per_delivery"] = (_cpu(pid) - c0) * 1e6 / (burst * len(listeners))
+    return out
 
 
 async def run(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
@@ -190,10 +208,11 @@ async def run(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
         gw.start()
         sender = await asyncpg.connect(**cluster.conn_kwargs())
         ws = f"ws://127.0.0.1:{gw.port}/v2"
-        configs: list[tuple[str, Any, int]] = [
-            ("direct", lambda ls: _tcp(ls, cluster.host, cluster.port), args.direct),
-            (f"gw-{args.direct}", lambda ls: _ws(ls, ws), args.direct),
-            (f"gw-{args.listeners}", lambda ls: _ws(ls, ws), args.listeners),
+        gpid = gw.proc.pid if gw.proc is not None else None
+        configs: list[tuple[str, Any, int, int | None]] = [
+            ("direct", lambda ls: _tcp(ls, cluster.host, cluster.port), args.direct, None),
+            (f"gw-{args.direct}", lambda ls: _ws(ls, ws), args.direct, gpid),
+            (f"gw-{args.listeners}", lambda ls: _ws(ls, ws), args.listeners, gpid),
         ]
 
         async def _tcp(ls: Listener, host: str, port: int) -> None:
@@ -204,13 +223,13 @@ async def run(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
             await ls.open_ws(url)
             await ls.login(BENCH_USER, BENCH_PASSWORD, BENCH_DB, "fan")
 
-        for name, opener, n in configs:
+        for name, opener, n, pid in configs:
             t0 = time.perf_counter()
             listeners = await _open_many(n, opener)
             print(f"{name}: {n} listeners ready in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
             try:
                 for r in range(args.rounds):
-                    res = await measure(listeners, sender, args.latency, args.burst)
+                    res = await measure(listeners, sender, args.latency, args.burst, pid)
                     for k, v in res.items():
                         results.setdefault(name, {}).setdefault(k, []).append(v)
                     print(f"  round {r + 1}: " + ", ".join(f"{k} {v:,.1f}" for k, v in res.items()),
