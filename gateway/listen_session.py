@@ -65,11 +65,39 @@ def enabled(session: "Session") -> bool:
     return session.transaction_mode and getattr(session.stream, "kind", "") in ("tcp", "ws")
 
 
+class Lazy:
+    """What a session holds until its first LISTEN (one shared instance: no
+    per-session memory for clients that never listen)."""
+
+    __slots__ = ()
+    pending = ()
+
+    def take(self, session: "Session", chunk: bytes, idx: list[tuple[int, int, int]]) -> bool:
+        t, st, e = idx[0]
+        if t == _Q:
+            if not maybe_listen(chunk, st, e):
+                return False
+        elif t == _P:
+            j = chunk.find(b"\x00", st, e)
+            if j < 0 or not maybe_listen(chunk, j + 1, e):
+                return False
+        else:
+            return False
+        lq = session.listen = SessionListen(session)
+        return lq.take(session, chunk, idx)
+
+    def close(self) -> None:
+        pass
+
+
+LAZY = Lazy()
+
+
 class SessionListen:
     """One client's channels and its LISTEN/UNLISTEN in flight."""
 
     __slots__ = ("s", "hub", "channels", "pending", "_rolled", "held", "limit", "dead", "delivered",
-                 "stmts", "portals", "batch", "batch_bytes")
+                 "stmts", "portals", "batch", "batch_bytes", "tr")
 
     def __init__(self, session: "Session") -> None:
         self.s = session
@@ -85,12 +113,13 @@ class SessionListen:
         self.delivered = 0
         self.batch: list[bytes] = []  # notifications of the current upstream chunk (flush)
         self.batch_bytes = 0
+        self.tr = getattr(session.stream, "transport", None)  # its write buffer counts against limit
         #: extended protocol: LISTEN statements and portals answered here (name -> actions)
         self.stmts: dict[bytes, list[tuple[str, str | None]]] = {}
         self.portals: dict[bytes, list[tuple[str, str | None]]] = {}
 
     # ------------------------------------------------------------ client side
-    def take(self, chunk: bytes, idx: list[tuple[int, int, int]]) -> bool:
+    def take(self, _session: Any, chunk: bytes, idx: list[tuple[int, int, int]]) -> bool:
         """A client chunk: True when answered (or held) here."""
         if self.held is not None:
             self.held.append((chunk, idx))
@@ -262,7 +291,7 @@ class SessionListen:
                 chunk, idx = held.pop(0)
                 if self.held is not None:  # another LISTEN is waiting: keep the order
                     self.held.append((chunk, idx))
-                elif not s._from_client(chunk, idx):
+                elif not s._from_client(chunk, idx):  # (may hold again: order kept above)
                     s._abort(None, None)
                     return
         except Exception as exc:  # ProtocolError, PoolError: as in the session loop
@@ -313,9 +342,8 @@ class SessionListen:
         self.delivered += 1
         if self.batch_bytes >= _BATCH_MAX:
             self.flush()  # large chunk: write as we go, so the check below sees the socket's progress
-        s = self.s
-        tr = getattr(s.stream, "transport", None)
-        unsent: int = self.batch_bytes + s._out_bytes + (tr.get_write_buffer_size() if tr is not None else 0)
+        tr = self.tr
+        unsent: int = self.batch_bytes + self.s._out_bytes + (tr.get_write_buffer_size() if tr is not None else 0)
         return bool(unsent <= self.limit)
 
     def flush(self) -> None:

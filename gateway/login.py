@@ -22,7 +22,7 @@ from .admin import ADMIN_DATABASES, serve_console
 from .auth import AuthFailed
 from .cache_hook import attach as cache_attach
 from .limits import after_login
-from .listen_session import SessionListen, enabled as listen_enabled
+from .listen_session import LAZY as LISTEN_LAZY, enabled as listen_enabled
 from .params import OptionsError, tracked_options
 from .params import canonical as canonical_value
 from .prepared import ClientStatements, Rewriter
@@ -109,7 +109,7 @@ async def startup(self: Any) -> bool:
     if self.transaction_mode:
         self.track = Tracker()
         if listen_enabled(self):  # LISTEN answered by the gateway (gateway/listen_session.py)
-            self.listen = SessionListen(self)
+            self.listen = LISTEN_LAZY
     self.cache = cache_attach(self)
     pool.add_client(self)
     server_params = await pool.ensure_params(self)

@@ -52,7 +52,7 @@ from .prepared import Rewriter, server_statements
 from .schema import database_key
 from .server import TRACKED_ORDER, ServerConnection, parse_parameter_status, tracked_signature
 from .streams import TransportError, direct_writer as _direct_writer
-from .listen_session import SessionListen
+from .listen_session import Lazy, SessionListen
 from .tracking import Tracker, apply_sql, cleanup, parse_probe, quote_literal
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -128,7 +128,7 @@ class Session:
         self.prepared: Rewriter | None = None  # named prepared statements (transaction mode)
         #: session state tracking (transaction mode, gateway.tracking)
         self.track: Tracker | None = None
-        self.listen: SessionListen | None = None  # LISTEN via the pool's hub (gateway.listen_session)
+        self.listen: SessionListen | Lazy | None = None  # LISTEN via the pool's hub (gateway.listen_session)
         self.cache: SessionCache | None = None  # query result cache (gateway.cache_hook), set at login
         self._kinds: list[str | None] = []  # the gateway's own queries awaiting their reply, in order
         self._swallow_err = False
@@ -400,7 +400,7 @@ class Session:
         """Forward one framed chunk (or queue it until a server is assigned);
         False when the client terminated.  Synchronous: no task switch."""
         lq = self.listen
-        if lq is not None and lq.take(chunk, idx):  # LISTEN/UNLISTEN answered by the gateway
+        if lq is not None and lq.take(self, chunk, idx):  # LISTEN/UNLISTEN answered by the gateway
             return True
         if self.cache is not None and self.cache.intercept(chunk, idx):
             return True  # answered from (or waiting for) the result cache
