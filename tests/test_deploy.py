@@ -127,3 +127,24 @@ def test_dockerfile() -> None:
     extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gateway"]
     wanted = [d.split(";")[0].strip() for d in extra if not d.startswith("pgserver")]
     assert sorted(pinned) == sorted(wanted)
+
+
+def test_systemd_unit_verifies_and_reloads_by_takeover(tmp_path: Path) -> None:
+    """deploy/systemd/wirepool.service passes ``systemd-analyze verify`` (with the
+    real ``wirepool`` path) and its reload is the takeover (docs/takeover.md)."""
+    import configparser
+
+    unit = (ROOT / "deploy" / "systemd" / "wirepool.service").read_text()
+    exe = shutil.which("wirepool")
+    assert exe is not None, "the wirepool console script is not installed (pip install -e .)"
+    local = tmp_path / "wirepool.service"
+    local.write_text(unit.replace("/usr/local/bin/wirepool", exe))
+    r = subprocess.run(["systemd-analyze", "verify", str(local)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "wirepool.service" not in r.stderr, r.stderr
+    cp = configparser.ConfigParser(strict=False, interpolation=None)
+    cp.optionxform = str  # type: ignore[assignment,method-assign]
+    cp.read_string(unit)
+    svc = cp["Service"]
+    assert svc["Type"] == "notify" and svc["NotifyAccess"] == "all"  # the new process sends MAINPID=
+    assert svc["ExecReload"].split()[1:3] == ["takeover", "--config"]
+    assert svc["ExecStart"].split()[1:3] == ["serve", "--config"]
