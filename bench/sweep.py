@@ -169,7 +169,7 @@ def chart(summary: list[dict[str, Any]], path: Path, pick: int | None, title: st
 # ------------------------------------------------------------------ running
 def _metrics(g: E.Gateway) -> str:
     with urllib.request.urlopen(f"http://{g.host}:{g.port}/metrics", timeout=10) as r:
-        return r.read().decode()
+        return str(r.read().decode())
 
 
 def _client(target: str, g: E.Gateway) -> dict[str, Any]:
