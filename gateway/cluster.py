@@ -57,6 +57,7 @@ _HOP = frozenset({"host", "content-length", "connection", "transfer-encoding", "
                   "upgrade", H_INTERNAL, H_FORWARDED_FOR})
 _RELAY_SKIP = frozenset({"content-length", "connection", "transfer-encoding", "date", "server", "content-type"})
 PEER_TIMEOUT = 5.0
+CONSOLE_TIMEOUT = 600.0
 
 
 def token_secret(secret: bytes) -> bytes:
@@ -145,10 +146,11 @@ class Cluster:
         coro = _http(target, method, path, [(H_INTERNAL, self._auth), *headers], body)
         return await (asyncio.wait_for(coro, timeout) if timeout else coro)
 
-    async def _gather(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes = b""
+    async def _gather(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes = b"",
+                      timeout: float | None = PEER_TIMEOUT
                       ) -> dict[int, tuple[int, list[tuple[str, str]], bytes] | None]:
         peers = self._peers()
-        res = await asyncio.gather(*(self.request(self.ctx.socket_path(i), method, path, headers, body)
+        res = await asyncio.gather(*(self.request(self.ctx.socket_path(i), method, path, headers, body, timeout)
                                      for i in peers), return_exceptions=True)
         out: dict[int, Any] = {}
         for i, r in zip(peers, res):
@@ -203,12 +205,13 @@ class Cluster:
         if s is not None and s.secret_key == secret_key:
             await self._local_cancel(process_id, secret_key)
             return
-        await self._gather("POST", "/internal/cancel", [], struct.pack("!iI", process_id, secret_key & 0xFFFFFFFF))
+        await self._gather("POST", "/internal/cancel", [],
+                           struct.pack("!II", process_id & 0xFFFFFFFF, secret_key & 0xFFFFFFFF))
 
     async def _cancel_route(self, req: HttpRequest) -> HttpResponse:
         if not self.is_internal(req) or len(req.body) != 8:
             return HttpResponse(404, b"not found\n")
-        pid, key = struct.unpack("!iI", req.body)
+        pid, key = struct.unpack("!II", req.body)
         s = self.gw.sessions.get(pid)
         if s is not None and s.secret_key & 0xFFFFFFFF == key:
             await self._local_cancel(pid, s.secret_key)
@@ -244,9 +247,12 @@ class Cluster:
     # ------------------------------------------------------------ admin console
     async def console(self, console: Any, sql: str) -> bytes:
         """Run an admin command on every worker; SHOW rows get a ``worker`` column."""
-        local = await console.execute_local(sql)
+        mine = asyncio.ensure_future(console.execute_local(sql))  # every worker at once (PAUSE waits on each)
         role = [("wirepool-admin-role", "admin" if console.admin else "stats")]
-        peers = await self._gather("POST", "/internal/admin", role, sql.encode())
+        try:
+            peers = await self._gather("POST", "/internal/admin", role, sql.encode(), timeout=CONSOLE_TIMEOUT)
+        finally:
+            local = await mine
         replies = {self.index: local}
         for i, r in peers.items():
             replies[i] = r[2] if r is not None and r[0] == 200 else None

@@ -21,7 +21,7 @@ import pytest
 
 import driver
 from gateway.cli import main as cli_main
-from gateway.config import parse_config
+from gateway.config import ConfigError, parse_config
 from gateway.workers import split, worker_config
 from tests.gateway.conftest import ALICE_PASSWORD
 from tests.gateway.pool_helpers import admin, eventually
@@ -75,6 +75,25 @@ def test_check_prints_the_per_worker_budget(tmp_path: Any, capsys: Any) -> None:
                  '[users.alice]\npassword = "pw"\n')
     assert cli_main(["check", "--config", str(p)]) == 0
     assert re.search(r"^workers = [1-9]\d*$", capsys.readouterr().out, re.M)
+
+
+def test_advertise_url_and_cluster_secret_validation(monkeypatch: pytest.MonkeyPatch) -> None:
+    def cfg(**g: Any) -> Any:
+        return parse_config({"gateway": g, "databases": {"app": {"user": "u"}}, "users": {"a": {"password": "p"}}})
+    monkeypatch.setenv("WP_TEST_IP", "10.9.8.7")
+    monkeypatch.setenv("WP_TEST_SECRET", "s" * 20)
+    c = cfg(advertise_url="http://${WP_TEST_IP}:8432/", cluster_secret="${WP_TEST_SECRET}")
+    assert c.gateway.advertise_url == "http://10.9.8.7:8432" and c.gateway.cluster_secret == "s" * 20
+    for bad, msg in (({"advertise_url": "http://h:1"}, "cluster_secret: required with advertise_url"),
+                     ({"advertise_url": "ftp://h:1", "cluster_secret": "x" * 16}, "advertise_url: invalid URL"),
+                     ({"advertise_url": "http://h", "cluster_secret": "x" * 16}, "advertise_url: invalid URL"),
+                     ({"advertise_url": "http://$WP_UNSET_VAR:1", "cluster_secret": "x" * 16}, "advertise_url"),
+                     ({"cluster_secret": "short"}, "at least 16 characters"),
+                     ({"cluster_secret": "$WP_UNSET_VAR"}, "WP_UNSET_VAR is not set"),
+                     ({"workers": 0}, "workers: must be >= 1"), ({"workers": "many"}, "workers: expected an integer")):
+        with pytest.raises(ConfigError) as e:
+            cfg(**bad)
+        assert msg in str(e.value), (bad, str(e.value))
 
 
 @pytest.mark.skipif(not os.access(PGBENCH, os.X_OK), reason="pgbench not installed")
