@@ -8,6 +8,7 @@ sessions and ``pgbench`` through ``pg_listen`` at once, and ``pg_stat_activity``
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import re
 import shutil
@@ -25,7 +26,7 @@ from gateway.config import ConfigError, parse_config
 from gateway.workers import split, worker_config
 from tests.gateway.conftest import ALICE_PASSWORD
 from tests.gateway.pool_helpers import admin, eventually
-from tests.gateway.served import Served
+from tests.gateway.served import Served, http_get
 from tests.gateway.test_admin import console, show
 from tests.pgcluster import PgCluster
 
@@ -171,6 +172,12 @@ async def test_worker_restart_reload_and_admin_console(pg: PgCluster, pg_db: str
             await conn.execute("RESUME app")
             _, rows = await show(gw.pg_port, "SHOW POOLS")
             assert [r[names.index("paused")] for r in rows if r[0] == "app"] == [0, 0]
+        # /status: one section per worker, behind the admin's credentials
+        status, body = await http_get(gw.http_port, "/status")
+        assert status == 401
+        status, body = await http_get(gw.http_port, "/status",
+                                      {"authorization": "Basic " + base64.b64encode(b"alice:" + ALICE_PASSWORD.encode()).decode()})
+        assert status == 200 and b"worker 0</h1>" in body and b"worker 1</h1>" in body, body[:300]
         # SIGHUP reaches every worker, each applies its share of the new size
         text = gw.config.read_text().replace("default_pool_size = 4", "default_pool_size = 6")
         gw.config.write_text(text)
