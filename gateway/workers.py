@@ -93,7 +93,10 @@ def budget_lines(cfg: Config) -> list[str]:
 
 
 def reuse_port_available() -> bool:
-    """SO_REUSEPORT that balances between listeners (Linux >= 3.9)."""
+    """SO_REUSEPORT that balances between listeners (Linux >= 3.9); ``WIREPOOL_REUSEPORT=0``
+    forces the inherited-socket mode of other platforms (tests, or to compare the two)."""
+    if os.environ.get("WIREPOOL_REUSEPORT") == "0":
+        return False
     return hasattr(socket, "SO_REUSEPORT") and sys.platform.startswith("linux")
 
 

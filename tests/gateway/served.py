@@ -39,7 +39,7 @@ def _toml(v: Any) -> str:
 
 class Served:
     def __init__(self, pg: PgCluster, dbname: str, settings: Mapping[str, Any], *,
-                 pool: Mapping[str, Any] | None = None) -> None:
+                 pool: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="wp-served-"))
         self.http_port = int(settings["listen"].rpartition(":")[2]) if "listen" in settings else free_port()
         self.pg_port = free_port()
@@ -56,9 +56,9 @@ class Served:
         self.workers = int(settings.get("workers", 1))
         self.log_path = self.dir / "gateway.log"
         self._log = open(self.log_path, "wb")
-        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        penv = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {}))
         self.proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(self.config)],
-                                     stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
+                                     stdout=self._log, stderr=subprocess.STDOUT, env=penv, cwd=str(ROOT))
 
     @property
     def http_url(self) -> str:

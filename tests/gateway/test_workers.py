@@ -209,3 +209,20 @@ async def test_worker_restart_reload_and_admin_console(pg: PgCluster, pg_db: str
         finally:
             await pgc.close()
     assert gw.proc.returncode == 0
+
+
+async def test_workers_on_an_inherited_socket(pg: PgCluster, pg_db: str) -> None:
+    """Without SO_REUSEPORT (macOS, BSD; forced here): the workers accept on the supervisor's socket."""
+    with Served(pg, pg_db, {"workers": 2, "default_pool_size": 2}, env={"WIREPOOL_REUSEPORT": "0"}) as gw:
+        await gw.wait_ready()
+        assert "shared listening socket" in gw.log_text()
+        conns = [await driver.connect(gw.ws_dsn()) for _ in range(6)]
+        try:
+            assert await asyncio.gather(*(c.fetchval("SELECT $1::int", i) for i, c in enumerate(conns))) == list(range(6))
+        finally:
+            await asyncio.gather(*(c.close() for c in conns))
+        pgc = await asyncpg.connect(host="127.0.0.1", port=gw.pg_port, user="alice", password=ALICE_PASSWORD,
+                                    database="app", statement_cache_size=0)
+        assert await pgc.fetchval("SELECT 5") == 5
+        await pgc.close()
+    assert gw.proc.returncode == 0
