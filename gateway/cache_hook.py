@@ -192,7 +192,11 @@ class SessionCache:
             return False
         self.parked = [(chunk, idx)]
         self.park_bytes = len(chunk)
-        self.rc.wait(key, lambda entry, shape=unit.shape: s.loop.call_soon(self._filled, entry, shape))
+        shape = unit.shape
+
+        def filled(entry: Entry | None) -> None:  # later, not inside the filler's data callback
+            s.loop.call_soon(self._filled, entry, shape)
+        self.rc.wait(key, filled)
         return True
 
     def _decide(self, text: bytes, shape: bytes) -> tuple[float, float, tuple[str, ...]] | None:
@@ -202,16 +206,16 @@ class SessionCache:
             self._decisions.clear()
             self._epoch = epoch
         dkey = shape[:1] + text
-        got = self._decisions.get(dkey, False)
-        if got is not False:
-            return got  # type: ignore[return-value]
+        if dkey in self._decisions:
+            return self._decisions[dkey]
         res = self._classify(cp.sql_of(text, shape))
         if res is _UNSURE:
             return None  # not remembered: the catalog may come
         if len(self._decisions) > 256:
             self._decisions.clear()
-        self._decisions[dkey] = res  # type: ignore[assignment]
-        return res  # type: ignore[return-value]
+        decision: tuple[float, float, tuple[str, ...]] | None = res
+        self._decisions[dkey] = decision
+        return decision
 
     def _classify(self, sql: bytes) -> Any:
         db = self.db
@@ -388,7 +392,7 @@ async def _refresh(gw: Any, old: Entry, user: str, database: str, params: dict[s
 def catalog(gw: Any, session: Any, dbkey: str) -> cp.Volatility | None:
     """The volatility catalog of an upstream database, or None while it is
     (re)fetched (first use, or a DDL since: the schema epoch moved)."""
-    cats: dict[str, Any] = gw.cache_catalogs
+    cats: dict[Any, Any] = gw.cache_catalogs
     epoch = gw.statements.marks.get(dbkey, 0)
     vol = cats.get(dbkey)
     if isinstance(vol, cp.Volatility) and vol.epoch == epoch:
