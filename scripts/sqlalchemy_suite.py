@@ -12,7 +12,8 @@ What it does, the way SQLAlchemy's maintainers run their suite (README.unittests
    ``~/.cache/wirepool/sqlalchemy``) and unpacks it there, once;
 2. starts a private PostgreSQL cluster (tests/pgcluster.py) set up as
    SQLAlchemy's README asks (schemas ``test_schema`` and ``test_schema_2``,
-   extensions ``hstore`` and ``citext``, ``max_prepared_transactions = 10``),
+   extensions ``hstore`` and ``citext``, ``max_prepared_transactions = 10``;
+   plus an ICU ``"en_US"`` collation, which a ``LC_ALL=C`` cluster lacks),
    with one such database per mode (``test_asyncpg``, ``test_wirepool``...) so
    that ``--jobs N`` can run modes at the same time;
 3. runs ``pytest --dburi URL FILES`` in the unpacked source once per mode:
@@ -107,7 +108,11 @@ def prepare_cluster(modes: Sequence[str]) -> PgCluster:
     for mode in modes:
         pg.create_database(db_name(mode))
         pg.psql("CREATE SCHEMA test_schema; CREATE SCHEMA test_schema_2;"
-                " CREATE EXTENSION hstore; CREATE EXTENSION citext;", db=db_name(mode))
+                " CREATE EXTENSION hstore; CREATE EXTENSION citext;"
+                # test_array_str_collation names the "en_US" collation, which a cluster
+                # initialised with LC_ALL=C lacks: the ICU one, for both drivers alike
+                " CREATE COLLATION \"en_US\" (provider = icu, locale = 'en-US');",
+                db=db_name(mode))
     return pg
 
 
