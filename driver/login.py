@@ -34,9 +34,6 @@ __all__ = ["connect", "open_connection", "TARGET_SESSION_ATTRS"]
 
 TARGET_SESSION_ATTRS = ("any", "primary", "standby", "read-write", "read-only", "prefer-standby")
 
-#: a host that fails this way is skipped when there are several
-_UNREACHABLE = (OSError, asyncio.TimeoutError, TransportError, exc.ConnectionDoesNotExistError)
-
 
 async def connect(dsn: str | None = None, *, host: str | None = None, port: int | None = None,
                   user: str | None = None, password: str | None = None,
@@ -153,6 +150,9 @@ async def open_connection(connection_class: type[Connection], params: ConnectPar
         return await _connect_addr(connection_class, connector, addrs[0], deadline,
                                    command_timeout, statement_cache_size, pipeline_password,
                                    lazy_connect, describe_first, record_class)
+    # a host that fails this way is skipped (the exception classes load on first use:
+    # not at import, which is cold-start time)
+    unreachable = (OSError, asyncio.TimeoutError, TransportError, exc.ConnectionDoesNotExistError)
     candidates: list[Connection] = []
     chosen: Connection | None = None
     last_error: BaseException | None = None
@@ -161,7 +161,7 @@ async def open_connection(connection_class: type[Connection], params: ConnectPar
             conn = await _connect_addr(connection_class, connector, addr, deadline,
                                        command_timeout, statement_cache_size, pipeline_password,
                                        False, describe_first, record_class)
-        except _UNREACHABLE as e:
+        except unreachable as e:
             last_error = e
             continue
         candidates.append(conn)

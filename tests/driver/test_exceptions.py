@@ -174,6 +174,20 @@ def test_imports_only_stdlib() -> None:
     assert out == "['driver']"
 
 
+def test_connect_path_loads_no_exception_table_nor_codecs() -> None:
+    """``driver.connect`` (cold start at the edge) imports the connection
+    machinery only: the ~250 generated exception classes, the codecs, the DSN
+    parser and the multi-host login code's exceptions load on first use."""
+    code = ("import sys; import driver; driver.connect; "
+            "print(sorted(m for m in sys.modules if m.startswith('driver.')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout.strip()
+    for lazy in ("driver.exceptions._generated", "driver.codecs", "driver.dsn", "driver.copy",
+                 "driver.batch", "driver.introspection"):
+        assert f"'{lazy}'" not in out, out
+    assert "'driver.login'" in out and "'driver.connection'" in out, out
+
+
 # --------------------------------------------------------------- generator
 def test_generated_file_up_to_date(tmp_path: Path) -> None:
     out = tmp_path / "gen.py"
