@@ -130,11 +130,12 @@ class WebSocketStream(ProtocolStream):
     - ``close()``: sends a close frame (1000, or 1003 after a text frame) and
       closes TCP when the client answers (or after a timeout).
     - ``path``, ``query`` (dict), ``token`` (``?token=`` or ``Authorization: Bearer``), ``authorization``
-      (raw header), ``extensions`` (negotiated, e.g. ``["permessage-deflate"]``).
+      (raw header), ``extensions`` (negotiated, e.g. ``["permessage-deflate"]``), ``subprotocol``
+      (the client's raw ``Sec-WebSocket-Protocol`` request header, or None).
     """
 
     kind = "ws"
-    __slots__ = ("ws", "path", "query", "authorization", "token", "extensions", "_plain_frames", "_fast_rx",
+    __slots__ = ("ws", "path", "query", "authorization", "token", "extensions", "subprotocol", "_plain_frames", "_fast_rx",
                  "_rx", "_rx_limit", "_rx_left", "_rx_mask", "_rx_off", "_text", "_close_timer")
 
     def __init__(self, transport: asyncio.Transport, ws: ServerProtocol, request: HttpRequest) -> None:
@@ -149,6 +150,7 @@ class WebSocketStream(ProtocolStream):
             tok = self.authorization[7:].strip()
         self.token: str | None = tok
         self.extensions = [e.name for e in ws.extensions]
+        self.subprotocol: str | None = request.header("sec-websocket-protocol")
         self._plain_frames = not ws.extensions
         # receive fast path (see _rx_fast): only without extensions
         self._fast_rx = self._plain_frames

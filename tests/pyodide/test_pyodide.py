@@ -47,9 +47,8 @@ class UpgradeLog:
 
     def _wrap_ws(self, handler: Any) -> Any:
         async def on_stream(stream: Any) -> None:
-            headers = dict(stream.headers)
             self.upgrades.append({"path": stream.path, "kind": stream.kind,
-                                  "subprotocol": headers.get("sec-websocket-protocol")})
+                                  "subprotocol": stream.subprotocol})
             await handler(stream)
         return on_stream
 
