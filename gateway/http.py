@@ -403,6 +403,10 @@ _NO_H11: Any = _NoH11()
 class HttpConnection(asyncio.Protocol):
     """One client connection on ``listen``: HTTP/1.1 until (maybe) a WebSocket upgrade."""
 
+    # one per idle WebSocket session too: no per-instance __dict__ (a new attribute goes here)
+    __slots__ = ("listener", "transport", "peer", "h11", "ws", "_ws_run", "task", "_waiter", "_paused", "_lost",
+                 "_write_paused", "_drain_waiter", "_counted", "_req_start", "_in_handler", "_since", "__weakref__")
+
     def __init__(self, listener: "HttpListener") -> None:
         self.listener = listener
         self.transport: asyncio.Transport | None = None
