@@ -10,8 +10,15 @@ import os
 from typing import Any, Callable, Iterator, Mapping
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.pgcluster import PgCluster
+
+# Property tests check results, never speed: on a shared 2-core machine one
+# example can take longer than hypothesis' default 200 ms deadline, which made
+# test_framing flaky under load (DeadlineExceeded), so the deadline is off.
+settings.register_profile("wirepool", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("wirepool")
 
 _db_counter = itertools.count(1)
 
