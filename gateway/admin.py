@@ -48,7 +48,7 @@ LIVE_SETTINGS = frozenset({
     "default_pool_size", "min_pool_size", "reserve_pool_size", "reserve_pool_timeout", "query_wait_timeout",
     "server_idle_timeout", "server_lifetime", "server_connect_timeout", "server_login_retry",
     "idle_transaction_timeout", "query_timeout", "client_idle_timeout", "max_client_conn",
-    "max_login_clients", "max_http_conn", "stats_period",
+    "max_login_clients", "max_http_conn", "stats_period", "client_login_timeout", "http_min_body_rate",
     "max_prepared_statements", "server_check_delay", "server_check_query", "pool_mode", "log_level"})
 _STATE_CODE = {"cl_active": "active", "cl_waiting": "waiting", "sv_active": "active",
                "sv_idle": "idle", "sv_used": "used", "sv_login": "login"}

@@ -558,7 +558,7 @@ class HttpConnection(asyncio.Protocol):
     def _header_deadline(self) -> float | None:
         """Request line + headers are due ``header_timeout`` after their first byte."""
         start = self._req_start
-        t = self.listener.header_timeout
+        t = self.listener.read_deadlines()[0]
         return None if start is None or t <= 0 else start + t
 
     def _timeout(self) -> None:
@@ -640,8 +640,9 @@ class HttpConnection(asyncio.Protocol):
                         status_code=100, headers=[])) or b"")
                 # the body must keep up min_body_rate after header_timeout of grace
                 deadline = None
-                if listener.header_timeout > 0 and listener.min_body_rate > 0:
-                    deadline = start + listener.header_timeout + size / listener.min_body_rate
+                header_timeout, min_body_rate = listener.read_deadlines()
+                if header_timeout > 0 and min_body_rate > 0:
+                    deadline = start + header_timeout + size / min_body_rate
                 await self._wait_data(deadline)
                 continue
             if isinstance(ev, h11.Data):
@@ -954,6 +955,16 @@ class HttpListener:
 
     def add_websocket(self, path: str, on_stream: StreamHandler) -> None:
         self.ws_routes[path] = on_stream
+
+    def read_deadlines(self) -> tuple[float, float]:
+        """(header_timeout, min_body_rate) for a request starting now: the live
+        ``[gateway]`` settings (``client_login_timeout``, ``http_min_body_rate``,
+        changed by RELOAD, SIGHUP or the admin SET) when the listener has the
+        gateway's limits, else its own attributes."""
+        g = getattr(self.limits, "settings", None)
+        if g is not None:
+            return g.client_login_timeout, g.http_min_body_rate
+        return self.header_timeout, self.min_body_rate
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()

@@ -146,3 +146,20 @@ async def test_reload_applies_connection_caps(gateway_app, pg, pg_db, tmp_path):
     await eventually(lambda: app.gateway.limits.logging_in == 0, what="stalled login gone")
     conn = await connect(port)
     await conn.close()
+
+
+async def test_set_http_read_deadlines_live(gateway_app):
+    """client_login_timeout (HTTP request head) and http_min_body_rate (body)
+    changed by SET apply to the next request: before, the HTTP listener kept
+    the values it started with."""
+    from tests.gateway.test_limits import _trickle
+    app = await gateway_app(admin_users=["alice"], client_login_timeout=60, http_min_body_rate=1)
+    await admin(app.pg_port, "SET client_login_timeout = 0.5")
+    took, got = await _trickle(app.http_port, b"GET /healthz HTTP/1.1\r\n",
+                               b"x-slow: " + b"a" * 400, interval=0.1, limit=10)
+    assert took < 4 and got.startswith(b"HTTP/1.1 408"), (took, got)
+    await admin(app.pg_port, "SET http_min_body_rate = 1000")
+    head = b"POST /sql HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n"
+    took, got = await _trickle(app.http_port, head, b"{" * 1000, interval=0.05, limit=10)
+    assert took < 4 and got.startswith(b"HTTP/1.1 408"), (took, got)
+    assert await config_value(app.pg_port, "client_login_timeout") == "0.5"
