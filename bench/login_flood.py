@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import statistics
 import sys
@@ -162,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     print("failed cleartext check, median ms (same run, interleaved): "
           + ", ".join(f"{k} {v:.3f}" for k, v in cost.items())
           + f"  (max/min {max(cost.values()) / min(cost.values()):.2f}); PBKDF2 runs per check: {per:.2f}")
+    load0 = os.getloadavg()
     cluster = BenchCluster()
     rows: dict[str, list[dict[str, float]]] = {}
     try:
@@ -178,8 +180,10 @@ def main(argv: list[str] | None = None) -> int:
                 gw.stop()
     finally:
         cluster.close()
+    load1 = os.getloadavg()
     print(f"\nnormal client (select 1 on pg_listen), {a.repeat} runs of {a.seconds:g}s each, "
-          f"flood target {a.rate:g} failed logins/s; median (min-max):")
+          f"flood target {a.rate:g} failed logins/s; median (min-max); load average {load0[0]:.1f} at the "
+          f"start, {load1[0]:.1f} at the end ({os.cpu_count()} cores):")
     print(f"{'config':16} {'p50 ms':>20} {'p99 ms':>20} {'max ms':>20} {'login p50 ms':>20} "
           f"{'checked fails/s':>20} {'refused/s':>20}")
     base_p99 = statistics.median(r["p99_ms"] for r in rows["baseline"])

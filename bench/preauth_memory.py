@@ -5,7 +5,8 @@
 Starts a private PostgreSQL and ``wirepool serve``, then ``--repeat`` times:
 
 * ``baseline`` -- a normal client alone;
-* ``attack``   -- plus ``--clients`` unauthenticated connections, half on
+* ``attack``   -- plus ``--clients`` unauthenticated connections (from a
+  separate process, so they do not slow the measuring client's loop), half on
   pg_listen (StartupMessage, then a PasswordMessage announcing 15 MiB and its
   bytes as fast as the gateway takes them), half on WebSocket (upgrade, then one
   15 MiB binary frame carrying the same).  An attacker whose connection is
@@ -14,7 +15,8 @@ Starts a private PostgreSQL and ``wirepool serve``, then ``--repeat`` times:
 The normal client runs ``select 1`` back to back on one pg_listen connection
 and opens a fresh connection every 0.5 s.  Printed: its p50/p99/max (median
 and spread over the repeats), the gateway's RSS before / peak / after each
-run, and the bytes the attackers got in.  Target: RSS growth < 50 MB and the
+run, the gateway's CPU use during the run (% of one core), the bytes the
+attackers got in, and the load average.  Target: RSS growth < 50 MB and the
 normal client's p99 < 50 ms.
 
 The attackers (:func:`attack`) are shared with
@@ -169,21 +171,41 @@ async def one_run(gw: Any, clients: int, seconds: float) -> dict[str, float]:
     before = psutil.Process(pid).memory_info().rss
     stop = asyncio.Event()
     peak_task = asyncio.create_task(rss_peak(pid, stop))
-    atk = None
+    proc = None
     if clients:
-        atk = asyncio.create_task(attack(gw.host, gw.pg_port, gw.port, clients=clients, user=BENCH_USER,
-                                         database=BENCH_DB, stop=stop))
-        await asyncio.sleep(1.0)  # let the attackers connect before measuring (warm-up)
+        # The attackers run in their own process: in this one, 200 connections
+        # writing 64 KiB chunks would delay the measuring client's own event loop
+        # and be counted as the gateway's latency.
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.preauth_memory", "--attack-worker", gw.host, str(gw.pg_port),
+            str(gw.port), str(clients), str(seconds + 1.0), BENCH_USER, BENCH_DB,
+            stdout=asyncio.subprocess.PIPE)
+        await asyncio.sleep(1.0)  # let the attackers connect before measuring (warm-up, not synchronisation)
+    ps = psutil.Process(pid)
+    cpu0 = ps.cpu_times()
+    t0 = time.monotonic()
     try:
         res = await normal_client(gw.tcp_kwargs(), seconds)
     finally:
         stop.set()
+    cpu1 = ps.cpu_times()
     peak = await peak_task
-    st = await atk if atk is not None else AttackStats()
+    sent_mb = conns = 0.0
+    if proc is not None:
+        out, _ = await proc.communicate()
+        words = out.decode().split()
+        sent_mb, conns = float(words[-2]), float(words[-1])
     res.update(rss_before_mb=before / 2**20, rss_peak_mb=peak / 2**20,
-               rss_growth_mb=(peak - before) / 2**20, attack_mb=st.bytes_sent / 2**20,
-               attack_conns=float(st.connections))
+               rss_growth_mb=(peak - before) / 2**20, attack_mb=sent_mb, attack_conns=conns,
+               gw_cpu_pct=100 * (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / (time.monotonic() - t0))
     return res
+
+
+async def _attack_for(host: str, pg_port: int, http_port: int, clients: int, seconds: float,
+                      user: str, database: str) -> AttackStats:
+    stop = asyncio.Event()
+    asyncio.get_running_loop().call_later(seconds, stop.set)
+    return await attack(host, pg_port, http_port, clients=clients, user=user, database=database, stop=stop)
 
 
 def _spread(values: list[float]) -> str:
@@ -198,7 +220,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=200, help="unauthenticated attackers (default 200)")
     ap.add_argument("--seconds", type=float, default=10.0, help="duration of each run (default 10)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per configuration (default 3)")
+    ap.add_argument("--attack-worker", nargs=7, help=argparse.SUPPRESS,
+                    metavar=("HOST", "PG_PORT", "HTTP_PORT", "CLIENTS", "SECONDS", "USER", "DATABASE"))
     a = ap.parse_args(argv)
+    if a.attack_worker:
+        host, pg_port, http_port, n, secs, user, db = a.attack_worker
+        st = asyncio.run(_attack_for(host, int(pg_port), int(http_port), int(n), float(secs), user, db))
+        print(f"attack {st.bytes_sent / 2**20:.1f} {st.connections}")
+        return 0
+    load0 = os.getloadavg()
     cluster = BenchCluster()
     rows: dict[str, list[dict[str, float]]] = {}
     try:
@@ -212,10 +242,12 @@ def main(argv: list[str] | None = None) -> int:
             gw.stop()
     finally:
         cluster.close()
+    load1 = os.getloadavg()
     print(f"normal client (select 1 on pg_listen) beside {a.clients} unauthenticated clients each sending "
-          f"15 MiB; {a.repeat} runs of {a.seconds:g}s; median (min-max):")
+          f"15 MiB (from another process); {a.repeat} runs of {a.seconds:g}s; median (min-max); "
+          f"load average {load0[0]:.1f} at the start, {load1[0]:.1f} at the end ({os.cpu_count()} cores):")
     cols = ("p50_ms", "p99_ms", "max_ms", "login_p50_ms", "rss_before_mb", "rss_peak_mb", "rss_growth_mb",
-            "attack_mb", "attack_conns")
+            "attack_mb", "attack_conns", "gw_cpu_pct")
     print(f"{'config':10}" + "".join(f"{c:>22}" for c in cols))
     for name, rs in rows.items():
         print(f"{name:10}" + "".join(f"{_spread([r[c] for r in rs]):>22}" for c in cols))
