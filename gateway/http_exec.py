@@ -84,8 +84,9 @@ class HttpExecError(Exception):
         self.session_token: str | None = None
 
     def error_response(self, severity: str = "ERROR") -> bytes:
-        """The error as a Postgres ErrorResponse message."""
-        return m.error(self.sqlstate, self.message, severity=severity)
+        """The error as a Postgres ErrorResponse message (a NUL quoted from the
+        request, e.g. in a database name, is written ``\\0``: fields are C strings)."""
+        return m.error(self.sqlstate, self.message.replace("\0", "\\0"), severity=severity)
 
 
 class HttpAuthError(HttpExecError):

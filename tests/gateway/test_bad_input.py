@@ -112,6 +112,18 @@ async def test_pg_nul_in_wirepool_params_is_400(gateway_app, no_tracebacks):
     assert hdrs.get("wirepool-error") == "08P01" and b"NUL" in data
 
 
+async def test_pg_nul_in_an_unknown_database_name_is_404(gateway_app, no_tracebacks):
+    """Found by the fuzz campaign: the 404 message quotes the database name, and
+    a NUL in it (percent-encoded in Wirepool-Database) made building the
+    ErrorResponse raise: a 500 and a traceback."""
+    app = await gateway_app()
+    status, hdrs, data = await _http(app.http_port, "/pg", m.query("select 1"), {
+        "authorization": _basic("alice", ALICE_PASSWORD), "wirepool-database": "a%00b"})
+    assert status == 404, data
+    assert hdrs.get("wirepool-error") == "3D000", hdrs
+    assert b'database "a\\0b" does not exist' in data, data
+
+
 # ------------------------------------------------------------------ F9: no upstream details
 
 def _free_port() -> int:
