@@ -235,9 +235,12 @@ class Campaign:
                         self.report.slow[t.name] = self.report.slow.get(t.name, 0) + 1
                         self.log(f"slow [{t.name}] {out.hung}, not when replayed ({again.seconds:.1f} s): {data[:60]!r}")
                         continue
-                self.log(f"hang [{t.name}] {out.hung}: {data[:80]!r}" + (f" -- KNOWN: {reason}" if reason else ""))
+                pools = await self._pool_metrics()  # a server or a waiter left behind shows here
+                self.log(f"hang [{t.name}] {out.hung}: {data[:80]!r}" + (f" -- KNOWN: {reason}" if reason else "")
+                         + f"; pool: {pools}")
                 if reason is None:
-                    self.report.failures.append(Failure("hang", t.name, out.hung, [(t.name, data)]))
+                    self.report.failures.append(Failure("hang", t.name, f"{out.hung}; pool: {pools}",
+                                                        [(t.name, data)]))
                 elif self.known_hangs.get(reason, 0) < 3:  # a few examples are enough
                     self.known_hangs[reason] = self.known_hangs.get(reason, 0) + 1
                     self.report.known.append(Failure("hang", t.name, f"{out.hung} -- KNOWN: {reason}",
