@@ -29,8 +29,12 @@ pytestmark = pytest.mark.timeout(240)
 
 
 def _untracked() -> set[str]:
-    out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", "tests/fuzz"],
-                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    """Untracked files under tests/fuzz (empty outside a git checkout)."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", "tests/fuzz"],
+                             cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return set()
     return {ln[3:] for ln in out.splitlines() if ln.startswith("??")}
 
 
