@@ -23,9 +23,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import subprocess
 import sys
-from typing import Any, Iterator
+from typing import Any
 
 #: (row target, service it needs, description) -- appended to harness.LATENCY_CASES
 CASES = (
@@ -47,24 +46,10 @@ def relay_dsn(port: int) -> str:
     return f"ws://{E.BENCH_USER}:{E.BENCH_PASSWORD}@127.0.0.1:{port}/{E.BENCH_DB}"
 
 
-@contextlib.contextmanager
-def relay(target_port: int) -> Iterator[int]:
+def relay(target_port: int) -> contextlib.AbstractContextManager[int]:
     """A WebSocket-to-TCP relay process in front of ``127.0.0.1:target_port``; yields its port."""
-    from . import env as E
-    p = subprocess.Popen([sys.executable, "-m", "bench.cold_start", "--target", f"127.0.0.1:{target_port}"],
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=str(E.REPO))
-    try:
-        assert p.stdout is not None
-        line = p.stdout.readline()
-        if not line.strip():
-            raise RuntimeError("WebSocket relay did not start")
-        yield int(line)
-    finally:
-        p.terminate()
-        try:
-            p.wait(5)
-        except subprocess.TimeoutExpired:
-            p.kill()
+    from .harness import child_port
+    return child_port(["bench.cold_start", "--target", f"127.0.0.1:{target_port}"], "WebSocket relay")
 
 
 async def serve_relay(host: str, port: int) -> None:

@@ -447,15 +447,15 @@ def _which(name: str) -> bool:
 
 
 @contextlib.contextmanager
-def delay_proxy(target_port: int, delay: float) -> Iterator[int]:
-    p = subprocess.Popen([sys.executable, "-m", "bench.proxy", "--target", f"127.0.0.1:{target_port}",
-                          "--delay", str(delay)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+def child_port(args: list[str], what: str) -> Iterator[int]:
+    """Run ``python -m <args>`` (a bench helper that prints its port first); yield that port."""
+    p = subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                          text=True, cwd=str(E.REPO))
     try:
         assert p.stdout is not None
         line = p.stdout.readline()
         if not line.strip():
-            raise RuntimeError("delay proxy did not start")
+            raise RuntimeError(f"{what} did not start")
         yield int(line)
     finally:
         p.terminate()
@@ -463,6 +463,11 @@ def delay_proxy(target_port: int, delay: float) -> Iterator[int]:
             p.wait(5)
         except subprocess.TimeoutExpired:
             p.kill()
+
+
+def delay_proxy(target_port: int, delay: float) -> contextlib.AbstractContextManager[int]:
+    return child_port(["bench.proxy", "--target", f"127.0.0.1:{target_port}", "--delay", str(delay)],
+                      "delay proxy")
 
 
 LATENCY_CASES = (

@@ -63,6 +63,18 @@ def error_response(e: HttpExecError) -> HttpResponse:
     return HttpResponse(e.status, e.error_response(severity), CT_BACKEND, headers)
 
 
+def parse_basic(value: str) -> tuple[str, str]:
+    """(user, password) of an ``Authorization: Basic`` value; 401 28000 when malformed."""
+    try:
+        raw = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise HttpExecError(401, "28000", "malformed Authorization: Basic header") from None
+    user, sep, password = raw.partition(":")
+    if not sep:
+        raise HttpExecError(401, "28000", "malformed Authorization: Basic header (no ':')")
+    return user, password
+
+
 def _credentials(req: HttpRequest) -> tuple[str | None, str | None, str | None]:
     """(user, password, api_token) from the headers."""
     user = req.header(H_USER)
@@ -71,14 +83,7 @@ def _credentials(req: HttpRequest) -> tuple[str | None, str | None, str | None]:
     scheme, _, value = auth.partition(" ")
     scheme = scheme.lower()
     if scheme == "basic":
-        try:
-            raw = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError, ValueError):
-            raise HttpExecError(401, "28000", "malformed Authorization: Basic header") from None
-        u, sep, password = raw.partition(":")
-        if not sep:
-            raise HttpExecError(401, "28000", "malformed Authorization: Basic header (no ':')")
-        user = u
+        user, password = parse_basic(value)
     elif scheme == "bearer":
         token = value.strip()
     elif auth:

@@ -30,8 +30,6 @@ covers everything since.  Errors before the stream starts are 4xx JSON
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import json
 import logging
 from typing import Any, Callable
@@ -39,6 +37,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .http import HttpRequest, HttpResponse
 from .http_exec import HttpExecError, get_executor
+from .http_protocol import parse_basic
 from .listen import hub_for
 from .listen_core import MAX_CHANNEL, ListenLimit, Notification
 from .neon_sql import NeonError, parse_connection_string
@@ -72,13 +71,7 @@ def _credentials(req: HttpRequest, query: list[tuple[str, str]]) -> tuple[str | 
         user, password, db = parse_connection_string(cs)
         return user, password, None, db or database
     if scheme == "basic":
-        try:
-            raw = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError, ValueError):
-            raise HttpExecError(401, "28000", "malformed Authorization: Basic header") from None
-        user, sep, password = raw.partition(":")
-        if not sep:
-            raise HttpExecError(401, "28000", "malformed Authorization: Basic header (no ':')")
+        user, password = parse_basic(value)
         return user, password, None, database
     if scheme == "bearer" and value.strip():
         return req.header("wirepool-user"), None, value.strip(), database
