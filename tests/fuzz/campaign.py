@@ -265,10 +265,12 @@ class Campaign:
         next_health = 0.0
         while time.monotonic() < end and not self.stop.is_set():
             t0 = time.monotonic()
+            step = "connect"
             try:
                 if conn is None:
                     conn = await asyncio.wait_for(asyncpg.connect(dsn), 5)
                     t0 = time.monotonic()
+                step = "select 1"
                 await asyncio.wait_for(conn.fetchval("select 1"), 5)
                 dt = time.monotonic() - t0
                 self.report.probe_latencies.append(dt)
@@ -289,7 +291,7 @@ class Campaign:
                     return
                 self.report.probe_errors += 1
                 pools = await self._pool_metrics()
-                self.report.failures.append(Failure("probe", "probe", f"select 1 failed: {e!r}; pool: {pools}"))
+                self.report.failures.append(Failure("probe", "probe", f"{step} failed: {e!r}; pool: {pools}"))
                 if conn is not None:
                     conn.terminate()
                 conn = None

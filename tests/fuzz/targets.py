@@ -39,7 +39,7 @@ FIRST_REPLY_SECONDS = 0.5
 #: "password"``: recorded logins replay byte for byte).
 #:
 #: ``auth_failure_max_delay`` is below ``HANG_SECONDS``: every target connects
-#: from 127.0.0.1 and the ``startup``, ``websocket`` and ``http`` targets mutate
+#: from TARGET_SOURCE and the ``startup``, ``websocket`` and ``http`` targets mutate
 #: credentials, so that address is throttled for the whole run
 #: (docs/security.md) and every HTTP request -- each one authenticates --
 #: waits up to this delay before its password is checked, as an HTTP client
@@ -155,13 +155,22 @@ def _signature(reply: bytes) -> bytes:
     return status + b"|" + codes + b"|" + bytes([size]) + reply[:1]
 
 
+#: Source address of every target connection.  The campaign's probe (an asyncpg
+#: client checking that everyone else keeps being served) connects from
+#: 127.0.0.1: it stands for another client, so it must not share the address
+#: the targets' wrong passwords throttle (on a fast machine the targets fail
+#: logins quickly enough for the throttle to refuse that address outright).
+TARGET_SOURCE = "127.0.0.2"
+
+
 async def send_input(host: str, port: int, payload: bytes, *, hang: float = HANG_SECONDS,
                      on_connect: Callable[[int], None] | None = None) -> Outcome:
     """Play one connection carrying ``payload``; see the module docstring.
     ``on_connect`` gets the local port (the gateway logs it as the peer)."""
     t0 = time.monotonic()
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), hang)
+        local = (TARGET_SOURCE, 0) if host.startswith("127.") else None
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, local_addr=local), hang)
     except asyncio.TimeoutError:
         return Outcome("connect", 0, b"", time.monotonic() - t0)
     except OSError as e:

@@ -53,7 +53,7 @@ async def test_fuzz_targets_for_20s(pg: PgCluster) -> None:
 
 async def test_a_throttled_source_is_answered_within_the_hang_limit(pg: PgCluster) -> None:
     """The campaign's gateway settings vs the failed-login throttle: all targets
-    connect from 127.0.0.1 and some send wrong passwords, so that address is
+    connect from one address (TARGET_SOURCE) and some send wrong passwords, so that address is
     throttled for the whole run; a request with the right password must still
     be answered within HANG_SECONDS (with auth_failure_max_delay = 5 s, the
     default, it waited up to 5 s: the campaigns' "HTTP-side hangs", docs/fuzzing.md)."""
