@@ -1,0 +1,376 @@
+"""The WebSocket side of the ``listen`` port: the handshake answer and
+:class:`WebSocketStream`, a ``ClientStream`` over websockets' sans-I/O protocol.
+
+gateway/http.py parses the HTTP request (h11) and, for an upgrade on a
+WebSocket route, calls :func:`plain_handshake` (the common case, answered
+here) or :func:`negotiated_handshake` (extensions, subprotocols: websockets'
+own HTTP layer), then wraps the connection in a :class:`WebSocketStream`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+import h11
+from websockets.frames import CloseCode, Frame, Opcode
+from websockets.http11 import Request as WsRequest
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+from gateway.streams import TransportError
+from gateway.tcp import ProtocolStream
+
+if TYPE_CHECKING:
+    from gateway.http_messages import HttpRequest
+
+# websockets logs every open/close at INFO; keep that out of the gateway's logs by default.
+ws_log = logging.getLogger("wirepool.websockets")
+ws_log.setLevel(logging.WARNING)
+
+try:
+    from websockets.speedups import apply_mask as _apply_mask
+except ImportError:  # pragma: no cover - pure-Python websockets build
+    from websockets.utils import apply_mask as _apply_mask
+
+__all__ = ["WS_CLOSE_TIMEOUT", "WebSocketStream", "_apply_mask", "negotiated_handshake", "plain_handshake",
+           "ws_log"]
+
+_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
+WS_CLOSE_TIMEOUT = 5.0
+
+
+# --------------------------------------------------------------------------- handshake
+
+def plain_handshake(ev: h11.Request, max_size: int | None) -> tuple[bytes, ServerProtocol] | None:
+    """The common handshake without websockets' HTTP layer: a valid RFC 6455
+    request with no extension or subprotocol offered is answered here (the
+    same 101 websockets would send: returned, to write) with an OPEN
+    ServerProtocol for the frames.  Anything else -> None (websockets handles it)."""
+    if ev.http_version != b"1.1":
+        return None
+    key = version = None
+    upgrade_ok = conn_ok = False
+    for name, value in ev.headers:  # h11 lower-cases names
+        if name == b"sec-websocket-key":
+            if key is not None:
+                return None
+            key = value
+        elif name == b"sec-websocket-version":
+            if version is not None:
+                return None
+            version = value
+        elif name == b"upgrade":
+            if upgrade_ok or value.strip().lower() != b"websocket":
+                return None
+            upgrade_ok = True
+        elif name == b"connection":
+            if any(tok.strip().lower() == b"upgrade" for tok in value.split(b",")):
+                conn_ok = True
+        elif name in (b"sec-websocket-extensions", b"sec-websocket-protocol"):
+            return None
+    if key is None or version != b"13" or not upgrade_ok or not conn_ok:
+        return None
+    try:
+        if len(base64.b64decode(key, validate=True)) != 16:
+            return None
+    except binascii.Error:
+        return None
+    accept = base64.b64encode(hashlib.sha1(key + _WS_GUID).digest())
+    return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n",
+            ServerProtocol(max_size=max_size, logger=ws_log, state=State.OPEN))
+
+
+def negotiated_handshake(ev: h11.Request, extensions: list[Any],
+                         max_size: int | None) -> tuple[bytes, ServerProtocol | None, bool]:
+    """Any other upgrade request, through websockets' HTTP layer (the request
+    as received: method, target, header lines).  Returns (bytes to write, the
+    OPEN protocol or None when refused, True when the request was not a
+    WebSocket handshake at all -- answer 400)."""
+    ws = ServerProtocol(extensions=extensions, max_size=max_size, logger=ws_log)
+    raw = [b"GET ", ev.target, b" HTTP/1.1\r\n"]
+    for name, value in ev.headers.raw_items():
+        raw += [name, b": ", value, b"\r\n"]
+    raw.append(b"\r\n")
+    ws.receive_data(b"".join(raw))
+    events = ws.events_received()
+    wreq = events[0] if events and isinstance(events[0], WsRequest) else None
+    if wreq is None:
+        return b"".join(ws.data_to_send()), None, True
+    response = ws.accept(wreq)
+    ws.send_response(response)
+    out = b"".join(ws.data_to_send())
+    return out, (ws if response.status_code == 101 else None), False
+
+
+# --------------------------------------------------------------------------- stream
+
+class WebSocketStream(ProtocolStream):
+    """A ``ClientStream`` over a WebSocket (``kind == "ws"``).
+
+    - ``recv()``: payload of binary messages (fragments and messages coalesced);
+      ``b""`` once the client closed (close frame or TCP EOF); a text frame raises
+      :class:`TransportError` (after any binary bytes received before it).
+    - ``send(data)``: one binary message per call.
+    - ``close()``: sends a close frame (1000, or 1003 after a text frame) and
+      closes TCP when the client answers (or after a timeout).
+    - ``path``, ``query`` (dict), ``token`` (``?token=`` or ``Authorization: Bearer``), ``authorization``
+      (raw header), ``extensions`` (negotiated, e.g. ``["permessage-deflate"]``), ``subprotocol``
+      (the client's raw ``Sec-WebSocket-Protocol`` request header, or None).
+    """
+
+    kind = "ws"
+    __slots__ = ("ws", "path", "query", "authorization", "token", "extensions", "subprotocol", "_plain_frames", "_fast_rx",
+                 "_rx", "_rx_limit", "_rx_left", "_rx_mask", "_rx_off", "_text", "_close_timer")
+
+    def __init__(self, transport: asyncio.Transport, ws: ServerProtocol, request: "HttpRequest") -> None:
+        super().__init__(transport)
+        self.peer = request.peer
+        self.ws = ws
+        self.path = request.path
+        self.query = request.query
+        self.authorization: str | None = request.header("authorization")
+        tok = request.query.get("token")
+        if tok is None and self.authorization and self.authorization[:7].lower() == "bearer ":
+            tok = self.authorization[7:].strip()
+        self.token: str | None = tok
+        self.extensions = [e.name for e in ws.extensions]
+        self.subprotocol: str | None = request.header("sec-websocket-protocol")
+        self._plain_frames = not ws.extensions
+        # receive fast path (see _rx_fast): only without extensions
+        self._fast_rx = self._plain_frames
+        self._rx = b""
+        self._rx_limit: int | None = ws.max_message_size
+        # a frame whose payload is still arriving (fast path): bytes left, its mask, mask offset
+        self._rx_left = 0
+        self._rx_mask = b""
+        self._rx_off = 0
+        self._text = False          # inside a text message (its continuation frames are dropped)
+        self._close_timer: asyncio.TimerHandle | None = None
+
+    # -- protocol side
+    def _feed(self, data: bytes) -> None:
+        if self._closed:  # closing (waiting for the client's close frame): nobody reads any more
+            self.bytes_received += len(data)
+            return
+        super()._feed(data)
+
+    def _ws_data(self, data: bytes) -> None:
+        if self._fast_rx:
+            data = self._rx_fast(data)
+            if not data:
+                return
+        ws = self.ws
+        ws.receive_data(data)
+        self._process()
+
+    def _rx_fast(self, data: bytes) -> bytes:
+        """Complete, unfragmented, masked binary frames (what clients send) are
+        unmasked here; at the first other frame (control, text, fragment, RSV
+        bits, over max_size) the rest of the stream goes to websockets for good
+        (its parser has seen nothing since OPEN, so it starts at a frame
+        boundary).  Returns the bytes for websockets (b"" while on the fast path)."""
+        feed = self._feed
+        if self._rx_left:
+            data = self._rx_stream(data)
+            if not data:
+                return b""
+        buf = self._rx + data if self._rx else data
+        end = len(buf)
+        pos = 0
+        limit = self._rx_limit
+        while end - pos >= 6:
+            b1 = buf[pos + 1]
+            if buf[pos] != 0x82 or b1 < 0x80:
+                break
+            n = b1 & 0x7F
+            if n < 126:
+                start = pos + 6
+            elif n == 126:
+                if end - pos < 8:
+                    self._rx = buf[pos:]
+                    return b""
+                n = (buf[pos + 2] << 8) | buf[pos + 3]
+                start = pos + 8
+            else:
+                if end - pos < 14:
+                    self._rx = buf[pos:]
+                    return b""
+                n = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+                start = pos + 14
+            if limit is not None and n > limit:
+                break
+            stop = start + n
+            if stop > end:
+                # Payload still arriving: hand out what is here (message boundaries
+                # mean nothing), so a large frame is never held whole in memory.
+                mask = buf[start - 4 : start]
+                self._rx = b""
+                self._rx_left = stop - end
+                self._rx_mask = mask
+                self._rx_off = (end - start) % 4
+                if end > start:
+                    feed(_apply_mask(buf[start:end], mask))
+                return b""
+            pos = stop
+            if n:
+                feed(_apply_mask(buf[start:stop], buf[start - 4 : start]))
+            if self._lost or self._closed:
+                self._rx = b""
+                return b""
+        else:
+            self._rx = buf[pos:] if pos < end else b""
+            return b""
+        # hand over to websockets from this frame on
+        self._fast_rx = False
+        self._rx = b""
+        return buf[pos:]
+
+    def _rx_stream(self, data: bytes) -> bytes:
+        """More payload of the frame being streamed; returns the bytes after it."""
+        n = self._rx_left
+        part, rest = (data, b"") if len(data) <= n else (data[:n], data[n:])
+        off = self._rx_off
+        mask = self._rx_mask[off:] + self._rx_mask[:off] if off else self._rx_mask
+        self._rx_left = n - len(part)
+        self._rx_off = (off + len(part)) % 4
+        self._feed(_apply_mask(part, mask))
+        if self._lost or self._closed:
+            return b""
+        return rest
+
+    def set_login_limit(self, limit: int | None) -> None:
+        """Before login: frames websockets parses (permessage-deflate, control,
+        fragments) are capped at ``limit`` bytes and at most about ``limit``
+        received bytes are buffered; ``None`` lifts both."""
+        super().set_login_limit(limit)
+        self.ws.max_fragment_size = limit
+
+    def _ws_eof(self) -> None:
+        if self._rx_left:  # EOF inside a streamed frame
+            self._fast_rx = False
+            self._rx_left = 0
+        if self._fast_rx and self._rx:
+            self._fast_rx = False
+            rest, self._rx = self._rx, b""
+            self.ws.receive_data(rest)
+        self.ws.receive_eof()
+        self._process()
+        self._feed_eof()
+
+    def _process(self) -> None:
+        ws = self.ws
+        for ev in ws.events_received():
+            if not isinstance(ev, Frame):  # pragma: no cover - only frames once OPEN
+                continue
+            op = ev.opcode
+            if op is Opcode.BINARY:
+                self._text = False
+                self._feed(ev.data if type(ev.data) is bytes else bytes(ev.data))
+            elif op is Opcode.CONT:
+                if not self._text:
+                    self._feed(ev.data if type(ev.data) is bytes else bytes(ev.data))
+            elif op is Opcode.TEXT:
+                self._text = True
+                self._feed_error(TransportError(
+                    "text WebSocket frame received: only binary messages carry the Postgres protocol"))
+                if not self._reading_paused and not self._lost:
+                    self._reading_paused = True
+                    self.transport.pause_reading()
+            elif op is Opcode.CLOSE:
+                self._feed_eof()
+            # PING is answered by the protocol (pong queued in data_to_send); PONG ignored.
+        if ws.parser_exc is not None and self._error is None and not self._eof:
+            self._feed_error(TransportError(f"WebSocket protocol error: {ws.parser_exc}"))
+        self._flush_ws()
+
+    def _flush_ws(self) -> None:
+        out = self.ws.data_to_send()
+        if not out:
+            return
+        t = self.transport
+        for chunk in out:
+            if chunk:
+                if not self._lost:
+                    t.write(chunk)
+                    self.bytes_sent += len(chunk)
+            else:  # SEND_EOF: the server closes the TCP connection
+                if self._close_timer is not None:
+                    self._close_timer.cancel()
+                    self._close_timer = None
+                t.close()
+
+    # -- ClientStream API
+    def send_nowait(self, data: bytes) -> bool:
+        """One binary message, written now; False when the caller should
+        ``await drain()`` (slow client).  ConnectionResetError when gone."""
+        if self._lost or self._closed or self.ws.state is not State.OPEN:
+            raise ConnectionResetError(f"ws client {self.peer} is gone")
+        if not data:
+            return not self._write_paused
+        t = self.transport
+        if self._plain_frames:
+            # No extension negotiated: a server frame is a header + the payload
+            # (unmasked), exactly what websockets would serialize.
+            n = len(data)
+            if n < 126:
+                t.write(bytes((0x82, n)) + data)
+            elif n < 65536:
+                t.write(b"\x82\x7e" + n.to_bytes(2, "big") + data)
+            else:
+                t.writelines((b"\x82\x7f" + n.to_bytes(8, "big"), data))
+            self.bytes_sent += n
+        else:
+            self.ws.send_binary(data)
+            for chunk in self.ws.data_to_send():
+                t.write(chunk)
+                self.bytes_sent += len(chunk)
+        return not self._write_paused
+
+    async def send(self, data: bytes) -> None:
+        if not self.send_nowait(data):
+            await self._drain()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._lost:
+            return
+        try:
+            if self.ws.state is State.OPEN:
+                code = CloseCode.UNSUPPORTED_DATA if self._text else CloseCode.NORMAL_CLOSURE
+                self.ws.send_close(code)
+                if self._rx_left:
+                    # the client is inside a frame (perhaps megabytes long): its close
+                    # frame cannot come before that frame's end -- do not read it all
+                    self._flush_ws()
+                    self.transport.close()
+                    return
+                if self._reading_paused:
+                    self._reading_paused = False
+                    self.transport.resume_reading()
+                self._flush_ws()
+                if not self._lost and not self.transport.is_closing():
+                    self._close_timer = self._loop.call_later(WS_CLOSE_TIMEOUT, self._close_timeout)
+            elif not self.transport.is_closing():
+                self.transport.close()
+        except Exception:  # pragma: no cover - close never raises
+            self.transport.abort()
+
+    def _close_timeout(self) -> None:
+        self._close_timer = None
+        if not self._lost:
+            self.transport.abort()
+
+    def _connection_lost(self, exc: Exception | None) -> None:
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        super()._connection_lost(exc)
+
