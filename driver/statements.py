@@ -4,8 +4,9 @@
 (one Parse + Describe, then introspection of unknown types), cache by query
 text (LRU, ``statement_cache_size``), the one-round-trip path for
 ``describe_first=False``, and the re-prepare-and-retry when the server says a
-cached statement is stale (``InvalidCachedStatementError`` after DDL, or a
-statement the server lost), outside transactions only, as asyncpg does.
+cached statement is stale (``InvalidCachedStatementError`` after DDL, a type
+it names dropped and recreated -- ``XX000 cache lookup failed for type N``,
+where asyncpg keeps failing -- or a statement the server lost), outside transactions only, as asyncpg does.
 """
 
 from __future__ import annotations
@@ -122,6 +123,13 @@ class _OneShotQuery(pc.ExtendedQuery):
 
 _IP_TYPES = frozenset({"IPv4Address", "IPv6Address", "IPv4Network", "IPv6Network",
                        "IPv4Interface", "IPv6Interface"})
+
+
+def _type_gone(e: exc.PostgresError) -> bool:
+    """``XX000 cache lookup failed for type N``: the server's ``elog`` text,
+    never translated (unlike ``ereport`` messages), so matching it is safe."""
+    return (getattr(e, "sqlstate", None) == "XX000"
+            and (getattr(e, "message", None) or "").startswith("cache lookup failed for type "))
 
 
 class _NoText(Exception):
@@ -292,6 +300,12 @@ class StatementsMixin:
             self._drop_statement_cache()
         elif getattr(e, "sqlstate", None) == "26000":  # the server lost the statement
             self._invalidate(stmt)
+        elif _type_gone(e):
+            # A type the statement names was dropped (DROP TYPE; CREATE TYPE): the
+            # statement keeps the old OID and fails at every Bind.  Every cached
+            # statement naming that type is as stale, and which ones they are is
+            # not known here: drop the cache, as for InvalidCachedStatementError.
+            self._drop_statement_cache()
         else:
             return False
         return self._protocol.transaction_status == "I"
