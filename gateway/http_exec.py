@@ -42,14 +42,8 @@ WebSocket clients, on the same pools.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
 import logging
 import secrets
-import struct
-import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,48 +51,28 @@ from driver.protocol import messages as m
 from driver.protocol.framing import FrontendReader, MessageReader, ProtocolError
 
 from .auth import AuthFailed, Throttled
+from .http_sessions import (
+    HttpAuthError,
+    HttpExecError,
+    HttpSessions,
+    Principal,
+    _HttpSession,
+)
+from .http_stream import COPY_UNSUPPORTED, HttpStream
 from .params import canonical as canonical_value
 from .session import TRACKED, Session
 
+__all__ = [
+    "HttpExecError", "HttpAuthError", "Principal", "ExecResult", "HttpStream", "PreauthSession",
+    "HttpExecutor", "get_executor", "check_startup_params", "COPY_UNSUPPORTED", "CANCEL_GRACE",
+]
+
 log = logging.getLogger("wirepool.gateway.http")
 
-_Q, _S, _F, _X, _Z, _E = 81, 83, 70, 88, 90, 69
+_Q, _S, _F, _X = 81, 83, 70, 88
 _COUNTED = (_Q, _S, _F)
-_G = 71  # CopyInResponse
-COPY_UNSUPPORTED = "COPY FROM STDIN is not supported over HTTP (the request body is the whole batch)"
-_COPY_FAIL = m.copy_fail(COPY_UNSUPPORTED)
 #: seconds allowed after a CancelRequest for the batch to end before the session is killed
 CANCEL_GRACE = 5.0
-_ENDED_MEMORY = 4096  # remembered reasons of ended sessions (for clear errors)
-
-
-class HttpExecError(Exception):
-    """A request cannot be run: ``status`` (HTTP), ``sqlstate``, ``message``."""
-
-    def __init__(self, status: int, sqlstate: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.sqlstate = sqlstate
-        self.message = message
-        #: the session lives on: its next token (e.g. after a 507), else None
-        self.session_token: str | None = None
-
-    def error_response(self, severity: str = "ERROR") -> bytes:
-        """The error as a Postgres ErrorResponse message (a NUL quoted from the
-        request, e.g. in a database name, is written ``\\0``: fields are C strings)."""
-        return m.error(self.sqlstate, self.message.replace("\0", "\\0"), severity=severity)
-
-
-class HttpAuthError(HttpExecError):
-    """Authentication failed (28P01 / 28000 -> 401, 3D000 -> 404, throttled 08004 -> 429)."""
-
-
-@dataclass(frozen=True)
-class Principal:
-    user: str
-    database: str
-    #: "password", "token" or "trust"
-    method: str = "password"
 
 
 @dataclass
@@ -127,200 +101,6 @@ class ExecResult:
 
 
 # --------------------------------------------------------------------------- stream
-
-class HttpStream:
-    """In-memory ClientStream between an HTTP request and a Session."""
-
-    kind = "http"
-
-    def __init__(self, peer: str = "http") -> None:
-        self.peer = peer
-        self._in: list[bytes] = []
-        self._in_waiter: asyncio.Future[None] | None = None
-        self._closed = False
-        loop = asyncio.get_running_loop()
-        self.loop = loop
-        # startup reply (AuthenticationOk ... ReadyForQuery) of the Session
-        self.hello: asyncio.Future[bytes] = loop.create_future()
-        self._hello_done = False
-        self._hello_parts: list[bytes] = []
-        # current batch
-        self._reader = MessageReader(max_size=1 << 30)
-        self._out: list[bytes] = []
-        self._out_bytes = 0
-        self.max_response = 0
-        self.overflow = False
-        self.on_overflow: Any = None
-        self.target = 0
-        self.zs = 0
-        self.status: int | None = None
-        self.fatal: dict[str, str] | None = None
-        self.done: asyncio.Future[None] | None = None
-        #: ReadyForQuery replies the session's accounting still expects
-        #: (gateway.accounting: skip-till-Sync included); set by the executor
-        self.owed: Any = None
-        #: the last message out was a ReadyForQuery (not an error the server skips after)
-        self.at_z = False
-
-    # -- batch control (executor side)
-    def begin(self, expected: int, max_response: int) -> asyncio.Future[None]:
-        self._out = []
-        self._out_bytes = 0
-        self.overflow = False
-        self.max_response = max_response
-        self.target = expected
-        self.zs = 0
-        self.fatal = None
-        self.at_z = False
-        fut = self.done = self.loop.create_future()
-        if self._closed or expected == 0:
-            fut.set_result(None)
-        return fut
-
-    def feed(self, data: bytes) -> None:
-        if data:
-            self._in.append(data)
-        w = self._in_waiter
-        if w is not None and not w.done():
-            w.set_result(None)
-
-    def take_output(self) -> bytes:
-        out = b"".join(self._out)
-        self._out = []
-        self._out_bytes = 0
-        return out
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    # -- ClientStream API (session side)
-    async def recv(self) -> bytes:
-        while not self._in:
-            if self._closed:
-                return b""
-            self._in_waiter = self.loop.create_future()
-            try:
-                await self._in_waiter
-            finally:
-                self._in_waiter = None
-        data = self._in[0] if len(self._in) == 1 else b"".join(self._in)
-        self._in.clear()
-        return data
-
-    def send_nowait(self, data: bytes) -> bool:
-        self._output(data)
-        return True
-
-    async def drain(self) -> None:
-        return None
-
-    async def send(self, data: bytes) -> None:
-        self._output(data)
-
-    async def close(self) -> None:
-        self.shutdown()
-
-    def shutdown(self) -> None:
-        """End the stream: the session's recv() returns EOF."""
-        if self._closed:
-            return
-        self._closed = True
-        w = self._in_waiter
-        if w is not None and not w.done():
-            w.set_result(None)
-        if not self.hello.done():
-            self.hello.set_exception(ConnectionResetError("session ended during startup"))
-            self.hello.exception()  # retrieved: no "never retrieved" warning
-        d = self.done
-        if d is not None and not d.done():
-            d.set_result(None)
-
-    # -- output accounting (headers only: the driver's framing, no row parsing)
-    def _output(self, data: bytes) -> None:
-        if self._closed and self.done is None:
-            return
-        reader = self._reader
-        reader.feed(data)
-        try:
-            chunk, idx = reader.read_raw()
-        except ProtocolError:  # pragma: no cover - the session only sends whole messages
-            return
-        if not chunk:
-            return
-        if not self._hello_done:
-            # The Session's startup reply ends with its first ReadyForQuery.
-            for t, s, e in idx:
-                if t == _Z:
-                    cut = e
-                    self._hello_parts.append(chunk[:cut])
-                    self._hello_done = True
-                    if not self.hello.done():
-                        self.hello.set_result(b"".join(self._hello_parts))
-                    chunk = chunk[cut:]
-                    idx = [(t2, s2 - cut, e2 - cut) for t2, s2, e2 in idx if s2 >= cut]
-                    break
-                if t == _E:
-                    fields = m.decode_fields(chunk[s:e])
-                    if fields.get("S") in ("FATAL", "PANIC") or fields.get("V") in ("FATAL", "PANIC"):
-                        self.fatal = fields
-            else:
-                self._hello_parts.append(chunk)
-                return
-            if not chunk:
-                return
-        if any(t == _G for t, _s, _e in idx):
-            # COPY FROM STDIN: the request body was the whole batch, there is no
-            # more data.  Fail the COPY now and hide the CopyInResponse (the
-            # client gets the server's "COPY from stdin failed" error instead).
-            parts: list[bytes] = []
-            kept: list[tuple[int, int, int]] = []
-            pos = 0
-            for t, s, e in idx:
-                if t == _G:
-                    self.feed(_COPY_FAIL)
-                    continue
-                parts.append(chunk[s - 5:e])
-                kept.append((t, pos + 5, pos + e - s + 5))
-                pos += e - s + 5
-            chunk, idx = b"".join(parts), kept
-            if not chunk:
-                return
-        zs = self.zs
-        for t, s, e in idx:
-            if t == _Z:
-                zs += 1
-                self.status = chunk[s]
-            elif t == _E:
-                body = chunk[s:e]
-                if b"SFATAL\x00" in body or b"SPANIC\x00" in body:
-                    self.fatal = m.decode_fields(body)
-
-        self.zs = zs
-        self.at_z = idx[-1][0] == _Z
-        if not self.overflow:
-            self._out.append(chunk)
-            self._out_bytes += len(chunk)
-            if self.max_response and self._out_bytes > self.max_response:
-                self.overflow = True
-                self._out = []
-                self._out_bytes = 0
-                cb = self.on_overflow
-                if cb is not None and zs < self.target:
-                    cb()
-        d = self.done
-        if d is not None and not d.done() and (zs >= self.target or (self.owed is not None and self.owed() <= 0)):
-            # every ReadyForQuery came -- or the session's skip-till-Sync accounting
-            # says the rest will not (Queries Postgres skips after an extended error)
-            d.set_result(None)
-
-    def more(self, n: int) -> asyncio.Future[None]:
-        """Continue the batch: wait for ``n`` more ReadyForQuery (output kept)."""
-        self.target = self.zs + n
-        fut = self.done = self.loop.create_future()
-        if self._closed:
-            fut.set_result(None)
-        return fut
 
 
 # --------------------------------------------------------------------------- session
@@ -363,41 +143,17 @@ def check_startup_params(params: dict[str, str]) -> None:
 
 # --------------------------------------------------------------------------- executor
 
-class _HttpSession:
-    __slots__ = ("sid", "seq", "session", "stream", "task", "principal", "keep", "busy",
-                 "timer", "issued")
-
-    def __init__(self, sid: bytes, session: PreauthSession, stream: HttpStream,
-                 task: asyncio.Task[None], principal: Principal, keep: bool) -> None:
-        self.sid = sid
-        self.seq = 0
-        self.session = session
-        self.stream = stream
-        self.task = task
-        self.principal = principal
-        self.keep = keep
-        self.busy = False
-        self.timer: asyncio.TimerHandle | None = None
-        self.issued = 0
-
-
-class HttpExecutor:
-    """One per Gateway (see :func:`get_executor`)."""
+class HttpExecutor(HttpSessions):
+    """One per Gateway (see :func:`get_executor`); the session table and tokens
+    are :class:`~gateway.http_sessions.HttpSessions`'."""
 
     def __init__(self, gateway: Any) -> None:
-        self.gw = gateway
-        self.settings = gateway.settings
-        self._secret = secrets.token_bytes(32)
-        #: who issued the tokens (gateway/cluster.py): b"" for a lone process
-        self.owner = b""
-        self.sessions: dict[bytes, _HttpSession] = {}
-        self._ended: OrderedDict[bytes, tuple[str, int]] = OrderedDict()  # sid -> (why, last seq)
+        super().__init__(gateway)
         # counters (tests, metrics)
         self.requests = 0
         #: requests whose HTTP client disconnected before the reply (work cancelled)
         self.abandoned = 0
         self.sessions_started = 0
-        self.sessions_expired = 0
 
     # ------------------------------------------------------------- auth
     async def authenticate(self, database: str, user: str | None, password: str | None,
@@ -431,98 +187,6 @@ class HttpExecutor:
         if database not in self.gw.pools:
             raise HttpAuthError(404, "3D000", f'database "{database}" does not exist')
         return Principal(user, database, method)
-
-    # ------------------------------------------------------------- tokens
-    def _sign(self, payload: bytes) -> bytes:
-        return hmac.new(self._secret, payload, hashlib.sha256).digest()[:16]
-
-    def _issue(self, hs: _HttpSession) -> str:
-        hs.seq += 1
-        hs.issued = int(time.time() * 1000)
-        payload = hs.sid + struct.pack("!QQ", hs.seq, hs.issued) + self.owner
-        return _b64(payload) + "." + _b64(self._sign(payload))
-
-    def set_identity(self, secret: bytes, owner: bytes) -> None:
-        """Workers / instances (gateway/cluster.py): a shared token key, and the
-        owner (worker index + advertise_url) every token issued here names."""
-        self._secret = secret
-        self.owner = owner
-
-    def token_owner(self, token: str) -> bytes:
-        """The owner a token names, once its MAC is checked (401 for a forgery)."""
-        return self._verify(token)[32:]
-
-    def _verify(self, token: str) -> bytes:
-        try:
-            p, _, mac = token.partition(".")
-            payload = _unb64(p)
-            sig = _unb64(mac)
-        except (ValueError, TypeError):
-            payload, sig = b"", b""
-        if len(payload) < 32 or len(payload) > 1024 or not hmac.compare_digest(sig, self._sign(payload)):
-            raise HttpExecError(401, "08P01", "invalid HTTP session token (malformed or not signed by this gateway)")
-        return payload
-
-    def session_principal(self, token: str) -> Principal:
-        """Who the session of ``token`` belongs to (the token is not consumed)."""
-        return self._lookup(token).principal
-
-    def _lookup(self, token: str) -> _HttpSession:
-        payload = self._verify(token)
-        if payload[32:] != self.owner:
-            # another worker/instance, or an earlier process at this address (takeover, restart)
-            raise HttpExecError(401, "08P01", "invalid HTTP session token (issued by another gateway process, "
-                                              "and not forwarded to it: docs/scaling.md)")
-        sid = payload[:16]
-        seq, _issued = struct.unpack("!QQ", payload[16:32])
-        hs = self.sessions.get(sid)
-        if hs is None:
-            reason, last = self._ended.get(sid, ("it no longer exists", 0))
-            if seq < last:
-                raise HttpExecError(409, "08P01", "HTTP session token was already used (tokens are single-use); "
-                                                  f"the session has ended since: {reason}")
-            raise HttpExecError(410, "08003", f"HTTP session is gone: {reason}")
-        if seq != hs.seq or hs.busy:
-            raise HttpExecError(409, "08P01", "HTTP session token was already used (tokens are single-use: "
-                                              "present the one returned by the latest response)")
-        return hs
-
-    def _forget(self, hs: _HttpSession, reason: str) -> None:
-        if self.sessions.get(hs.sid) is hs:
-            del self.sessions[hs.sid]
-        if hs.timer is not None:
-            hs.timer.cancel()
-            hs.timer = None
-        self._ended[hs.sid] = (reason, hs.seq)
-        while len(self._ended) > _ENDED_MEMORY:
-            self._ended.popitem(last=False)
-
-    def _arm(self, hs: _HttpSession) -> None:
-        if hs.timer is not None:
-            hs.timer.cancel()
-        in_xact = hs.stream.status not in (None, 73)
-        s = self.settings
-        delay = s.http_session_timeout if in_xact else s.http_idle_session_timeout
-        hs.timer = self.gw.loop.call_later(delay, self._expire, hs, in_xact, delay)
-
-    def _expire(self, hs: _HttpSession, in_xact: bool, delay: float) -> None:
-        hs.timer = None
-        if hs.busy or self.sessions.get(hs.sid) is not hs:
-            return
-        self.sessions_expired += 1
-        if in_xact:
-            reason = (f"expired after {delay:g}s idle (http_session_timeout); "
-                      "its transaction was rolled back")
-        else:
-            reason = f"expired after {delay:g}s idle (http_idle_session_timeout)"
-        self._forget(hs, reason)
-        hs.stream.shutdown()  # the Session ends: ROLLBACK if needed, server released
-
-    def _on_session_end(self, hs: _HttpSession) -> None:
-        if self.sessions.get(hs.sid) is hs:
-            f = hs.stream.fatal
-            why = f"ended by the gateway: {f.get('C')} {f.get('M')}" if f else "ended by the gateway"
-            self._forget(hs, why)
 
     # ------------------------------------------------------------- sessions
     def _start_session(self, principal: Principal, params: dict[str, str]) -> tuple[PreauthSession, HttpStream, asyncio.Task[None]]:
@@ -800,11 +464,3 @@ def _parameter_status(startup_reply: bytes) -> dict[str, str]:
             msg = m.decode_backend(t, body)
             out[msg.name] = msg.value  # type: ignore[attr-defined]
     return out
-
-
-def _b64(b: bytes) -> str:
-    return base64.urlsafe_b64encode(b).rstrip(b"=").decode("ascii")
-
-
-def _unb64(s: str) -> bytes:
-    return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
