@@ -291,7 +291,8 @@ def maybe_listen(text: bytes, start: int = 0, end: int | None = None) -> bool:
     return _HEAD.match(text, start, len(text) if end is None else end) is not None
 
 
-def _ident(raw: bytes) -> str | None:
+def ident(raw: bytes) -> str | None:
+    """An identifier as Postgres reads it (quoted: as is; else lower case), truncated to 63 bytes."""
     s = raw.decode("utf-8", "replace")
     if s.startswith('"'):
         s = s[1:-1].replace('""', '"')
@@ -319,14 +320,14 @@ def parse_listen(text: bytes) -> list[tuple[str, str | None]] | None:
         if mt.group(6):  # empty statement
             continue
         if mt.group(1):
-            ch = _ident(mt.group(2))
+            ch = ident(mt.group(2))
             if ch is None:
                 return None
             out.append(("LISTEN", ch))
         elif mt.group(4):
             out.append(("UNLISTEN", None))
         else:
-            ch = _ident(mt.group(5))
+            ch = ident(mt.group(5))
             if ch is None:
                 return None
             out.append(("UNLISTEN", ch))

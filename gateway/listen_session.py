@@ -19,8 +19,15 @@ ReadyForQuery with the transaction status:
   the reply is delivered), and client bytes arriving meanwhile are held;
 * inside a transaction (status ``T``) the actions are kept and applied when a
   CommandComplete ``COMMIT`` goes by; ``ROLLBACK`` (or a failed COMMIT, whose
-  tag is ROLLBACK) drops them; in a failed transaction (``E``) the reply is
-  Postgres' 25P02 error.
+  tag is ROLLBACK) drops them, ``ROLLBACK TO SAVEPOINT`` drops the ones after
+  the savepoint (:mod:`gateway.listen_tx` follows the savepoints); in a failed
+  transaction (``E``) the reply is Postgres' 25P02 error.  A new channel is
+  subscribed at the LISTEN already (its notifications held, not delivered
+  unless the COMMIT keeps it) and the reply waits for the upstream LISTEN: once
+  COMMIT returns, the client listens, as Postgres guarantees;
+* ``PREPARE TRANSACTION`` after them is refused as Postgres does (0A000);
+* notifications are held while the client is in a transaction and sent just
+  before the ReadyForQuery ``I`` that ends it (:mod:`gateway.listen_deliver`).
 
 Anything else that contains LISTEN (mixed with other statements in one
 Query, pipelined behind other work, a named prepared statement) goes to the
@@ -38,7 +45,9 @@ from typing import TYPE_CHECKING, Any
 from driver.protocol import messages as m
 
 from .listen import hub_for
-from .listen_core import ListenLimit, Notification, apply_actions, maybe_listen, parse_listen
+from .listen_core import ListenLimit, apply_actions, maybe_listen, parse_listen
+from .listen_deliver import Delivery
+from .listen_tx import TX_TAGS, TxWatch, split_statements, tx_op
 
 if TYPE_CHECKING:  # pragma: no cover
     from .session import Session
@@ -48,7 +57,6 @@ log = logging.getLogger("wirepool.gateway.listen")
 _Q, _P, _B, _D, _E, _S, _H = 81, 80, 66, 68, 69, 83, 72
 _C, _Z = 67, 90
 _IDLE, _INTX, _FAILED = 73, 84, 69
-_COMMIT, _ROLLBACK = b"COMMIT\x00", b"ROLLBACK\x00"
 _X, _R = 1, 2  # plan steps: execute actions, raw reply (and _Z: ReadyForQuery)
 _RFQ = {_IDLE: m.ready_for_query("I"), _INTX: m.ready_for_query("T"), _FAILED: m.ready_for_query("E")}
 _PARSE_COMPLETE, _BIND_COMPLETE, _CLOSE_COMPLETE = b"1\x00\x00\x00\x04", b"2\x00\x00\x00\x04", b"3\x00\x00\x00\x04"
@@ -56,7 +64,6 @@ _NO_DATA = b"n\x00\x00\x00\x04"
 _DESCRIBE_S = b"t\x00\x00\x00\x06\x00\x00" + _NO_DATA  # no parameters, no rows
 _EXTENDED = frozenset((_P, _B, _D, _E, _S, _H, _C))
 _MAX_STMTS = 256
-_BATCH_MAX = 16384  # notification bytes per client write
 _Plan = tuple[list[tuple[int, Any]], dict[bytes, Any], dict[bytes, Any]]
 
 
@@ -71,6 +78,7 @@ class Lazy:
 
     __slots__ = ()
     pending = ()
+    watch = False
 
     def take(self, session: "Session", chunk: bytes, idx: list[tuple[int, int, int]]) -> bool:
         t, st, e = idx[0]
@@ -86,6 +94,9 @@ class Lazy:
         lq = session.listen = SessionListen(session)
         return lq.take(session, chunk, idx)
 
+    def replies(self, chunk: bytes, idx: list[tuple[int, int, int]]) -> bytes:  # (never: watch is False)
+        return chunk
+
     def close(self) -> None:
         pass
 
@@ -93,37 +104,64 @@ class Lazy:
 LAZY = Lazy()
 
 
-class SessionListen:
-    """One client's channels and its LISTEN/UNLISTEN in flight."""
+class SessionListen(Delivery):
+    """One client's channels and its LISTEN/UNLISTEN in flight (hub side: :class:`Delivery`)."""
 
-    __slots__ = ("s", "hub", "channels", "pending", "_rolled", "held", "limit", "dead", "delivered",
-                 "stmts", "portals", "batch", "batch_bytes", "tr")
+    __slots__ = ("pending", "ever", "tx", "refuse", "held", "stmts", "portals")
 
     def __init__(self, session: "Session") -> None:
-        self.s = session
-        self.hub = hub_for(session.pool)  # type: ignore[arg-type]
-        self.channels: set[str] = set()
+        super().__init__(session, hub_for(session.pool))  # type: ignore[arg-type]
         #: actions of the open transaction, applied at COMMIT
         self.pending: list[tuple[str, str | None]] = []
-        self._rolled = False
+        self.ever = False  # a LISTEN was ever committed (Postgres then queues UNLISTEN in a transaction)
+        self.tx = TxWatch()  # savepoints, and the statements in flight they come from
+        self.refuse = 0  # PREPARE TRANSACTIONs sent after a LISTEN of ours: its reply is cut (replies)
         #: client chunks held while a reply waits for the upstream LISTEN
         self.held: list[tuple[bytes, list[tuple[int, int, int]]]] | None = None
-        self.limit = session.settings.listen_queue_bytes
-        self.dead = False
-        self.delivered = 0
-        self.batch: list[bytes] = []  # notifications of the current upstream chunk (flush)
-        self.batch_bytes = 0
-        self.tr = getattr(session.stream, "transport", None)  # its write buffer counts against limit
         #: extended protocol: LISTEN statements and portals answered here (name -> actions)
         self.stmts: dict[bytes, list[tuple[str, str | None]]] = {}
         self.portals: dict[bytes, list[tuple[str, str | None]]] = {}
 
     # ------------------------------------------------------------ client side
+    @property
+    def watch(self) -> bool:
+        """Server replies must go through :meth:`replies`."""
+        tx = self.tx
+        return bool(self.pending or self.tent or self.notes or self.refuse or tx.groups or tx.saves)
+
     def take(self, _session: Any, chunk: bytes, idx: list[tuple[int, int, int]]) -> bool:
         """A client chunk: True when answered (or held) here."""
         if self.held is not None:
             self.held.append((chunk, idx))
             return True
+        if self._take(chunk, idx):
+            return True
+        tx = self.tx
+        if self.pending or tx.saves or tx.groups:  # savepoints may undo pending actions
+            if self.pending and idx[0][0] == _Q and len(idx) == 1 and self._refuse_prepare(chunk, idx):
+                return True
+            tx.client(chunk, idx)
+        return False
+
+    def _refuse_prepare(self, chunk: bytes, idx: list[tuple[int, int, int]]) -> bool:
+        """PREPARE TRANSACTION after LISTEN/UNLISTEN: Postgres refuses it (0A000,
+        after its own checks: prepared transactions disabled, GID in use...) and
+        the transaction is over.  The server gets a LISTEN first, so that it
+        answers exactly that; the LISTEN's CommandComplete is cut (:meth:`replies`)."""
+        s = self.s
+        if s.server is None or s.server.status != _INTX or not s.acc.settled():
+            return False
+        _t, st, e = idx[0]
+        stmts = [x for x in split_statements(chunk[st:e - 1]) if x.strip()]
+        if len(stmts) != 1 or tx_op(stmts[0]) != ("prep", None):
+            return False
+        self.refuse += 1
+        text = b'LISTEN "wirepool prepare";' + chunk[st:e]  # (with its terminating NUL)
+        q = b"Q" + (len(text) + 4).to_bytes(4, "big") + text
+        s._from_client(q, [(_Q, 5, len(q))])
+        return True
+
+    def _take(self, chunk: bytes, idx: list[tuple[int, int, int]]) -> bool:
         t, st, e = idx[0]
         if t == _Q:
             if len(idx) != 1 or not maybe_listen(chunk, st, e):
@@ -214,6 +252,8 @@ class SessionListen:
             self.stmts, self.portals = keep
         s.last_activity = s.loop.time()
         out: list[bytes] = []
+        if self.notes and status == _IDLE:  # (normally sent before the last ReadyForQuery 'I')
+            out.append(self._unhold())
         futs: list[asyncio.Future[Any]] = []
         failed = False
         for kind, val in steps:
@@ -228,7 +268,7 @@ class SessionListen:
             elif kind == _R:
                 out.append(val)
             elif status == _INTX:
-                self.pending += val
+                futs += self._pend(val)
                 out.append(_tags(val))
             else:
                 try:
@@ -245,7 +285,7 @@ class SessionListen:
             self._reply(reply)
         else:
             self.held = []
-            s.gw.spawn(self._confirm(asyncio.gather(*futs), steps, reply))
+            s.gw.spawn(self._confirm(asyncio.gather(*futs), steps, reply, status == _INTX))
         return True
 
     def _apply(self, actions: list[tuple[str, str | None]]) -> "asyncio.Future[Any] | None":
@@ -266,21 +306,44 @@ class SessionListen:
         for ch in remove:
             hub.unsubscribe(self, ch)
         self.channels = (self.channels | add) - remove
+        self.ever = self.ever or bool(self.channels)
         return asyncio.gather(*futs) if futs else None
 
-    async def _confirm(self, fut: "asyncio.Future[Any]", steps: list[tuple[int, Any]], reply: bytes) -> None:
-        """Reply once upstream LISTENs (or with an error after server_connect_timeout)."""
+    def _pend(self, actions: list[tuple[str, str | None]]) -> list["asyncio.Future[Any]"]:
+        """LISTEN/UNLISTEN in a transaction: applied at COMMIT.  A new channel is
+        subscribed now (not delivered before COMMIT), so that once COMMIT
+        returns, upstream already LISTENs -- as Postgres guarantees."""
+        futs = []
+        for verb, ch in actions:
+            if verb == "UNLISTEN" and not self.pending and not self.ever:
+                continue  # Postgres: "If we couldn't possibly be listening, no need to queue anything"
+            self.pending.append((verb, ch))
+            if verb == "LISTEN" and ch is not None and ch not in self.channels and ch not in self.tent:
+                try:
+                    f = self.hub.subscribe(self, ch)
+                except ListenLimit:
+                    continue  # tried again at COMMIT (and reported there)
+                self.tent.add(ch)
+                if f is not None:
+                    futs.append(f)
+        return futs
+
+    async def _confirm(self, fut: "asyncio.Future[Any]", steps: list[tuple[int, Any]], reply: bytes,
+                       intx: bool = False) -> None:
+        """Reply once upstream LISTENs (or with an error after server_connect_timeout;
+        in a transaction the reply stands: the hub LISTENs once it is back)."""
         try:
             await asyncio.wait_for(fut, self.s.settings.server_connect_timeout)
         except (asyncio.TimeoutError, asyncio.CancelledError):
-            for kind, val in steps:
-                if kind == _X:
-                    add, _rm = apply_actions(set(), val)
-                    for ch in add:
-                        self.hub.unsubscribe(self, ch)
-                    self.channels -= add
-            reply = m.error("08006", "LISTEN: the gateway's listener connection to the database is not "
-                                     f"available ({self.hub.last_error or 'timeout'})") + _RFQ[_IDLE]
+            if not intx:
+                for kind, val in steps:
+                    if kind == _X:
+                        add, _rm = apply_actions(set(), val)
+                        for ch in add:
+                            self.hub.unsubscribe(self, ch)
+                        self.channels -= add
+                reply = m.error("08006", "LISTEN: the gateway's listener connection to the database is not "
+                                         f"available ({self.hub.last_error or 'timeout'})") + _RFQ[_IDLE]
         if self.dead or self.s._finished:
             return
         self._reply(reply)
@@ -301,103 +364,85 @@ class SessionListen:
         self.s._send_or_queue(data)
 
     # ------------------------------------------------------------ server side
-    def replies(self, chunk: bytes, idx: list[tuple[int, int, int]]) -> None:
-        """Server messages to the client while actions are pending: COMMIT
-        applies them, the end of a rolled-back or failed transaction drops them."""
+    def replies(self, chunk: bytes, idx: list[tuple[int, int, int]]) -> bytes:
+        """Server messages to the client (while :attr:`watch`): COMMIT applies the
+        pending actions, ROLLBACK (or a failed COMMIT) drops them, ROLLBACK TO
+        drops those after the savepoint; notifications held during the
+        transaction go out just before its ReadyForQuery ``I``, as Postgres
+        sends them.  Returns the chunk, with those edits."""
+        parts: list[bytes] = []
+        last = 0
+        tx = self.tx
         for t, st, e in idx:
             if t == _C:
-                tag = chunk[st:e]
-                if tag == _COMMIT:
+                tag = chunk[st:e - 1]
+                if tag not in TX_TAGS:
+                    if self.refuse and tag == b"LISTEN":  # ours, before a PREPARE TRANSACTION
+                        self.refuse -= 1
+                        parts.append(chunk[last:st - 5])
+                        last = e
+                    continue
+                op = tx.op(tag)
+                if tag == b"COMMIT":
                     self._commit()
-                elif tag == _ROLLBACK:
-                    self._rolled = True
+                elif tag == b"ROLLBACK":
+                    if op is not None and op[0] == "to":
+                        self._undo(tx.rollback_to(op[1]))
+                    else:
+                        self._undo(0)
+                elif op is not None and op[0] == "sp":
+                    tx.savepoint(op[1], len(self.pending))
+                elif op is not None and op[0] == "rel":
+                    tx.release(op[1])
             elif t == _Z:
+                tx.ready()
                 if chunk[st] == _IDLE:
-                    self.pending = []
-                self._rolled = False
-            if not self.pending:
-                return
+                    if self.pending or self.tent:  # ended with no COMMIT seen: nothing applied
+                        self._undo(0)
+                    tx.end()
+                    if self.notes:
+                        parts += (chunk[last:st - 5], self._unhold())
+                        last = st - 5
+        if not parts:
+            return chunk
+        parts.append(chunk[last:])
+        return b"".join(parts)
 
     def _commit(self) -> None:
+        registered = bool(self.channels)
         actions, self.pending = self.pending, []
+        self.tx.saves.clear()
         try:
             self._apply(actions)
         except ListenLimit as exc:  # Postgres would have failed the COMMIT; too late: say so
             self._notice(f"wirepool: LISTEN not applied at COMMIT: {exc.message}")
+        self._untent()
+        if not registered and self.notes:
+            # Postgres' first LISTEN skips what was committed before it (async.c, Exec_ListenPreCommit)
+            kept = [x for x in self.notes if isinstance(x, bytes)]
+            self.notes = list(kept)
+            self.notes_bytes = sum(len(x) for x in kept)
 
-    # ------------------------------------------------- subscriber (hub side)
-    def deliver(self, n: Notification) -> bool:
-        """Queued in ``batch``; the hub calls :meth:`flush` after the upstream
-        chunk (one write -- one WebSocket message -- per chunk, not per notification)."""
-        if self.dead:
-            return True
-        wire = n.wire
-        if not wire:
-            wire = n.wire = m.notification_response(n.pid, n.channel, n.payload)
-        batch = self.batch
-        if not batch:
-            self.hub.touched.append(self)
-        batch.append(wire)
-        self.batch_bytes += len(wire)
-        self.delivered += 1
-        if self.batch_bytes >= _BATCH_MAX:
-            self.flush()  # large chunk: write as we go, so the check below sees the socket's progress
-        tr = self.tr
-        unsent: int = self.batch_bytes + self.s._out_bytes + (tr.get_write_buffer_size() if tr is not None else 0)
-        return bool(unsent <= self.limit)
+    def _undo(self, keep: int) -> None:
+        """Pending actions after the first ``keep`` are rolled back."""
+        del self.pending[keep:]
+        if not keep:
+            self.tx.saves.clear()
+        self._untent()
 
-    def flush(self) -> None:
-        batch = self.batch
-        if not batch or self.dead:
-            batch.clear()
-            self.batch_bytes = 0
-            return
-        data = batch[0] if len(batch) == 1 else b"".join(batch)
-        batch.clear()
-        self.batch_bytes = 0
-        s = self.s
-        if s._direct is not None and not s._out:
-            try:
-                s._direct(data)
-            except Exception:  # client gone: its session is ending
-                pass
-        else:
-            s._send_or_queue(data)
-
-    def gap(self, message: str) -> None:
-        if not self.dead:
-            self.flush()
-            self._notice(message)
-
-    def _notice(self, message: str) -> None:
-        self.s._send_or_queue(m.notice_response({"S": "WARNING", "V": "WARNING", "C": "01000", "M": message}))
-
-    def overflow(self) -> None:
-        """Too slow: FATAL 53400 after what it has been sent, then disconnect."""
-        self.dead = True
-        self.batch.clear()
-        s = self.s
-        log.warning("%r: disconnected: more than listen_queue_bytes = %d bytes of notifications unsent",
-                    s, self.limit)
-        fatal = m.error("53400", f"terminating connection: the client did not read its notifications "
-                                 f"(more than listen_queue_bytes = {self.limit} bytes unsent)", severity="FATAL")
-        s._out.clear()
-        s._out_bytes = 0
-        send = getattr(s.stream, "send_nowait", None)
-        try:
-            if send is not None:
-                send(fatal)
-        except Exception:
-            pass
-        s._abort(None, None)
-        abort = getattr(s.stream, "abort", None)
-        if abort is not None:  # a peer that never reads would keep the socket open for ever
-            s.loop.call_later(10.0, abort)
+    def _untent(self) -> None:
+        """Tentative subscriptions no pending LISTEN needs any more go."""
+        want = {ch for verb, ch in self.pending if verb == "LISTEN"}
+        for ch in self.tent - want - self.channels:
+            self.hub.unsubscribe(self, ch)
+        self.tent &= want
 
     def close(self) -> None:
         """The session ends."""
         self.dead = True
         self.pending = []
+        self.tent = set()
+        self.notes = []
         self.held = None
         self.hub.unsubscribe_all(self)
 

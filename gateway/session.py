@@ -603,11 +603,11 @@ class Session:
             if not chunk:
                 return
         z = acc.replies(chunk, idx)
-        lq = self.listen
-        if lq is not None and lq.pending:  # LISTEN in a transaction: applied at COMMIT
-            lq.replies(chunk, idx)
         if self.cache is not None and self.cache.cap is not None:
             self.cache.captured(chunk, idx)
+        lq = self.listen
+        if lq is not None and lq.watch:  # LISTEN in a transaction, held notifications (gateway.listen_session)
+            chunk = lq.replies(chunk, idx)
         self.pool.obs.bytes_out += len(chunk)  # type: ignore[union-attr]
         direct = self._direct
         if direct is not None and not self._out:

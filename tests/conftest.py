@@ -26,7 +26,7 @@ _db_counter = itertools.count(1)
 @pytest.fixture(scope="session")
 def pg() -> Iterator[PgCluster]:
     """One cluster shared by the whole run. Do not stop/restart/kill it: use pg_factory."""
-    cluster = PgCluster()
+    cluster = PgCluster({"max_prepared_transactions": 4})  # PREPARE TRANSACTION tests (test_listen_tx)
     try:
         yield cluster
     finally:

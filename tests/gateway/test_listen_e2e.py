@@ -243,10 +243,13 @@ async def test_extended_protocol_and_named_statements(gateway_app: Any, pg: PgCl
         assert await c.fetchval("select $1::int", 5) == 5 and await c0.fetchval("select 7") == 7
         await adm.execute("notify ext, 'p'")
         await eventually(lambda: sorted(got) == ["named:p", "unnamed:p"], 5, "both")
+        hub = hub_for(app.gateway.pools["app"])
         async with c.transaction():
-            await c.execute("listen ext2")  # in a transaction: pending until COMMIT
-            assert "ext2" not in hub_for(app.gateway.pools["app"]).registry.channels
-        assert "ext2" in hub_for(app.gateway.pools["app"]).registry.channels
+            await c.execute("listen ext2")  # in a transaction: pending until COMMIT...
+            assert "ext2" in hub.listening  # ... but upstream already LISTENs (no window after COMMIT)
+            (sub,) = hub.registry.channels["ext2"].subs
+            assert "ext2" not in sub.channels
+        assert "ext2" in sub.channels
     finally:
         await c.close()
         await c0.close()
