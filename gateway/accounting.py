@@ -40,6 +40,7 @@ from typing import Any, Protocol
 
 from driver.protocol.framing import ProtocolError, split_data_rows
 
+from .auth_query import note_role_tag
 from .observe import error_class
 from .schema import DDL_FIRST, is_ddl_tag
 
@@ -288,8 +289,11 @@ class Accounting:
             elif t == _C:
                 if chunk[s:e] == _LISTEN_TAG:
                     self.listened = True
-                elif chunk[s] in DDL_FIRST and is_ddl_tag(chunk, s, e):
-                    self.ddl = True
+                elif chunk[s] in DDL_FIRST:
+                    if is_ddl_tag(chunk, s, e):
+                        self.ddl = True
+                    else:  # CREATE/ALTER/DROP ROLE: cached auth_query lookups are stale
+                        note_role_tag(chunk, s, e)
             elif t == _ERR:
                 body = chunk[s:e]
                 cls = error_class(body)

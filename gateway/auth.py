@@ -20,6 +20,13 @@
 * ``trust`` -- no password; the user must be listed in ``[users]`` unless
   ``[users]`` is empty.
 
+A user not in ``[users]`` is looked up in PostgreSQL when the database has an
+``auth_user`` (:mod:`gateway.auth_query`, pg_listen and WebSocket logins): the
+returned SCRAM verifier or md5 hash is checked like a ``[users]`` one (with
+``auth_type = "md5"`` a SCRAM verifier gets a SCRAM exchange, as PostgreSQL
+does), and what the client proved (its ClientKey, md5 hash or password) is
+kept for logging in upstream as it (:mod:`gateway.auth_passthrough`).
+
 Every failure caused by the credentials -- unknown user or wrong password --
 is the same FATAL 28P01 ``password authentication failed for user "x"``, and
 is counted by the :class:`~gateway.ratelimit.LoginThrottle` (exponential delay
@@ -40,6 +47,7 @@ from driver.protocol import auth as pg_auth
 from driver.protocol import messages as m
 from driver.protocol.framing import ProtocolError
 
+from .auth_query import LookupUnavailable
 from .ratelimit import LoginThrottle, source_of
 from .tokens import TokenStore
 
@@ -69,11 +77,13 @@ class Throttled(AuthFailed):
 
 
 class _Entry:
-    __slots__ = ("plaintext", "verifier")
+    __slots__ = ("plaintext", "verifier", "md5")
 
-    def __init__(self, plaintext: bytes | None, verifier: pg_auth.ScramVerifier | None) -> None:
+    def __init__(self, plaintext: bytes | None, verifier: pg_auth.ScramVerifier | None,
+                 md5: str | None = None) -> None:
         self.plaintext = plaintext
         self.verifier = verifier
+        self.md5 = md5  # a stored "md5..." hash (users looked up with auth_query)
 
 
 SendFn = Callable[[bytes], Awaitable[None]]
@@ -138,6 +148,8 @@ class Authenticator:
         #: Peak number of derivations in flight at once.
         self.peak_in_flight = 0
         self._in_flight = 0
+        #: gateway.auth_query.AuthQuery: users not in [users] (set by the Gateway)
+        self.lookup: Any = None
 
     def close(self) -> None:
         if self._executor is not None:
@@ -190,18 +202,22 @@ class Authenticator:
         self.derivations += 1
         return _check(verifier, password or "") and real
 
-    async def authenticate(self, user: str, send: SendFn, recv: RecvFn, peer: str = "?") -> bytes:
+    async def authenticate(self, user: str, send: SendFn, recv: RecvFn, peer: str = "?",
+                           database: str | None = None) -> bytes:
         """Run the exchange.  Returns bytes still to send before
         AuthenticationOk (the SASL final message, or b""): the session sends
         them together with the rest of its reply.  Raises :class:`AuthFailed`.
-        Failed attempts are throttled per source address and per user."""
+        Failed attempts are throttled per source address and per user.
+        ``database``: where auth_query looks up users not in ``[users]``."""
         src = source_of(peer)
         await self._gate(src, user)
         try:
-            result = await self._exchange(user, send, recv)
+            result = await self._exchange(user, send, recv, database)
         except AuthFailed as exc:
             if exc.sqlstate == "28P01":
                 self.throttle.failed(src, user)
+                if self.lookup is not None and database is not None:
+                    self.lookup.forget(database, user)
             raise
         self.throttle.succeeded(src, user)
         return result
@@ -214,33 +230,66 @@ class Authenticator:
         if wait > 0:
             await asyncio.sleep(wait)
 
-    async def _exchange(self, user: str, send: SendFn, recv: RecvFn) -> bytes:
+    async def _exchange(self, user: str, send: SendFn, recv: RecvFn, database: str | None) -> bytes:
         entry = self._entries.get(user)
         t = self.auth_type
         if t == "trust":
             if entry is None and self._entries:
                 raise failed_for(user)
             return b""
-        if t == "scram-sha-256":
-            return await self._scram(user, entry, send, recv)
+        looked_up = False
+        if entry is None and self.lookup is not None and database is not None and self.lookup.enabled(database):
+            try:
+                secret = await self.lookup.secret(database, user)
+            except LookupUnavailable as exc:
+                raise AuthFailed("08006", f"authentication lookup failed, upstream unreachable: {exc}") from None
+            looked_up = True
+            if secret is not None:
+                entry = _Entry(None, secret.verifier, secret.md5)
+        remember = self._remembering(database, user)
+        plain = entry.plaintext.decode("utf-8") if entry is not None and entry.plaintext is not None else None
+        if t == "scram-sha-256" or (t == "md5" and looked_up and entry is not None
+                                    and entry.verifier is not None):
+            final, client_key = await self._scram(user, entry, send, recv)
+            if entry is not None and entry.verifier is not None and client_key is not None:
+                remember(password=plain, keys=None if plain else (client_key, entry.verifier.server_key))
+            return final
         elif t == "password":
             await send(m.AUTHENTICATION_CLEARTEXT_PASSWORD)
             password = _decode_password(await _expect_password(recv))
-            if not await self._verify_cleartext(user, entry, password):
+            if entry is not None and entry.verifier is None and entry.md5 is not None:
+                # md5 hash looked up: same PBKDF2 cost as everyone else, then the hash decides
+                await self._offload(self._dummy_verifier, password)
+                ok = hmac.compare_digest(pg_auth.md5_stored(user, password).encode(), entry.md5.encode())
+            else:
+                ok = await self._verify_cleartext(user, entry, password, cache=not looked_up)
+            if not ok:
                 raise failed_for(user)
+            remember(password=password)
         else:  # md5
             salt = os.urandom(4)
             await send(m.authentication_md5_password(salt))
             answer = _decode_password(await _expect_password(recv)).encode("utf-8", "replace")
-            if entry is not None and entry.plaintext is not None:
-                expected = pg_auth.md5_password(user, entry.plaintext.decode("utf-8"), salt).encode()
+            if plain is not None:
+                expected = pg_auth.md5_password(user, plain, salt).encode()
+                ok = True
+            elif entry is not None and entry.md5 is not None:
+                expected = pg_auth.md5_response_from_stored(entry.md5, salt).encode()
                 ok = True
             else:
                 expected = pg_auth.md5_password(user, self._dummy_plain.decode(), salt).encode()
                 ok = False
             if not (hmac.compare_digest(answer, expected) and ok):
                 raise failed_for(user)
+            remember(password=plain, md5=None if plain else entry.md5 if entry is not None else None)
         return b""
+
+    def _remembering(self, database: str | None, user: str) -> Callable[..., None]:
+        """Where a successful login's secret goes (pass-through databases, gateway/auth_query.py)."""
+        lookup = self.lookup
+        if lookup is None or database is None:
+            return lambda **_: None
+        return lambda **kw: lookup.remember(database, user, **kw)
 
     # -- cleartext password checks: always exactly one PBKDF2, in the thread pool
     def _verifier_for(self, entry: _Entry | None, password: str | None) -> tuple[pg_auth.ScramVerifier, bool]:
@@ -250,10 +299,11 @@ class Authenticator:
             return self._dummy_verifier, False
         return entry.verifier, True
 
-    async def _verify_cleartext(self, user: str, entry: _Entry | None, password: str | None) -> bool:
+    async def _verify_cleartext(self, user: str, entry: _Entry | None, password: str | None,
+                                cache: bool = True) -> bool:
         verifier, real = self._verifier_for(entry, password)
         key = b""
-        if real and password is not None:
+        if real and password is not None and cache:
             key = hmac.digest(self._secret, user.encode("utf-8", "replace") + b"\0"
                               + password.encode("utf-8", "replace"), "sha256")
             if key in self._ok:
@@ -284,7 +334,9 @@ class Authenticator:
             finally:
                 self._in_flight -= 1
 
-    async def _scram(self, user: str, entry: _Entry | None, send: SendFn, recv: RecvFn) -> bytes:
+    async def _scram(self, user: str, entry: _Entry | None, send: SendFn,
+                     recv: RecvFn) -> tuple[bytes, bytes | None]:
+        """The SASL exchange; (SASL final message, the client's ClientKey)."""
         if entry is not None and entry.verifier is not None:
             server = pg_auth.ScramServer(entry.verifier)
             real = True
@@ -312,7 +364,7 @@ class Authenticator:
             raise AuthFailed(exc.sqlstate, str(exc)) from None
         if not real:  # pragma: no cover - the mock always fails the proof check
             raise failed_for(user)
-        return m.authentication_sasl_final(final)
+        return m.authentication_sasl_final(final), server.client_key
 
 
 def _check(verifier: pg_auth.ScramVerifier, password: str) -> bool:

@@ -112,6 +112,13 @@ class GatewaySettings:
     auth_failure_delay: float = 0.1
     auth_failure_max_delay: float = 5.0
     auth_failure_window: float = 300.0
+    #: auth_query (PgBouncer's keys; gateway/auth_query.py, docs/auth-query.md): a user not in
+    #: [users] is looked up in PostgreSQL with ``auth_query`` over a connection as ``auth_user``
+    #: (to ``auth_dbname``, default the client's database); results are cached this many seconds.
+    auth_user: str | None = None
+    auth_query: str = "SELECT usename, passwd FROM pg_shadow WHERE usename=$1"
+    auth_dbname: str | None = None
+    auth_query_cache_ttl: float = 5.0
     log_level: str = "info"
     #: admin console (virtual database ``pgbouncer`` / ``wirepool``, docs/admin.md):
     #: users allowed every command, and users allowed the read-only SHOW commands
@@ -190,6 +197,11 @@ class DatabaseConfig:
     cache: str = "off"
     cache_ttl: float = 60.0
     cache_swr: float = 15.0
+    #: auth_query overrides for this database (None: the [gateway] value).  Without ``user``
+    #: (allowed when an auth_user applies) each client logs in upstream as itself.
+    auth_user: str | None = None
+    auth_query: str | None = None
+    auth_dbname: str | None = None
 
     def __post_init__(self) -> None:
         if not self.dbname:
@@ -442,7 +454,7 @@ _INT_MAX = {"max_message_size": 1 << 30, "sql_max_request_size": 1 << 30, "sql_m
 _GATEWAY_KEYS = frozenset(f.name for f in fields(GatewaySettings))
 _DB_KEYS = frozenset({"host", "port", "dbname", "user", "password", "pool_size", "pool_mode",
                       "min_pool_size", "reserve_pool_size", "sslmode", "sslrootcert",
-                      "cache", "cache_ttl", "cache_swr"})
+                      "cache", "cache_ttl", "cache_swr", "auth_user", "auth_query", "auth_dbname"})
 _USER_KEYS = frozenset({"password", "tokens"})
 _TOP_KEYS = frozenset({"gateway", "databases", "users"})
 
@@ -501,6 +513,8 @@ def _parse_gateway(raw: Mapping[str, Any], base_dir: Path | None) -> GatewaySett
                 raise ConfigError(key, "must be at least 16 characters (it signs session tokens)")
         elif name == "cache_channel":
             kw[name] = _str(value, key)  # "" disables the channel
+        elif name in ("auth_user", "auth_query", "auth_dbname"):
+            kw[name] = _auth_key(name, value, key)
         else:  # pragma: no cover - every field is handled above
             raise ConfigError(key, "unknown key")
     g = GatewaySettings(**kw)
@@ -521,6 +535,14 @@ def _parse_gateway(raw: Mapping[str, Any], base_dir: Path | None) -> GatewaySett
     return g
 
 
+def _auth_key(name: str, value: Any, key: str) -> str:
+    """``auth_user`` / ``auth_dbname`` (non-empty) and ``auth_query`` (one ``$1`` parameter)."""
+    v = _str(value, key, nonempty=True)
+    if name == "auth_query" and "$1" not in v:
+        raise ConfigError(key, "must take the user name as $1 and return (user name, password)")
+    return v
+
+
 def _parse_database(name: str, raw: Mapping[str, Any], g: GatewaySettings,
                     base_dir: Path | None = None) -> DatabaseConfig:
     prefix = f"databases.{name}"
@@ -534,9 +556,14 @@ def _parse_database(name: str, raw: Mapping[str, Any], g: GatewaySettings,
         kw["port"] = _int(raw["port"], f"{prefix}.port", minimum=1, maximum=65535)
     if "dbname" in raw:
         kw["dbname"] = _str(raw["dbname"], f"{prefix}.dbname", nonempty=True)
-    if "user" not in raw:
-        raise ConfigError(f"{prefix}.user", "required (the upstream role the pool logs in as)")
-    kw["user"] = _str(raw["user"], f"{prefix}.user", nonempty=True)
+    for k in ("auth_user", "auth_query", "auth_dbname"):
+        if k in raw:
+            kw[k] = _auth_key(k, raw[k], f"{prefix}.{k}")
+    if "user" in raw:
+        kw["user"] = _str(raw["user"], f"{prefix}.user", nonempty=True)
+    elif not (kw.get("auth_user") or g.auth_user):
+        raise ConfigError(f"{prefix}.user", "required (the upstream role the pool logs in as; "
+                                            "without it, with auth_user, each client logs in as itself)")
     if "password" in raw:
         kw["password"] = _str(raw["password"], f"{prefix}.password")
     if "pool_size" in raw:
@@ -677,6 +704,7 @@ def config_to_display(cfg: Config) -> dict[str, Any]:
             "reserve_pool_size": d.effective_reserve_pool_size(g),
             "sslmode": d.sslmode, "sslrootcert": d.sslrootcert,
             "cache": d.cache, "cache_ttl": d.cache_ttl, "cache_swr": d.cache_swr,
+            "auth_user": d.auth_user, "auth_query": d.auth_query, "auth_dbname": d.auth_dbname,
         }
     users: dict[str, Any] = {}
     for name, u in cfg.users.items():

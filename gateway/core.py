@@ -13,6 +13,7 @@ import time
 from typing import Any, Coroutine
 
 from .auth import Authenticator
+from .auth_query import AuthQuery
 from .cancel import send_cancel
 from .limits import Limits
 from .observe import GatewayObs
@@ -29,6 +30,8 @@ class Gateway:
         self.config = config
         self.settings = config.gateway
         self.authenticator = Authenticator(self.settings.auth_type, config.users, self.settings)
+        self.auth_query = AuthQuery(self)  # users looked up in PostgreSQL (gateway/auth_query.py)
+        self.authenticator.lookup = self.auth_query
         self.pools: dict[str, Pool] = {name: Pool(self, db, self.settings)
                                        for name, db in config.databases.items()}
         #: gateway-issued process id -> session (for CancelRequest)
@@ -78,6 +81,7 @@ class Gateway:
                     pool.tick(now)
                 except Exception:  # pragma: no cover - a bug; keep the janitor alive
                     log.exception("janitor failed for pool %s", pool.name)
+            self.auth_query.tick(now)
             self.obs.sample(now, time.time(), self.pools)
             self.period_stats.tick(now, self.pools, self.settings.stats_period)
             if self.settings.client_idle_timeout > 0 or self.settings.client_message_timeout > 0:
@@ -146,6 +150,7 @@ class Gateway:
             await asyncio.wait(pending, timeout=2.0)
         for pool in self.pools.values():
             await pool.close()
+        await self.auth_query.close()
         for task in list(self._tasks):
             task.cancel()
         self.authenticator.close()

@@ -99,6 +99,7 @@ async def startup(self: Any) -> bool:
     pool = gw.pools.get(self.database)
     if pool is None or pool.disabled:
         raise AuthFailed("3D000", f'database "{self.database}" does not exist')
+    pool = gw.auth_query.pool_for(pool, self.user)  # a database without `user`: the client's own pool
     self.pool = pool
     self.acc.errors = pool.obs.errors  # server ErrorResponses by SQLSTATE class (/metrics)
     self.transaction_mode = pool.transaction_mode
@@ -206,7 +207,7 @@ async def handshake(self: Any) -> bytes | None:
     self._admit()
     if token is not None:
         return b""
-    return await gw.authenticator.authenticate(user, send, self._next_message, peer)
+    return await gw.authenticator.authenticate(user, send, self._next_message, peer, self.database)
 
 def admit(self: Any) -> None:
     """Count this client against ``max_client_conn`` (53300 past it;

@@ -24,6 +24,7 @@ from driver.protocol import auth as pg_auth
 from driver.protocol import messages as m
 from driver.protocol.framing import MessageReader, ProtocolError
 
+from . import auth_passthrough as passthrough
 from .prepared import forget_statements
 from .tcp import set_socket_buffer
 from .tls import UpstreamTlsError, negotiate_upstream, upstream_context
@@ -196,7 +197,7 @@ class ServerConnection(asyncio.Protocol):
             self._login_waiter = None
         return self._login_msgs.pop(0)
 
-    async def login(self, user: str, password: str | None, dbname: str,
+    async def login(self, user: str, password: "str | passthrough.Credentials | None", dbname: str,
                     extra: dict[str, str] | None = None) -> None:
         """Run the startup + authentication exchange; ServerError on failure."""
         assert self.transport is not None
@@ -213,18 +214,19 @@ class ServerConnection(asyncio.Protocol):
                 code = req.code
                 if code == m.AUTH_OK:
                     continue
-                if password is None and code != m.AUTH_OK:
+                if (password is None or not (isinstance(password, str) or password)) and code != m.AUTH_OK:
                     raise ServerError("08006", f"upstream server requested a password for user \"{user}\""
                                       " but none is configured")
                 assert password is not None
+                # password: a str, or the client's pass-through Credentials (gateway/auth_passthrough.py)
                 if code == m.AUTH_CLEARTEXT_PASSWORD:
-                    self.transport.write(m.password_message(password))
+                    self.transport.write(m.password_message(passthrough.cleartext(password, user)))
                 elif code == m.AUTH_MD5_PASSWORD:
-                    self.transport.write(m.password_message(pg_auth.md5_password(user, password, req.data[:4])))
+                    self.transport.write(m.password_message(passthrough.md5_answer(password, user, req.data[:4])))
                 elif code == m.AUTH_SASL:
                     if pg_auth.SCRAM_SHA_256 not in req.mechanisms:
                         raise ServerError("08006", f"upstream offers no supported SASL mechanism: {req.mechanisms}")
-                    scram = pg_auth.ScramClient(user, password)
+                    scram = passthrough.scram_client(password, user)
                     self.transport.write(m.sasl_initial_response(scram.mechanism, scram.client_first()))
                 elif code == m.AUTH_SASL_CONTINUE and scram is not None:
                     try:

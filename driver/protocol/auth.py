@@ -286,11 +286,16 @@ class ScramClient:
 
     mechanism: str = SCRAM_SHA_256
 
-    def __init__(self, user: str, password: str, *, nonce: str | None = None) -> None:
+    def __init__(self, user: str, password: str, *, nonce: str | None = None,
+                 keys: tuple[bytes, bytes] | None = None) -> None:
         if nonce is not None and not _valid_nonce(nonce):
             raise ValueError("a SCRAM nonce is printable ASCII without ','")
         self.user = user
         self._password = password
+        #: (ClientKey, ServerKey) instead of the password (a pooler passing a
+        #: client's login through, see ScramServer.client_key): no PBKDF2; the
+        #: server's salt and iteration count must be those the keys came from.
+        self._keys = keys
         self._nonce = nonce if nonce is not None else _new_nonce()
         # PostgreSQL ignores the SCRAM user name (it uses the startup packet's).
         self._client_first_bare = f"n={_escape_saslname(user)},r={self._nonce}"
@@ -321,8 +326,12 @@ class ScramClient:
             raise AuthenticationError("malformed SCRAM message (empty salt)")
         iterations = _parse_iterations(iter_text)
 
-        salted = pbkdf2_sha256(saslprep(self._password), salt, iterations)
-        client_key, stored_key, server_key = _client_keys(salted)
+        if self._keys is not None:
+            client_key, server_key = self._keys
+            stored_key = _sha256(client_key)
+        else:
+            salted = pbkdf2_sha256(saslprep(self._password), salt, iterations)
+            client_key, stored_key, server_key = _client_keys(salted)
         without_proof = f"c={_b64(_GS2_NO_CB)},r={nonce}"
         auth_message = f"{self._client_first_bare},{text},{without_proof}".encode("utf-8")
         proof = _xor(client_key, _hmac(stored_key, auth_message))
@@ -475,6 +484,9 @@ class ScramServer:
         self.done = False
         #: The user name the client sent in client-first (informational; PostgreSQL ignores it).
         self.client_user: str | None = None
+        #: After a successful exchange: the client's ClientKey (ClientProof XOR
+        #: ClientSignature), which lets a pooler log in upstream as this client.
+        self.client_key: bytes | None = None
 
     @classmethod
     def mock(cls, user: str | None = None) -> ScramServer:
@@ -554,4 +566,5 @@ class ScramServer:
         ok = hmac.compare_digest(_sha256(client_key), v.stored_key)
         if not ok or self._mock:
             raise AuthenticationError("password authentication failed", "28P01")
+        self.client_key = client_key
         return f"v={_b64(_hmac(v.server_key, auth_message))}".encode("ascii")

@@ -1,0 +1,184 @@
+"""auth_query / auth_user (gateway/auth_query.py, docs/auth-query.md) against real
+PostgreSQL: users created by SQL log in through the gateway, a database without
+``user`` logs in upstream as each client with no plaintext password (SCRAM
+pass-through), password changes apply, every failure looks the same."""
+
+from __future__ import annotations
+
+import secrets
+import socket
+from typing import Any
+
+import asyncpg
+import pytest
+
+from tests.pgcluster import PgCluster
+
+
+def _role() -> tuple[str, str]:
+    return f"aq_{secrets.token_hex(4)}", f"pw-{secrets.token_hex(6)}"
+
+
+def _dbs(pg: PgCluster, **extra: Any) -> dict[str, dict[str, Any]]:
+    """``pt``: pass-through (no ``user``; auth_user = the superuser, its password in the section)."""
+    return {"pt": {"auth_user": PgCluster.SUPERUSER, "password": PgCluster.SUPERUSER_PASSWORD,
+                   "dbname": PgCluster.DATABASE, **extra}}
+
+
+async def _app(gateway_app: Any, pg: PgCluster, *, databases: dict[str, Any] | None = None,
+               users: dict[str, Any] | None = None, **gateway: Any) -> Any:
+    from gateway.config import parse_config
+    raw: dict[str, Any] = {
+        "gateway": {"listen": "127.0.0.1:0", "pg_listen": "127.0.0.1:0", "shutdown_timeout": 5.0, **gateway},
+        "databases": {"app": {"host": pg.host, "port": pg.port, "user": PgCluster.SCRAM_USER,
+                              "password": PgCluster.SCRAM_PASSWORD, "dbname": PgCluster.DATABASE}},
+        "users": users or {"alice": {"password": "alice-secret"}}}
+    for name, over in (databases or _dbs(pg)).items():
+        raw["databases"][name] = {"host": pg.host, "port": pg.port, **over}
+    return await gateway_app(config=parse_config(raw))
+
+
+async def _connect(app: Any, user: str, password: str, database: str = "pt") -> asyncpg.Connection:
+    return await asyncpg.connect(app.pg_dsn(user, password, database), statement_cache_size=0)
+
+
+async def _fails(app: Any, user: str, password: str, database: str = "pt") -> asyncpg.PostgresError:
+    with pytest.raises(asyncpg.PostgresError) as ei:
+        await _connect(app, user, password, database)
+    return ei.value
+
+
+@pytest.fixture
+def role(pg: PgCluster) -> Any:
+    made: list[str] = []
+
+    def make(password_encryption: str = "scram-sha-256") -> tuple[str, str]:
+        name, pw = _role()
+        pg.psql(f"SET password_encryption = '{password_encryption}'; CREATE ROLE {name} LOGIN PASSWORD '{pw}';"
+                f"GRANT ALL ON DATABASE {PgCluster.DATABASE} TO {name};", db="postgres")
+        made.append(name)
+        return name, pw
+
+    yield make
+    for name in made:
+        pg.psql(f"DROP ROLE IF EXISTS {name}", db="postgres", check=False)
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+async def test_sql_created_user_logs_in_as_itself_without_plaintext(gateway_app: Any, pg: PgCluster,
+                                                                    role: Any, mode: str) -> None:
+    app = await _app(gateway_app, pg, databases=_dbs(pg, pool_mode=mode))
+    name, pw = role()
+    conn = await _connect(app, name, pw)
+    try:
+        # the server connection is the client's own role (pass-through), not auth_user
+        assert await conn.fetchval("SELECT current_user") == name
+        assert await conn.fetchval("SELECT session_user") == name
+    finally:
+        await conn.close()
+    creds = app.gateway.auth_query._creds[("pt", name)]
+    assert creds.password is None and creds.keys is not None  # only the ClientKey: no plaintext
+    # a [users] user on a forced-user database is unaffected by auth_query
+    conn = await _connect(app, "alice", "alice-secret", "app")
+    assert await conn.fetchval("SELECT current_user") == PgCluster.SCRAM_USER
+    await conn.close()
+
+
+async def test_alter_password_through_the_gateway_applies_at_once(gateway_app: Any, pg: PgCluster,
+                                                                  role: Any) -> None:
+    app = await _app(gateway_app, pg, auth_query_cache_ttl=60.0)
+    name, old = role()
+    conn = await _connect(app, name, old)
+    await conn.close()
+    new = old + "-new"
+    conn = await _connect(app, name, old)
+    await conn.execute(f"ALTER USER {name} PASSWORD '{new}'")  # through the gateway: cache dropped
+    await conn.close()
+    err = await _fails(app, name, old)
+    assert err.sqlstate == "28P01"
+    conn = await _connect(app, name, new)
+    assert await conn.fetchval("SELECT current_user") == name
+    await conn.close()
+
+
+async def test_alter_password_outside_the_gateway(gateway_app: Any, pg: PgCluster, role: Any) -> None:
+    """Changed directly in PostgreSQL: the cached lookup answers within the TTL, but the
+    first failed login drops it, so the new password works on the next attempt."""
+    app = await _app(gateway_app, pg, auth_query_cache_ttl=60.0, auth_failure_delay=0)
+    name, old = role()
+    (await _connect(app, name, old)).terminate()
+    new = old + "-direct"
+    pg.psql(f"ALTER USER {name} PASSWORD '{new}'", db="postgres")
+    assert (await _fails(app, name, new)).sqlstate == "28P01"  # the stale cached verifier
+    conn = await _connect(app, name, new)                       # looked up again
+    assert await conn.fetchval("SELECT current_user") == name
+    await conn.close()
+    assert (await _fails(app, name, old)).sqlstate == "28P01"
+
+
+async def test_failures_look_the_same_and_are_throttled(gateway_app: Any, pg: PgCluster, role: Any) -> None:
+    dbs = _dbs(pg)
+    dbs["badq"] = {**dbs["pt"], "auth_query": "SELECT usename, passwd FROM no_such_table WHERE usename=$1"}
+    app = await _app(gateway_app, pg, databases=dbs, auth_failure_free=3, auth_failure_delay=0.05)
+    name, pw = role()
+    wrong = await _fails(app, name, "wrong")
+    unknown = await _fails(app, "aq_nobody", "whatever")
+    query_error = await _fails(app, name, pw, "badq")
+    nologin = await _fails(app, PgCluster.TRUST_USER, "x")  # exists, NULL password
+    for err, user in ((wrong, name), (unknown, "aq_nobody"), (query_error, name), (nologin, PgCluster.TRUST_USER)):
+        assert (err.sqlstate, str(err)) == ("28P01", f'password authentication failed for user "{user}"')
+    th = app.gateway.authenticator.throttle
+    assert th.admit("127.0.0.1", None) != 0  # four failures from this address: the next one waits
+    conn = await _connect(app, name, pw)  # a good login still works
+    await conn.close()
+
+
+async def test_lookup_is_cached_and_shared(gateway_app: Any, pg: PgCluster, role: Any) -> None:
+    app = await _app(gateway_app, pg, auth_query_cache_ttl=60.0)
+    aq = app.gateway.auth_query
+    name, pw = role()
+    import asyncio
+    conns = await asyncio.gather(*(_connect(app, name, pw) for _ in range(4)))
+    for c in conns:
+        await c.close()
+    assert aq.lookups == 1
+
+
+async def test_upstream_outage_during_lookup_is_08006(gateway_app: Any, pg: PgCluster) -> None:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    dead = s.getsockname()[1]
+    s.close()  # nothing listens there
+    app = await _app(gateway_app, pg, databases={"down": {**_dbs(pg)["pt"], "port": dead}})
+    err = await _fails(app, "someone", "pw", "down")
+    assert err.sqlstate == "08006"
+    assert "authentication lookup failed" in str(err) and str(dead) in str(err)
+    assert app.gateway.authenticator.throttle.admit("127.0.0.1", "someone") == 0  # not counted
+
+
+async def test_md5_user_passes_through_with_its_hash(gateway_app: Any, pg: PgCluster, role: Any) -> None:
+    """auth_type md5: an md5-hashed role logs in (upstream md5 answered from the hash); a
+    SCRAM role gets a SCRAM exchange, as PostgreSQL's md5 method does."""
+    app = await _app(gateway_app, pg, auth_type="md5")
+    conn = await _connect(app, PgCluster.MD5_USER, PgCluster.MD5_PASSWORD)
+    assert await conn.fetchval("SELECT current_user") == PgCluster.MD5_USER
+    await conn.close()
+    creds = app.gateway.auth_query._creds[("pt", PgCluster.MD5_USER)]
+    assert creds.password is None and creds.md5 is not None
+    name, pw = role()
+    conn = await _connect(app, name, pw)
+    assert await conn.fetchval("SELECT current_user") == name
+    await conn.close()
+
+
+async def test_forced_user_database_checks_the_client_with_auth_query(gateway_app: Any, pg: PgCluster,
+                                                                      role: Any) -> None:
+    app = await _app(gateway_app, pg, auth_user=PgCluster.SUPERUSER, databases={
+        "forced": {"user": PgCluster.SCRAM_USER, "password": PgCluster.SCRAM_PASSWORD,
+                   "dbname": PgCluster.DATABASE}},
+        users={"alice": {"password": "alice-secret"}, "wp_admin": {"password": PgCluster.SUPERUSER_PASSWORD}})
+    name, pw = role()
+    conn = await _connect(app, name, pw, "forced")
+    assert await conn.fetchval("SELECT current_user") == PgCluster.SCRAM_USER
+    await conn.close()
+    assert (await _fails(app, name, "wrong", "forced")).sqlstate == "28P01"
