@@ -23,6 +23,7 @@ from . import exceptions as exc
 from .protocol import client as pc
 from .protocol.framing import AuthenticationError
 from .transport import Endpoint, TransportError, get_connector
+from .transport.base import HandshakeError
 
 from .connection import Connection, _check_record_class
 
@@ -272,6 +273,10 @@ def login_error(startup: pc.StartupRequest, last_server_error: dict[str, str] | 
     elif isinstance(failure, pc.ConnectionLost):
         if last_server_error is not None:
             return exc.PostgresError.new(last_server_error)
+        if isinstance(failure.__cause__, HandshakeError):
+            # e.g. a refused WebSocket handshake (read with the first reply: the
+            # upgrade is pipelined) -- what connect() raised before pipelining
+            return failure.__cause__
         err = exc.ConnectionDoesNotExistError("connection was closed in the middle of operation")
     else:
         err = exc.InterfaceError(str(failure))

@@ -22,6 +22,11 @@ class TransportError(OSError):
     """The transport could not be opened or failed (maps to connection errors)."""
 
 
+class HandshakeError(TransportError):
+    """The server refused the transport's own handshake (e.g. a WebSocket
+    upgrade answered without ``101``); ``connect()`` raises it as is."""
+
+
 @dataclass
 class Endpoint:
     """Where and how to connect (what a Connector needs; built from the DSN)."""

@@ -21,6 +21,12 @@ database ``app``; ``wss://`` adds TLS (verify-full by default, the DSN's
   on slow links with compressible results).
 * Keepalive pings are off (like TCP without keepalives): a busy event loop
   must not close healthy connections by missing a pong deadline.
+* The handshake is pipelined: ``connect`` returns once TCP (and TLS) is up
+  and the upgrade request written, and the first message (the StartupMessage,
+  with the password when ``pipeline_connect=password``, or with the first
+  query under ``lazy_connect``) follows it at once; the ``101`` comes back
+  with the server's first answer.  Connect + login + first query through a
+  token or a cleartext-password gateway is one flight after TCP's handshake.
 * CancelRequest: a fresh WebSocket carrying only the CancelRequest (the
   gateway forwards it to the backend serving the session), see
   :meth:`driver.transport.base.Connector.cancel`.
@@ -33,14 +39,15 @@ alone (Pyodide).
 from __future__ import annotations
 
 import asyncio
+import collections
 import ssl as ssl_module
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-from .base import Connector, Endpoint, Transport, TransportError
+from .base import Connector, Endpoint, HandshakeError, Transport, TransportError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from websockets.asyncio.client import ClientConnection
+    from websockets.client import ClientProtocol
 
 __all__ = ["WebSocketConnector", "WebSocketTransport", "DEFAULT_MAX_SIZE"]
 
@@ -48,72 +55,222 @@ __all__ = ["WebSocketConnector", "WebSocketTransport", "DEFAULT_MAX_SIZE"]
 #: bytes in chunks of at most its read size; this only bounds a rogue server).
 DEFAULT_MAX_SIZE = 64 * 1024 * 1024
 _TLS_MODES = ("require", "verify-ca", "verify-full")
+_READ_HIGH_WATER = 1 << 20   # stop reading the socket while this much is received and unread
+_CLOSE_TIMEOUT = 5.0
 
 
-class WebSocketTransport(Transport):
-    """One open WebSocket carrying protocol bytes in binary messages."""
+class WebSocketTransport(asyncio.Protocol, Transport):
+    """One WebSocket carrying protocol bytes in binary messages: websockets'
+    sans-I/O ``ClientProtocol`` over an asyncio transport.
 
-    __slots__ = ("_ws", "_closing", "_close_task", "secure", "sent_messages", "received_messages")
+    Pipelined handshake: the connector returns as soon as TCP (and TLS) is up
+    and the upgrade request is written; :meth:`send` before the server's
+    ``101`` writes the (masked, uncompressed) frame right behind the request,
+    so the StartupMessage travels with the upgrade.  A refused handshake is
+    raised by :meth:`recv` (and :meth:`send`) as :class:`TransportError`
+    (``handshake_error``).
+    """
 
-    def __init__(self, ws: "ClientConnection", secure: bool = False) -> None:
+    def __init__(self, ws: "ClientProtocol", url: str, secure: bool = False) -> None:
         self._ws = ws
+        self._url = url
+        self._tr: asyncio.Transport | None = None
+        self._loop = asyncio.get_running_loop()
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._buffered = 0
+        self._eof = False
+        self._error: BaseException | None = None
+        #: the refused/failed WebSocket handshake, if it was
+        self.handshake_error: HandshakeError | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._reading_paused = False
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
         self._closing = False
         self._close_task: asyncio.Task[None] | None = None
+        self._lost: asyncio.Future[None] = self._loop.create_future()
+        self._text = False
         self.secure = secure
         #: client->server / server->client WebSocket messages so far (cheap counters).
         self.sent_messages = 0
         self.received_messages = 0
 
     @property
-    def websocket(self) -> "ClientConnection":
-        """The underlying ``websockets`` connection."""
+    def websocket(self) -> "ClientProtocol":
+        """The underlying ``websockets`` sans-I/O protocol."""
         return self._ws
 
-    async def send(self, data: bytes) -> None:
-        if self._closing:
-            raise TransportError("the connection is closed")
-        from websockets.exceptions import ConnectionClosed
+    # -- asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._tr = transport  # type: ignore[assignment]
+        ws = self._ws
+        ws.send_request(ws.connect())
+        self._write_out()
 
-        try:
-            await self._ws.send(data)
-        except ConnectionClosed as exc:
-            raise TransportError(f"the WebSocket is closed: {exc}") from exc
+    def data_received(self, data: bytes) -> None:
+        self._ws.receive_data(data)
+        self._process()
+
+    def eof_received(self) -> bool:
+        self._ws.receive_eof()
+        self._process()
+        self._end(None)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end(TransportError(f"the WebSocket connection was lost: {exc}") if exc is not None else None)
+        if not self._lost.done():
+            self._lost.set_result(None)
+        self.resume_writing()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        w = self._drain_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    # -- internals
+    def _end(self, error: BaseException | None) -> None:
+        if error is not None and self._error is None and not self._eof:
+            self._error = error
+        self._eof = True
+        self._wake()
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _write_out(self) -> None:
+        tr = self._tr
+        for chunk in self._ws.data_to_send():
+            if tr is None:
+                break
+            if chunk:
+                tr.write(chunk)
+            else:  # the protocol says: close the TCP connection
+                tr.close()
+
+    def _process(self) -> None:
+        from websockets.frames import Frame, Opcode
+
+        ws = self._ws
+        for ev in ws.events_received():
+            if not isinstance(ev, Frame):  # the handshake response
+                if ws.handshake_exc is not None:
+                    self.handshake_error = HandshakeError(
+                        f"WebSocket handshake with {self._url} failed: {ws.handshake_exc!r}")
+                    self._end(self.handshake_error)
+                continue
+            op = ev.opcode
+            if op is Opcode.BINARY or (op is Opcode.CONT and not self._text):
+                self._text = False
+                if ev.data:
+                    data = bytes(ev.data)
+                    self._chunks.append(data)
+                    self._buffered += len(data)
+                    if ev.fin:
+                        self.received_messages += 1
+            elif op is Opcode.TEXT:
+                self._text = True
+                self._end(TransportError("the server sent a text WebSocket message (expected binary)"))
+            elif op is Opcode.CLOSE:
+                self._end(None)
+        if ws.parser_exc is not None and self.handshake_error is None:
+            self._end(TransportError(f"WebSocket protocol error: {ws.parser_exc}"))
+        self._write_out()
+        if self._buffered > _READ_HIGH_WATER and not self._reading_paused and self._tr is not None:
+            self._reading_paused = True
+            self._tr.pause_reading()
+        if self._chunks or self._eof:
+            self._wake()
+
+    # -- Transport API
+    async def send(self, data: bytes) -> None:
+        from websockets.protocol import State
+
+        ws = self._ws
+        if self._closing or self._tr is None:
+            raise TransportError("the connection is closed")
+        if self.handshake_error is not None:
+            raise self.handshake_error
+        if ws.state is State.OPEN:
+            ws.send_binary(data)
+            self._write_out()
+        elif ws.state is State.CONNECTING and not self._eof:
+            # pipelined behind the upgrade request: plain (uncompressed) masked frame
+            from websockets.frames import Frame, Opcode
+
+            self._tr.write(Frame(Opcode.BINARY, data).serialize(mask=True))
+        else:
+            raise TransportError(f"the WebSocket is closed ({self._error or 'closed by the server'})")
         self.sent_messages += 1
+        if self._write_paused:
+            fut = self._loop.create_future()
+            self._drain_waiter = fut
+            try:
+                await fut
+            finally:
+                self._drain_waiter = None
 
     async def recv(self) -> bytes:
-        from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
-
-        try:
-            data = await self._ws.recv()
-        except ConnectionClosedOK:
-            return b""
-        except ConnectionClosed as exc:
-            if exc.rcvd is None and exc.sent is None:
-                return b""  # TCP closed without a close frame: plain EOF
-            raise TransportError(f"the WebSocket was closed abnormally: {exc}") from exc
-        if not isinstance(data, bytes):
-            self.abort()
-            raise TransportError("the server sent a text WebSocket message (expected binary)")
-        self.received_messages += 1
+        while not self._chunks:
+            if self._error is not None:
+                self.abort()
+                raise self._error
+            if self._eof:
+                return b""
+            fut = self._loop.create_future()
+            self._waiter = fut
+            try:
+                await fut
+            finally:
+                self._waiter = None
+        chunks = self._chunks
+        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._buffered = 0
+        if self._reading_paused and self._tr is not None:
+            self._reading_paused = False
+            self._tr.resume_reading()
         return data
 
     def close(self) -> None:
         if self._closing:
             return
         self._closing = True
-        self._close_task = asyncio.get_running_loop().create_task(self._close())
+        self._close_task = self._loop.create_task(self._close())
 
     async def _close(self) -> None:
+        from websockets.protocol import State
+
         try:
-            await self._ws.close()
-        except Exception:  # already gone: nothing to flush
+            deadline = self._loop.time() + _CLOSE_TIMEOUT
+            ws = self._ws
+            # a handshake still under way: let it finish, then close properly
+            while ws.state is State.CONNECTING and not self._eof:
+                fut = self._loop.create_future()
+                self._waiter = fut
+                try:
+                    await asyncio.wait_for(fut, max(0.0, deadline - self._loop.time()))
+                finally:
+                    self._waiter = None
+            if ws.state is State.OPEN:
+                ws.send_close()
+                self._write_out()
+            elif self._tr is not None:
+                self._tr.close()
+            await asyncio.wait_for(asyncio.shield(self._lost), max(0.0, deadline - self._loop.time()))
+        except Exception:  # timeout, already gone: nothing to flush
             self.abort()
 
     def abort(self) -> None:
         self._closing = True
-        transport = self._ws.transport
-        if transport is not None:
-            transport.abort()
+        if self._tr is not None:
+            self._tr.abort()
 
     async def wait_closed(self) -> None:
         if self._close_task is not None:
@@ -122,7 +279,7 @@ class WebSocketTransport(Transport):
             except Exception:
                 pass
         try:
-            await self._ws.wait_closed()
+            await asyncio.shield(self._lost)
         except Exception:
             pass
 
@@ -130,7 +287,7 @@ class WebSocketTransport(Transport):
     def is_closing(self) -> bool:
         from websockets.protocol import State
 
-        return self._closing or self._ws.state is not State.OPEN
+        return self._closing or self._eof or self._ws.state not in (State.OPEN, State.CONNECTING)
 
 
 def _ssl_context(endpoint: Endpoint) -> ssl_module.SSLContext:
@@ -151,36 +308,41 @@ class WebSocketConnector(Connector):
     """
 
     async def connect(self, endpoint: Endpoint) -> Transport:
+        """TCP (and TLS) up and the upgrade request written: the first
+        :meth:`WebSocketTransport.send` travels right behind it (the handshake
+        answer is read with the first reply)."""
         try:
-            from websockets.asyncio.client import connect as ws_connect
-            from websockets.exceptions import InvalidHandshake, InvalidURI
+            from websockets.client import ClientProtocol
+            from websockets.exceptions import InvalidURI
+            from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+            from websockets.uri import parse_uri
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise TransportError("the ws:// transport needs the 'websockets' package") from exc
         url = self._url(endpoint)
         query = endpoint.options.get("query") or {}
-        compression = "deflate" if query.get("compression") == "deflate" else None
         try:
             max_size = int(query.get("max_size", DEFAULT_MAX_SIZE))
         except ValueError:
             raise TransportError(f"invalid max_size {query.get('max_size')!r}") from None
+        try:
+            wsuri = parse_uri(url)
+        except InvalidURI as exc:
+            raise HandshakeError(f"WebSocket handshake with {url} failed: {exc!r}") from exc
+        extensions = ([ClientPerMessageDeflateFactory(client_max_window_bits=True)]
+                      if query.get("compression") == "deflate" else None)
         secure = endpoint.scheme == "wss"
-        kwargs: dict[str, Any] = {
-            "compression": compression,
-            "max_size": max_size,
-            "ping_interval": None,
-            "open_timeout": endpoint.connect_timeout,
-            "close_timeout": 5,
-            "proxy": None,
-        }
+        ws = ClientProtocol(wsuri, extensions=extensions, max_size=max_size)
+        loop = asyncio.get_running_loop()
+        kwargs: dict[str, Any] = {}
         if secure:
             kwargs["ssl"] = _ssl_context(endpoint)
+            kwargs["server_hostname"] = wsuri.host
         try:
-            ws = await ws_connect(url, **kwargs)
+            _, proto = await loop.create_connection(lambda: WebSocketTransport(ws, url, secure=secure),
+                                                    wsuri.host, wsuri.port, **kwargs)
         except (OSError, ssl_module.SSLError) as exc:
             raise TransportError(f"cannot open WebSocket {url}: {exc}") from exc
-        except (InvalidHandshake, InvalidURI, asyncio.TimeoutError) as exc:
-            raise TransportError(f"WebSocket handshake with {url} failed: {exc!r}") from exc
-        return WebSocketTransport(ws, secure=secure)
+        return proto
 
     @staticmethod
     def _url(endpoint: Endpoint) -> str:

@@ -302,6 +302,27 @@ async def test_connect_errors() -> None:
         await driver.connect("ws://u:p@127.0.0.1:1/db", timeout=5)
 
 
+async def test_refused_handshake_is_raised_as_such(gateway_app: Any) -> None:
+    """The upgrade is pipelined (the StartupMessage follows it before the 101),
+    so a refusal is read with the first reply: connect() still raises the
+    handshake error (eagerly), a lazy connection at its first operation."""
+    app = await gateway_app(auth_type="password")
+    dsn = ws_dsn(app, query="?endpoint=/healthz")  # an HTTP route: answered 200, not 101
+    with pytest.raises(TransportError, match="handshake") as info:
+        await driver.connect(dsn, statement_cache_size=0, timeout=10)
+    assert "200" in str(info.value)
+    conn = await driver.connect(dsn, statement_cache_size=0, pipeline_connect="password", lazy_connect=True)
+    with pytest.raises(TransportError, match="handshake"):
+        await conn.fetchval("select 1")
+    assert conn.is_closed()
+    # the gateway serves the next client as usual
+    conn = await driver.connect(ws_dsn(app), statement_cache_size=0)
+    try:
+        assert await conn.fetchval("select 1") == 1
+    finally:
+        await conn.close()
+
+
 async def test_one_websocket_message_per_batch(gateway_app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """executemany() = Parse + n*(Bind/Execute) + Sync in ONE WebSocket message."""
     app = await gateway_app(auth_type="password")
@@ -371,7 +392,7 @@ async def test_compression_is_off_by_default_and_can_be_enabled(gateway_app: Any
         conn = await driver.connect(ws_dsn(app, query=query), statement_cache_size=0, pipeline_connect="password")
         try:
             ws = conn.transport.websocket  # type: ignore[attr-defined]
-            assert [e.name for e in ws.protocol.extensions] == expected
+            assert [e.name for e in ws.extensions] == expected
             assert await conn.fetchval("select repeat($1::text, 100000)", "ab") == "ab" * 100000
         finally:
             await conn.close()
