@@ -22,7 +22,7 @@ import asyncio
 import logging
 import socket
 import ssl
-from typing import Any, Awaitable, Callable, cast
+from typing import Any, Callable, Coroutine, cast
 from urllib.parse import parse_qsl, urlsplit
 
 import h11
@@ -55,7 +55,7 @@ class _ReadDeadline(Exception):
 
 # Requests/responses and the streamed-body writer: gateway/http_messages.py; the
 # WebSocket handshake and stream: gateway/websocket.py (names re-exported here).
-StreamHandler = Callable[[WebSocketStream], Awaitable[None]]
+StreamHandler = Callable[[WebSocketStream], Coroutine[Any, Any, None]]
 
 
 # --------------------------------------------------------------------------- connection protocol
@@ -86,7 +86,7 @@ class HttpConnection(asyncio.Protocol):
         self.peer = "?"
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_SIZE)
         self.ws: WebSocketStream | None = None
-        self._ws_run: tuple[ServerProtocol, HttpRequest, StreamHandler] | None = None
+        self._ws_run: tuple[ServerProtocol | None, HttpRequest, StreamHandler] | None = None
         self.task: asyncio.Task[None] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._paused = False
@@ -252,10 +252,10 @@ class HttpConnection(asyncio.Protocol):
                 if isinstance(ev, h11.Request):
                     if await self._handle(ev):
                         if self._ws_run is not None:
-                            # the WebSocket session runs here, with the request's h11
-                            # objects and the handler frames gone (idle-session memory)
+                            # the WebSocket session runs in its own task, with the request's
+                            # h11 objects and this loop's frames gone (idle-session memory)
                             ev = None
-                            await self._run_ws(*self._take_ws_run())
+                            self._start_ws(*self._take_ws_run())
                         return  # connection taken over (WebSocket) or closed
                     # the next request's clock starts at its first byte
                     now = asyncio.get_running_loop().time()
@@ -444,11 +444,10 @@ class HttpConnection(asyncio.Protocol):
     async def _upgrade(self, ev: h11.Request, req: HttpRequest, on_stream: StreamHandler) -> bool:
         assert self.transport is not None
         listener = self.listener
-        plain = plain_handshake(ev, listener.ws_max_message_size)
-        if plain is not None:
-            out, ws = plain
-            self.transport.write(out)
-            self._ws_run = (ws, req, on_stream)  # run by _serve (after this frame is gone)
+        answer = plain_handshake(ev)
+        if answer is not None:
+            self.transport.write(answer)
+            self._ws_run = (None, req, on_stream)  # run by _serve (after this frame is gone)
             return True
         out, negotiated, invalid = negotiated_handshake(ev, listener.ws_extensions, listener.ws_max_message_size)
         if out:
@@ -462,17 +461,20 @@ class HttpConnection(asyncio.Protocol):
         self._ws_run = (negotiated, req, on_stream)  # run by _serve (after this frame is gone)
         return True
 
-    def _take_ws_run(self) -> tuple[ServerProtocol, HttpRequest, StreamHandler]:
+    def _take_ws_run(self) -> tuple[ServerProtocol | None, HttpRequest, StreamHandler]:
         run = self._ws_run
         assert run is not None
         self._ws_run = None
         return run
 
-    async def _run_ws(self, ws: ServerProtocol, req: HttpRequest, on_stream: StreamHandler) -> bool:
+    def _start_ws(self, ws: ServerProtocol | None, req: HttpRequest, on_stream: StreamHandler) -> None:
+        """The connection becomes a WebSocketStream; ``on_stream`` runs in a
+        task of its own (the HTTP request loop's task and frames are gone: an
+        idle session holds one task and the session's own frames)."""
         assert self.transport is not None
         listener = self.listener
         trailing, closed = self.h11.trailing_data
-        stream = WebSocketStream(self.transport, ws, req)
+        stream = WebSocketStream(self.transport, ws, req, listener.ws_max_message_size)
         del req
         self.ws = stream
         self.h11 = _NO_H11  # WebSocket from here: the HTTP state machine is not needed any more
@@ -487,13 +489,9 @@ class HttpConnection(asyncio.Protocol):
             stream._ws_eof()
         listener.ws_opened_total += 1
         self._uncount()  # a WebSocket session: counted by the gateway from here
-        try:
-            await on_stream(stream)
-        except Exception:
-            log.exception("WebSocket session for %s failed", self.peer)
-        finally:
-            await stream.close()
-        return True
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(on_stream(stream))
+        self.task = task
+        task.add_done_callback(stream.session_done)  # a bound method: no closure per session
 
 
 # --------------------------------------------------------------------------- listener

@@ -28,6 +28,7 @@ from gateway.tcp import ProtocolStream
 if TYPE_CHECKING:
     from gateway.http_messages import HttpRequest
 
+log = logging.getLogger("wirepool.http")
 # websockets logs every open/close at INFO; keep that out of the gateway's logs by default.
 ws_log = logging.getLogger("wirepool.websockets")
 ws_log.setLevel(logging.WARNING)
@@ -46,11 +47,12 @@ WS_CLOSE_TIMEOUT = 5.0
 
 # --------------------------------------------------------------------------- handshake
 
-def plain_handshake(ev: h11.Request, max_size: int | None) -> tuple[bytes, ServerProtocol] | None:
+def plain_handshake(ev: h11.Request) -> bytes | None:
     """The common handshake without websockets' HTTP layer: a valid RFC 6455
     request with no extension or subprotocol offered is answered here (the
-    same 101 websockets would send: returned, to write) with an OPEN
-    ServerProtocol for the frames.  Anything else -> None (websockets handles it)."""
+    same 101 websockets would send: returned, to write; the stream then makes
+    its websockets protocol only if it ever needs one).  Anything else -> None
+    (websockets handles it)."""
     if ev.http_version != b"1.1":
         return None
     key = version = None
@@ -82,8 +84,7 @@ def plain_handshake(ev: h11.Request, max_size: int | None) -> tuple[bytes, Serve
         return None
     accept = base64.b64encode(hashlib.sha1(key + _WS_GUID).digest())
     return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-            b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n",
-            ServerProtocol(max_size=max_size, logger=ws_log, state=State.OPEN))
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
 
 
 def negotiated_handshake(ev: h11.Request, extensions: list[Any],
@@ -122,16 +123,21 @@ class WebSocketStream(ProtocolStream):
     - ``path``, ``query`` (dict), ``token`` (``?token=`` or ``Authorization: Bearer``), ``authorization``
       (raw header), ``extensions`` (negotiated, e.g. ``["permessage-deflate"]``), ``subprotocol``
       (the client's raw ``Sec-WebSocket-Protocol`` request header, or None).
+
+    ``ws`` is websockets' protocol: given for a negotiated handshake; after a
+    plain one (``ws=None``) it is made only when needed (a frame off the fast
+    path, EOF, close) -- an idle session does not carry it (about 1 KB).
     """
 
     kind = "ws"
     __slots__ = ("ws", "path", "query", "authorization", "token", "extensions", "subprotocol", "_plain_frames", "_fast_rx",
-                 "_rx", "_rx_limit", "_rx_left", "_rx_mask", "_rx_off", "_text", "_close_timer")
+                 "_rx", "_rx_limit", "_rx_left", "_rx_mask", "_rx_off", "_text", "_close_timer", "_frag_limit")
 
-    def __init__(self, transport: asyncio.Transport, ws: ServerProtocol, request: "HttpRequest") -> None:
+    def __init__(self, transport: asyncio.Transport, ws: ServerProtocol | None, request: "HttpRequest",
+                 max_size: int | None = None) -> None:
         super().__init__(transport)
         self.peer = request.peer
-        self.ws = ws
+        self.ws: ServerProtocol | None = ws
         self.path = request.path
         self.query = request.query
         self.authorization: str | None = request.header("authorization")
@@ -139,13 +145,15 @@ class WebSocketStream(ProtocolStream):
         if tok is None and self.authorization and self.authorization[:7].lower() == "bearer ":
             tok = self.authorization[7:].strip()
         self.token: str | None = tok
-        self.extensions = [e.name for e in ws.extensions]
+        exts = ws.extensions if ws is not None else ()
+        self.extensions = [e.name for e in exts]
         self.subprotocol: str | None = request.header("sec-websocket-protocol")
-        self._plain_frames = not ws.extensions
+        self._plain_frames = not exts
         # receive fast path (see _rx_fast): only without extensions
         self._fast_rx = self._plain_frames
         self._rx = b""
-        self._rx_limit: int | None = ws.max_message_size
+        self._rx_limit: int | None = ws.max_message_size if ws is not None else max_size
+        self._frag_limit: int | None = None  # set_login_limit's, for a protocol made later
         # a frame whose payload is still arriving (fast path): bytes left, its mask, mask offset
         self._rx_left = 0
         self._rx_mask = b""
@@ -165,9 +173,18 @@ class WebSocketStream(ProtocolStream):
             data = self._rx_fast(data)
             if not data:
                 return
-        ws = self.ws
-        ws.receive_data(data)
+        (self.ws or self._protocol()).receive_data(data)
         self._process()
+
+    def _protocol(self) -> ServerProtocol:
+        """websockets' protocol, made now if the plain handshake left none
+        (its parser starts at a frame boundary: the fast path hands over
+        only there)."""
+        ws = self.ws
+        if ws is None:
+            ws = self.ws = ServerProtocol(max_size=self._rx_limit, logger=ws_log, state=State.OPEN)
+            ws.max_fragment_size = self._frag_limit
+        return ws
 
     def _rx_fast(self, data: bytes) -> bytes:
         """Complete, unfragmented, masked binary frames (what clients send) are
@@ -249,7 +266,9 @@ class WebSocketStream(ProtocolStream):
         fragments) are capped at ``limit`` bytes and at most about ``limit``
         received bytes are buffered; ``None`` lifts both."""
         super().set_login_limit(limit)
-        self.ws.max_fragment_size = limit
+        self._frag_limit = limit
+        if self.ws is not None:
+            self.ws.max_fragment_size = limit
 
     def _ws_eof(self) -> None:
         if self._rx_left:  # EOF inside a streamed frame
@@ -258,13 +277,13 @@ class WebSocketStream(ProtocolStream):
         if self._fast_rx and self._rx:
             self._fast_rx = False
             rest, self._rx = self._rx, b""
-            self.ws.receive_data(rest)
-        self.ws.receive_eof()
+            self._protocol().receive_data(rest)
+        self._protocol().receive_eof()
         self._process()
         self._feed_eof()
 
     def _process(self) -> None:
-        ws = self.ws
+        ws = self._protocol()
         for ev in ws.events_received():
             if not isinstance(ev, Frame):  # pragma: no cover - only frames once OPEN
                 continue
@@ -290,6 +309,8 @@ class WebSocketStream(ProtocolStream):
         self._flush_ws()
 
     def _flush_ws(self) -> None:
+        if self.ws is None:
+            return
         out = self.ws.data_to_send()
         if not out:
             return
@@ -309,7 +330,8 @@ class WebSocketStream(ProtocolStream):
     def send_nowait(self, data: bytes) -> bool:
         """One binary message, written now; False when the caller should
         ``await drain()`` (slow client).  ConnectionResetError when gone."""
-        if self._lost or self._closed or self.ws.state is not State.OPEN:
+        ws = self.ws
+        if self._lost or self._closed or (ws is not None and ws.state is not State.OPEN):
             raise ConnectionResetError(f"ws client {self.peer} is gone")
         if not data:
             return not self._write_paused
@@ -326,8 +348,9 @@ class WebSocketStream(ProtocolStream):
                 t.writelines((b"\x82\x7f" + n.to_bytes(8, "big"), data))
             self.bytes_sent += n
         else:
-            self.ws.send_binary(data)
-            for chunk in self.ws.data_to_send():
+            ws = self._protocol()
+            ws.send_binary(data)
+            for chunk in ws.data_to_send():
                 t.write(chunk)
                 self.bytes_sent += len(chunk)
         return not self._write_paused
@@ -337,15 +360,28 @@ class WebSocketStream(ProtocolStream):
             await self._drain()
 
     async def close(self) -> None:
+        self.close_nowait()
+
+    def session_done(self, task: "asyncio.Task[None]") -> None:
+        """Done callback of the task serving this stream: log a failure, close."""
+        if not task.cancelled():
+            exc = task.exception()
+            if exc is not None:
+                log.error("WebSocket session for %s failed", self.peer, exc_info=exc)
+        self.close_nowait()
+
+    def close_nowait(self) -> None:
+        """:meth:`close` without awaiting (nothing in it waits)."""
         if self._closed:
             return
         self._closed = True
         if self._lost:
             return
         try:
-            if self.ws.state is State.OPEN:
+            ws = self._protocol()
+            if ws.state is State.OPEN:
                 code = CloseCode.UNSUPPORTED_DATA if self._text else CloseCode.NORMAL_CLOSURE
-                self.ws.send_close(code)
+                ws.send_close(code)
                 if self._rx_left:
                     # the client is inside a frame (perhaps megabytes long): its close
                     # frame cannot come before that frame's end -- do not read it all
