@@ -19,25 +19,23 @@ file once it listens.
 from __future__ import annotations
 
 import json
-import os
 import resource
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping
-from urllib.parse import quote
 
 import psutil
 
+from tests.gateway.served import ChildGateway, cli_env
 from tests.pgcluster import PgCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class GatewayProcess:
+class GatewayProcess(ChildGateway):
     def __init__(self, pg: PgCluster, settings: Mapping[str, Any] | None = None, *,
                  databases: Mapping[str, Any] | None = None, users: Mapping[str, Any] | None = None,
                  nofile: int | None = None, start_timeout: float = 60.0) -> None:
@@ -48,18 +46,16 @@ class GatewayProcess:
                 "settings": dict(settings or {}), "databases": dict(databases or {}),
                 "users": dict(users) if users is not None else None}
         (self.dir / "spec.json").write_text(json.dumps(spec))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-        env["PYTHONUNBUFFERED"] = "1"
 
         def limit() -> None:  # runs in the child before exec
             if nofile is not None:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.gatewayproc", str(self.dir)],
-                                     stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                                     cwd=str(ROOT), preexec_fn=limit)
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "tests.gatewayproc", str(self.dir)],
+                                         stdout=log, stderr=subprocess.STDOUT,
+                                         env=cli_env({"PYTHONUNBUFFERED": "1"}),
+                                         cwd=str(ROOT), preexec_fn=limit)
         self._ps = psutil.Process(self.proc.pid)
         deadline = time.monotonic() + start_timeout
         while not self.ready_path.exists():
@@ -72,36 +68,13 @@ class GatewayProcess:
         self.http_port: int = info["http_port"]
         self.pg_port: int | None = info["pg_port"]
 
-    # -- addresses -----------------------------------------------------------
-    @property
-    def http_url(self) -> str:
-        return f"http://{self.host}:{self.http_port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://{self.host}:{self.http_port}/v2"
-
-    def pg_dsn(self, user: str, password: str | None, database: str = "app") -> str:
-        auth = quote(user, safe="") + (":" + quote(password, safe="") if password is not None else "")
-        return f"postgresql://{auth}@{self.host}:{self.pg_port}/{quote(database, safe='')}"
-
-    def ws_dsn(self, user: str, password: str, database: str = "app") -> str:
-        return f"ws://{quote(user)}:{quote(password)}@{self.host}:{self.http_port}/v2?dbname={quote(database)}"
-
-    # -- observation ---------------------------------------------------------
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
+    # -- observation (addresses, log, stop: ChildGateway) ----------------------
     def rss(self) -> int:
         """Resident set size of the gateway process, bytes."""
         return int(self._ps.memory_info().rss)
 
     def num_fds(self) -> int:
         return int(self._ps.num_fds())
-
-    def log_text(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
 
     def log_size(self) -> int:
         return self.log_path.stat().st_size
@@ -141,33 +114,8 @@ class GatewayProcess:
             consumed = pos
         return out, since + len("".join(lines)[:consumed].encode(errors="replace"))
 
-    def log_tail(self, n: int = 40) -> str:
-        try:
-            return "\n".join(self.log_text().splitlines()[-n:])
-        except OSError:
-            return ""
-
-    # -- lifecycle -----------------------------------------------------------
-    def stop(self, timeout: float = 10.0) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.send_signal(signal.SIGTERM)  # second signal: close now
-                try:
-                    self.proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
-
     def __enter__(self) -> "GatewayProcess":
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def _child(directory: str) -> int:

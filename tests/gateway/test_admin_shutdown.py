@@ -5,11 +5,8 @@ and WAIT_FOR_CLIENTS (clients keep working until they leave by themselves)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import asyncpg
 import psycopg
@@ -17,45 +14,9 @@ import pytest
 
 from tests.gateway.conftest import ALICE_PASSWORD
 from tests.gateway.pool_helpers import eventually
-from tests.pgcluster import PgCluster, free_port
+from tests.gateway.served import Served
 
-ROOT = Path(__file__).resolve().parents[2]
 SHUTDOWN_TIMEOUT = 20
-
-
-def _start(tmp_path: Path, pg: PgCluster, dbname: str) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    cfg = tmp_path / "wirepool.toml"
-    cfg.write_text(f"""[gateway]
-listen = "127.0.0.1:0"
-pg_listen = "127.0.0.1:{port}"
-auth_type = "password"
-shutdown_timeout = {SHUTDOWN_TIMEOUT}
-admin_users = ["alice"]
-pid_file = "{tmp_path / 'wirepool.pid'}"
-
-[databases.app]
-host = "{pg.host}"
-port = {pg.port}
-dbname = "{dbname}"
-user = "{pg.SCRAM_USER}"
-password = "{pg.SCRAM_PASSWORD}"
-
-[users.alice]
-password = "{ALICE_PASSWORD}"
-""")
-    log = open(tmp_path / "serve.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg)],
-                            stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    log.close()
-    return proc, port
-
-
-async def _up(proc: subprocess.Popen[bytes], tmp_path: Path) -> None:
-    def ready() -> bool:
-        assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-        return (tmp_path / "wirepool.pid").exists()
-    await eventually(ready, timeout=30, what="gateway up")
 
 
 async def _connect(port: int) -> asyncpg.Connection:
@@ -85,18 +46,20 @@ async def _exited(proc: subprocess.Popen[bytes], timeout: float) -> int:
 
 @pytest.fixture
 def serve(pg, pg_db, tmp_path):
-    procs: list[subprocess.Popen[bytes]] = []
+    served: list[Served] = []
 
     async def start() -> tuple[subprocess.Popen[bytes], int]:
-        proc, port = _start(tmp_path, pg, pg_db)
-        procs.append(proc)
-        await _up(proc, tmp_path)
-        return proc, port
+        gw = Served(pg, pg_db, {"listen": "127.0.0.1:0", "shutdown_timeout": SHUTDOWN_TIMEOUT,
+                                "pid_file": str(tmp_path / "wirepool.pid")}, directory=tmp_path)
+        served.append(gw)
+        await gw.wait_ready(timeout=30)
+        assert gw.pg_port is not None
+        return gw.proc, gw.pg_port
     yield start
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+    for gw in served:
+        if gw.proc.poll() is None:
+            gw.proc.kill()
+            gw.proc.wait()
 
 
 async def test_shutdown_closes_at_once(serve, tmp_path):

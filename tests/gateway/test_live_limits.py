@@ -14,6 +14,7 @@ import pytest
 from gateway.config import load_config
 from tests.gateway.conftest import ALICE_PASSWORD
 from tests.gateway.pool_helpers import eventually
+from tests.gateway.served import write_config
 from tests.pgcluster import PgCluster
 
 
@@ -109,24 +110,9 @@ async def test_set_max_client_conn_live(gateway_app):
 
 
 def _toml(path: Path, pg: PgCluster, dbname: str, pg_port: int, max_login: int, max_http: int) -> None:
-    path.write_text(f"""[gateway]
-listen = "127.0.0.1:0"
-pg_listen = "127.0.0.1:{pg_port}"
-admin_users = ["alice"]
-max_login_clients = {max_login}
-max_http_conn = {max_http}
-client_login_timeout = 30
-
-[databases.app]
-host = "{pg.host}"
-port = {pg.port}
-dbname = "{dbname}"
-user = "{pg.SCRAM_USER}"
-password = "{pg.SCRAM_PASSWORD}"
-
-[users.alice]
-password = "{ALICE_PASSWORD}"
-""")
+    write_config(path, pg, dbname, {"listen": "127.0.0.1:0", "pg_listen": f"127.0.0.1:{pg_port}",
+                                    "admin_users": ["alice"], "max_login_clients": max_login,
+                                    "max_http_conn": max_http, "client_login_timeout": 30})
 
 
 async def test_reload_applies_connection_caps(gateway_app, pg, pg_db, tmp_path):

@@ -7,10 +7,8 @@ changes nothing."""
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ import psycopg
 import pytest
 
 from gateway.config import load_config
+from tests.gateway import served
 from tests.gateway.conftest import ALICE_PASSWORD
 from tests.gateway.pool_helpers import admin, backends, eventually
 from tests.pgcluster import PgCluster, free_port
@@ -28,26 +27,15 @@ DAVE_PASSWORD = "dave-secret"
 
 def write_config(path: Path, pg: PgCluster, dbname: str, *, size: int, dave: bool, pg_port: int = 0,
                  pid_file: Path | None = None, broken: bool = False) -> None:
-    extra = f'pid_file = "{pid_file}"\n' if pid_file else ""
-    users = f'[users.alice]\npassword = "{ALICE_PASSWORD}"\n'
+    gateway: dict[str, Any] = {"listen": "127.0.0.1:0", "pg_listen": f"127.0.0.1:{pg_port}",
+                               "default_pool_size": "lots" if broken else size, "query_wait_timeout": 60,
+                               "shutdown_timeout": 5, "admin_users": ["alice"]}
+    if pid_file:
+        gateway["pid_file"] = str(pid_file)
+    users = {"alice": {"password": ALICE_PASSWORD}}
     if dave:
-        users += f'[users.dave]\npassword = "{DAVE_PASSWORD}"\n'
-    path.write_text(f"""[gateway]
-listen = "127.0.0.1:0"
-pg_listen = "127.0.0.1:{pg_port}"
-default_pool_size = {'"lots"' if broken else size}
-query_wait_timeout = 60
-shutdown_timeout = 5
-admin_users = ["alice"]
-{extra}
-[databases.app]
-host = "{pg.host}"
-port = {pg.port}
-dbname = "{dbname}"
-user = "{pg.SCRAM_USER}"
-password = "{pg.SCRAM_PASSWORD}"
-
-{users}""")
+        users["dave"] = {"password": DAVE_PASSWORD}
+    served.write_config(path, pg, dbname, gateway, users=users)
 
 
 class Load:
@@ -170,38 +158,24 @@ async def test_reload_by_sighup_wirepool_reload(pg, pg_db, tmp_path):
     pid_file = tmp_path / "wirepool.pid"
     port = free_port()
     write_config(cfg_path, pg, pg_db, size=5, dave=False, pg_port=port, pid_file=pid_file)
-    log = open(tmp_path / "serve.log", "wb")
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg_path)],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    gw = served.Served(pg, pg_db, config=cfg_path, directory=tmp_path, stop_timeout=15)
+    proc = gw.proc
     try:
-        await eventually(lambda: pid_file.exists() and _port_open(port), timeout=30, what="gateway up")
+        await gw.wait_ready(timeout=30)
 
         async def reload(expect_error: bool = False) -> None:
-            mark = (tmp_path / "serve.log").read_text().count("reload:")
+            mark = gw.log_text().count("reload:")
             r = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "gateway.cli", "reload",
                                                          "--config", str(cfg_path)] if not expect_error else
                                         [sys.executable, "-c", f"import os,signal; os.kill({proc.pid}, signal.SIGHUP)"],
-                                        env=env, capture_output=True, text=True)
+                                        env=served.cli_env(), capture_output=True, text=True)
             assert r.returncode == 0, r.stderr
-            await eventually(lambda: (tmp_path / "serve.log").read_text().count("reload:") > mark,
-                             what="reload logged")
-            text = (tmp_path / "serve.log").read_text()
+            await eventually(lambda: gw.log_text().count("reload:") > mark, what="reload logged")
+            text = gw.log_text()
             if expect_error:
                 assert "gateway.default_pool_size" in text and "keeping the running configuration" in text
 
         await _steps(pg, pg_db, cfg_path, port, reload, pid_file=pid_file)
     finally:
-        proc.terminate()
-        proc.wait(15)
-        log.close()
+        gw.stop()
     assert not pid_file.exists()
-
-
-def _port_open(port: int) -> bool:
-    import socket
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
