@@ -387,6 +387,24 @@ def _choice(v: Any, key: str, choices: tuple[str, ...]) -> str:
     return s
 
 
+def _str_list(v: Any, key: str, what: str) -> tuple[str, ...]:
+    """A TOML array of non-empty strings (``what`` names it in the error)."""
+    if not isinstance(v, list):
+        raise ConfigError(key, f"expected {what}, got {_tname(v)}")
+    return tuple(_str(x, f"{key}[{i}]", nonempty=True) for i, x in enumerate(v))
+
+
+def _path(v: Any, key: str, base_dir: Path | None, *, must_exist: bool = False) -> str:
+    """A file path (``~`` expanded, relative to the config file's directory);
+    ``must_exist``: it must name an existing file."""
+    p = Path(_str(v, key, nonempty=True)).expanduser()
+    if base_dir is not None and not p.is_absolute():
+        p = base_dir / p
+    if must_exist and not p.is_file():
+        raise ConfigError(key, f"file not found: {str(p)!r}")
+    return str(p)
+
+
 def _table(v: Any, key: str) -> Mapping[str, Any]:
     if not isinstance(v, dict):
         raise ConfigError(key, f"expected a table, got {_tname(v)}")
@@ -480,21 +498,13 @@ def _parse_gateway(raw: Mapping[str, Any], base_dir: Path | None) -> GatewaySett
         elif name in _FLOAT_SETTINGS:
             kw[name] = _float(value, key, positive=name in _POSITIVE_FLOATS)
         elif name in ("tls_cert_file", "tls_key_file"):
-            p = Path(_str(value, key, nonempty=True)).expanduser()
-            if base_dir is not None and not p.is_absolute():
-                p = base_dir / p
-            if not p.is_file():
-                raise ConfigError(key, f"file not found: {str(p)!r}")
-            kw[name] = str(p)
+            kw[name] = _path(value, key, base_dir, must_exist=True)
         elif name in ("admin_users", "stats_users"):
             if isinstance(value, str):
                 value = [v.strip() for v in value.split(",") if v.strip()]
-            if not isinstance(value, list):
-                raise ConfigError(key, f"expected a list of user names, got {_tname(value)}")
-            kw[name] = tuple(_str(v, f"{key}[{i}]", nonempty=True) for i, v in enumerate(value))
+            kw[name] = _str_list(value, key, "a list of user names")
         elif name in ("pid_file", "control_socket"):
-            p = Path(_str(value, key, nonempty=True)).expanduser()
-            kw[name] = str(base_dir / p if base_dir is not None and not p.is_absolute() else p)
+            kw[name] = _path(value, key, base_dir)
         elif name == "server_reset_query":
             kw[name] = _str(value, key)  # "" disables the reset
         elif name == "server_reset_query_always":
@@ -577,12 +587,7 @@ def _parse_database(name: str, raw: Mapping[str, Any], g: GatewaySettings,
     if "sslmode" in raw:
         kw["sslmode"] = _choice(raw["sslmode"], f"{prefix}.sslmode", SSL_MODES)
     if "sslrootcert" in raw:
-        p = Path(_str(raw["sslrootcert"], f"{prefix}.sslrootcert", nonempty=True)).expanduser()
-        if base_dir is not None and not p.is_absolute():
-            p = base_dir / p
-        if not p.is_file():
-            raise ConfigError(f"{prefix}.sslrootcert", f"file not found: {str(p)!r}")
-        kw["sslrootcert"] = str(p)
+        kw["sslrootcert"] = _path(raw["sslrootcert"], f"{prefix}.sslrootcert", base_dir, must_exist=True)
     if "cache" in raw:
         kw["cache"] = _choice(raw["cache"], f"{prefix}.cache", CACHE_MODES)
     for k in ("cache_ttl", "cache_swr"):
@@ -610,11 +615,8 @@ def _parse_user(name: str, raw: Mapping[str, Any], g: GatewaySettings) -> UserCo
         password = _str(raw["password"], f"{prefix}.password")
     tokens: list[str] = []
     if "tokens" in raw:
-        tv = raw["tokens"]
-        if not isinstance(tv, list):
-            raise ConfigError(f"{prefix}.tokens", f"expected an array of strings, got {_tname(tv)}")
-        for i, t in enumerate(tv):
-            tokens.append(_str(t, f"{prefix}.tokens[{i}]", nonempty=True))
+        tokens = list(_str_list(raw["tokens"], f"{prefix}.tokens", "an array of strings"))
+        for i, t in enumerate(tokens):
             try:
                 spec_digest(t)  # plaintext or "sha256:<hex>" (gateway/tokens.py)
             except TokenSpecError as e:
