@@ -23,6 +23,7 @@ import psutil
 import pytest
 
 import driver
+from tests.gateway import served
 from tests.gateway.conftest import ALICE_PASSWORD
 from tests.gateway.pool_helpers import eventually
 from tests.pgcluster import PgCluster, free_port
@@ -33,27 +34,10 @@ ROOT = Path(__file__).resolve().parents[2]
 def write_config(path: Path, pg: PgCluster, dbname: str, http_port: int, pg_port: int, *, shutdown_timeout: float = 10,
                  pool_size: int = 20) -> None:
     d = path.parent
-    path.write_text(f"""[gateway]
-listen = "127.0.0.1:{http_port}"
-pg_listen = "127.0.0.1:{pg_port}"
-auth_type = "password"
-default_pool_size = {pool_size}
-query_wait_timeout = 60
-shutdown_timeout = {shutdown_timeout}
-admin_users = ["alice"]
-pid_file = "{d / 'wirepool.pid'}"
-control_socket = "{d / 'wirepool.ctl'}"
-
-[databases.app]
-host = "{pg.host}"
-port = {pg.port}
-dbname = "{dbname}"
-user = "{pg.SCRAM_USER}"
-password = "{pg.SCRAM_PASSWORD}"
-
-[users.alice]
-password = "{ALICE_PASSWORD}"
-""")
+    served.write_config(path, pg, dbname, {
+        "listen": f"127.0.0.1:{http_port}", "pg_listen": f"127.0.0.1:{pg_port}", "auth_type": "password",
+        "default_pool_size": pool_size, "query_wait_timeout": 60, "shutdown_timeout": shutdown_timeout,
+        "admin_users": ["alice"], "pid_file": str(d / "wirepool.pid"), "control_socket": str(d / "wirepool.ctl")})
 
 
 class Load:
@@ -101,10 +85,7 @@ class Load:
 
 
 def _serve(cfg: Path, log: Path, *args: str, **env_extra: str) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), **env_extra)
-    with open(log, "ab") as f:
-        return subprocess.Popen([sys.executable, "-m", "gateway.cli", *args, "--config", str(cfg)],
-                                stdout=f, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
+    return served.serve_cli(cfg, log, *args, env=env_extra)
 
 
 def _pid(path: Path) -> int | None:
