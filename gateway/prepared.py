@@ -139,17 +139,8 @@ from .prepared_replies import (
 )
 from .prepared_server import ServerStatements, forget_statements, server_statements
 
-__all__ = [
-    "DEFAULT_MAX_CLIENT_STATEMENTS",
-    "DEFAULT_MAX_CLIENT_STATEMENT_BYTES",
-    "Statement",
-    "StatementRegistry",
-    "ClientStatements",
-    "ServerStatements",
-    "server_statements",
-    "forget_statements",
-    "Rewriter",
-]
+__all__ = ["DEFAULT_MAX_CLIENT_STATEMENTS", "DEFAULT_MAX_CLIENT_STATEMENT_BYTES", "Statement", "StatementRegistry",
+           "ClientStatements", "ServerStatements", "server_statements", "forget_statements", "Rewriter"]
 
 _pack_i32 = struct.Struct("!i").pack
 

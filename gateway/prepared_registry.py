@@ -31,13 +31,8 @@ import struct
 import weakref
 from collections import OrderedDict
 
-__all__ = [
-    "DEFAULT_MAX_CLIENT_STATEMENTS",
-    "DEFAULT_MAX_CLIENT_STATEMENT_BYTES",
-    "Statement",
-    "StatementRegistry",
-    "ClientStatements",
-]
+__all__ = ["DEFAULT_MAX_CLIENT_STATEMENTS", "DEFAULT_MAX_CLIENT_STATEMENT_BYTES", "Statement", "StatementRegistry",
+           "ClientStatements"]
 
 #: Per-client cap on the number of named statements.
 DEFAULT_MAX_CLIENT_STATEMENTS = 1000

@@ -9,26 +9,8 @@ from __future__ import annotations
 import pytest
 
 from driver.protocol import messages as m
-from gateway.prepared import (
-    FAIL_MESSAGE,
-    ServerStatements,
-    StatementRegistry,
-)
-from tests.gateway.prepared_helpers import (
-    CC,
-    ONE,
-    Q3,
-    REFUSED,
-    ROW,
-    THREE,
-    TWO,
-    ZI,
-    B,
-    Client,
-    E,
-    P,
-    S,
-)
+from gateway.prepared import FAIL_MESSAGE, ServerStatements, StatementRegistry
+from tests.gateway.prepared_helpers import (B, CC, Client, E, ONE, P, Q3, REFUSED, ROW, S, THREE, TWO, ZI)
 
 
 @pytest.fixture

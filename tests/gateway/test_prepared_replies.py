@@ -9,30 +9,9 @@ from __future__ import annotations
 import pytest
 
 from driver.protocol import messages as m
-from gateway.prepared import (
-    FAIL_MESSAGE,
-    ServerStatements,
-    StatementRegistry,
-)
-from tests.gateway.prepared_helpers import (
-    CC,
-    ONE,
-    Q2,
-    Q3,
-    ROW,
-    THREE,
-    TWO,
-    ZE,
-    ZI,
-    ZT,
-    B,
-    Client,
-    E,
-    H,
-    P,
-    S,
-    fchunk,
-)
+from gateway.prepared import FAIL_MESSAGE, ServerStatements, StatementRegistry
+from tests.gateway.prepared_helpers import (B, CC, Client, E, fchunk, H, ONE, P, Q2, Q3, ROW, S, THREE,
+    TWO, ZE, ZI, ZT)
 
 
 @pytest.fixture

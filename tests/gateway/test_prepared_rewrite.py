@@ -9,30 +9,9 @@ from __future__ import annotations
 import pytest
 
 from driver.protocol import messages as m
-from gateway.prepared import (
-    FAIL_MESSAGE,
-    ServerStatements,
-    StatementRegistry,
-)
-from tests.gateway.prepared_helpers import (
-    CC,
-    ONE,
-    Q3,
-    REFUSED,
-    ROW,
-    THREE,
-    TWO,
-    ZE,
-    ZI,
-    B,
-    Client,
-    E,
-    H,
-    P,
-    S,
-    bchunk,
-    fchunk,
-)
+from gateway.prepared import FAIL_MESSAGE, ServerStatements, StatementRegistry
+from tests.gateway.prepared_helpers import (B, bchunk, CC, Client, E, fchunk, H, ONE, P, Q3, REFUSED, ROW,
+    S, THREE, TWO, ZE, ZI)
 
 
 @pytest.fixture

@@ -9,24 +9,8 @@ from __future__ import annotations
 import pytest
 
 from driver.protocol import messages as m
-from gateway.prepared import (
-    ServerStatements,
-    StatementRegistry,
-    server_statements,
-)
-from tests.gateway.prepared_helpers import (
-    CC,
-    ONE,
-    ROW,
-    THREE,
-    TWO,
-    ZI,
-    B,
-    Client,
-    E,
-    P,
-    S,
-)
+from gateway.prepared import ServerStatements, StatementRegistry, server_statements
+from tests.gateway.prepared_helpers import (B, CC, Client, E, ONE, P, ROW, S, THREE, TWO, ZI)
 
 
 @pytest.fixture
