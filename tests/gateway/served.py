@@ -219,8 +219,8 @@ class Served(ChildGateway):
 
     async def _ready(self) -> bool:
         if not self.http_port:  # listen on an ephemeral port: pg_listen and the pid file tell
-            return bool(self.pg_port) and port_open(self.pg_port) and (
-                self.pid_file is None or self.pid_file.exists())
+            pg_port = self.pg_port
+            return pg_port is not None and port_open(pg_port) and (self.pid_file is None or self.pid_file.exists())
         try:
             text = await self.metrics()
         except (OSError, AssertionError):
