@@ -49,7 +49,8 @@ LIVE_SETTINGS = frozenset({
     "server_idle_timeout", "server_lifetime", "server_connect_timeout", "server_login_retry",
     "idle_transaction_timeout", "query_timeout", "client_idle_timeout", "max_client_conn",
     "max_login_clients", "max_http_conn", "stats_period", "client_login_timeout", "http_min_body_rate",
-    "max_prepared_statements", "server_check_delay", "server_check_query", "pool_mode", "log_level"})
+    "max_prepared_statements", "server_check_delay", "server_check_query", "pool_mode", "log_level",
+    "cache_max_bytes", "cache_max_entry_bytes", "cache_channel"})
 _STATE_CODE = {"cl_active": "active", "cl_waiting": "waiting", "sv_active": "active",
                "sv_idle": "idle", "sv_used": "used", "sv_login": "login"}
 HELP = """Console usage

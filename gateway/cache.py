@@ -194,6 +194,21 @@ class ResultCache:
             self.stats.evictions += 1
         return entry
 
+    def resize(self, max_bytes: int, max_entry: int) -> int:
+        """New budgets (RELOAD, admin ``SET``): entries over the new entry cap
+        go, then the least recently used until the total fits.  Returns how
+        many were evicted."""
+        self.max_bytes, self.max_entry = max_bytes, max_entry
+        n = 0
+        for e in [e for e in self.entries.values() if e.size > max_entry]:
+            self._drop(e)
+            n += 1
+        while self.bytes > max_bytes and self.entries:
+            self._drop(next(iter(self.entries.values())))
+            n += 1
+        self.stats.evictions += n
+        return n
+
     # ------------------------------------------------------------ invalidation
     def invalidate_tags(self, tags: Iterable[str], db: str | None = None) -> int:
         """Drop the entries carrying any of ``tags`` (in database ``db``, or in

@@ -74,16 +74,29 @@ def _ensure_channel(gw: Any, pool: Any) -> None:
     """Subscribe (once per pool) to ``cache_channel`` through the pool's
     LISTEN hub (gateway/listen.py): each notification's payload is a tag (or
     several, comma-separated) whose entries are dropped; a gap in the
-    notifications drops the whole database's entries."""
+    notifications drops the whole database's entries.  A subscription whose
+    hub closed (the pool was replaced) is made again."""
     channel = gw.settings.cache_channel
     subs: dict[str, Any] = gw.__dict__.setdefault("cache_subscriptions", {})
-    if not channel or pool.name in subs:
+    if not channel:
         return
-    subs[pool.name] = None
-    gw.spawn(_subscribe(gw, pool, channel, subs))
+    cur = subs.get(pool.name)
+    if cur is not None and (isinstance(cur, _Pending) or not (cur.closed or cur.hub.closed)):
+        return  # subscribed, or a subscription under way
+    token = subs[pool.name] = _Pending(channel)
+    gw.spawn(_subscribe(gw, pool, channel, subs, token))
 
 
-async def _subscribe(gw: Any, pool: Any, channel: str, subs: dict[str, Any]) -> None:
+class _Pending:
+    """A subscription under way (its place in ``gw.cache_subscriptions``)."""
+
+    __slots__ = ("channel",)
+
+    def __init__(self, channel: str) -> None:
+        self.channel = channel
+
+
+async def _subscribe(gw: Any, pool: Any, channel: str, subs: dict[str, Any], token: _Pending) -> None:
     from .listen import hub_for
     dbkey = database_key(pool.db)
     rc = get_cache(gw)
@@ -97,10 +110,38 @@ async def _subscribe(gw: Any, pool: Any, channel: str, subs: dict[str, Any]) -> 
         rc.invalidate_db(dbkey)
 
     try:
-        subs[pool.name] = await hub_for(pool).subscribe_internal(channel, notified, gap)
+        sub = await hub_for(pool).subscribe_internal(channel, notified, gap)
     except Exception as exc:
         log.warning("cache: LISTEN %s on %s failed (%s); retried at the next session", channel, pool.name, exc)
-        subs.pop(pool.name, None)
+        if subs.get(pool.name) is token:
+            del subs[pool.name]
+        return
+    if subs.get(pool.name) is token:
+        subs[pool.name] = sub
+    else:  # the channel changed (RELOAD / SET) meanwhile: apply_settings subscribed anew
+        sub.close()
+
+
+def apply_settings(gw: Any, g: Any) -> None:
+    """New [gateway] settings (RELOAD, SIGHUP, admin ``SET``): the byte
+    budgets apply at once (a shrink evicts, least recently used first); a
+    changed ``cache_channel`` replaces every pool's subscription."""
+    rc: ResultCache | None = getattr(gw, "result_cache", None)
+    if rc is not None and (rc.max_bytes, rc.max_entry) != (g.cache_max_bytes, g.cache_max_entry_bytes):
+        n = rc.resize(g.cache_max_bytes, g.cache_max_entry_bytes)
+        if n:
+            log.info("cache: %d entries evicted for the new byte budget", n)
+    subs: dict[str, Any] | None = gw.__dict__.get("cache_subscriptions")
+    if not subs:
+        return
+    if any(sub.channel != g.cache_channel for sub in subs.values()):
+        for sub in subs.values():
+            if not isinstance(sub, _Pending):
+                sub.close()
+        subs.clear()
+        for pool in list(gw.pools.values()):
+            if pool.transaction_mode and getattr(pool.db, "cache", "off") != "off":
+                _ensure_channel(gw, pool)
 
 
 class _Capture:
@@ -120,7 +161,7 @@ class SessionCache:
     """One session's use of the gateway's :class:`ResultCache`."""
 
     __slots__ = ("s", "rc", "db", "dbkey", "cap", "parked", "park_bytes", "bypass", "state", "disabled",
-                 "_decisions", "_epoch")
+                 "held", "_held_timer", "_decisions", "_epoch")
 
     def __init__(self, session: "Session", rc: ResultCache) -> None:
         self.s = session
@@ -137,12 +178,17 @@ class SessionCache:
         self.state: str | None = None
         #: the client made temp objects: names may resolve to them, nothing is cached
         self.disabled = False
+        #: the start of a cacheable unit whose Sync has not arrived yet (a unit split
+        #: across reads): held back, not yet forwarded
+        self.held: tuple[bytes, list[tuple[int, int, int]]] | None = None
+        self._held_timer: Any = None  # (a held unit ending in Flush waits only _FLUSH_WAIT for its Sync)
         self._decisions: dict[bytes, tuple[float, float, tuple[str, ...]] | None] = {}
         self._epoch = 0  # the database's schema epoch the decisions were made in
 
     # ------------------------------------------------------------ client side
-    def intercept(self, chunk: bytes, idx: list[tuple[int, int, int]]) -> bool:
-        """True when the chunk was answered or kept here (not to be forwarded)."""
+    def intercept(self, chunk: bytes, idx: list[tuple[int, int, int]]) -> bool | None:
+        """True/False: the chunk was answered or kept here (what
+        ``Session._from_client`` returns); None: forward it as usual."""
         if self.parked is not None:
             self.parked.append((chunk, idx))
             self.park_bytes += len(chunk)
@@ -151,29 +197,58 @@ class SessionCache:
             return True
         if self.bypass:
             self.bypass = False
-            return False
+            return None
+        held = self.held
+        if held is not None:  # the rest of a unit that began in an earlier read
+            self.held = None
+            if self._held_timer is not None:
+                self._held_timer.cancel()
+                self._held_timer = None
+            hc, hi = held
+            n = len(hc)
+            chunk, idx = hc + chunk, hi + [(t, st + n, e + n) for t, st, e in idx]
+        r = self._serve(chunk, idx)
+        if r is _HOLD or r is _HOLD_BRIEFLY:
+            self.held = (chunk, idx)
+            if r is _HOLD_BRIEFLY:
+                self._held_timer = self.s.loop.call_later(_FLUSH_WAIT, self._release_held)
+            return True
+        if r is None and held is not None:  # not a unit after all: forward all of it, in order
+            self.bypass = True
+            return self.s._from_client(chunk, idx)
+        return r
+
+    def _serve(self, chunk: bytes, idx: list[tuple[int, int, int]]) -> Any:
         s = self.s
         acc = s.acc
         if s.server is not None or s._pending or acc.outstanding or acc.dirty or self.disabled:
-            return False
+            return None
+        db = s.pool.db  # type: ignore[union-attr]
+        if db is not self.db:  # RELOAD changed the database's settings
+            self.db, self.dbkey = db, database_key(db)
+            self._decisions.clear()
+        if db.cache == "off":
+            return None
         unit = cp.unit_of(chunk, idx)
         if unit is None:
-            return False
+            return self._could_be_unit(chunk, idx)
         self.state = MISS
         tk = s.track
         if tk is not None and tk.marked:
-            return False
+            return None
+        rw = s.prepared
         if unit.stmt:
-            rw = s.prepared
             st = rw.client.names.get(unit.stmt) if rw is not None else None
             if st is None:
-                return False
+                return None
             text = st.key
         else:
             text = unit.text
+            if unit.pname and not self._can_register(unit.pname, text):
+                return None
         decision = self._decide(text, unit.shape)
         if decision is None:
-            return False
+            return None
         ttl, swr, tags = decision
         key = cp.cache_key(self.db.name, self.db.user, s.user, unit, text, s.sig,
                            tk.settings if tk is not None else {})
@@ -182,6 +257,8 @@ class SessionCache:
         if e is not None:
             self.state = state
             s.last_activity = now
+            if unit.pname:
+                self._register(unit.pname, text)
             self._deliver(cp.replay(unit.shape, e.rowdesc, e.body))
             if refresh:
                 s.gw.spawn(_refresh(s.gw, e, s.user, s.database, dict(s.params),
@@ -189,15 +266,75 @@ class SessionCache:
             return True
         if self.rc.begin_fill(key, self.dbkey, tags):
             self.cap = _Capture(key, unit.shape, ttl, swr, tags, self.dbkey)
-            return False
+            return None
         self.parked = [(chunk, idx)]
         self.park_bytes = len(chunk)
-        shape = unit.shape
 
         def filled(entry: Entry | None) -> None:  # later, not inside the filler's data callback
-            s.loop.call_soon(self._filled, entry, shape)
+            s.loop.call_soon(self._filled, entry, unit)
         self.rc.wait(key, filled)
         return True
+
+    def _could_be_unit(self, chunk: bytes, idx: list[tuple[int, int, int]]) -> Any:
+        """The chunk is the start of a cacheable unit (no Sync yet): worth
+        holding back until the rest arrives (_HOLD), or, when it ends in a
+        Flush, for at most _FLUSH_WAIT (_HOLD_BRIEFLY: a client that waits for
+        the Flush's output gets it that much later).  Only for a statement
+        that would be cached; anything that does not continue the unit sends
+        it all on at once.  None: not a start."""
+        kind = cp.unit_prefix(bytes(t for t, _s, _e in idx))
+        if kind == cp.NOT_PREFIX or len(chunk) > _MAX_PARK:
+            return None
+        t, st, e = idx[0]
+        if t == 80:  # Parse: name, text
+            ne = chunk.find(b"\x00", st, e)
+            if ne < 0:
+                return None
+            text = chunk[ne + 1:e]
+            if ne > st and not self._can_register(chunk[st:ne], text):
+                return None
+        else:  # Bind of a named statement (of the unnamed portal)
+            if chunk.find(b"\x00", st, e) != st:
+                return None
+            k = chunk.find(b"\x00", st + 1, e)
+            rw = self.s.prepared
+            got = rw.client.names.get(chunk[st + 1:k]) if rw is not None and k > st + 1 else None
+            if got is None:
+                return None
+            text = got.key
+        if self._decide(text, bytes((t,))) is None:
+            return None
+        return _HOLD if kind == cp.PREFIX else _HOLD_BRIEFLY
+
+    def _release_held(self) -> None:
+        """The Sync did not follow the Flush in time: send the held messages on."""
+        self._held_timer = None
+        held, self.held = self.held, None
+        s = self.s
+        if held is None or s._finished or s._aborted:
+            return
+        self.bypass = True
+        try:
+            if not s._from_client(*held):
+                s._abort(None, None)
+        except ProtocolError as exc:
+            s._abort(exc.sqlstate, str(exc))
+        except Exception as exc:  # PoolError and the like: as the session loop would
+            s._abort(getattr(exc, "sqlstate", "XX000"), getattr(exc, "message", str(exc)))
+
+    def _can_register(self, name: bytes, text: bytes) -> bool:
+        """May a Parse of client statement ``name`` be answered here?  Only
+        when the gateway renames statements (transaction mode) and Postgres
+        would accept it: a new name, within the client's caps."""
+        rw = self.s.prepared
+        return rw is not None and name not in rw.client.names and rw.client.check_caps(len(text)) is None
+
+    def _register(self, name: bytes, text: bytes) -> None:
+        """What the Parse would have done: the client's name maps to the statement."""
+        rw = self.s.prepared
+        assert rw is not None
+        c = rw.client
+        c.add(name, c.registry.get(text, c.db))
 
     def _decide(self, text: bytes, shape: bytes) -> tuple[float, float, tuple[str, ...]] | None:
         """(ttl, swr, tags) for a statement, or None: not cacheable."""
@@ -220,24 +357,29 @@ class SessionCache:
     def _classify(self, sql: bytes) -> Any:
         db = self.db
         hint = cp.parse_hint(sql)
-        if hint is None and db.cache != "auto":
+        auto = db.cache == "auto"
+        if hint is None and not auto:
             return None
         if stateful(sql):
             return None
         ro = cp.read_only(sql)
         if ro is None:
             return None
-        if hint is None:  # "auto": only with every function known IMMUTABLE
-            vol = catalog(self.s.gw, self.s, self.dbkey)
-            if vol is None:
-                return _UNSURE
-            if not vol.certain(ro):
-                return None
+        tags: tuple[str, ...] = hint.tags if hint is not None else ()
+        if auto:
+            if hint is None:  # only with every function IMMUTABLE and every relation a known table
+                vol = catalog(self.s.gw, self.s, self.dbkey)
+                if vol is None:
+                    return _UNSURE
+                if not vol.certain(ro):
+                    return None
+            # the tables read are tags too: a trigger's NOTIFY of its table name reaches them
+            tags = tuple(dict.fromkeys(tags + tuple(sorted(ro.relations - ro.ctes))))
         ttl = hint.ttl if hint is not None and hint.ttl is not None else db.cache_ttl
         swr = hint.swr if hint is not None and hint.swr is not None else db.cache_swr
         if ttl <= 0:
             return None
-        return ttl, swr, hint.tags if hint is not None else ()
+        return ttl, swr, tags
 
     def _deliver(self, data: bytes) -> None:
         s = self.s
@@ -250,7 +392,7 @@ class SessionCache:
         else:
             s._send_or_queue(data)
 
-    def _filled(self, entry: Entry | None, shape: bytes) -> None:
+    def _filled(self, entry: Entry | None, unit: cp.Unit) -> None:
         """The shared query ended: answer from its result, or run our own."""
         parked = self.parked or []
         self.parked = None
@@ -260,9 +402,11 @@ class SessionCache:
             return
         try:
             first, rest = parked[0], parked[1:]
-            if entry is not None:
+            if entry is not None and (not unit.pname or self._can_register(unit.pname, unit.text)):
                 self.state = "hit"
-                self._deliver(cp.replay(shape, entry.rowdesc, entry.body))
+                if unit.pname:
+                    self._register(unit.pname, unit.text)
+                self._deliver(cp.replay(unit.shape, entry.rowdesc, entry.body))
             else:
                 self.bypass = True
                 if not s._from_client(*first):
@@ -321,9 +465,17 @@ class SessionCache:
             self.cap = None
             self.rc.finish_fill(cap.key, None)
         self.parked = None
+        self.held = None
+        if self._held_timer is not None:
+            self._held_timer.cancel()
+            self._held_timer = None
 
 
 _UNSURE = object()
+_HOLD = object()
+_HOLD_BRIEFLY = object()
+#: seconds a unit held after its Flush waits for the Sync (node-postgres sends them back to back)
+_FLUSH_WAIT = 0.005
 
 
 # ---------------------------------------------------------------- background work

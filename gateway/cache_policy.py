@@ -145,6 +145,8 @@ class Unit:
     bind: bytes
     #: the Execute body (portal name, row limit: a reply cut by the limit is not cached)
     exe: bytes = b""
+    #: a named Parse in the unit (node-postgres ``{name: ...}``): the statement name it creates
+    pname: bytes = b""
 
 
 def _cstr(chunk: bytes, pos: int, end: int) -> int:
@@ -154,7 +156,8 @@ def _cstr(chunk: bytes, pos: int, end: int) -> int:
 
 def unit_of(chunk: bytes, idx: list[tuple[int, int, int]]) -> Unit | None:
     """The chunk as one cacheable unit, else None (headers only, no decoding
-    of values).  The unnamed portal and, with Parse, the unnamed statement."""
+    of values).  The unnamed portal; a Parse of the unnamed statement, or of a
+    named one that the unit's Bind then uses (``pname``)."""
     n = len(idx)
     if n == 1:
         t, s, e = idx[0]
@@ -168,14 +171,16 @@ def unit_of(chunk: bytes, idx: list[tuple[int, int, int]]) -> Unit | None:
         return None
     if shape[-2] == _H:  # node-postgres: Flush before Sync (no reply of its own)
         idx = idx[:-2] + idx[-1:]
-    text = b""
+    text = pname = b""
     i = 0
     if shape[0] == _P:
         _t, s, e = idx[0]
-        if chunk[s] != 0:  # a named Parse creates client state: not a cacheable unit
+        ne = _cstr(chunk, s, e)
+        if ne < 0:
             return None
-        text = chunk[s + 1:e]
-        if _cstr(chunk, s + 1, e) < 0:
+        pname = chunk[s:ne]  # a named Parse: the caller registers the name on a hit
+        text = chunk[ne + 1:e]
+        if _cstr(chunk, ne + 1, e) < 0:
             return None
         i = 1
     _t, s, e = idx[i]  # Bind: portal, statement, then the rest
@@ -186,8 +191,10 @@ def unit_of(chunk: bytes, idx: list[tuple[int, int, int]]) -> Unit | None:
     if k < 0:
         return None
     stmt = chunk[j + 1:k]
-    if shape[0] == _P and stmt:
-        return None
+    if shape[0] == _P:
+        if stmt != pname:  # Bind of another statement than the one just parsed
+            return None
+        stmt = b""
     if shape[0] == _B and not stmt:  # the unnamed statement of an earlier segment
         return None
     bind = chunk[k + 1:e]
@@ -200,7 +207,24 @@ def unit_of(chunk: bytes, idx: list[tuple[int, int, int]]) -> Unit | None:
         return None
     if idx[-1][2] - idx[-1][1] != 0:
         return None
-    return Unit(shape, text, stmt, bind, chunk[s:e])
+    return Unit(shape, text, stmt, bind, chunk[s:e], pname)
+
+
+#: proper prefixes of the extended-protocol shapes (a unit arriving in several reads)
+_PREFIXES = frozenset(sh[:i] for sh in _SHAPES for i in range(1, len(sh)) if sh[i - 1] != _H)
+#: a whole unit but its Sync, ending in Flush (node-postgres writes ... Execute, Flush, Sync)
+_FLUSHED = frozenset(sh[:-1] for sh in _SHAPES if sh[-2] == _H)
+NOT_PREFIX, PREFIX, PREFIX_FLUSHED = 0, 1, 2
+
+
+def unit_prefix(types: bytes) -> int:
+    """Could message types ``types`` (no Sync yet) be the start of a unit?
+    ``PREFIX_FLUSHED``: all of it but the Sync, after a Flush -- the client may
+    also be waiting for the output the Flush asks for (a cursor), so only a
+    short wait for the Sync is allowed."""
+    if types in _PREFIXES:
+        return PREFIX
+    return PREFIX_FLUSHED if types in _FLUSHED else NOT_PREFIX
 
 
 def sql_of(text: bytes, shape: bytes) -> bytes:
@@ -274,6 +298,11 @@ class ReadOnly:
 
     functions: frozenset[str]
     words: frozenset[str]
+    #: names in relation position (after FROM / JOIN / TABLE, or a comma of a FROM list),
+    #: as the bare relation name (``s.t`` -> ``t``): the entry's tags in "auto" mode
+    relations: frozenset[str] = frozenset()
+    #: names the statement defines with ``WITH name AS (...)`` (not tables)
+    ctes: frozenset[str] = frozenset()
 
 
 def read_only(sql: bytes) -> ReadOnly | None:
@@ -300,6 +329,7 @@ def read_only(sql: bytes) -> ReadOnly | None:
     funcs: set[str] = set()
     words: set[str] = set()
     n = len(toks)
+    rels, ctes = _relations(toks)
     for i, tok in enumerate(toks):
         if tok[0] == '"':
             word = tok[1:-1].replace('""', '"')
@@ -317,7 +347,84 @@ def read_only(sql: bytes) -> ReadOnly | None:
                 funcs.add(f"{schema}.{word}")
             elif word not in _SYNTAX or tok[0] == '"':
                 funcs.add(word)
-    return ReadOnly(frozenset(funcs), frozenset(words))
+    return ReadOnly(frozenset(funcs), frozenset(words), frozenset(rels), frozenset(ctes))
+
+
+#: clause keywords: the clause a comma belongs to (JOIN / ON / USING stay in FROM)
+_CLAUSES = frozenset({"select", "from", "where", "group", "having", "order", "limit", "offset", "window",
+                      "union", "intersect", "except", "returning", "values", "fetch", "with"})
+#: functions whose argument syntax has a FROM of its own
+_FROM_FUNCS = frozenset({"extract", "substring", "trim", "overlay", "position", "normalize"})
+
+
+def _ident(tok: str) -> str | None:
+    if tok[0] == '"':
+        return tok[1:-1].replace('""', '"')
+    if tok[0].isalpha() or tok[0] == "_":
+        return tok.lower()
+    return None
+
+
+def _relations(toks: list[str]) -> tuple[set[str], set[str]]:
+    """Names in relation position (tokens of :func:`read_only`), and CTE names."""
+    rels: set[str] = set()
+    ctes: set[str] = set()
+    clause: list[str | None] = [None]  # per parenthesis depth
+    expect = False  # the next name is a relation (or a function call: FROM f(...))
+    n = len(toks)
+    i = 0
+    while i < n:
+        tok = toks[i]
+        low = tok.lower() if tok[0] != '"' else tok
+        if tok == "(":
+            prev = toks[i - 1].lower() if i else ""
+            clause.append("fn" if prev in _FROM_FUNCS else None)
+            expect = low == "(" and i + 1 < n and toks[i + 1].lower() == "table"
+            i += 1
+            continue
+        if tok == ")":
+            if len(clause) > 1:
+                clause.pop()
+            expect = False
+            i += 1
+            continue
+        if low == "table" and (i == 0 or toks[i - 1] == "("):
+            expect = True
+            i += 1
+            continue
+        name = _ident(tok)
+        if expect and name is not None and low not in ("only", "lateral"):
+            j = i
+            while j + 2 < n and toks[j + 1] == "." and _ident(toks[j + 2]) is not None:
+                j += 2
+            if not (j + 1 < n and toks[j + 1] == "("):  # FROM f(...): a function (checked elsewhere)
+                rels.add(_ident(toks[j]) or "")
+            expect = False
+            i = j + 1
+            continue
+        if name is not None and tok[0] != '"':
+            if low == "from":
+                fn = clause[-1] == "fn"
+                distinct = i >= 2 and toks[i - 1].lower() == "distinct" and (
+                    toks[i - 2].lower() == "is" or (i >= 3 and toks[i - 2].lower() == "not"
+                                                    and toks[i - 3].lower() == "is"))
+                if not fn and not distinct:
+                    clause[-1] = "from"
+                    expect = True
+                i += 1
+                continue
+            if low == "join" and clause[-1] == "from":
+                expect = True
+            elif low in _CLAUSES:
+                clause[-1] = low
+            if i + 2 < n and toks[i + 1].lower() == "as" and toks[i + 2].lower() in ("(", "materialized", "not"):
+                ctes.add(name)
+        elif tok == "," and clause[-1] == "from":
+            expect = True
+        elif expect and low not in ("only", "lateral"):
+            expect = False
+        i += 1
+    return rels, ctes
 
 
 #: catalog query: every function name (bare and schema-qualified) with whether all of
@@ -328,34 +435,45 @@ CATALOG_SQL = (
     " FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace GROUP BY 1"
     " UNION ALL SELECT '~view:' || c.relname, 'false' FROM pg_catalog.pg_class c"
     " WHERE c.relkind IN ('v', 'm', 'f') GROUP BY 1"
+    " UNION ALL SELECT '~table:' || c.relname, 'false' FROM pg_catalog.pg_class c"
+    " WHERE c.relkind IN ('r', 'p') GROUP BY 1"
 )
 
 
 class Volatility:
     """One upstream database's catalog answer (:data:`CATALOG_SQL`)."""
 
-    __slots__ = ("immutable", "known", "views", "epoch")
+    __slots__ = ("immutable", "known", "views", "tables", "epoch")
 
     def __init__(self, rows: list[tuple[str, str]], epoch: int) -> None:
         self.immutable: set[str] = set()
         self.known: set[str] = set()
         self.views: set[str] = set()
+        self.tables: set[str] = set()
         self.epoch = epoch
         for name, flag in rows:
             if name.startswith("~view:"):
                 self.views.add(name[6:])
+                continue
+            if name.startswith("~table:"):
+                self.tables.add(name[7:])
                 continue
             self.known.add(name)
             if flag == "true":
                 self.immutable.add(name)
 
     def certain(self, ro: ReadOnly) -> bool:
-        """Every function called is known and IMMUTABLE, and no view is named."""
+        """Every function called is known and IMMUTABLE, no view is named, and
+        every name in relation position is a table (or the statement's CTE):
+        so the relation names are the complete set of tags."""
         for f in ro.functions:
             if f not in self.immutable:
                 return False
         for w in ro.words:
             if w in self.views:
+                return False
+        for r in ro.relations:
+            if r not in self.tables and r not in ro.ctes:
                 return False
         return True
 
@@ -367,6 +485,9 @@ def cache_key(dbname: str, role: str, user: str, unit: Unit, statement: bytes,
     """Everything that can change the bytes of a result: the database and
     upstream role, the client identity, the statement (Parse tail: text and
     parameter types), the Bind (parameter formats and values, result formats),
-    the message shape, the tracked parameters and every session setting."""
-    return (dbname, role, user, unit.shape, statement, unit.bind, unit.exe, sig,
+    whether the reply has a RowDescription (a Describe; Parse and Flush do not
+    matter: one entry serves a statement's first use and its later Bind-only
+    uses), the tracked parameters and every session setting."""
+    shape = b"Q" if unit.shape == b"Q" else b"ED" if _D in unit.shape else b"E"  # what the reply holds
+    return (dbname, role, user, shape, statement, unit.bind, unit.exe, sig,
             tuple(sorted(settings.items())) if settings else ())

@@ -400,10 +400,11 @@ class Session:
         """Forward one framed chunk (or queue it until a server is assigned);
         False when the client terminated.  Synchronous: no task switch."""
         lq = self.listen
-        if lq is not None and lq.take(self, chunk, idx):  # LISTEN/UNLISTEN answered by the gateway
-            return True
-        if self.cache is not None and self.cache.intercept(chunk, idx):
-            return True  # answered from (or waiting for) the result cache
+        cache = self.cache  # (first when it holds the start of a unit: order is kept)
+        if lq is not None and (cache is None or cache.held is None) and lq.take(self, chunk, idx):
+            return True  # LISTEN/UNLISTEN answered by the gateway
+        if cache is not None and (kept := cache.intercept(chunk, idx)) is not None:
+            return kept  # answered from (or waiting for, or holding for) the result cache
         acc = self.acc
         before, d0 = acc.outstanding, acc.dirty
         chunk, idx, terminate = acc.client(chunk, idx)

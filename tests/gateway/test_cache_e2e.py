@@ -252,7 +252,8 @@ async def test_invalidation_by_tag_and_by_trigger(gateway_app: Any, pg: Any, pg_
             assert await stmt.fetchval(1) == "a"
         assert len(rc) == 1
         # the channel subscription is up (LISTEN through the pool's hub)
-        await eventually(lambda: app.gateway.cache_subscriptions.get("app") is not None, what="LISTEN")
+        await eventually(lambda: getattr(app.gateway.cache_subscriptions.get("app"), "closed", True) is False,
+                         what="LISTEN")
         # 1. POST /cache/invalidate (the write is not seen: direct, and the trigger is disabled)
         await _direct(pg, pg_db, "ALTER TABLE quotes DISABLE TRIGGER quotes_inval;"
                                  "UPDATE quotes SET text = 'b' WHERE id = 1")

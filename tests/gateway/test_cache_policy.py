@@ -45,7 +45,15 @@ def test_units() -> None:
     assert u is not None and u.shape == b"PBDES" and cp.sql_of(u.text, u.shape) == b"SELECT $1::int"
     u = cp.unit_of(*_framed(m.bind("", "s1", [], [b"7"], []) + m.execute("", 1) + m.flush() + m.sync()))
     assert u is not None and (u.shape, u.stmt, u.exe) == (b"BEHS", b"s1", b"\x00\x00\x00\x00\x01")
-    for not_unit in (m.parse("named", "SELECT 1", []) + m.bind("", "named", [], [], []) + m.execute("", 0) + m.sync(),
+    # a named Parse used by the unit's Bind (node-postgres {name}): its name rides along
+    u = cp.unit_of(*_framed(m.parse("n1", "SELECT 1", []) + m.bind("", "n1", [], [], []) + m.execute("", 0)
+                            + m.sync()))
+    assert u is not None and (u.shape, u.pname, u.stmt, cp.sql_of(u.text, u.shape)) == (b"PBES", b"n1", b"", b"SELECT 1")
+    for prefix, kind in ((b"P", cp.PREFIX), (b"PB", cp.PREFIX), (b"PBDE", cp.PREFIX), (b"B", cp.PREFIX),
+                         (b"PBDEH", cp.PREFIX_FLUSHED), (b"BEH", cp.PREFIX_FLUSHED), (b"PBH", cp.NOT_PREFIX),
+                         (b"PD", cp.NOT_PREFIX), (b"Q", cp.NOT_PREFIX), (b"PBDES", cp.NOT_PREFIX)):
+        assert cp.unit_prefix(prefix) == kind, prefix
+    for not_unit in (m.parse("named", "SELECT 1", []) + m.bind("", "other", [], [], []) + m.execute("", 0) + m.sync(),
                      m.bind("p1", "s", [], [], []) + m.execute("p1", 0) + m.sync(),  # a named portal
                      m.bind("", "", [], [], []) + m.execute("", 0) + m.sync(),  # an earlier unnamed statement
                      m.query("SELECT 1") + m.query("SELECT 2"),
@@ -76,7 +84,8 @@ def test_not_read_only(sql: str) -> None:
 
 def test_volatility() -> None:
     vol = cp.Volatility([("lower", "true"), ("pg_catalog.lower", "true"), ("now", "false"), ("random", "false"),
-                         ("nextval", "false"), ("myfunc", "true"), ("app.myfunc", "false"), ("~view:v", "false")], 1)
+                         ("nextval", "false"), ("myfunc", "true"), ("app.myfunc", "false"), ("~view:v", "false"),
+                         ("~table:quotes", "false"), ("~table:t", "false")], 1)
     ok = cp.read_only(b"SELECT lower(text) FROM quotes")
     assert ok is not None and ok.functions == {"lower"} and vol.certain(ok)
     for sql in (b"SELECT now()", b"SELECT random()", b"SELECT nextval('s')", b"SELECT unknown_fn(1)",
@@ -108,3 +117,25 @@ def test_key_separates_everything_that_changes_bytes() -> None:
                 base[:5] + (("UTF8", "German"),) + base[6:], base[:6] + ({"search_path": "b"},)]
     for v in variants:
         assert cp.cache_key(*v) != k  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("sql,rels", [
+    ("SELECT id FROM quotes WHERE id = $1", {"quotes"}),
+    ('select * from public.quotes q join authors a on a.id = q.a, "Books" b where x in (select y from z)',
+     {"quotes", "authors", "Books", "z"}),
+    ("WITH w AS (SELECT 1 FROM t1) SELECT * FROM w, ONLY t2", {"t1", "t2", "w"}),
+    ("TABLE quotes", {"quotes"}),
+    ("SELECT extract(year FROM d), a IS NOT DISTINCT FROM b FROM t", {"t"}),
+    ("SELECT * FROM generate_series(1, 3) g, LATERAL (SELECT 1 FROM t3) s", {"t3"}),
+    ("SELECT * FROM a JOIN b USING (id), c", {"a", "b", "c"}),
+    ("SELECT (SELECT count(*) FROM b) UNION SELECT 1 FROM c", {"b", "c"}),
+    ("SELECT 1", set()),
+])
+def test_relations_are_the_auto_tags(sql: str, rels: set[str]) -> None:
+    ro = cp.read_only(sql.encode())
+    assert ro is not None and set(ro.relations) == rels
+    vol = cp.Volatility([("~table:" + r, "false") for r in rels if r != "w"] + [("count", "true"),
+                         ("generate_series", "true"), ("extract", "true")], 0)
+    assert vol.certain(ro), ro
+    if rels:  # a name that is not a known table (created behind the gateway's back): not certain
+        assert not cp.Volatility([("count", "true"), ("generate_series", "true"), ("extract", "true")], 0).certain(ro)
