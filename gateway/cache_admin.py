@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from .cache_hook import get_cache, invalidate
+from .cache_upstream import get_cache, invalidate
 from .http import HttpRequest, HttpResponse
 
 PATH = "/cache/invalidate"

@@ -94,7 +94,7 @@ def apply_settings(gw: "Gateway", g: GatewaySettings, *, update_pools: bool = Tr
     for name, pool in gw.pools.items():
         db = gw.config.databases.get(name, pool.db)
         _update_pool(pool, db, g)
-    from .cache_hook import apply_settings as apply_cache_settings
+    from .cache_upstream import apply_settings as apply_cache_settings
     apply_cache_settings(gw, g)  # byte budgets, notification channel (gateway/cache_hook.py)
 
 

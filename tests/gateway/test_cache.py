@@ -106,7 +106,7 @@ def test_resize_evicts_least_recently_used_and_over_the_entry_cap() -> None:
     for k, n in (("a", 100), ("b", 1000), ("c", 100)):
         rc.put(Entry(k, "db", b"", b"x" * n, 0.0, 60, 0))
     rc.lookup("a", 1.0)  # a is used again: b is the least recently used
-    sa, sb, sc = (rc.entries[k].size for k in "abc")
+    sa, sc = (rc.entries[k].size for k in "ac")
     assert rc.resize(sa + sc, 5_000) == 1 and list(rc.entries) == ["c", "a"] and rc.bytes == sa + sc
     assert rc.resize(10_000, sa - 1) == 2 and len(rc) == 0 and rc.bytes == 0  # both over the new entry cap
     assert rc.put(Entry("d", "db", b"", b"x" * 100, 0.0, 60, 0)) is None and rc.stats.too_large == 1
