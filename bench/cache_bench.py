@@ -1,54 +1,75 @@
 """Query result cache benchmark (issue 15): the quotes workload.
 
-    python -m bench.cache_bench                  # 200 sessions, 3 x 8 s per target
+    python -m bench.cache_bench                  # 200 sessions, 3 rounds x 8 s per target
     python -m bench.cache_bench --sessions 50 --duration 3 --repeat 1   # quick
 
-Workload per session, back to back: 95% reads -- half ``GET /quotes/:id``
-(``SELECT id, text, author FROM quotes WHERE id = $1``, 1,000 ids) and half
-``GET /quotes?limit=20`` (the 20 newest) -- and 5% ``POST`` (an INSERT, then
-the tag ``quotes`` invalidated: ``NOTIFY wirepool_invalidate, 'quotes'`` in the
-same transaction, so every gateway instance hears it).
+Workload per session, back to back (a closed loop): 95% reads --
+``GET /quotes/:id`` (``SELECT id, text, author FROM quotes WHERE id = $1``,
+1,000 ids) and ``GET /quotes?limit=20`` (the 20 newest; ``--list-share`` of the
+reads, default 0.1) -- and 5% ``POST``: an INSERT and, in the same implicit
+transaction, ``NOTIFY wirepool_invalidate, 'quotes:list'``: the tag of what an
+insert changes (the list; no existing quote), delivered to every gateway
+instance.  With ``"hint"`` the by-id reads carry
+``/* wirepool:cache ttl=60 swr=10 tags=quotes:by-id */``, the list
+``tags=quotes:list``.  With ``"auto"`` there are no hints: the entries' tags are
+the tables read (``quotes``), which this POST does not notify, so reads may lag
+by up to ``cache_ttl`` = 5 s (with ``NOTIFY ..., 'quotes'`` every POST would drop
+every entry).
 
-Targets (a fresh PgBouncer / gateway per run; the same Postgres):
+Sessions are lean: raw Postgres protocol bytes (the extended-protocol messages
+the Neon driver sends: Parse, Bind, Describe, Execute, Sync of the unnamed
+statement) over one WebSocket each to the gateway (``/v2``), over TCP to
+PgBouncer, built once, so that the load generator costs little next to what it
+measures (a full Python driver per session costs more CPU per query than the
+gateway: on a 2-core machine it, not the cache, set the throughput).  Logins
+(SCRAM) happen before the window.
 
-- ``gateway-off``: the gateway, ``cache = "off"``, our driver over WebSocket;
-- ``gateway-hint``: ``cache = "hint"``, reads carry
-  ``/* wirepool:cache ttl=60 swr=10 tags=quotes */``;
-- ``gateway-auto``: ``cache = "auto"``, no hints (entries carry no tag: the
-  POSTs' NOTIFY drops nothing, reads may lag by up to ``cache_ttl`` = 5 s);
-- ``pgbouncer``: PgBouncer transaction mode, asyncpg (``statement_cache_size=0``)
-  over TCP (PgBouncer has no WebSocket).
-
-Reported per target: ops/s, read p50/p99 (ms), hit ratio (the gateway's
-counters), Postgres CPU seconds per 1,000 ops; mean and min..max over the
-repeats; ratios vs ``gateway-off`` of the same run.  Then the gateway-side cost
-of a hit: an in-process gateway with one asyncpg client, the time from a
-client chunk to its replayed reply inside ``SessionCache.intercept``.
+Targets, interleaved in each round (the same Postgres; a fresh gateway /
+PgBouncer per run): ``gateway-off``, ``gateway-hint``, ``gateway-auto`` and
+``pgbouncer`` (transaction mode, TCP).  Each run: ``--warmup`` seconds of load
+(the cache fills), then ``--duration`` seconds measured.  Reported per target:
+ops/s, read p50/p99 (ms), hit ratio ((hits + stale) / cacheable reads, from the
+gateway's SHOW CACHE over the window), Postgres and gateway/PgBouncer CPU seconds
+per 1,000 ops, the load average; mean and min..max over the rounds; ratio vs
+``gateway-off`` of the same round.  Then the gateway-side cost of a hit
+(in-process, time inside ``SessionCache.intercept``).  Target (issue 15): >= 3x
+the ``gateway-off`` throughput at >= 90% hits, hit p50 <= 0.3 ms at the gateway.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import multiprocessing as mp
+import os
 import random
 import statistics
+import struct
 import sys
 import time
 from typing import Any
 
+import psutil
+
+from driver.protocol import messages as m
+from driver.protocol.auth import ScramClient
+
 from . import env as E
 
-HINT = "/* wirepool:cache ttl=60 swr=10 tags=quotes */ "
 BY_ID = "SELECT id, text, author FROM quotes WHERE id = $1"
 LATEST = "SELECT id, text, author FROM quotes ORDER BY id DESC LIMIT 20"
+HINT_ID = "/* wirepool:cache ttl=60 swr=10 tags=quotes:by-id */ "
+HINT_LIST = "/* wirepool:cache ttl=60 swr=10 tags=quotes:list */ "
+POST = ("INSERT INTO quotes (text, author) VALUES ('a new quote', 'bench');"
+        " NOTIFY wirepool_invalidate, 'quotes:list'")
 QUOTES = 1000
 
 
 class CacheGateway(E.Gateway):
     def __init__(self, cluster: E.BenchCluster, mode: str) -> None:
-        super().__init__(cluster, extra={"cache_max_bytes": 256 << 20})
+        super().__init__(cluster, extra={"cache_max_bytes": 256 << 20, "admin_users": E.BENCH_USER})
         self.mode = mode
 
     def config_text(self) -> str:
@@ -65,38 +86,221 @@ def _setup(cluster: E.BenchCluster) -> None:
         f" FROM generate_series(1, {QUOTES}) i; ANALYZE quotes;", user=E.BENCH_USER, db=E.BENCH_DB)
 
 
+# ------------------------------------------------------------------ lean sessions
+
+def _extended(sql: str, params: list[bytes]) -> bytes:
+    return (m.parse("", sql, []) + m.bind("", "", [], params, []) + m.describe("P") + m.execute("", 0)
+            + m.sync())
+
+
+def _ws_frame(payload: bytes) -> bytes:
+    """A masked binary frame; the mask key is zero (payload bytes unchanged)."""
+    n = len(payload)
+    if n < 126:
+        head = struct.pack("!BB", 0x82, 0x80 | n)
+    elif n < 65536:
+        head = struct.pack("!BBH", 0x82, 0x80 | 126, n)
+    else:
+        head = struct.pack("!BBQ", 0x82, 0x80 | 127, n)
+    return head + b"\x00\x00\x00\x00" + payload
+
+
+class Lean(asyncio.Protocol):
+    """One session: Postgres messages over TCP or a WebSocket; counts
+    ReadyForQuery messages (one per request) and ErrorResponses."""
+
+    def __init__(self, ws: bool) -> None:
+        self.ws = ws
+        self.raw = bytearray()   # WebSocket bytes not yet unframed
+        self.buf = bytearray()   # Postgres bytes
+        self.pos = 0             # parsed up to here (run phase)
+        self.waiter: asyncio.Future[None] | None = None
+        self.want = 0
+        self.errors = 0
+        self.transport: Any = None
+        self.lost = False
+        self.handshake: bytes | None = b"" if ws else None
+        self.login = True
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_exception(ConnectionError("connection closed"))
+
+    def data_received(self, data: bytes) -> None:
+        if self.ws:
+            if self.handshake is not None:
+                self.handshake += data
+                i = self.handshake.find(b"\r\n\r\n")
+                if i < 0:
+                    return
+                head, rest = self.handshake[:i], self.handshake[i + 4:]
+                self.handshake = None
+                if b" 101 " not in head.split(b"\r\n", 1)[0]:
+                    self.connection_lost(None)
+                    return
+                data = rest
+            raw = self.raw
+            raw += data
+            p = 0
+            n = len(raw)
+            while n - p >= 2:
+                b1 = raw[p + 1] & 0x7F
+                h = 2
+                if b1 == 126:
+                    if n - p < 4:
+                        break
+                    b1, h = int.from_bytes(raw[p + 2:p + 4], "big"), 4
+                elif b1 == 127:
+                    if n - p < 10:
+                        break
+                    b1, h = int.from_bytes(raw[p + 2:p + 10], "big"), 10
+                if n - p < h + b1:
+                    break
+                if raw[p] & 0x0F in (1, 2, 0):
+                    self.buf += raw[p + h:p + h + b1]
+                p += h + b1
+            del raw[:p]
+        else:
+            self.buf += data
+        w = self.waiter
+        if w is None:
+            return
+        if self.login:
+            self.waiter = None
+            if not w.done():
+                w.set_result(None)
+        else:
+            self._scan()
+
+    def _scan(self) -> None:
+        buf = self.buf
+        pos = self.pos
+        n = len(buf)
+        while n - pos >= 5:
+            end = pos + 1 + int.from_bytes(buf[pos + 1:pos + 5], "big")
+            if end > n:
+                break
+            t = buf[pos]
+            if t == 90:
+                self.want -= 1
+            elif t == 69:
+                self.errors += 1
+            pos = end
+        if pos == n:
+            buf.clear()
+            pos = 0
+        self.pos = pos
+        w = self.waiter
+        if self.want <= 0 and w is not None and not w.done():
+            self.waiter = None
+            w.set_result(None)
+
+    def send(self, data: bytes) -> None:
+        self.transport.write(_ws_frame(data) if self.ws else data)
+
+    async def request(self, data: bytes, replies: int = 1) -> None:
+        self.want = replies
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.send(data)
+        await self.waiter
+
+    async def message(self) -> tuple[int, bytes]:
+        """The next whole message (login phase)."""
+        while True:
+            buf = self.buf
+            if len(buf) >= 5:
+                end = 1 + int.from_bytes(buf[1:5], "big")
+                if len(buf) >= end:
+                    t, body = buf[0], bytes(buf[5:end])
+                    del buf[:end]
+                    return t, body
+            if self.lost:
+                raise ConnectionError("connection closed during login")
+            self.waiter = asyncio.get_running_loop().create_future()
+            await self.waiter
+
+
+async def lean_connect(host: str, port: int, ws: bool, database: str = E.BENCH_DB) -> Lean:
+    loop = asyncio.get_running_loop()
+    _t, proto = await loop.create_connection(lambda: Lean(ws), host, port)
+    if ws:
+        key = base64.b64encode(os.urandom(16)).decode()
+        proto.transport.write(
+            (f"GET /v2?address={host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    proto.send(m.startup_message({"user": E.BENCH_USER, "database": database}))
+    scram: ScramClient | None = None
+    while True:
+        t, body = await proto.message()
+        if t == 82:  # Authentication*
+            code = int.from_bytes(body[:4], "big")
+            if code == 10:
+                scram = ScramClient(E.BENCH_USER, E.BENCH_PASSWORD)
+                proto.send(m.sasl_initial_response(scram.mechanism, scram.client_first()))
+            elif code == 11 and scram is not None:
+                proto.send(m.sasl_response(scram.handle_server_first(body[4:])))
+            elif code == 12 and scram is not None:
+                scram.handle_server_final(body[4:])
+            elif code == 3:
+                proto.send(m.password_message(E.BENCH_PASSWORD))
+            elif code != 0:
+                raise RuntimeError(f"unsupported authentication request {code}")
+        elif t == 69:
+            raise RuntimeError(f"login failed: {m.decode_fields(body).get('M')}")
+        elif t == 90:
+            proto.login = False
+            return proto
+
+
 # ------------------------------------------------------------------ load (worker processes)
 
 def _worker(spec: dict[str, Any], q: Any) -> None:
     try:
-        q.put(asyncio.run(_load(spec)))
+        try:
+            import uvloop  # the gateway's own loop: a cheaper load generator
+            run: Any = uvloop.run
+        except ImportError:
+            run = asyncio.run
+        q.put(run(_load(spec)))
     except BaseException as e:  # noqa: BLE001
         q.put({"error": repr(e)})
 
 
 async def _load(spec: dict[str, Any]) -> dict[str, Any]:
-    hint = HINT if spec["hint"] else ""
-    by_id, latest = hint + BY_ID, hint + LATEST
-    if spec["kind"] == "driver":
-        import driver
+    hint = spec["hint"]
+    by_id = [_extended((HINT_ID if hint else "") + BY_ID, [str(i).encode()]) for i in range(1, QUOTES + 1)]
+    latest = _extended((HINT_LIST if hint else "") + LATEST, [])
+    post = m.query(POST)
+    sem = asyncio.Semaphore(50)
 
-        async def connect() -> Any:
-            return await driver.connect(spec["dsn"])
-    else:
-        import asyncpg
+    async def connect() -> Lean:
+        async with sem:
+            return await lean_connect(spec["host"], spec["port"], spec["ws"])
+    conns = await asyncio.gather(*(connect() for _ in range(spec["sessions"])))
+    if spec["prewarm"]:  # steady state: every cacheable read once (twice: "auto" reads its catalog first)
+        mine = [by_id[i] for i in range(spec["part"], QUOTES, spec["parts"])] + [latest]
 
-        async def connect() -> Any:
-            return await asyncpg.connect(**spec["kwargs"], statement_cache_size=0)
-    conns = [await connect() for _ in range(spec["sessions"])]
+        async def walk(k: int) -> None:
+            for j in range(k, len(mine), len(conns)):
+                await conns[k].request(mine[j])
+        for _ in range(2):
+            await asyncio.gather(*(walk(k) for k in range(len(conns))))
     lat: list[float] = []
     ops = errors = 0
-    # a common start instant; a worker whose connections took longer starts late (its own window)
-    start = max(spec["start"], time.monotonic())
+    start = spec["start"]
+    late = max(0.0, time.monotonic() - start)
     await asyncio.sleep(max(0.0, start - time.monotonic()))
-    end = start + spec["duration"]
+    t_on = start + spec["warmup"]
+    end = t_on + spec["duration"]
     rng = random.Random(spec["seed"])
+    list_share = 0.95 * spec["list_share"]
 
-    async def session(c: Any) -> None:
+    async def session(c: Lean) -> None:
         nonlocal ops, errors
         while True:
             t0 = time.monotonic()
@@ -105,101 +309,130 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
             r = rng.random()
             try:
                 if r < 0.05:
-                    async with c.transaction():
-                        await c.execute("INSERT INTO quotes (text, author) VALUES ($1, 'bench')", f"new {t0}")
-                        await c.execute("NOTIFY wirepool_invalidate, 'quotes'")
-                elif r < 0.525:
-                    await c.fetch(by_id, rng.randint(1, QUOTES))
-                    lat.append(time.monotonic() - t0)
+                    await c.request(post)
+                elif r < 0.05 + list_share:
+                    await c.request(latest)
                 else:
-                    await c.fetch(latest)
-                    lat.append(time.monotonic() - t0)
-                ops += 1
-            except Exception:  # noqa: BLE001
+                    await c.request(by_id[rng.randrange(QUOTES)])
+            except ConnectionError:
                 errors += 1
+                return
+            if t0 >= t_on:
+                ops += 1
+                if r >= 0.05:
+                    lat.append(time.monotonic() - t0)
 
     await asyncio.gather(*(session(c) for c in conns))
+    errors += sum(c.errors for c in conns)
     for c in conns:
-        await c.close()
-    return {"lat": lat, "ops": ops, "errors": errors, "late": start - spec["start"]}
+        if c.transport is not None:
+            c.transport.close()
+    return {"lat": lat, "ops": ops, "errors": errors, "late": late}
 
 
-def _run_load(specs: list[dict[str, Any]]) -> dict[str, Any]:
-    ctx = mp.get_context("fork")
-    q = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(s, q)) for s in specs]
-    for p in procs:
-        p.start()
-    res = [q.get() for _ in procs]
-    for p in procs:
-        p.join(30)
-    errs = [r["error"] for r in res if "error" in r]
-    if errs:
-        raise RuntimeError(errs[0])
-    lat = sorted(x for r in res for x in r["lat"])
-    return {"ops": sum(r["ops"] for r in res), "errors": sum(r["errors"] for r in res), "lat": lat,
-            "late": max(r["late"] for r in res)}
+class Console:
+    """A lean session on the gateway's admin console, opened before the window:
+    SHOW CACHE costs one round trip (a psql process would take a second at load)."""
+
+    def __init__(self, g: CacheGateway) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.c = self.loop.run_until_complete(lean_connect(g.host, g.pg_port, False, "pgbouncer"))
+
+    def counters(self) -> dict[str, int]:
+        return self.loop.run_until_complete(self._show())
+
+    async def _show(self) -> dict[str, int]:
+        c = self.c
+        c.login = True  # (message by message)
+        c.send(m.query("SHOW CACHE"))
+        out: dict[str, int] = {}
+        while True:
+            t, body = await c.message()
+            if t == 68:
+                k, v = m.decode_data_row(body)
+                if k is not None and v is not None:
+                    out[k.decode()] = int(v)
+            elif t == 90:
+                return out
+
+    def close(self) -> None:
+        self.c.transport.close()
+        self.loop.run_until_complete(asyncio.sleep(0))
+        self.loop.close()
 
 
-def _counters(g: CacheGateway) -> dict[str, int]:
-    """SHOW CACHE through psql (the console speaks the simple query protocol)."""
-    import os
-    import subprocess
-    r = subprocess.run([g.cluster.pg.psql_bin, "-X", "-A", "-t", "-F", " ", "-h", "127.0.0.1", "-p", str(g.pg_port),
-                        "-U", E.BENCH_USER, "-d", "pgbouncer", "-c", "SHOW CACHE"],
-                       capture_output=True, text=True, env=dict(os.environ, PGPASSWORD=E.BENCH_PASSWORD),
-                       timeout=30)
-    out = {}
-    for line in r.stdout.splitlines():
-        k, _, v = line.partition(" ")
-        if v.strip().isdigit():
-            out[k] = int(v)
-    return out
+def _cpu(pid: int) -> float:
+    try:
+        t = psutil.Process(pid).cpu_times()
+        return t.user + t.system
+    except psutil.NoSuchProcess:
+        return 0.0
 
 
-def run_target(cluster: E.BenchCluster, target: str, sessions: int, duration: float, procs: int) -> dict[str, Any]:
+def run_target(cluster: E.BenchCluster, target: str, a: argparse.Namespace) -> dict[str, Any]:
     _setup(cluster)
     cluster.wait_backends_gone()
     svc: Any
     if target == "pgbouncer":
         svc = E.PgBouncer(cluster)
         svc.start()
-        base = {"kind": "asyncpg", "kwargs": svc.conn_kwargs(), "hint": False}
+        base = {"host": svc.host, "port": svc.port, "ws": False, "hint": False}
     else:
         mode = target.split("-", 1)[1]
         svc = CacheGateway(cluster, mode)
-        svc.extra["admin_users"] = E.BENCH_USER  # (a comma-separated string: bench/env.py writes scalars)
         svc.start()
-        base = {"kind": "driver", "dsn": svc.ws_url(), "hint": mode == "hint"}
+        base = {"host": svc.host, "port": svc.port, "ws": True, "hint": mode == "hint"}
     try:
-        start = time.monotonic() + 3.0 + sessions * 0.05
-        per = [sessions // procs + (1 if i < sessions % procs else 0) for i in range(procs)]
-        specs = [dict(base, sessions=n, duration=duration, start=start, seed=i) for i, n in enumerate(per)]
-        cpu = E.PostgresCpu(cluster)
-        before = _counters(svc) if target != "pgbouncer" else {}
-        res = _run_load(specs)
-        pg_cpu = cpu.seconds()
-        after = _counters(svc) if target != "pgbouncer" else {}
+        start = time.monotonic() + 3.0 + a.sessions * 0.01
+        per = [a.sessions // a.procs + (1 if i < a.sessions % a.procs else 0) for i in range(a.procs)]
+        specs = [dict(base, sessions=n, duration=a.duration, warmup=a.warmup, start=start, seed=i,
+                      list_share=a.list_share, prewarm=target != "pgbouncer" and not a.cold, part=i,
+                      parts=a.procs) for i, n in enumerate(per)]
+        ctx = mp.get_context("fork")
+        q = ctx.Queue()
+        procs = [ctx.Process(target=_worker, args=(s, q)) for s in specs]
+        for p in procs:
+            p.start()
+        console = Console(svc) if target != "pgbouncer" else None
+        time.sleep(max(0.0, start + a.warmup - time.monotonic()))
+        t0 = time.monotonic()
+        before = console.counters() if console is not None else {}
+        skew = time.monotonic() - t0
+        pg_cpu = E.PostgresCpu(cluster)
+        svc_cpu0 = _cpu(svc.proc.pid)
+        load0 = os.getloadavg()[0]
+        res = [q.get() for _ in procs]
+        pg_s = pg_cpu.seconds()
+        svc_s = _cpu(svc.proc.pid) - svc_cpu0
+        for p in procs:
+            p.join(30)
+        after = console.counters() if console is not None else {}
+        if console is not None:
+            console.close()
     finally:
         svc.stop()
-    lat = res["lat"]
+    errs = [r["error"] for r in res if "error" in r]
+    if errs:
+        raise RuntimeError(errs[0])
+    lat = sorted(x for r in res for x in r["lat"])
+    ops = sum(r["ops"] for r in res)
     served = {k: after.get(k, 0) - before.get(k, 0) for k in ("hits", "stale", "misses", "shared")}
-    cacheable = served["hits"] + served["stale"] + served["misses"] + served["shared"]
-    return {"target": target, "ops_s": res["ops"] / duration, "errors": res["errors"],
+    cacheable = sum(served.values())
+    return {"target": target, "ops_s": ops / a.duration, "errors": sum(r["errors"] for r in res),
             "p50_ms": 1000 * lat[len(lat) // 2] if lat else None,
             "p99_ms": 1000 * lat[int(len(lat) * 0.99)] if lat else None,
             "hit_ratio": (served["hits"] + served["stale"]) / cacheable if cacheable else None,
-            "reads": len(lat), "pg_cpu_s_per_kop": 1000 * pg_cpu / max(1, res["ops"]),
-            "late_start_s": round(res["late"], 2)}
+            "shared": served["shared"], "reads": len(lat),
+            "pg_cpu_s_per_kop": 1000 * pg_s / max(1, ops), "svc_cpu_s_per_kop": 1000 * svc_s / max(1, ops),
+            "load": round(load0, 1), "late_start_s": round(max(r["late"] for r in res), 2),
+            "counter_skew_s": round(skew, 3)}
 
 
 # ------------------------------------------------------------------ the gateway's own cost of a hit
 
 async def _hit_cost(n: int = 3000) -> dict[str, float]:
-    """In-process gateway (same code), one asyncpg client over pg_listen: time
-    spent inside SessionCache.intercept for each hit (chunk in -> reply written)."""
-    import asyncpg
-
+    """In-process gateway (same code), one lean WebSocket session: time spent
+    inside SessionCache.intercept for each hit (chunk in -> reply written)."""
     from gateway import cache_hook
     from gateway.app import GatewayApp
     from gateway.config import parse_config
@@ -207,14 +440,14 @@ async def _hit_cost(n: int = 3000) -> dict[str, float]:
     try:
         _setup(cluster)
         cfg = parse_config({"gateway": {"listen": "127.0.0.1:0", "pg_listen": "127.0.0.1:0", "auth_type": "trust"},
-                            "databases": {"bench": {"host": cluster.host, "port": cluster.port, "dbname": "bench",
-                                                    "user": E.BENCH_USER, "password": E.BENCH_PASSWORD,
-                                                    "cache": "hint"}},
-                            "users": {"bench": {}}})
+                            "databases": {E.BENCH_DB: {"host": cluster.host, "port": cluster.port,
+                                                       "dbname": E.BENCH_DB, "user": E.BENCH_USER,
+                                                       "password": E.BENCH_PASSWORD, "cache": "hint"}},
+                            "users": {E.BENCH_USER: {}}})
         times: list[float] = []
         orig = cache_hook.SessionCache.intercept
 
-        def timed(self: Any, chunk: bytes, idx: Any) -> bool:
+        def timed(self: Any, chunk: bytes, idx: Any) -> Any:
             t0 = time.perf_counter()
             hits = self.rc.stats.hits
             r = orig(self, chunk, idx)
@@ -224,11 +457,11 @@ async def _hit_cost(n: int = 3000) -> dict[str, float]:
         cache_hook.SessionCache.intercept = timed  # type: ignore[method-assign]
         try:
             async with GatewayApp(cfg) as app:
-                c = await asyncpg.connect(host="127.0.0.1", port=app.pg_port, user="bench", database="bench")
-                stmt = await c.prepare(HINT + BY_ID)
+                c = await lean_connect("127.0.0.1", app.http_port, True)
+                reqs = [_extended(HINT_ID + BY_ID, [str(1 + i).encode()]) for i in range(20)]
                 for i in range(n):
-                    await stmt.fetch(1 + i % 20)
-                await c.close()
+                    await c.request(reqs[i % 20])
+                c.transport.close()
         finally:
             cache_hook.SessionCache.intercept = orig  # type: ignore[method-assign]
         times.sort()
@@ -237,7 +470,7 @@ async def _hit_cost(n: int = 3000) -> dict[str, float]:
         cluster.close()
 
 
-def _spread(vals: list[float]) -> str:
+def _spread(vals: list[Any]) -> str:
     vals = [v for v in vals if v is not None]
     if not vals:
         return "-"
@@ -247,10 +480,14 @@ def _spread(vals: list[float]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sessions", type=int, default=200)
-    ap.add_argument("--duration", type=float, default=8.0)
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--procs", type=int, default=2)
+    ap.add_argument("--duration", type=float, default=8.0, help="measured seconds per run")
+    ap.add_argument("--warmup", type=float, default=2.0, help="seconds of load before the window")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds (each runs every target)")
+    ap.add_argument("--procs", type=int, default=1, help="load-generating processes")
+    ap.add_argument("--list-share", type=float, default=0.1, help="share of the reads that are the list")
     ap.add_argument("--targets", default="gateway-off,gateway-hint,gateway-auto,pgbouncer")
+    ap.add_argument("--cold", action="store_true", help="no prewarm walk (every read once) before the warm-up")
+    ap.add_argument("--no-hit-cost", action="store_true")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     a = ap.parse_args(argv)
     targets = a.targets.split(",")
@@ -262,30 +499,34 @@ def main(argv: list[str] | None = None) -> int:
                 if t == "pgbouncer" and not E.PgBouncer.available():
                     print(f"pgbouncer: absent ({E.PGBOUNCER_HINT})", flush=True)
                     continue
-                row = run_target(cluster, t, a.sessions, a.duration, a.procs)
+                row = run_target(cluster, t, a)
                 row["repeat"] = rep
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     finally:
         cluster.close()
-    print(f"\nquotes workload: {a.sessions} sessions, {a.duration:g} s x {a.repeat}; mean (min..max)")
-    print(f"{'target':14} {'ops/s':>22} {'x off':>18} {'read p50 ms':>20} {'read p99 ms':>20} "
-          f"{'hit ratio':>20} {'pg cpu s/kop':>20}")
+    print(f"\nquotes workload: {a.sessions} sessions, {a.warmup:g} s warm-up + {a.duration:g} s x {a.repeat},"
+          f" list share {a.list_share:g}; mean (min..max)")
+    cols = ("ops/s", "x off", "read p50 ms", "read p99 ms", "hit ratio", "pg cpu s/kop", "svc cpu s/kop", "load")
+    print(f"{'target':14} " + " ".join(f"{c:>20}" for c in cols))
     base = {r["repeat"]: r["ops_s"] for r in rows if r["target"] == "gateway-off"}
     for t in targets:
         rs = [r for r in rows if r["target"] == t]
         if not rs:
             continue
         ratio = [r["ops_s"] / base[r["repeat"]] for r in rs if base.get(r["repeat"])]
-        print(f"{t:14} {_spread([r['ops_s'] for r in rs]):>22} {_spread(ratio):>18} "
-              f"{_spread([r['p50_ms'] for r in rs]):>20} {_spread([r['p99_ms'] for r in rs]):>20} "
-              f"{_spread([r['hit_ratio'] for r in rs]):>20} {_spread([r['pg_cpu_s_per_kop'] for r in rs]):>20}")
-    hc = asyncio.run(_hit_cost())
-    print(f"\ngateway-side hit cost (in-process, SessionCache.intercept, {hc['hits']} hits): "
-          f"p50 {hc['p50_ms']:.3f} ms, p99 {hc['p99_ms']:.3f} ms")
+        vals = ([r["ops_s"] for r in rs], ratio, [r["p50_ms"] for r in rs], [r["p99_ms"] for r in rs],
+                [r["hit_ratio"] for r in rs], [r["pg_cpu_s_per_kop"] for r in rs],
+                [r["svc_cpu_s_per_kop"] for r in rs], [r["load"] for r in rs])
+        print(f"{t:14} " + " ".join(f"{_spread(v):>20}" for v in vals))
+    hc = None
+    if not a.no_hit_cost:
+        hc = asyncio.run(_hit_cost())
+        print(f"\ngateway-side hit cost (in-process, SessionCache.intercept, {hc['hits']} hits): "
+              f"p50 {hc['p50_ms']:.3f} ms, p99 {hc['p99_ms']:.3f} ms")
     if a.out:
         with open(a.out, "w") as f:
-            json.dump({"rows": rows, "hit_cost": hc}, f, indent=1)
+            json.dump({"rows": rows, "hit_cost": hc, "args": vars(a)}, f, indent=1)
     return 0
 
 

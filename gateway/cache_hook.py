@@ -84,7 +84,7 @@ class SessionCache:
     """One session's use of the gateway's :class:`ResultCache`."""
 
     __slots__ = ("s", "rc", "db", "dbkey", "cap", "parked", "park_bytes", "bypass", "state", "disabled",
-                 "held", "_held_timer", "_decisions", "_epoch")
+                 "held", "_held_timer", "_decisions", "_epoch", "_fast")
 
     def __init__(self, session: "Session", rc: ResultCache) -> None:
         self.s = session
@@ -107,6 +107,9 @@ class SessionCache:
         self._held_timer: Any = None  # (a held unit ending in Flush waits only _FLUSH_WAIT for its Sync)
         self._decisions: dict[bytes, tuple[float, float, tuple[str, ...]] | None] = {}
         self._epoch = 0  # the database's schema epoch the decisions were made in
+        #: hot path: chunk bytes -> (key, unit, statement) of units seen since the session last
+        #: sent anything to Postgres (the only way its settings or statement names change)
+        self._fast: dict[bytes, tuple[Hashable, cp.Unit, bytes]] = {}
 
     # ------------------------------------------------------------ client side
     def intercept(self, chunk: bytes, idx: list[tuple[int, int, int]]) -> bool | None:
@@ -120,8 +123,14 @@ class SessionCache:
             return True
         if self.bypass:
             self.bypass = False
+            if self._fast:
+                self._fast.clear()
             return None
         held = self.held
+        if held is None and self._fast:
+            got = self._fast.get(chunk)
+            if got is not None and self._hit(*got):
+                return True
         if held is not None:  # the rest of a unit that began in an earlier read
             self.held = None
             if self._held_timer is not None:
@@ -136,10 +145,35 @@ class SessionCache:
             if r is _HOLD_BRIEFLY:
                 self._held_timer = self.s.loop.call_later(_FLUSH_WAIT, self._release_held)
             return True
-        if r is None and held is not None:  # not a unit after all: forward all of it, in order
-            self.bypass = True
-            return self.s._from_client(chunk, idx)
+        if r is None:
+            if self._fast:
+                self._fast.clear()  # it goes to Postgres: settings or names may change
+            if held is not None:  # not a unit after all: forward all of it, in order
+                self.bypass = True
+                return self.s._from_client(chunk, idx)
         return r  # type: ignore[no-any-return]
+
+    def _hit(self, key: Hashable, unit: cp.Unit, text: bytes) -> bool:
+        """The hot path for a unit seen before: answered if the entry is there
+        and nothing that the full path checks has changed."""
+        s = self.s
+        acc = s.acc
+        if (s.server is not None or s._pending or acc.outstanding or acc.dirty or self.disabled
+                or s.pool.db is not self.db  # type: ignore[union-attr]
+                or s.gw.statements.marks.get(self.dbkey, 0) != self._epoch):
+            return False
+        now = s.loop.time()
+        state, e, refresh = self.rc.lookup(key, now)
+        if e is None:
+            return False
+        self.state = state
+        s.last_activity = now
+        self._deliver(cp.replay(unit.shape, e.rowdesc, e.body))
+        if refresh:
+            tk = s.track
+            s.gw.spawn(_refresh(s.gw, e, s.user, s.database, dict(s.params),
+                                dict(tk.settings) if tk is not None else {}, unit.shape, text, unit.bind, unit.exe))
+        return True
 
     def _serve(self, chunk: bytes, idx: list[tuple[int, int, int]]) -> Any:
         s = self.s
@@ -175,6 +209,11 @@ class SessionCache:
         ttl, swr, tags = decision
         key = cp.cache_key(self.db.name, self.db.user, s.user, unit, text, s.sig,
                            tk.settings if tk is not None else {})
+        if not unit.pname and len(chunk) <= _FAST_CHUNK:
+            fast = self._fast
+            if len(fast) >= _FAST_MAX:
+                fast.clear()
+            fast[chunk] = (key, unit, text)
         now = s.loop.time()
         state, e, refresh = self.rc.lookup(key, now)
         if e is not None:
@@ -396,6 +435,7 @@ class SessionCache:
 
 _UNSURE = object()
 _HOLD = object()
+_FAST_CHUNK, _FAST_MAX = 4096, 256  # hot-path memo: chunk size, entries per session
 _HOLD_BRIEFLY = object()
 #: seconds a unit held after its Flush waits for the Sync (node-postgres sends them back to back)
 _FLUSH_WAIT = 0.005
