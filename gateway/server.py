@@ -25,6 +25,7 @@ from driver.protocol import messages as m
 from driver.protocol.framing import MessageReader, ProtocolError
 
 from . import auth_passthrough as passthrough
+from . import upstream_scram
 from .prepared import forget_statements
 from .tcp import set_socket_buffer
 from .tls import UpstreamTlsError, negotiate_upstream, upstream_context
@@ -205,7 +206,7 @@ class ServerConnection(asyncio.Protocol):
         if extra:
             params.update(extra)
         self.transport.write(m.startup_message(params))
-        scram: pg_auth.ScramClient | None = None
+        scram: pg_auth.ScramClient | upstream_scram.CachedScramClient | None = None
         while True:
             mtype, body = await self._next_login_message()
             if mtype == m.B.AUTHENTICATION:
@@ -226,7 +227,9 @@ class ServerConnection(asyncio.Protocol):
                 elif code == m.AUTH_SASL:
                     if pg_auth.SCRAM_SHA_256 not in req.mechanisms:
                         raise ServerError("08006", f"upstream offers no supported SASL mechanism: {req.mechanisms}")
-                    scram = passthrough.scram_client(password, user)
+                    # a configured password: keys derived once per salt (gateway/upstream_scram.py)
+                    scram = (upstream_scram.scram_client(password, user) if isinstance(password, str)
+                             else passthrough.scram_client(password, user))
                     self.transport.write(m.sasl_initial_response(scram.mechanism, scram.client_first()))
                 elif code == m.AUTH_SASL_CONTINUE and scram is not None:
                     try:
