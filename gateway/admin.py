@@ -461,6 +461,8 @@ class Console:
 def _fmt(v: Any) -> str:
     if v is None:
         return ""
+    if isinstance(v, tuple) and v and isinstance(v[0], tuple):  # gateway.peers
+        return ",".join(f"{a}={b}" for a, b in v)
     if isinstance(v, tuple):
         return ",".join(str(x) for x in v) if not (len(v) == 2 and isinstance(v[1], int)) else f"{v[0]}:{v[1]}"
     if isinstance(v, float) and v == int(v):

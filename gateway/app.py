@@ -30,6 +30,7 @@ from gateway.cache_admin import register as register_cache
 from gateway.listen_sse import register as register_listen
 from gateway.http_protocol import register as register_http_protocol
 from gateway.neon_sql import register as register_neon_sql
+from gateway.sockets import start_on
 from gateway.tcp import TcpListener
 from gateway.tls import ServerTls
 
@@ -72,8 +73,9 @@ class GatewayApp:
         self._registry: Any = None
         #: the listeners' certificate (gateway/tls.py), None without TLS
         self.tls: ServerTls | None = None
-        #: listening sockets received from the process taken over ("listen", "pg_listen"; gateway/takeover.py)
-        self.inherited: dict[str, Any] = {}
+        #: listening sockets received from the process taken over ("listen", "pg_listen" -> sockets;
+        #: gateway/takeover.py), or a worker's share of the supervisor's (gateway/workers.py)
+        self.inherited: dict[str, list[Any]] = {}
         #: the control socket server offering the sockets to a successor (gateway/takeover.py)
         self.control: Any = None
 
@@ -93,7 +95,6 @@ class GatewayApp:
             self.http = HttpListener(g.listen[0], g.listen[1],
                                      ws_max_message_size=g.max_message_size + WS_SLACK,
                                      ssl_context=ctx)
-            self.http.sock = self.inherited.get("listen")
             self.http.header_timeout = g.client_login_timeout
             self.http.min_body_rate = g.http_min_body_rate
             limits = getattr(self.gateway, "limits", None)
@@ -103,8 +104,6 @@ class GatewayApp:
             # The driver's ws:// DSN may put something else in the path: any
             # non-HTTP path upgrades too (routing is by the StartupMessage's database).
             self.http.ws_default = self.gateway.handle_client
-            if self.workers is not None and self.workers.count > 1:
-                self.http.sock = self.workers.listener_socket("http")
             self.http.add_route("GET", "/healthz", self._healthz)
             self.http.add_route("GET", "/metrics", self._metrics)
             register_neon_sql(self)  # POST/OPTIONS /sql (Neon-compatible, gateway/neon_sql.py)
@@ -119,16 +118,13 @@ class GatewayApp:
             self._time_routes()
             self._registry = make_registry(self._gateway_stats, self.listener_stats,
                                            lambda: collect(self.gateway, self._shed_totals()))
-            await self.http.start()
+            await start_on(self.http, self.inherited.get("listen", []))
             if self.cluster is not None:
                 await self.cluster.start()
             if g.pg_listen is not None:
                 self.tcp = TcpListener(g.pg_listen[0], g.pg_listen[1], self.gateway.handle_client,
                                        ssl_context=ctx)
-                self.tcp.sock = self.inherited.get("pg_listen")
-                if self.workers is not None and self.workers.count > 1:
-                    self.tcp.sock = self.workers.listener_socket("pg")
-                await self.tcp.start()
+                await start_on(self.tcp, self.inherited.get("pg_listen", []))
         except BaseException:
             await self._close_listeners()
             await self._close_gateway()
@@ -305,6 +301,9 @@ async def run(config: Config, *, ready_callback: ReadyCallback | None = None, ga
         from gateway.workers import single_context
         workers = single_context(config)  # advertise_url: /pg tokens name this instance
     app = GatewayApp(config, gateway=gateway, workers=workers)
+    worker = workers is not None and workers.count > 1  # one of a supervisor's (takeover is the supervisor's)
+    if worker:
+        app.inherited = {role: workers.listener_sockets(role) for role in ("listen", "pg_listen")}
     handover = None
     if takeover:
         if not ctl_path:
@@ -314,9 +313,11 @@ async def run(config: Config, *, ready_callback: ReadyCallback | None = None, ga
     try:
         await app.start()
         if handover is not None:
-            forward = await asyncio.to_thread(handover.commit)
-            if forward:
-                _takeover.install_forwarding(app, forward)
+            pred = _takeover.Predecessor(await asyncio.to_thread(handover.commit))
+            if app.cluster is not None:
+                app.cluster.predecessor = pred
+            else:
+                _takeover.install_forwarding(app, pred)
     except BaseException:
         if handover is not None:
             handover.abort()
@@ -335,10 +336,7 @@ async def run(config: Config, *, ready_callback: ReadyCallback | None = None, ga
     app.gateway.config_path = config_path
     app.gateway.shutdown_hook = request_shutdown
     control = None
-    if ctl_path and workers is not None and workers.count > 1:
-        if workers.index == 0:
-            log.warning("control_socket: takeover is not available with workers > 1; ignored (docs/takeover.md)")
-    elif ctl_path:
+    if ctl_path and not worker:
         control = _takeover.ControlServer(app, ctl_path, lambda: request_shutdown(None, "TAKEOVER"))
         try:
             await control.start()
@@ -374,6 +372,9 @@ async def run(config: Config, *, ready_callback: ReadyCallback | None = None, ga
             installed.append(sig)
         except (NotImplementedError, RuntimeError):  # pragma: no cover - not the main thread / Windows
             pass
+    if worker:  # the supervisor handed the sockets to a successor (gateway/handover.py)
+        loop.add_signal_handler(signal.SIGUSR2, request_shutdown, None, "TAKEOVER")
+        installed.append(signal.SIGUSR2)
     if (app.tls is not None or config_path is not None) and hasattr(signal, "SIGHUP"):
         try:  # SIGHUP: reload the TLS certificate (docs/tls.md) and the config (docs/reload.md)
             loop.add_signal_handler(signal.SIGHUP, on_hup)
@@ -385,7 +386,8 @@ async def run(config: Config, *, ready_callback: ReadyCallback | None = None, ga
             r = ready_callback(app)
             if inspect.isawaitable(r):
                 await r
-        _takeover.signal_ready()
+        if not worker:
+            _takeover.signal_ready()
         await stop.wait()
         shutdown_task = loop.create_task(_takeover.shutdown_app(app, how["mode"], how["timeout"]))
         try:
@@ -419,11 +421,8 @@ def run_forever(config: Config, *, ready_callback: ReadyCallback | None = None,
                 config_path: str | None = None, takeover: bool = False) -> int:
     """Blocking entry point of ``wirepool serve``; returns the exit status."""
     if config.gateway.workers > 1 and ready_callback is None:
-        if takeover:  # each worker has its own SO_REUSEPORT socket: nothing single to hand over
-            log.error("cannot start: --takeover is not available with workers > 1 (docs/takeover.md)")
-            return 1
         from gateway.workers import serve
-        return serve(config, config_path)
+        return serve(config, config_path, takeover=takeover)
     install_uvloop()
     try:
         asyncio.run(run(config, ready_callback=ready_callback, config_path=config_path, takeover=takeover))

@@ -24,8 +24,11 @@ What travels on it:
 * the admin console: ``SHOW`` answers every worker's rows with a ``worker``
   column added; commands (PAUSE, RESUME, RELOAD, SET, KILL, SHUTDOWN...) run
   on every worker.
-* CancelRequests (pg_listen, ``/pg/cancel``) that land on a worker that does
-  not hold the session are passed to the others.
+* CancelRequests (pg_listen, ``/pg/cancel``) that land on a worker or an
+  instance that does not hold the session are passed to the one that does
+  (the cancel key names it: gateway/peers.py).
+* After a takeover (gateway/handover.py), requests for the predecessor's
+  sessions go to its unix sockets while it drains (``predecessor``).
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ from urllib.parse import urlsplit
 import h11
 
 from .http import HttpConnection, HttpListener, HttpRequest, HttpResponse
+from .peers import CancelRouter
+from .takeover import Predecessor
 
 if TYPE_CHECKING:  # pragma: no cover
     from .workers import WorkerContext
@@ -66,8 +71,10 @@ def token_secret(secret: bytes) -> bytes:
 
 
 def owner_bytes(index: int, url: str | None, incarnation: bytes = b"\0\0\0\0") -> bytes:
-    """What a token names: worker index, a random per-process value (so a restarted
-    or taken-over process does not claim its predecessor's tokens), advertise_url."""
+    """What a token names: worker index, 4 bytes of incarnation -- the
+    supervisor's generation (2 bytes, shared by its workers) and 2 random ones
+    per process (so a restarted or taken-over process does not claim its
+    predecessor's tokens) -- and advertise_url."""
     return struct.pack("!H", index) + incarnation + (url or "").encode("utf-8")
 
 
@@ -88,8 +95,10 @@ class Cluster:
         self.ctx = ctx
         self.index = ctx.index
         self.count = ctx.count
-        self.url = app.config.gateway.advertise_url or ""
-        self.owner = owner_bytes(self.index, self.url, secrets.token_bytes(4))
+        g = app.config.gateway
+        self.url = g.advertise_url or dict(g.peers).get(g.peer_id, "")
+        self.generation = ctx.generation
+        self.owner = owner_bytes(self.index, self.url, ctx.generation + secrets.token_bytes(2))
         self._auth = hmac.new(ctx.secret, b"wirepool-internal-v1", hashlib.sha256).hexdigest()
         ex = get_executor(self.gw)
         ex.set_identity(token_secret(ctx.secret), self.owner)
@@ -97,9 +106,9 @@ class Cluster:
         self._internal: HttpListener | None = None
         self._server: asyncio.base_events.Server | None = None
         self.forwarded = 0
-        self._local_cancel = self.gw.handle_cancel
-        if self.count > 1:
-            self.gw.handle_cancel = self._handle_cancel
+        #: the gateway this one took over, while it drains (gateway/takeover.py)
+        self.predecessor: Predecessor | None = Predecessor(ctx.predecessor) if ctx.predecessor else None
+        self.cancels = CancelRouter(self)  # cancel keys name their owner (gateway/peers.py)
 
     # ------------------------------------------------------------ lifecycle
     def register(self) -> None:
@@ -107,7 +116,7 @@ class Cluster:
         http = self.app.http
         assert http is not None
         http.add_route("POST", "/internal/admin", self._admin_route)
-        http.add_route("POST", "/internal/cancel", self._cancel_route)
+        http.add_route("POST", "/internal/cancel", self.cancels.route)
         for key, wrap in ((("GET", "/metrics"), self._metrics), (("GET", "/status"), self._status)):
             orig = http.routes.get(key)
             if orig is not None and self.count > 1:
@@ -173,13 +182,25 @@ class Cluster:
             if fwd:
                 req.peer = fwd
             return None  # forwarded once: never again (http_exec answers 401 if not ours)
-        owner = get_executor(self.gw).token_owner(token)  # 401 for a forged token: nothing is forwarded
+        pred = self.predecessor
+        try:
+            owner = get_executor(self.gw).token_owner(token)  # 401 for a forged token: nothing is forwarded
+        except HttpExecError:
+            # signed with another secret: the predecessor's random one (it checks the MAC)
+            if pred is not None and pred.alive:
+                resp = await pred.forward(req, pred.owner_index(token))
+                if resp is not None:
+                    return resp
+            raise
         if owner == self.owner:
             return None
         index, url = parse_owner(owner)
         if url == self.url:
+            if owner[2:4] != self.generation:  # an earlier generation at this address: the predecessor's
+                resp = await pred.forward(req, index) if pred is not None and pred.alive else None
+                return resp  # None: gone with it (401 below)
             if index >= self.count or index == self.index:
-                return None  # an earlier process of this worker: 401 (or takeover.py forwards it)
+                return None  # an earlier process of this worker: 401
             target = self.ctx.socket_path(index)
             where = f"worker {index}"
         elif url:
@@ -198,24 +219,6 @@ class Cluster:
         self.forwarded += 1
         ctype = next((v for k, v in rh if k == "content-type"), None)
         return HttpResponse(status, body, ctype, [(k, v) for k, v in rh if k not in _RELAY_SKIP])
-
-    # ------------------------------------------------------------ cancel
-    async def _handle_cancel(self, process_id: int, secret_key: int) -> None:
-        s = self.gw.sessions.get(process_id)
-        if s is not None and s.secret_key == secret_key:
-            await self._local_cancel(process_id, secret_key)
-            return
-        await self._gather("POST", "/internal/cancel", [],
-                           struct.pack("!II", process_id & 0xFFFFFFFF, secret_key & 0xFFFFFFFF))
-
-    async def _cancel_route(self, req: HttpRequest) -> HttpResponse:
-        if not self.is_internal(req) or len(req.body) != 8:
-            return HttpResponse(404, b"not found\n")
-        pid, key = struct.unpack("!II", req.body)
-        s = self.gw.sessions.get(pid)
-        if s is not None and s.secret_key & 0xFFFFFFFF == key:
-            await self._local_cancel(pid, s.secret_key)
-        return HttpResponse(204, b"", None)
 
     # ------------------------------------------------------------ /metrics
     async def _metrics(self, req: HttpRequest, local: Callable[[HttpRequest], Awaitable[HttpResponse]]) -> HttpResponse:

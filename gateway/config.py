@@ -163,6 +163,11 @@ class GatewaySettings:
     #: Secret shared by the instances (and workers) of one gateway: signs ``/pg`` session tokens
     #: and authenticates forwarded requests.  None: a random one per start.
     cluster_secret: str | None = None
+    #: This instance's number among its peers (1..255; 0: no peering).  Its cancel keys carry it, so
+    #: a CancelRequest landing on another instance reaches this one (PgBouncer 1.23's ``peer_id``).
+    peer_id: int = 0
+    #: ``[gateway.peers]``: every instance's internal URL by peer_id (PgBouncer's ``[peers]``), this one's too.
+    peers: tuple[tuple[int, str], ...] = ()
     #: Query result cache (docs/cache.md): bytes of all entries (LRU by bytes), and of one entry.
     cache_max_bytes: int = 67108864
     cache_max_entry_bytes: int = 1048576
@@ -311,6 +316,27 @@ def parse_advertise_url(v: Any, key: str) -> str:
     if "$" in s:
         raise ConfigError(key, f"unset environment variable in {s!r}")
     return s
+
+
+def parse_peers(v: Any, key: str) -> tuple[tuple[int, str], ...]:
+    """``[gateway.peers]``: ``<peer_id> = "http://host:port"`` for every instance."""
+    out = []
+    for k, url in _table(v, key).items():
+        if not (k.isascii() and k.isdigit() and 1 <= int(k) <= 255):
+            raise ConfigError(f"{key}.{k}", "peer ids are numbers 1..255")
+        out.append((int(k), parse_advertise_url(url, f"{key}.{k}")))
+    return tuple(sorted(out))
+
+
+def check_peering(g: "GatewaySettings") -> None:
+    if not g.peers and not g.peer_id:
+        return
+    if g.peer_id and g.peer_id not in dict(g.peers):
+        raise ConfigError("gateway.peer_id", f"{g.peer_id} is not in [gateway.peers]")
+    if g.peers and not g.peer_id:
+        raise ConfigError("gateway.peer_id", "required with [gateway.peers] (this instance's number there)")
+    if g.cluster_secret is None:
+        raise ConfigError("gateway.cluster_secret", "required with peer_id (the instances must share it)")
 
 
 def _env_ref(v: str, key: str) -> str:
@@ -525,11 +551,19 @@ def _parse_gateway(raw: Mapping[str, Any], base_dir: Path | None) -> GatewaySett
             kw[name] = _str(value, key)  # "" disables the channel
         elif name in ("auth_user", "auth_query", "auth_dbname"):
             kw[name] = _auth_key(name, value, key)
+        elif name == "peer_id":
+            if isinstance(value, str):  # "${PEER_ID}": e.g. a StatefulSet pod's ordinal
+                value = _env_ref(value, key)
+                value = int(value) if value.strip().isdigit() else value
+            kw[name] = _int(value, key, minimum=0, maximum=255)
+        elif name == "peers":
+            kw[name] = parse_peers(value, key)
         else:  # pragma: no cover - every field is handled above
             raise ConfigError(key, "unknown key")
     g = GatewaySettings(**kw)
     if g.advertise_url is not None and g.cluster_secret is None:
         raise ConfigError("gateway.cluster_secret", "required with advertise_url (the instances must share it)")
+    check_peering(g)
     if g.min_pool_size > g.default_pool_size:
         raise ConfigError("gateway.min_pool_size",
                           f"must not exceed default_pool_size ({g.min_pool_size} > {g.default_pool_size})")
@@ -693,6 +727,8 @@ def config_to_display(cfg: Config) -> dict[str, Any]:
             v = "" if v is None else format_address(v)
         elif f.name == "cluster_secret" and v is not None:
             v = MASK
+        elif f.name == "peers":
+            v = {str(k): u for k, u in v}
         elif isinstance(v, tuple):
             v = list(v)
         gw[f.name] = v
@@ -747,6 +783,8 @@ def _toml_value(v: Any) -> str:
         return _toml_str(v)
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
     raise TypeError(type(v))
 
 

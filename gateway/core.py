@@ -36,6 +36,8 @@ class Gateway:
                                        for name, db in config.databases.items()}
         #: gateway-issued process id -> session (for CancelRequest)
         self.sessions: dict[int, Session] = {}
+        #: the issued pids' fixed bits and random bits (gateway/peers.py: the key names its owner)
+        self.pid_prefix, self.pid_mask = 0, 0x7FFFFFFF
         self._all_sessions: set[Session] = set()
         self.n_clients = 0
         self.limits = Limits(self.settings)  # login-phase and HTTP connection caps
@@ -181,7 +183,7 @@ class Gateway:
         if not (0 < pid < 1 << 22 and pid not in sessions):
             while True:
                 # one urandom call for both: pid in 2**22..2**31-1, key a signed int32
-                pid = int.from_bytes(raw[:4], "big") & 0x7FFFFFFF
+                pid = (int.from_bytes(raw[:4], "big") & self.pid_mask) | self.pid_prefix
                 if pid >= 1 << 22 and pid not in sessions:
                     break
                 raw = os.urandom(8)

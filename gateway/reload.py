@@ -37,7 +37,7 @@ log = logging.getLogger("wirepool.gateway.reload")
 
 #: [gateway] settings that need a restart (bound to listening sockets or the process)
 RESTART_ONLY = ("listen", "pg_listen", "tls_cert_file", "tls_key_file", "tls_reload_interval", "pid_file",
-                "control_socket", "auth_max_concurrent", "workers", "advertise_url", "cluster_secret")
+                "control_socket", "auth_max_concurrent", "workers", "advertise_url", "cluster_secret", "peer_id")
 _UPSTREAM = ("host", "port", "dbname", "user", "password", "sslmode", "sslrootcert")
 
 

@@ -6,13 +6,16 @@ The running ``wirepool serve`` offers its sockets on ``gateway.control_socket``
 the systemd ``ExecReload``) connects there and::
 
     new -> old   TAKEOVER 1\\n
-    old -> new   {"pid": .., "roles": ["listen", "pg_listen"]}\\n   + the fds (SCM_RIGHTS)
+    old -> new   {"pid": .., "roles": ["listen", "pg_listen", ..], "forward": [<unix socket>, ..]}\\n
+                 + the fds (SCM_RIGHTS, gateway/sockets.py; a role repeats per socket)
                  ... the new process starts its gateway on those sockets ...
     new -> old   GO\\n            (or it closes the connection: the old one carries on)
-    old -> new   OK {"forward": "<unix socket>"}\\n
+    old -> new   OK {"forward": [..]}\\n
 
 The sockets are the *same* kernel sockets, so their accept queues survive:
-no connection is refused or reset at any moment.  After ``GO`` the old
+no connection is refused or reset at any moment.  Either side may be a
+``workers = N`` supervisor (gateway/handover.py): it offers every worker's
+socket, and its workers' unix sockets as ``forward``.  After ``GO`` the old
 process stops accepting, answers HTTP requests with ``connection: close``
 and waits for its clients to leave (at most half of ``shutdown_timeout``),
 then shuts down gracefully with the rest of it (idle sessions end at once,
@@ -27,6 +30,7 @@ and systemd's readiness notification (:func:`notify`).
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import os
@@ -35,7 +39,10 @@ from typing import Any, Callable
 
 import h11
 
+from driver.protocol import messages as m
+
 from .http import HttpConnection, HttpRequest, HttpResponse
+from .sockets import recv_more, recv_sockets, send_sockets
 
 log = logging.getLogger("wirepool.gateway.takeover")
 
@@ -53,15 +60,19 @@ class TakeoverError(OSError):
 class Handover:
     """Sockets received from the running process; :meth:`commit` makes it let go."""
 
-    def __init__(self, conn: socket.socket, pid: int, sockets: dict[str, socket.socket]) -> None:
+    def __init__(self, conn: socket.socket, pid: int, sockets: dict[str, list[socket.socket]],
+                 info: dict[str, Any]) -> None:
         self.conn = conn
         self.pid = pid
+        #: role ("listen", "pg_listen") -> its listening sockets (several from N workers)
         self.sockets = sockets
-        self.forward: str | None = None
+        self.info = info
+        #: unix sockets where the running process's HTTP /pg sessions stay reachable
+        self.forward: list[str] = _paths(info.get("forward"))
 
-    def commit(self, timeout: float = 30.0) -> str | None:
+    def commit(self, timeout: float = 30.0) -> list[str]:
         """Tell the old process to stop accepting (blocking; the answer comes at once).
-        Returns the unix socket path its HTTP /pg sessions are reachable at."""
+        Returns the unix sockets its HTTP /pg sessions are reachable at."""
         self.conn.settimeout(timeout)
         try:
             self.conn.sendall(b"GO\n")
@@ -73,14 +84,21 @@ class Handover:
         if not line.startswith(b"OK"):
             raise TakeoverError(f"the running gateway (pid {self.pid}) refused the takeover: {line!r}")
         info = json.loads(line[2:].strip() or b"{}")
-        self.forward = info.get("forward")
+        self.forward = self.forward or _paths(info.get("forward"))
         return self.forward
 
     def abort(self) -> None:
         """Starting failed: close our copies; the old process keeps serving."""
         self.conn.close()
-        for s in self.sockets.values():
-            s.close()
+        for socks in self.sockets.values():
+            for s in socks:
+                s.close()
+
+
+def _paths(v: Any) -> list[str]:
+    if isinstance(v, str):
+        return [v]
+    return [p for p in v if isinstance(p, str)] if isinstance(v, list) else []
 
 
 def receive(path: str, timeout: float = 30.0) -> Handover:
@@ -88,10 +106,11 @@ def receive(path: str, timeout: float = 30.0) -> Handover:
     listening sockets (blocking)."""
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     conn.settimeout(timeout)
+    fds: list[int] = []
     try:
         conn.connect(path)
         conn.sendall(REQUEST)
-        msg, fds, _flags, _addr = socket.recv_fds(conn, 65536, 8)
+        msg, fds = recv_sockets(conn)
     except OSError as exc:
         conn.close()
         raise TakeoverError(f"no running gateway answers on control_socket {path!r}: "
@@ -99,17 +118,23 @@ def receive(path: str, timeout: float = 30.0) -> Handover:
     try:
         header = json.loads(msg.split(b"\n", 1)[0])
         roles = header["roles"]
-        if not isinstance(roles, list) or len(roles) != len(fds):
+        if not isinstance(roles, list) or not all(r in ROLES for r in roles):
+            raise ValueError(f"roles {roles!r}")
+        recv_more(conn, fds, len(roles))
+        if len(roles) != len(fds):
             raise ValueError(f"{len(fds)} sockets for roles {roles!r}")
-    except (ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         conn.close()
         for fd in fds:
             os.close(fd)
         raise TakeoverError(f"bad answer on control_socket {path!r}: {msg[:200]!r} ({exc})") from None
-    sockets = {str(role): socket.socket(fileno=fd) for role, fd in zip(roles, fds)}
+    sockets: dict[str, list[socket.socket]] = {}
+    for role, fd in zip(roles, fds):
+        sockets.setdefault(str(role), []).append(socket.socket(fileno=fd))
     log.info("takeover: received %s from pid %s", ", ".join(
-        f"{r} {_addr_of(s)}" for r, s in sockets.items()), header.get("pid"))
-    return Handover(conn, int(header.get("pid", 0)), sockets)
+        f"{r} {_addr_of(ss[0])}" + (f" (x{len(ss)})" if len(ss) > 1 else "") for r, ss in sockets.items()),
+        header.get("pid"))
+    return Handover(conn, int(header.get("pid", 0)), sockets, header)
 
 
 def _addr_of(s: socket.socket) -> str:
@@ -132,39 +157,78 @@ def _read_line_blocking(conn: socket.socket) -> bytes:
     return buf.strip()
 
 
-def install_forwarding(app: Any, path: str) -> None:
-    """``POST /pg`` with a session token this process did not sign goes to the
-    old process's ``path`` while it lives; ``/pg/cancel`` goes there too."""
+class Predecessor:
+    """The process taken over, while it drains: requests for its HTTP ``/pg``
+    sessions and cancels of its clients go to its unix sockets (one per worker
+    of a ``workers = N`` predecessor: any of them routes to the others)."""
+
+    def __init__(self, paths: list[str]) -> None:
+        self.paths = list(paths)
+        self.alive = bool(self.paths)
+
+    @staticmethod
+    def owner_index(token: str) -> int | None:
+        """The worker index a token names, read without checking its MAC (the
+        predecessor checks it): its owner worker holds the session, so it is asked
+        first -- a sibling relaying for it may be exiting."""
+        try:
+            payload = base64.urlsafe_b64decode(token.partition(".")[0] + "==")
+        except ValueError:
+            return None
+        return int.from_bytes(payload[32:34], "big") if len(payload) >= 38 else None
+
+    def _order(self, index: int | None) -> list[str]:
+        if index is not None and 0 <= index < len(self.paths):
+            return [self.paths[index]] + [p for i, p in enumerate(self.paths) if i != index]
+        return self.paths
+
+    async def forward(self, req: HttpRequest, index: int | None = None) -> HttpResponse | None:
+        """The predecessor's answer to ``req`` (worker ``index`` first); None once it is gone."""
+        for path in self._order(index):
+            try:
+                return await forward_request(path, req)
+            except (FileNotFoundError, ConnectionRefusedError):
+                continue  # that worker has finished: another one routes to its siblings
+            except (OSError, h11.ProtocolError, asyncio.IncompleteReadError):
+                return None  # it went away during the request: its sessions with it
+        self.alive = False
+        return None
+
+    async def cancel(self, process_id: int, secret_key: int) -> bool:
+        """Pass a CancelRequest on as ``POST /pg/cancel`` (the predecessor looks in all its workers)."""
+        req = HttpRequest("POST", "/pg/cancel", "/pg/cancel", {}, [], m.cancel_request(process_id, secret_key),
+                          "takeover")
+        return await self.forward(req) is not None
+
+
+def install_forwarding(app: Any, pred: Predecessor) -> None:
+    """A lone process (no gateway/cluster.py) that took over: ``POST /pg`` with a
+    session token it did not sign goes to the predecessor while it lives, and
+    CancelRequests (pg_listen, ``/pg/cancel``) for sessions it does not hold too."""
     routes = app.http.routes
     pg = routes.get(("POST", "/pg"))
-    cancel = routes.get(("POST", "/pg/cancel"))
-    state = {"alive": True}
-
-    async def forward(req: HttpRequest) -> HttpResponse | None:
-        if not state["alive"]:
-            return None
-        try:
-            return await forward_request(path, req)
-        except (OSError, h11.ProtocolError, asyncio.IncompleteReadError):
-            state["alive"] = False  # the old process is gone: its sessions with it
-            return None
+    gw = app.gateway
 
     if pg is not None:
         async def pg_route(req: HttpRequest) -> HttpResponse:
             token = (req.header("wirepool-session") or "").strip()
-            if token and token.lower() != "new" and state["alive"] and not _signed_here(app, token):
-                resp = await forward(req)
+            if token and token.lower() != "new" and pred.alive and not _signed_here(app, token):
+                resp = await pred.forward(req, pred.owner_index(token))
                 if resp is not None:
                     return resp
             out: HttpResponse = await pg(req)
             return out
         routes[("POST", "/pg")] = pg_route
-    if cancel is not None:
-        async def cancel_route(req: HttpRequest) -> HttpResponse:
-            await forward(req)
-            out: HttpResponse = await cancel(req)
-            return out
-        routes[("POST", "/pg/cancel")] = cancel_route
+    local_cancel = gw.handle_cancel
+
+    async def handle_cancel(process_id: int, secret_key: int) -> None:
+        s = gw.sessions.get(process_id)
+        if s is None or s.secret_key != secret_key:
+            if pred.alive:
+                await pred.cancel(process_id, secret_key)
+            return
+        await local_cancel(process_id, secret_key)
+    gw.handle_cancel = handle_cancel
 
 
 def _signed_here(app: Any, token: str) -> bool:
@@ -172,9 +236,9 @@ def _signed_here(app: Any, token: str) -> bool:
     try:
         get_executor(app.gateway)._lookup(token)
     except HttpExecError as e:
-        # 401: not signed by this process; 410: signed with a shared secret
-        # (cluster_secret) but unknown here -- the old process may hold it
-        return e.status not in (401, 410)
+        # 401: not signed by this process (a lone process signs with a secret of
+        # its own: a 410 is one of its own sessions, gone)
+        return e.status != 401
     return True
 
 
@@ -215,6 +279,34 @@ async def forward_request(path: str, req: HttpRequest) -> HttpResponse:
 
 
 # ---------------------------------------------------------------- old process side
+def bind_control(path: str) -> socket.socket:
+    """The control socket (mode 0600); refused while a running gateway answers on it."""
+    if os.path.exists(path):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # stale: left by a process that died
+        else:
+            raise TakeoverError(f"control_socket {path!r} is in use by a running gateway "
+                                "(use `wirepool serve --takeover` to replace it)")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        os.chmod(path, 0o600)
+        sock.listen(4)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def offer_header(roles: list[str], forward: list[str], **extra: Any) -> bytes:
+    return json.dumps({"pid": os.getpid(), "roles": roles, "forward": forward, **extra}).encode() + b"\n"
+
+
 class ControlServer:
     """Offers this process's listening sockets to a successor on ``path``."""
 
@@ -231,21 +323,7 @@ class ControlServer:
         self.forwarded = 0
 
     async def start(self) -> None:
-        if os.path.exists(self.path):
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                probe.connect(self.path)
-            except OSError:
-                os.unlink(self.path)  # stale: left by a process that died
-            else:
-                raise TakeoverError(f"control_socket {self.path!r} is in use by a running gateway "
-                                    "(use `wirepool serve --takeover` to replace it)")
-            finally:
-                probe.close()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind(self.path)
-        os.chmod(self.path, 0o600)
-        sock.listen(4)
+        sock = bind_control(self.path)
         sock.setblocking(False)
         self.sock = sock
         self.task = asyncio.get_running_loop().create_task(self._accept_loop())
@@ -266,13 +344,40 @@ class ControlServer:
         roles, fds = [], []
         for role, listener in zip(ROLES, (self.app.http, self.app.tcp)):
             server = getattr(listener, "server", None)
-            if server is None or not server.sockets:
-                continue
-            if len(server.sockets) > 1:
-                log.warning("takeover: %s has %d sockets; only the first is handed over", role, len(server.sockets))
-            roles.append(role)
-            fds.append(server.sockets[0].fileno())
+            for s in (server.sockets if server is not None else ()):
+                roles.append(role)
+                fds.append(s.fileno())
         return roles, fds
+
+    async def _start_forward(self) -> None:
+        """A unix socket serving this process's HTTP routes, for the successor's /pg forwarding."""
+        if self.forward_server is not None:
+            return
+        loop = asyncio.get_running_loop()
+        path = f"{self.path}.{os.getpid()}.pg"
+        try:
+            if os.path.exists(path):
+                os.unlink(path)
+            http = self.app.http
+
+            def forwarded() -> HttpConnection:
+                self.forwarded += 1
+                return HttpConnection(http)
+            self.forward_server = await loop.create_unix_server(forwarded, path)
+            self.forward_path = path
+        except OSError as exc:
+            log.warning("takeover: cannot serve /pg sessions to the successor on %s: %s", path, exc)
+
+    def _stop_forward(self) -> None:
+        if self.forward_server is not None:
+            self.forward_server.close()
+            self.forward_server = None
+        if self.forward_path:
+            try:
+                os.unlink(self.forward_path)
+            except OSError:
+                pass
+            self.forward_path = None
 
     async def _serve(self, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -282,8 +387,13 @@ class ControlServer:
             await loop.sock_sendall(conn, b"ERR unknown request\n")
             return
         roles, fds = self._listening()
-        header = json.dumps({"pid": os.getpid(), "roles": roles}).encode() + b"\n"
-        socket.send_fds(conn, [header], fds)
+        await self._start_forward()
+        forward = [self.forward_path] if self.forward_path else []
+        conn.setblocking(True)
+        try:
+            send_sockets(conn, offer_header(roles, forward), fds)
+        finally:
+            conn.setblocking(False)
         log.info("takeover: offered %s to a successor; waiting for it to start", ", ".join(roles))
         try:
             line = await asyncio.wait_for(_read_line(loop, conn), 300)
@@ -291,23 +401,12 @@ class ControlServer:
             line = b""
         if line != b"GO":
             log.warning("takeover: the successor gave up (%r); still serving", line[:100])
+            self._stop_forward()
             return
         self.handed_over = True
         self.stop_accepting()
-        self.forward_path = f"{self.path}.{os.getpid()}.pg"
-        try:
-            if os.path.exists(self.forward_path):
-                os.unlink(self.forward_path)
-            http = self.app.http
-            def forwarded() -> HttpConnection:
-                self.forwarded += 1
-                return HttpConnection(http)
-            self.forward_server = await loop.create_unix_server(forwarded, self.forward_path)
-        except OSError as exc:
-            log.warning("takeover: cannot serve /pg sessions to the successor on %s: %s", self.forward_path, exc)
-            self.forward_path = None
         self._unlink()
-        await loop.sock_sendall(conn, b"OK " + json.dumps({"forward": self.forward_path}).encode() + b"\n")
+        await loop.sock_sendall(conn, b"OK " + json.dumps({"forward": forward}).encode() + b"\n")
         log.info("takeover: handed over; finishing the clients of this process (%s)", accepted(self.app))
         self.on_handover()
 
@@ -332,14 +431,7 @@ class ControlServer:
         if self.task is not None and not self.task.done():
             self.task.cancel()
         self._unlink()  # not once handed over: the path belongs to the successor then
-        if self.forward_server is not None:
-            self.forward_server.close()
-            self.forward_server = None
-        if self.forward_path:
-            try:
-                os.unlink(self.forward_path)
-            except OSError:
-                pass
+        self._stop_forward()
 
 
 async def _read_line(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> bytes:
@@ -367,7 +459,10 @@ def clients_gone(app: Any) -> bool:
     if gw is not None and getattr(gw, "_all_sessions", None):
         return False
     http = app.http
-    return http is None or not any(c._in_handler or c.ws is not None for c in http.connections)
+    if http is not None and any(c._in_handler or c.ws is not None for c in http.connections):
+        return False
+    internal = getattr(getattr(app, "cluster", None), "_internal", None)  # requests forwarded by others
+    return internal is None or not any(c._in_handler for c in internal.connections)
 
 
 async def shutdown_app(app: Any, mode: str, timeout: float | None) -> None:
@@ -383,12 +478,13 @@ async def shutdown_app(app: Any, mode: str, timeout: float | None) -> None:
             app.http.draining = True
         if app.tcp is not None:
             app.tcp.stop_accepting()
+        log.info("%s: pid %d stopped accepting (%s)", mode, os.getpid(), accepted(app))
         deadline = loop.time() + t
         first = loop.time() + t / 2
         while loop.time() < first and not clients_gone(app):
             await asyncio.sleep(0.05)
         left = len(getattr(app.gateway, "_all_sessions", ()))
-        log.info("%s: %s; %d sessions left, %d HTTP connections (%s)", mode,
+        log.info("%s: pid %d: %s; %d sessions left, %d HTTP connections (%s)", mode, os.getpid(),
                  "every client left" if clients_gone(app) else "stopped waiting for clients", left,
                  len(app.http.connections) if app.http else 0, accepted(app))
         t = max(0.0, deadline - loop.time())

@@ -20,41 +20,49 @@ from typing import Any, Awaitable, Callable
 
 import asyncpg
 import psutil
+import psycopg
 import pytest
 
 import driver
 from tests.gateway import served
 from tests.gateway.conftest import ALICE_PASSWORD
-from tests.gateway.pool_helpers import eventually
+from tests.gateway.pool_helpers import admin, eventually
 from tests.pgcluster import PgCluster, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def write_config(path: Path, pg: PgCluster, dbname: str, http_port: int, pg_port: int, *, shutdown_timeout: float = 10,
-                 pool_size: int = 20) -> None:
+                 pool_size: int = 20, workers: int = 1) -> None:
     d = path.parent
     served.write_config(path, pg, dbname, {
         "listen": f"127.0.0.1:{http_port}", "pg_listen": f"127.0.0.1:{pg_port}", "auth_type": "password",
         "default_pool_size": pool_size, "query_wait_timeout": 60, "shutdown_timeout": shutdown_timeout,
-        "admin_users": ["alice"], "pid_file": str(d / "wirepool.pid"), "control_socket": str(d / "wirepool.ctl")})
+        "admin_users": ["alice"], "pid_file": str(d / "wirepool.pid"), "control_socket": str(d / "wirepool.ctl"),
+        "workers": workers})
 
 
 class Load:
-    """Clients that connect, run a few short transactions, disconnect, again."""
+    """Clients that connect, run a few short transactions (each inserts one row
+    naming its kind), disconnect, again."""
 
     def __init__(self) -> None:
-        self.ok = 0
+        self.ok: dict[str, int] = {}
         self.connects = 0
         self.failures: list[str] = []
         self.refused: list[str] = []
         self.stop = asyncio.Event()
         self.tasks: list[asyncio.Task[Any]] = []
 
-    def add(self, n: int, connect: Callable[[], Awaitable[Any]], per_conn: int = 3) -> None:
-        self.tasks += [asyncio.ensure_future(self._client(connect, per_conn)) for _ in range(n)]
+    @property
+    def total(self) -> int:
+        return sum(self.ok.values())
 
-    async def _client(self, connect: Callable[[], Awaitable[Any]], per_conn: int) -> None:
+    def add(self, kind: str, n: int, connect: Callable[[], Awaitable[Any]], per_conn: int = 3) -> None:
+        self.ok.setdefault(kind, 0)
+        self.tasks += [asyncio.ensure_future(self._client(kind, connect, per_conn)) for _ in range(n)]
+
+    async def _client(self, kind: str, connect: Callable[[], Awaitable[Any]], per_conn: int) -> None:
         while not self.stop.is_set():
             try:
                 conn = await connect()
@@ -62,17 +70,17 @@ class Load:
                 self.refused.append(repr(exc))
                 continue
             except Exception as exc:  # counted: the proof is the count
-                self.failures.append("connect: " + repr(exc))
+                self.failures.append(f"{time.time():.3f} {kind} connect: {exc!r}")
                 continue
             self.connects += 1
             try:
                 for _ in range(per_conn):
                     async with conn.transaction():
                         await conn.execute("SELECT pg_sleep(0.005)")
-                        assert await conn.fetchval("SELECT 1") == 1
-                    self.ok += 1
+                        await conn.execute(f"INSERT INTO tk(kind) VALUES ('{kind}')")
+                    self.ok[kind] += 1
             except Exception as exc:
-                self.failures.append(repr(exc))
+                self.failures.append(f"{time.time():.3f} {kind} {exc!r}")
             finally:
                 try:
                     await conn.close()
@@ -107,60 +115,136 @@ def _stop_pid(pid: int) -> None:
         raise
 
 
-async def test_takeover_under_load_tcp_ws_http(pg, pg_db, tmp_path):
+async def cancel_from_a_new_connection(conn: psycopg.AsyncConnection[Any], pg: PgCluster, dbname: str) -> None:
+    """libpq's CancelRequest (a new connection to the same address) for a
+    ``pg_sleep(30)`` running on ``conn``: the query ends with 57014 at once."""
+    watcher = await admin(pg, dbname)
+    try:
+        t0 = time.monotonic()
+        task = asyncio.ensure_future(conn.execute("SELECT pg_sleep(30)"))
+        await eventually(lambda: watcher.fetchval("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                                                  "AND query = 'SELECT pg_sleep(30)'"), timeout=20,
+                         what="the query running")
+        await conn.cancel_safe()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            await asyncio.wait_for(task, 20)
+        assert time.monotonic() - t0 < 15
+        assert await (await conn.execute("SELECT 7")).fetchone() == (7,)
+    finally:
+        await watcher.close()
+
+
+async def _takeover(cfg: Path, out: Path, notify: Path | None = None) -> None:
+    """The systemd ExecReload: returns once the new gateway serves."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **({"NOTIFY_SOCKET": str(notify)} if notify else {}))
+    with open(out, "wb") as f:
+        r = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "gateway.cli", "takeover",
+                                                     "--config", str(cfg)],
+                                    stdout=f, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT), timeout=120)
+    assert r.returncode == 0, out.read_text()[-3000:]
+
+
+def _drains(text: str) -> dict[str, tuple[tuple[str, ...], tuple[str, ...] | None]]:
+    """pid -> (accepted when it stopped accepting, accepted when every client had left)."""
+    out: dict[str, Any] = {}
+    for pid, *acc in re.findall(r"TAKEOVER: pid (\d+) stopped accepting \(accepted: (\d+) http, (\d+) tcp;", text):
+        out[pid] = (tuple(acc), None)
+    for pid, *acc in re.findall(r"TAKEOVER: pid (\d+): every client left.*\(accepted: (\d+) http, (\d+) tcp;", text):
+        out[pid] = (out.get(pid, (None,))[0], tuple(acc))
+    return out
+
+
+async def test_takeover_under_load_workers_2_to_3_to_1(pg, pg_db, tmp_path):
+    """Two takeovers under load: a ``workers = 2`` gateway is taken over by one
+    with ``workers = 3`` (its two SO_REUSEPORT sockets + a new one), which is
+    taken over by a lone process (accepting on all three).  Across both: every
+    transaction counted by the load generator is in the table once, none
+    failed, no connection refused; an HTTP transaction begun before a handover
+    commits after it, and a CancelRequest landing on the successor reaches a
+    query running in the predecessor."""
+    pg.psql("CREATE TABLE tk (kind text NOT NULL); GRANT ALL ON tk TO scram_user", db=pg_db)
     http_port, pg_port = free_port(), free_port()
     cfg = tmp_path / "wirepool.toml"
-    write_config(cfg, pg, pg_db, http_port, pg_port, shutdown_timeout=60)
+    write_config(cfg, pg, pg_db, http_port, pg_port, shutdown_timeout=60, workers=2)
     log = tmp_path / "serve.log"
-    # systemd's Type=notify: both processes report to NOTIFY_SOCKET (deploy/systemd/wirepool.service)
+    # systemd's Type=notify: the supervisors report to NOTIFY_SOCKET (deploy/systemd/wirepool.service)
+    notify_path = tmp_path / "notify"
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(str(tmp_path / "notify"))
-    old = _serve(cfg, log, "serve", NOTIFY_SOCKET=str(tmp_path / "notify"))
+    notify.bind(str(notify_path))
+    old = _serve(cfg, log, "serve", NOTIFY_SOCKET=str(notify_path))
     pid_file = tmp_path / "wirepool.pid"
-    new_pid: int | None = None
+    pids: list[int] = [old.pid]
     load = Load()
+    dsn_http = f"http://alice:{ALICE_PASSWORD}@127.0.0.1:{http_port}/app"
     try:
         await eventually(lambda: _pid(pid_file) == old.pid and (tmp_path / "wirepool.ctl").exists(),
                          timeout=30, what="old gateway up")
-        load.add(100, lambda: asyncpg.connect(host="127.0.0.1", port=pg_port, user="alice",
-                                              password=ALICE_PASSWORD, database="app"), per_conn=2)
-        load.add(100, lambda: driver.connect(f"ws://alice:{ALICE_PASSWORD}@127.0.0.1:{http_port}/v2?dbname=app"),
+        load.add("tcp", 100, lambda: asyncpg.connect(host="127.0.0.1", port=pg_port, user="alice",
+                                                     password=ALICE_PASSWORD, database="app"), per_conn=2)
+        load.add("ws", 100, lambda: driver.connect(f"ws://alice:{ALICE_PASSWORD}@127.0.0.1:{http_port}/v2?dbname=app"),
                  per_conn=2)
         # HTTP /pg sessions: BEGIN .. COMMIT is several requests, each on a new
         # connection once the old process answers `connection: close`.
-        load.add(10, lambda: driver.connect(f"http://alice:{ALICE_PASSWORD}@127.0.0.1:{http_port}/app"), per_conn=3)
-        await eventually(lambda: load.ok > 200, timeout=60, what="load running on the old gateway")
-        before = load.ok
-        # the systemd ExecReload: returns once the new process serves
-        env = dict(os.environ, PYTHONPATH=str(ROOT), NOTIFY_SOCKET=str(tmp_path / "notify"))
-        with open(tmp_path / "takeover.log", "wb") as out:
-            r = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "gateway.cli", "takeover",
-                                                         "--config", str(cfg)],
-                                        stdout=out, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT), timeout=120)
-        assert r.returncode == 0, (tmp_path / "takeover.log").read_text() + log.read_text()[-3000:]
-        new_pid = _pid(pid_file)
-        assert new_pid is not None and new_pid != old.pid
-        # the old process finishes its clients and exits by itself, within shutdown_timeout
-        t0 = time.monotonic()
-        code = await asyncio.to_thread(old.wait, 70)
-        assert code == 0, log.read_text()[-3000:]
-        assert time.monotonic() - t0 < 60 + 3
-        after_old = load.ok
-        await eventually(lambda: load.ok > after_old + 150, timeout=60, what="load running on the new gateway")
-        assert psutil.pid_exists(new_pid)
+        load.add("http", 10, lambda: driver.connect(dsn_http), per_conn=3)
+        for step, (workers, out) in enumerate(((3, tmp_path / "takeover1.log"), (1, tmp_path / "takeover2.log"))):
+            await eventually(lambda: load.total > 100 + 150 * step, timeout=60, what="load running")
+            before = load.total
+            held = await psycopg.AsyncConnection.connect(host="127.0.0.1", port=pg_port, user="alice",
+                                                          password=ALICE_PASSWORD, dbname="app", autocommit=True)
+            span = await driver.connect(dsn_http)
+            tr = span.transaction()
+            await tr.start()
+            await span.execute(f"INSERT INTO tk(kind) VALUES ('span{step}')")
+            write_config(cfg, pg, pg_db, http_port, pg_port, shutdown_timeout=60, workers=workers)
+            await _takeover(cfg, out, notify_path)
+            new_pid = _pid(pid_file)
+            assert new_pid is not None and new_pid not in pids, out.read_text()[-3000:]
+            pids.append(new_pid)
+            # the predecessor still holds `held` and `span`: a CancelRequest sent to the
+            # listening socket (now the successor's) reaches held's query there
+            await cancel_from_a_new_connection(held, pg, pg_db)
+            await held.close()
+            await tr.commit()  # a request of the predecessor's /pg session, forwarded to it
+            await span.close()
+            # the predecessor finishes its clients and exits by itself, well within shutdown_timeout
+            def gone(pid: int = pids[-2]) -> bool:
+                if pid == old.pid:
+                    return old.poll() is not None
+                try:
+                    return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+                except psutil.NoSuchProcess:
+                    return True
+            try:
+                await eventually(gone, timeout=25, what="the predecessor to exit")
+            except AssertionError:
+                raise AssertionError(f"{load.failures[:5]}\n" + (log if step == 0 else tmp_path / "takeover1.log")
+                                     .read_text()[-5000:]) from None
+            assert step > 0 or old.returncode == 0, log.read_text()[-3000:]
+            after = load.total
+            await eventually(lambda: load.total > after + 60, timeout=60, what="load running on the new gateway")
+            assert load.total > before + 120
+            assert psutil.pid_exists(new_pid)
         await load.finish()
         text = log.read_text()
-        # the old process accepted nothing after the handover, and its clients left by themselves
-        at_handover = re.search(r"handed over.*\(accepted: (\d+) http, (\d+) tcp;", text)
-        at_end = re.search(r"TAKEOVER: every client left.*\(accepted: (\d+) http, (\d+) tcp;", text)
-        assert at_handover and at_end, text[-3000:]
-        assert at_handover.groups() == at_end.groups()
-        assert "takeover: received" in (tmp_path / "takeover.log").read_text()
+        logs = [log, tmp_path / "takeover1.log"]
+        # every worker of each predecessor accepted nothing after the handover, and its clients left by themselves
+        drains = [_drains(p.read_text()) for p in logs]
+        assert [len(d) for d in drains] == [2, 3], drains
+        for d in drains:
+            for pid, (start, end) in d.items():
+                assert start is not None and start == end, (pid, start, end)
+        assert "takeover: received listen 127.0.0.1" in (tmp_path / "takeover1.log").read_text()
+        assert re.search(r"received listen \S+ \(x3\)", (tmp_path / "takeover2.log").read_text())
         print(f"takeover under load: {load.ok} transactions, {load.connects} connections, "
               f"{len(load.failures)} failed, {len(load.refused)} refused")
         assert load.failures == [], load.failures[:5]
         assert load.refused == [], load.refused[:5]
-        assert load.ok > before + 300
+        a = await admin(pg, pg_db)
+        try:
+            rows = dict(await a.fetch("SELECT kind, count(*) FROM tk GROUP BY kind"))
+        finally:
+            await a.close()
+        assert rows == {**load.ok, "span0": 1, "span1": 1}, (rows, load.ok)  # each committed exactly once
         notify.setblocking(False)
         states = []
         while True:
@@ -168,7 +252,7 @@ async def test_takeover_under_load_tcp_ws_http(pg, pg_db, tmp_path):
                 states.append(notify.recv(4096).decode())
             except BlockingIOError:
                 break
-        assert states == [f"MAINPID={old.pid}\nREADY=1", f"MAINPID={new_pid}\nREADY=1"], states
+        assert states == [f"MAINPID={p}\nREADY=1" for p in pids], (states, text[-2000:])
     finally:
         notify.close()
         if not load.stop.is_set():
@@ -177,9 +261,8 @@ async def test_takeover_under_load_tcp_ws_http(pg, pg_db, tmp_path):
         if old.poll() is None:
             old.kill()
             old.wait()
-        new_pid = new_pid or _pid(pid_file)
-        if new_pid is not None and new_pid != old.pid:
-            _stop_pid(new_pid)
+        for pid in pids[1:]:
+            _stop_pid(pid)
     assert not pid_file.exists()
     assert not (tmp_path / "wirepool.ctl").exists()
 
@@ -195,11 +278,11 @@ async def test_takeover_refused_cases_leave_the_running_gateway_alone(pg, pg_db,
     r = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--takeover", "--config", str(cfg)],
                        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60)
     assert r.returncode == 1 and "no running gateway answers on control_socket" in r.stderr, r.stderr
-    workers = tmp_path / "workers.toml"  # several SO_REUSEPORT sockets: nothing single to hand over
-    workers.write_text(cfg.read_text().replace("[gateway]", "[gateway]\nworkers = 2"))
+    workers = tmp_path / "workers.toml"  # the same with workers: the supervisor says it
+    write_config(workers, pg, pg_db, http_port, pg_port, workers=2)
     r = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--takeover", "--config", str(workers)],
                        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60)
-    assert r.returncode == 1 and "not available with workers > 1" in r.stderr, r.stderr
+    assert r.returncode == 1 and "no running gateway answers on control_socket" in r.stderr, r.stderr
     old = _serve(cfg, log, "serve")
     try:
         await eventually(lambda: (tmp_path / "wirepool.ctl").exists() and _pid(tmp_path / "wirepool.pid") == old.pid,
@@ -220,7 +303,21 @@ async def test_takeover_refused_cases_leave_the_running_gateway_alone(pg, pg_db,
         assert await conn.fetchval("SELECT 7") == 7
         await conn.close()
         assert old.poll() is None and _pid(tmp_path / "wirepool.pid") == old.pid
+        # a lone process taken over by `workers = 2` (its socket has no SO_REUSEPORT: both workers accept on it)
+        await _takeover(workers, tmp_path / "takeover.log")
+        new_pid = _pid(tmp_path / "wirepool.pid")
+        assert new_pid not in (None, old.pid)
+        assert await asyncio.to_thread(old.wait, 30) == 0
+        conns = [await asyncpg.connect(host="127.0.0.1", port=pg_port, user="alice", password=ALICE_PASSWORD,
+                                       database="app") for _ in range(4)]
+        assert [await c.fetchval("SELECT $1::int", i) for i, c in enumerate(conns)] == [0, 1, 2, 3]
+        await asyncio.gather(*(c.close() for c in conns))
+        assert "shared listening socket" in (tmp_path / "takeover.log").read_text()
     finally:
-        old.terminate()
-        old.wait(30)
+        if old.poll() is None:
+            old.terminate()
+            old.wait(30)
+        new_pid = _pid(tmp_path / "wirepool.pid")
+        if new_pid is not None and new_pid != old.pid:
+            _stop_pid(new_pid)
     assert not (tmp_path / "wirepool.ctl").exists()
