@@ -17,10 +17,12 @@ import time
 from typing import Any
 
 import psycopg
+import pytest
 
 from driver.protocol import messages as m
 from driver.protocol.framing import MessageReader
 from gateway.cluster import _http
+from gateway.config import ConfigError, parse_config
 from gateway.peers import MARK, key_layout, key_owner
 from tests.gateway.conftest import ALICE_PASSWORD
 from tests.gateway.pool_helpers import admin, eventually
@@ -41,6 +43,25 @@ def test_key_layout_names_peer_and_worker() -> None:
             assert mask >= (1 << 14) - 1  # room for the sessions of one worker
     assert key_owner(12345, 2) is None  # a real backend pid (session mode) names no owner
     assert key_owner((1 << 30) - 1, 2) is None
+
+
+def test_peer_settings_are_validated() -> None:
+    def cfg(**g: Any) -> Any:
+        return parse_config({"gateway": g, "databases": {"app": {"user": "u"}}, "users": {"a": {"password": "p"}}})
+    ok = cfg(peer_id=2, cluster_secret=SECRET, peers={"1": "http://h1:8432", "2": "https://h2:443/"})
+    assert ok.gateway.peers == ((1, "http://h1:8432"), (2, "https://h2:443"))
+    for bad, msg in (({"peer_id": 3, "peers": {"1": "http://h:1"}}, "gateway.peer_id: 3 is not in [gateway.peers]"),
+                     ({"peers": {"1": "http://h:1"}}, "gateway.peer_id: required with [gateway.peers]"),
+                     ({"peer_id": 1, "peers": {"1": "http://h:1"}, "cluster_secret": None}, "cluster_secret"),
+                     ({"peer_id": 1, "peers": {"x": "http://h:1"}}, "gateway.peers.x: peer ids are numbers"),
+                     ({"peer_id": 1, "peers": {"1": "h:1"}}, "gateway.peers.1: invalid URL"),
+                     ({"peer_id": 256}, "gateway.peer_id")):
+        g = {"cluster_secret": SECRET, **bad}
+        if g["cluster_secret"] is None:
+            del g["cluster_secret"]
+        with pytest.raises(ConfigError) as e:
+            cfg(**g)
+        assert msg in str(e.value), (bad, str(e.value))
 
 
 class RoundRobinTcp:
