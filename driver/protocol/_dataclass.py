@@ -4,7 +4,9 @@
 calls and a class rebuild per class: the ~40 message classes of
 :mod:`driver.protocol.messages` alone took a third of ``import driver``'s
 time.  This decorator builds only ``__init__`` by ``exec`` (the other
-methods are shared generic functions), and type checkers see it as a
+methods are shared generic functions), and only when the first instance is
+made: ``exec`` compiles, which Pyodide does slowly, and most message classes
+are never instantiated by a given program.  Type checkers see it as a
 dataclass (PEP 681 ``dataclass_transform``).
 
 Supported: ``frozen``, ``slots``, ``eq``, ``repr``; ``field(default=,
@@ -83,6 +85,53 @@ def _build(cls: Any, frozen: bool, slots: bool, eq: bool, repr: bool) -> Any:
         f = value if isinstance(value, _Field) else _Field(default=value)
         f.name = name
         fields = [g for g in fields if g.name != name] + [f]
+    post_init = hasattr(cls, "__post_init__")
+    d = {k: v for k, v in cls.__dict__.items()
+         if k not in ("__dict__", "__weakref__") and not (slots and k in own)}
+    built: list[Any] = []  # the class, once built below
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        # First instance: compile the real __init__ and put it on the class.
+        init = _make_init(built[0], fields, frozen, post_init)
+        type.__setattr__(built[0], "__init__", init)
+        init(self, *args, **kwargs)
+
+    __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+    d["__init__"] = __init__
+    d["__wp_fields__"] = tuple(fields)
+    d["__wp_compare__"] = tuple(f.name for f in fields if f.compare)
+    d["__wp_hash__"] = tuple(f.name for f in fields if f.hash)
+    d["__match_args__"] = tuple(f.name for f in fields)
+    if repr and "__repr__" not in cls.__dict__:
+        d["__repr__"] = _repr
+    if eq and "__eq__" not in cls.__dict__:
+        d["__eq__"] = _eq
+        d["__hash__"] = _hash if frozen else None
+    if frozen:
+        d["__setattr__"] = _frozen_setattr
+        d["__delattr__"] = _frozen_delattr
+    if slots:
+        inherited = {f.name for f in getattr(cls, "__wp_fields__", ())}
+        d["__slots__"] = tuple(f.name for f in fields if f.name not in inherited)
+        new = type(cls)(cls.__name__, cls.__bases__, d)
+        built.append(new)
+        return new
+    built.append(cls)
+    for k, v in d.items():
+        if k not in cls.__dict__ or cls.__dict__[k] is not v:
+            type.__setattr__(cls, k, v)
+    for name in own:  # defaults stay class attributes (as dataclasses does), fields do not
+        if isinstance(cls.__dict__.get(name), _Field):
+            f = next(g for g in fields if g.name == name)
+            if f.default is not _MISSING:
+                type.__setattr__(cls, name, f.default)
+            else:
+                type.__delattr__(cls, name)
+    return cls
+
+
+def _make_init(cls: Any, fields: list[_Field], frozen: bool, post_init: bool) -> Any:
+    """``cls.__init__``, compiled (``exec``) from its fields."""
     globs: dict[str, Any] = {"_MISSING": _MISSING, "_set": object.__setattr__}
     params, body = [], []
     for f in fields:
@@ -99,42 +148,14 @@ def _build(cls: Any, frozen: bool, slots: bool, eq: bool, repr: bool) -> Any:
             params.append(n)
             value = n
         body.append(f"    _set(self, {n!r}, {value})" if frozen else f"    self.{n} = {value}")
-    if hasattr(cls, "__post_init__"):
+    if post_init:
         body.append("    self.__post_init__()")
     src = f"def __init__(self, {', '.join(params)}):\n" + ("\n".join(body) or "    pass") + "\n"
     ns: dict[str, Any] = {}
     exec(src, globs, ns)
-    d = {k: v for k, v in cls.__dict__.items()
-         if k not in ("__dict__", "__weakref__") and not (slots and k in own)}
-    d["__init__"] = ns["__init__"]
-    d["__init__"].__qualname__ = f"{cls.__qualname__}.__init__"
-    d["__wp_fields__"] = tuple(fields)
-    d["__wp_compare__"] = tuple(f.name for f in fields if f.compare)
-    d["__wp_hash__"] = tuple(f.name for f in fields if f.hash)
-    d["__match_args__"] = tuple(f.name for f in fields)
-    if repr and "__repr__" not in cls.__dict__:
-        d["__repr__"] = _repr
-    if eq and "__eq__" not in cls.__dict__:
-        d["__eq__"] = _eq
-        d["__hash__"] = _hash if frozen else None
-    if frozen:
-        d["__setattr__"] = _frozen_setattr
-        d["__delattr__"] = _frozen_delattr
-    if slots:
-        inherited = {f.name for f in getattr(cls, "__wp_fields__", ())}
-        d["__slots__"] = tuple(f.name for f in fields if f.name not in inherited)
-        return type(cls)(cls.__name__, cls.__bases__, d)
-    for k, v in d.items():
-        if k not in cls.__dict__ or cls.__dict__[k] is not v:
-            type.__setattr__(cls, k, v)
-    for name in own:  # defaults stay class attributes (as dataclasses does), fields do not
-        if isinstance(cls.__dict__.get(name), _Field):
-            f = next(g for g in fields if g.name == name)
-            if f.default is not _MISSING:
-                type.__setattr__(cls, name, f.default)
-            else:
-                type.__delattr__(cls, name)
-    return cls
+    init = ns["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    return init
 
 
 @overload

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import struct
 from ._dataclass import dataclass, field
-from typing import Callable, Final, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Final, Mapping, Sequence, Union
 
-from .framing import UNTYPED, FrontendReader, ProtocolError
+from .framing import FrontendReader, ProtocolError
 
 # ---------------------------------------------------------------------------
 # Constants
@@ -69,26 +69,6 @@ class B:
     ROW_DESCRIPTION: Final = ord("T")
 
 
-class F:
-    """Frontend (client to server) message type bytes, as ints."""
-
-    UNTYPED: Final = UNTYPED  # StartupMessage, SSLRequest, GSSENCRequest, CancelRequest
-    BIND: Final = ord("B")
-    CLOSE: Final = ord("C")
-    COPY_DATA: Final = ord("d")
-    COPY_DONE: Final = ord("c")
-    COPY_FAIL: Final = ord("f")
-    DESCRIBE: Final = ord("D")
-    EXECUTE: Final = ord("E")
-    FLUSH: Final = ord("H")
-    FUNCTION_CALL: Final = ord("F")
-    PARSE: Final = ord("P")
-    PASSWORD: Final = ord("p")  # also SASLInitialResponse, SASLResponse, GSSResponse
-    QUERY: Final = ord("Q")
-    SYNC: Final = ord("S")
-    TERMINATE: Final = ord("X")
-
-
 # ---------------------------------------------------------------------------
 # Low-level helpers
 # ---------------------------------------------------------------------------
@@ -127,15 +107,7 @@ SYNC: Final = b"S\x00\x00\x00\x04"
 FLUSH: Final = b"H\x00\x00\x00\x04"
 TERMINATE: Final = b"X\x00\x00\x00\x04"
 COPY_DONE: Final = b"c\x00\x00\x00\x04"
-PARSE_COMPLETE: Final = b"1\x00\x00\x00\x04"
-BIND_COMPLETE: Final = b"2\x00\x00\x00\x04"
-CLOSE_COMPLETE: Final = b"3\x00\x00\x00\x04"
-NO_DATA: Final = b"n\x00\x00\x00\x04"
-EMPTY_QUERY_RESPONSE: Final = b"I\x00\x00\x00\x04"
-PORTAL_SUSPENDED: Final = b"s\x00\x00\x00\x04"
-AUTHENTICATION_OK: Final = b"R\x00\x00\x00\x08\x00\x00\x00\x00"
 AUTHENTICATION_CLEARTEXT_PASSWORD: Final = b"R\x00\x00\x00\x08\x00\x00\x00\x03"
-SSL_REFUSED: Final = b"N"  # answer to SSLRequest / GSSENCRequest: not supported
 
 
 # ---------------------------------------------------------------------------
@@ -259,147 +231,6 @@ def copy_done() -> bytes:
 
 def copy_fail(message: str) -> bytes:
     return _msg(b"f", _cstr(message))
-
-
-# ---------------------------------------------------------------------------
-# Backend encoders (used by the gateway and by tests)
-# ---------------------------------------------------------------------------
-
-
-def authentication_ok() -> bytes:
-    return AUTHENTICATION_OK
-
-
-def authentication_cleartext_password() -> bytes:
-    return AUTHENTICATION_CLEARTEXT_PASSWORD
-
-
-def authentication_md5_password(salt: bytes) -> bytes:
-    if len(salt) != 4:
-        raise ValueError("md5 salt must be 4 bytes")
-    return _msg(b"R", _pack_i32(AUTH_MD5_PASSWORD) + salt)
-
-
-def authentication_sasl(mechanisms: Sequence[str]) -> bytes:
-    body = _pack_i32(AUTH_SASL) + b"".join(_cstr(m) for m in mechanisms) + b"\x00"
-    return _msg(b"R", body)
-
-
-def authentication_sasl_continue(data: bytes) -> bytes:
-    return _msg(b"R", _pack_i32(AUTH_SASL_CONTINUE) + data)
-
-
-def authentication_sasl_final(data: bytes) -> bytes:
-    return _msg(b"R", _pack_i32(AUTH_SASL_FINAL) + data)
-
-
-def parameter_status(name: str, value: str) -> bytes:
-    return _msg(b"S", _cstr(name) + _cstr(value))
-
-
-def backend_key_data(process_id: int, secret_key: int) -> bytes:
-    return _msg(b"K", _pack_ii(process_id, secret_key))
-
-
-def ready_for_query(status: str) -> bytes:
-    return _msg(b"Z", status.encode("ascii"))
-
-
-def _fields_body(fields: Mapping[str, str]) -> bytes:
-    body = bytearray()
-    for code, value in fields.items():
-        if len(code) != 1:
-            raise ValueError(f"error field codes are single characters, not {code!r}")
-        body += code.encode("ascii")
-        body += _cstr(value)
-    body += b"\x00"
-    return bytes(body)
-
-
-def error_response(fields: Mapping[str, str]) -> bytes:
-    """``fields`` maps single-letter codes (``S``, ``V``, ``C``, ``M`` ...) to values."""
-    return _msg(b"E", _fields_body(fields))
-
-
-def notice_response(fields: Mapping[str, str]) -> bytes:
-    return _msg(b"N", _fields_body(fields))
-
-
-def error_fields(
-    sqlstate: str,
-    message: str,
-    *,
-    severity: str = "ERROR",
-    detail: str | None = None,
-    hint: str | None = None,
-) -> dict[str, str]:
-    """The fields of an ErrorResponse as Postgres would build them."""
-    fields = {"S": severity, "V": severity, "C": sqlstate, "M": message}
-    if detail is not None:
-        fields["D"] = detail
-    if hint is not None:
-        fields["H"] = hint
-    return fields
-
-
-def error(sqlstate: str, message: str, *, severity: str = "ERROR", detail: str | None = None,
-          hint: str | None = None) -> bytes:
-    """Shorthand: an encoded ErrorResponse."""
-    return error_response(error_fields(sqlstate, message, severity=severity, detail=detail, hint=hint))
-
-
-def notification_response(process_id: int, channel: str, payload: str) -> bytes:
-    return _msg(b"A", _pack_i32(process_id) + _cstr(channel) + _cstr(payload))
-
-
-def row_description(fields: Sequence["FieldDescription"]) -> bytes:
-    body = bytearray(_pack_u16(len(fields)))
-    for f in fields:
-        body += _cstr(f.name)
-        body += _FIELD.pack(f.table_oid, f.column_attnum, f.type_oid, f.type_size, f.type_modifier, f.format)
-    return _msg(b"T", bytes(body))
-
-
-def data_row(values: Sequence[bytes | None]) -> bytes:
-    parts = [_pack_u16(len(values))]
-    for v in values:
-        if v is None:
-            parts.append(b"\xff\xff\xff\xff")
-        else:
-            parts.append(_pack_i32(len(v)))
-            parts.append(v)
-    return _msg(b"D", b"".join(parts))
-
-
-def command_complete(tag: str) -> bytes:
-    return _msg(b"C", _cstr(tag))
-
-
-def parameter_description(oids: Sequence[int]) -> bytes:
-    return _msg(b"t", _pack_u16(len(oids)) + struct.pack(f"!{len(oids)}I", *oids))
-
-
-def _copy_response(mtype: bytes, overall_format: int, column_formats: Sequence[int]) -> bytes:
-    body = bytes([overall_format]) + _pack_u16(len(column_formats))
-    body += struct.pack(f"!{len(column_formats)}h", *column_formats)
-    return _msg(mtype, body)
-
-
-def copy_in_response(overall_format: int, column_formats: Sequence[int]) -> bytes:
-    return _copy_response(b"G", overall_format, column_formats)
-
-
-def copy_out_response(overall_format: int, column_formats: Sequence[int]) -> bytes:
-    return _copy_response(b"H", overall_format, column_formats)
-
-
-def copy_both_response(overall_format: int, column_formats: Sequence[int]) -> bytes:
-    return _copy_response(b"W", overall_format, column_formats)
-
-
-def negotiate_protocol_version(newest_minor: int, unrecognized: Sequence[str] = ()) -> bytes:
-    body = _pack_i32(newest_minor) + _pack_i32(len(unrecognized)) + b"".join(_cstr(o) for o in unrecognized)
-    return _msg(b"v", body)
 
 
 # ---------------------------------------------------------------------------
@@ -561,11 +392,6 @@ class CopyDone:
 
 
 @dataclass(frozen=True, slots=True)
-class CopyFail:
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
 class NegotiateProtocolVersion:
     newest_minor: int
     unrecognized: tuple[str, ...]
@@ -576,117 +402,12 @@ class FunctionCallResponse:
     value: bytes | None
 
 
-# Frontend messages -----------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class StartupMessage:
-    version: int
-    params: dict[str, str] = field(hash=False)
-
-    @property
-    def major(self) -> int:
-        return self.version >> 16
-
-    @property
-    def minor(self) -> int:
-        return self.version & 0xFFFF
-
-
-@dataclass(frozen=True, slots=True)
-class SSLRequest:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class GSSENCRequest:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class CancelRequest:
-    process_id: int
-    secret_key: int
-
-
-@dataclass(frozen=True, slots=True)
-class PasswordMessage:
-    """'p': its meaning depends on the authentication exchange in progress;
-    use :func:`decode_password`, :func:`decode_sasl_initial_response` or
-    take ``data`` as a SASLResponse."""
-
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Query:
-    sql: str
-
-
-@dataclass(frozen=True, slots=True)
-class Parse:
-    name: str
-    sql: str
-    param_oids: tuple[int, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Bind:
-    portal: str
-    statement: str
-    param_formats: tuple[int, ...]
-    params: tuple[bytes | None, ...]
-    result_formats: tuple[int, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Describe:
-    kind: str  # 'S' or 'P'
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class Execute:
-    portal: str
-    max_rows: int
-
-
-@dataclass(frozen=True, slots=True)
-class Close:
-    kind: str  # 'S' or 'P'
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class Sync:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Flush:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Terminate:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class FunctionCall:
-    body: bytes
-
-
 BackendMessage = Union[
     AuthenticationRequest, ParameterStatus, BackendKeyData, ReadyForQuery, RowDescription, DataRow,
     CommandComplete, EmptyQueryResponse, ErrorResponse, NoticeResponse, NotificationResponse,
     ParseComplete, BindComplete, CloseComplete, NoData, PortalSuspended, ParameterDescription,
     CopyInResponse, CopyOutResponse, CopyBothResponse, CopyData, CopyDone, NegotiateProtocolVersion,
     FunctionCallResponse,
-]
-FrontendMessage = Union[
-    StartupMessage, SSLRequest, GSSENCRequest, CancelRequest, PasswordMessage, Query, Parse, Bind,
-    Describe, Execute, Close, Sync, Flush, Terminate, CopyData, CopyDone, CopyFail, FunctionCall,
 ]
 
 # Singletons for body-less messages.
@@ -697,9 +418,6 @@ _NO_DATA = NoData()
 _PORTAL_SUSPENDED = PortalSuspended()
 _EMPTY_QUERY = EmptyQueryResponse()
 _COPY_DONE = CopyDone()
-_SYNC = Sync()
-_FLUSH = Flush()
-_TERMINATE = Terminate()
 
 # ---------------------------------------------------------------------------
 # Decoders
@@ -852,138 +570,22 @@ def decode_backend(mtype: int, body: bytes) -> BackendMessage:
         raise ProtocolError(f"malformed backend message {chr(mtype)!r}: {exc}") from None
 
 
-def _decode_untyped(body: bytes) -> StartupMessage | SSLRequest | GSSENCRequest | CancelRequest:
-    (code,) = _unpack_I32(body, 0)
-    if code == SSL_REQUEST_CODE:
-        return SSLRequest()
-    if code == GSSENC_REQUEST_CODE:
-        return GSSENCRequest()
-    if code == CANCEL_REQUEST_CODE:
-        if len(body) != 12:
-            raise ProtocolError("CancelRequest must be 16 bytes long")
-        pid, key = _unpack_ii(body, 4)
-        return CancelRequest(pid, key)
-    params: dict[str, str] = {}
-    pos = 4
-    while True:
-        if pos >= len(body):
-            raise ProtocolError("startup packet is not terminated")
-        if body[pos] == 0:
-            break
-        key, pos = _read_cstr(body, pos)
-        value, pos = _read_cstr(body, pos)
-        params[key] = value
-    return StartupMessage(code, params)
+# The server's side (backend encoders, frontend messages), loaded on first use.
+if TYPE_CHECKING:
+    from .backend_encoders import *  # noqa: F401,F403
+    from .frontend_messages import *  # noqa: F401,F403
 
 
-def _decode_parse(body: bytes) -> Parse:
-    name, pos = _read_cstr(body, 0)
-    sql, pos = _read_cstr(body, pos)
-    (count,) = _unpack_u16(body, pos)
-    return Parse(name, sql, struct.unpack_from(f"!{count}I", body, pos + 2))
+def __getattr__(name: str) -> Any:
+    """Backend encoders and frontend messages: re-exported from
+    :mod:`.backend_encoders` / :mod:`.frontend_messages` when first named."""
+    if name.startswith("__"):  # e.g. __path__, probed by every ``from ... import``
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from . import backend_encoders, frontend_messages
 
-
-def _decode_bind(body: bytes) -> Bind:
-    portal, pos = _read_cstr(body, 0)
-    statement, pos = _read_cstr(body, pos)
-    (nfmt,) = _unpack_u16(body, pos)
-    formats = struct.unpack_from(f"!{nfmt}h", body, pos + 2)
-    pos += 2 + 2 * nfmt
-    (nparams,) = _unpack_u16(body, pos)
-    pos += 2
-    params: list[bytes | None] = []
-    for _ in range(nparams):
-        (length,) = _unpack_i32(body, pos)
-        pos += 4
-        if length < 0:
-            params.append(None)
-        else:
-            if pos + length > len(body):
-                raise ProtocolError("Bind parameter overruns its message")
-            params.append(body[pos : pos + length])
-            pos += length
-    (nres,) = _unpack_u16(body, pos)
-    results = struct.unpack_from(f"!{nres}h", body, pos + 2)
-    return Bind(portal, statement, formats, tuple(params), results)
-
-
-def _decode_kind_name(body: bytes) -> tuple[str, str]:
-    kind = chr(body[0])
-    if kind not in ("S", "P"):
-        raise ProtocolError(f"invalid Describe/Close kind {kind!r}")
-    name, _ = _read_cstr(body, 1)
-    return kind, name
-
-
-def _decode_execute(body: bytes) -> Execute:
-    portal, pos = _read_cstr(body, 0)
-    (max_rows,) = _unpack_i32(body, pos)
-    return Execute(portal, max_rows)
-
-
-def _decode_query(body: bytes) -> Query:
-    sql, _ = _read_cstr(body, 0)
-    return Query(sql)
-
-
-def _decode_copy_fail(body: bytes) -> CopyFail:
-    message, _ = _read_cstr(body, 0)
-    return CopyFail(message)
-
-
-_FRONTEND: dict[int, Callable[[bytes], FrontendMessage]] = {
-    F.UNTYPED: _decode_untyped,
-    F.PASSWORD: lambda b: PasswordMessage(b),
-    F.QUERY: _decode_query,
-    F.PARSE: _decode_parse,
-    F.BIND: _decode_bind,
-    F.DESCRIBE: lambda b: Describe(*_decode_kind_name(b)),
-    F.EXECUTE: _decode_execute,
-    F.CLOSE: lambda b: Close(*_decode_kind_name(b)),
-    F.SYNC: lambda b: _SYNC,
-    F.FLUSH: lambda b: _FLUSH,
-    F.TERMINATE: lambda b: _TERMINATE,
-    F.COPY_DATA: lambda b: CopyData(b),
-    F.COPY_DONE: lambda b: _COPY_DONE,
-    F.COPY_FAIL: _decode_copy_fail,
-    F.FUNCTION_CALL: lambda b: FunctionCall(b),
-}
-
-
-def decode_frontend(mtype: int, body: bytes) -> FrontendMessage:
-    """Decode one client-to-server message body (``mtype`` 0 = untyped)."""
-    decoder = _FRONTEND.get(mtype)
-    if decoder is None:
-        raise ProtocolError(f"unknown frontend message type {chr(mtype)!r}")
-    try:
-        return decoder(body)
-    except ProtocolError:
-        raise
-    except (struct.error, ValueError, IndexError) as exc:
-        raise ProtocolError(f"malformed frontend message {chr(mtype)!r}: {exc}") from None
-
-
-def decode_password(body: bytes) -> str:
-    """Body of a PasswordMessage carrying a cleartext or md5 password."""
-    try:
-        value, end = _read_cstr(body, 0)
-    except ValueError:
-        raise ProtocolError("password message is not NUL-terminated") from None
-    if end != len(body):
-        raise ProtocolError("password message has trailing bytes")
-    return value
-
-
-def decode_sasl_initial_response(body: bytes) -> tuple[str, bytes | None]:
-    """Body of a SASLInitialResponse -> ``(mechanism, data or None)``."""
-    try:
-        mechanism, pos = _read_cstr(body, 0)
-        (length,) = _unpack_i32(body, pos)
-    except (ValueError, struct.error):
-        raise ProtocolError("malformed SASLInitialResponse") from None
-    pos += 4
-    if length < 0:
-        return mechanism, None
-    if pos + length != len(body):
-        raise ProtocolError("SASLInitialResponse length does not match its message")
-    return mechanism, body[pos:]
+    for module in (backend_encoders, frontend_messages):
+        if name in module.__all__:
+            value = getattr(module, name)
+            globals()[name] = value
+            return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
