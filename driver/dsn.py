@@ -51,10 +51,15 @@ service-file lookup.  Bad input raises
 from __future__ import annotations
 
 import os
-import ssl as ssl_module
+import sys
+from typing import TYPE_CHECKING, Any, Mapping
+
 from .protocol._dataclass import dataclass, field
-from typing import Any, Mapping
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
+
+from .urls import parse_qsl, quote, unquote, urlencode, urlsplit
+
+if TYPE_CHECKING:
+    import ssl as ssl_module
 
 __all__ = ["ConnectParams", "parse_dsn", "SSL_MODES", "SCHEMES", "DEFAULT_WS_PATH", "DEFAULT_HTTP_PATH"]
 
@@ -237,10 +242,9 @@ def _parse_url(dsn: str) -> tuple[str, dict[str, str], str, dict[str, str]]:
             f"invalid DSN: scheme must be one of postgresql://, postgres://, ws://, wss://, http://, https://"
             f" (got {raw_scheme + sep if sep else dsn[:20]!r})")
     try:
-        parts = urlsplit(dsn)
+        _, netloc, path, query_string, _ = urlsplit(dsn)
     except ValueError as exc:
         raise _config_error(f"invalid DSN: {exc}") from None
-    netloc = parts.netloc
     fields: dict[str, str] = {}
     userinfo, at, hostport = netloc.rpartition("@")
     if at:
@@ -255,16 +259,15 @@ def _parse_url(dsn: str) -> tuple[str, dict[str, str], str, dict[str, str]]:
             fields["host"] = host
         if port.strip(","):
             fields["port"] = port
-    path = parts.path
     if scheme in ("postgresql", "ws", "wss"):
         db = unquote(path[1:] if path.startswith("/") else path)
         if db:
             fields["dbname"] = db
         path = ""
     query: dict[str, str] = {}
-    if parts.query:
+    if query_string:
         try:
-            for key, value in parse_qsl(parts.query, keep_blank_values=True, strict_parsing=True):
+            for key, value in parse_qsl(query_string, keep_blank_values=True, strict_parsing=True):
                 query[key] = value
         except ValueError as exc:
             raise _config_error(f"invalid DSN query string: {exc}") from None
@@ -413,7 +416,8 @@ def parse_dsn(
     elif isinstance(ssl, bool):
         ssl_value = ssl
         sslmode = "verify-full" if ssl else "disable"
-    elif isinstance(ssl, ssl_module.SSLContext):
+    elif "ssl" in sys.modules and isinstance(ssl, sys.modules["ssl"].SSLContext):
+        # (ssl is imported only when TLS is used: an SSLContext implies it is loaded)
         ssl_value = ssl
         sslmode = dsn_mode if dsn_mode in ("verify-ca", "verify-full") else "require"
     elif ssl is not None:

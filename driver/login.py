@@ -284,13 +284,18 @@ def login_error(startup: pc.StartupRequest, last_server_error: dict[str, str] | 
     return err
 
 
+def _query_values(dsn: str, name: str) -> list[str]:
+    """The values of query parameter ``name`` of a URL, as ``urllib.parse.parse_qs``."""
+    from .urls import parse_qsl, urlsplit
+
+    return [v for k, v in parse_qsl(urlsplit(dsn)[3]) if k == name]
+
+
 def dsn_flag(dsn: str | None, name: str, default: bool) -> bool:
     """A boolean query parameter (``true/false/1/0/on/off``) of a ws/http DSN."""
     if not dsn or f"{name}=" not in dsn or not dsn.lower().startswith(("ws:", "wss:", "http:", "https:")):
         return default
-    from urllib.parse import parse_qs, urlsplit
-
-    values = parse_qs(urlsplit(dsn).query).get(name)
+    values = _query_values(dsn, name)
     if not values:
         return default
     v = values[-1].strip().lower()
@@ -305,7 +310,5 @@ def dsn_pipeline_mode(dsn: str | None) -> str | None:
     """The ``pipeline_connect`` query parameter of a ws/wss DSN, if any."""
     if not dsn or "pipeline_connect=" not in dsn or not dsn.lower().startswith(("ws:", "wss:")):
         return None
-    from urllib.parse import parse_qs, urlsplit
-
-    values = parse_qs(urlsplit(dsn).query).get("pipeline_connect")
+    values = _query_values(dsn, "pipeline_connect")
     return values[-1] if values else None

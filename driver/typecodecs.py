@@ -12,7 +12,6 @@ Loaded on first use.
 
 from __future__ import annotations
 
-import dataclasses
 import struct
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
@@ -116,10 +115,10 @@ def _resolve_custom(reg: codecs.TypeRegistry, c: Custom, row: TypeRow | None) ->
 
 
 def _resolve_alias(reg: codecs.TypeRegistry, a: Alias) -> None:
-    info = dataclasses.replace(a.codec, oid=a.oid, name=a.name, array_oid=0, element_oid=0)
+    info = a.codec.replace(oid=a.oid, name=a.name, array_oid=0, element_oid=0)
     if a.format == "text":
-        info = dataclasses.replace(info, encode=None, decode_binary=None,
-                                   encode_text=info.encode_text or encode_str_any)
+        info = info.replace(encode=None, decode_binary=None,
+                            encode_text=info.encode_text or encode_str_any)
     reg.register(info)
 
 

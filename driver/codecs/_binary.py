@@ -8,13 +8,18 @@ values follow asyncpg's behaviour.
 from __future__ import annotations
 
 import datetime as _dt
-import ipaddress
 import struct
-import uuid
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._core import EncodeError, type_name
+from ._core import EncodeError, lazy_module, type_name
+
+if TYPE_CHECKING:
+    import ipaddress
+    import uuid
+else:  # imported by the first uuid / inet / cidr value
+    ipaddress = lazy_module("ipaddress", globals())
+    uuid = lazy_module("uuid", globals())
 
 _i16 = struct.Struct("!h")
 _i32 = struct.Struct("!i")
@@ -558,9 +563,10 @@ def encode_interval(v: Any) -> bytes:
 
 _AF_INET = 2
 _AF_INET6 = 3
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+if TYPE_CHECKING:
+    IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+    IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+    IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def _net_parts(b: Any, cidr: bool) -> tuple[int, int, bytes]:

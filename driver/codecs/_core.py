@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, Union
+
+from ..protocol._dataclass import dataclass
 
 Buffer = Union[bytes, bytearray, memoryview]
 Encoder = Callable[[Any], bytes]
@@ -53,6 +54,49 @@ class TypeInfo:
     #: ranges and multiranges: the subtype's OID
     range_subtype: int = 0
 
+    def replace(self, **changes: Any) -> TypeInfo:
+        """A copy with ``changes`` (as :func:`dataclasses.replace`)."""
+        values = {f.name: getattr(self, f.name) for f in self.__wp_fields__}  # type: ignore[attr-defined]
+        values.update(changes)
+        return TypeInfo(**values)
+
 
 def type_name(value: Any) -> str:
     return type(value).__name__
+
+
+class LazyGlobal:
+    """A module global built at its first attribute access (``make()``), which
+    then replaces this stand-in in the module's namespace, so later accesses
+    cost what a plain global does.  For what only some values need:
+    ``uuid`` and ``ipaddress`` take ~170 ms of CPU to import in Pyodide (it
+    compiles its standard library from sources at every start), and
+    compiling the text codecs' regular expressions was a third of
+    ``driver.codecs``' import there.  Use it only through attribute access
+    (``_RE.match(...)``, ``uuid.UUID``) inside functions."""
+
+    __slots__ = ("_key", "_namespace", "_make")
+
+    def __init__(self, key: str, namespace: dict[str, Any], make: Callable[[], Any]) -> None:
+        self._key = key
+        self._namespace = namespace
+        self._make = make
+
+    def __getattr__(self, attr: str) -> Any:
+        value = self._make()
+        self._namespace[self._key] = value
+        return getattr(value, attr)
+
+
+def lazy_module(name: str, namespace: dict[str, Any]) -> Any:
+    """Module ``name`` imported at first use, as the global ``name`` (see :class:`LazyGlobal`)."""
+    import importlib
+
+    return LazyGlobal(name, namespace, lambda: importlib.import_module(name))
+
+
+def lazy_pattern(key: str, namespace: dict[str, Any], pattern: str) -> Any:
+    """``re.compile(pattern)`` at first use, as the global ``key`` (see :class:`LazyGlobal`)."""
+    import re
+
+    return LazyGlobal(key, namespace, lambda: re.compile(pattern))

@@ -7,12 +7,11 @@ encode from those objects or from plain tuples/lists of numbers.
 
 from __future__ import annotations
 
-import re
 import struct
 from typing import Any
 
 from ..types import BitString, Box, Circle, Line, LineSegment, Path, Point, Polygon
-from ._core import EncodeError, type_name
+from ._core import EncodeError, lazy_pattern, type_name
 
 _d2 = struct.Struct("!dd")
 _d3 = struct.Struct("!ddd")
@@ -137,7 +136,7 @@ def encode_circle(v: Any) -> bytes:
 # geometry, text (float8out numbers: 1.5, -2e+20, Infinity, NaN)
 # ---------------------------------------------------------------------------
 
-_NUM = re.compile(r"[-+]?(?:Infinity|inf|NaN|(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)")
+_NUM = lazy_pattern("_NUM", globals(), r"[-+]?(?:Infinity|inf|NaN|(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)")
 
 
 def _nums(b: Any) -> list[float]:

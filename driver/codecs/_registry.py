@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import struct
 from collections.abc import Sequence
 from typing import Any, Callable
@@ -205,7 +204,7 @@ class TypeRegistry:
         base = self._types.get(base_oid)
         if base is None:
             raise KeyError(f"base type {base_oid} is not registered")
-        info = dataclasses.replace(base, oid=oid, name=name, array_oid=0)
+        info = base.replace(oid=oid, name=name, array_oid=0)
         self.register(info)
         return info
 

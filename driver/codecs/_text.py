@@ -9,14 +9,18 @@ as the same Python types as the binary decoders return.
 from __future__ import annotations
 
 import datetime as _dt
-import ipaddress
-import re
-import uuid
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _binary as B
-from ._core import EncodeError, type_name
+from ._core import EncodeError, lazy_module, lazy_pattern, type_name
+
+if TYPE_CHECKING:
+    import ipaddress
+    import uuid
+else:  # imported by the first uuid / inet / cidr value
+    ipaddress = lazy_module("ipaddress", globals())
+    uuid = lazy_module("uuid", globals())
 
 
 def _s(b: Any) -> str:
@@ -86,12 +90,12 @@ def decode_void(b: Any) -> None:
 # date / time
 # ---------------------------------------------------------------------------
 
-_DATE_RE = re.compile(r"(\d{4,})-(\d\d)-(\d\d)( BC)?$")
+_DATE_RE = lazy_pattern("_DATE_RE", globals(), r"(\d{4,})-(\d\d)-(\d\d)( BC)?$")
 _TIME_RE = r"(\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?"
 _TZ_RE = r"([+-])(\d\d)(?::?(\d\d))?(?::?(\d\d))?"
-_TIME_ONLY = re.compile(_TIME_RE + "$")
-_TIMETZ = re.compile(_TIME_RE + _TZ_RE + "$")
-_TS = re.compile(r"(\d{4,})-(\d\d)-(\d\d)[ T]" + _TIME_RE + "(?:" + _TZ_RE + ")?( BC)?$")
+_TIME_ONLY = lazy_pattern("_TIME_ONLY", globals(), _TIME_RE + "$")
+_TIMETZ = lazy_pattern("_TIMETZ", globals(), _TIME_RE + _TZ_RE + "$")
+_TS = lazy_pattern("_TS", globals(), r"(\d{4,})-(\d\d)-(\d\d)[ T]" + _TIME_RE + "(?:" + _TZ_RE + ")?( BC)?$")
 
 
 def _bc_check(bc: str | None, s: str) -> None:
@@ -184,10 +188,12 @@ def decode_timestamptz(b: Any) -> _dt.datetime:
     return _parse_ts(s, utc=True).replace(tzinfo=B.UTC)
 
 
-_IV_UNIT = re.compile(
+_IV_UNIT = lazy_pattern(
+    "_IV_UNIT", globals(),
     r"([+-]?\d+(?:\.\d+)?)\s+(years?|months?|mons?|days?|hours?|minutes?|mins?|seconds?|secs?)\b")
-_IV_TIME = re.compile(r"([+-])?(\d+):(\d\d)(?::(\d\d)(?:\.(\d{1,6}))?)?")
-_IV_ISO = re.compile(
+_IV_TIME = lazy_pattern("_IV_TIME", globals(), r"([+-])?(\d+):(\d\d)(?::(\d\d)(?:\.(\d{1,6}))?)?")
+_IV_ISO = lazy_pattern(
+    "_IV_ISO", globals(),
     r"P(?:([+-]?\d+)Y)?(?:([+-]?\d+)M)?(?:([+-]?\d+)D)?"
     r"(?:T(?:([+-]?\d+)H)?(?:([+-]?\d+)M)?(?:([+-]?\d+)(?:\.(\d+))?S)?)?$")
 

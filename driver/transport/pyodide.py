@@ -38,8 +38,8 @@ from __future__ import annotations
 import asyncio
 import sys
 from typing import Any
-from urllib.parse import urlencode
 
+from ..urls import urlencode
 from .base import Connector, Endpoint, Transport, TransportError
 
 __all__ = ["IS_PYODIDE", "JsWebSocketConnector", "JsWebSocketTransport", "TransportUnavailable",

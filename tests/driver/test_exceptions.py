@@ -183,7 +183,8 @@ def test_connect_path_loads_no_exception_table_nor_codecs() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                          text=True, check=True).stdout.strip()
     for lazy in ("driver.exceptions._generated", "driver.codecs", "driver.dsn", "driver.copy",
-                 "driver.batch", "driver.introspection"):
+                 "driver.batch", "driver.introspection", "driver.protocol.backend_encoders",
+                 "driver.protocol.frontend_messages"):
         assert f"'{lazy}'" not in out, out
     assert "'driver.login'" in out and "'driver.connection'" in out, out
 
