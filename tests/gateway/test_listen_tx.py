@@ -181,3 +181,46 @@ async def test_no_window_after_commit(gateway_app: Any, pg: PgCluster) -> None:
         await c.close()
         await adm.close()
         await proxy.close()
+
+
+async def test_psycopg_extended_protocol_savepoints_match_a_direct_connection(gateway_app: Any, pg: PgCluster) -> None:
+    """psycopg 3 sends ``execute()`` with the extended protocol (SAVEPOINT and
+    ROLLBACK TO included), its transaction blocks with simple Queries."""
+    import psycopg
+
+    app = await gateway_app(databases={"app": {"pool_size": 1}})
+    adm = await admin(pg)
+
+    async def run(dsn: str) -> list[str]:
+        conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+        try:
+            await conn.execute("LISTEN x_done")
+            async with conn.transaction():
+                await conn.execute("LISTEN x_a")
+                await conn.execute("SAVEPOINT s")
+                await conn.execute("LISTEN x_b")
+                await conn.execute("ROLLBACK TO SAVEPOINT s")
+                async with conn.transaction():  # psycopg's own SAVEPOINT / RELEASE (simple Query)
+                    await conn.execute("LISTEN x_c")
+                with pytest.raises(psycopg.errors.DivisionByZero):
+                    async with conn.transaction():  # ... and ROLLBACK TO
+                        await conn.execute("LISTEN x_d")
+                        await conn.execute("select 1/0")
+            for ch in ("x_a", "x_b", "x_c", "x_d", "x_done"):
+                await adm.execute(f"notify {ch}, '{ch}'")
+            got = []
+            async for n in conn.notifies(timeout=10):
+                got.append(n.payload)
+                if n.payload == "x_done":
+                    break
+            return got
+        finally:
+            await conn.close()
+
+    try:
+        want = await run(pg.dsn(pg.SUPERUSER, pg.SUPERUSER_PASSWORD))
+        got = await run(f"postgresql://alice:{ALICE_PASSWORD}@127.0.0.1:{app.pg_port}/app")
+        assert want == ["x_a", "x_c", "x_done"]
+        assert got == want
+    finally:
+        await adm.close()
