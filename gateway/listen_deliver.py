@@ -58,33 +58,36 @@ class Delivery:
         chunk (one write -- one WebSocket message -- per chunk, not per notification)."""
         if self.dead:
             return True
-        ch = n.channel
-        if self.s.in_transaction():  # Postgres delivers between transactions: held
-            if ch in self.channels or ch in self.tent:
-                self.notes.append(n)
-                self.notes_bytes += len(n.payload) + len(ch) + 10
-                self.delivered += 1
-            return self._room()
-        if ch not in self.channels:
-            return True  # a tentative channel whose LISTEN was not committed
+        s = self.s
+        if s.server is not None and s.in_transaction():  # Postgres delivers between transactions: held
+            return self._hold(n)
+        if self.tent and n.channel not in self.channels:
+            return True  # a channel LISTENed in a transaction that is not committed (yet)
         wire = n.wire
         if not wire:
-            wire = n.wire = m.notification_response(n.pid, ch, n.payload)
+            wire = n.wire = m.notification_response(n.pid, n.channel, n.payload)
         batch = self.batch
-        if self.notes:  # held ones first (normally sent before the ReadyForQuery 'I')
-            held = self._unhold()
-            if held:
-                if not batch:
-                    self.hub.touched.append(self)
-                batch.append(held)
-                self.batch_bytes += len(held)
         if not batch:
             self.hub.touched.append(self)
+        if self.notes:  # held ones first (normally sent before the ReadyForQuery 'I')
+            held = self._unhold()
+            batch.append(held)
+            self.batch_bytes += len(held)
         batch.append(wire)
         self.batch_bytes += len(wire)
         self.delivered += 1
         if self.batch_bytes >= _BATCH_MAX:
             self.flush()  # large chunk: write as we go, so the check below sees the socket's progress
+        tr = self.tr
+        unsent: int = self.batch_bytes + s._out_bytes + (tr.get_write_buffer_size() if tr is not None else 0)
+        return bool(unsent <= self.limit)
+
+    def _hold(self, n: Notification) -> bool:
+        ch = n.channel
+        if ch in self.channels or ch in self.tent:
+            self.notes.append(n)
+            self.notes_bytes += len(n.payload) + len(ch) + 11
+            self.delivered += 1
         return self._room()
 
     def _room(self) -> bool:
