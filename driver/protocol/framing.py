@@ -28,7 +28,8 @@ Two ways to take messages out:
   forwards ``chunk`` (or slices of it) without re-encoding anything.
 * :meth:`MessageReader.feed_read_runs` is ``feed_read_raw`` for the
   server-to-client direction of a proxy: a run of consecutive DataRows is
-  *one* index entry ``(DATA_ROW, first_body_start, last_body_end)``.  Rows
+  *one* index entry ``(DATA_ROW, first_body_start, last_body_end)``, and so
+  is a run of CopyData (``COPY ... TO STDOUT``: one message per row).  Rows
   of equal length (most result sets come in long runs of them) are framed
   by strided slices checked in C (:func:`skip_data_rows`), not one Python
   step per row; :func:`split_data_rows` recovers the rows when needed.
@@ -68,14 +69,17 @@ _unpack_len = struct.Struct("!i").unpack_from
 
 #: backend DataRow ('D')
 DATA_ROW: Final = 68
+#: CopyData ('d')
+COPY_DATA: Final = 100
 #: rows of equal length before the strided check (:func:`skip_data_rows`) takes over
 _STRIDE_AFTER: Final = 3
 _STRIDE_FIRST: Final = 32
 _COLUMNS: Final = (4, 3, 0, 2, 1)
 
 
-def skip_data_rows(buf: bytes | bytearray, pos: int, end: int, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> int:
-    """End of the run of *complete* DataRow messages starting at ``pos``
+def skip_data_rows(buf: bytes | bytearray, pos: int, end: int, max_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+                   mtype: int = DATA_ROW) -> int:
+    """End of the run of *complete* DataRow (or ``mtype``) messages starting at ``pos``
     (``pos`` itself when there is none).  Stops before an incomplete row,
     another message type, or a row with an invalid length (left for the
     caller's framing to report).
@@ -91,7 +95,7 @@ def skip_data_rows(buf: bytes | bytearray, pos: int, end: int, max_size: int = D
     unpack = _unpack_len
     prev = 0
     same = 0
-    while end - pos >= 5 and buf[pos] == 68:
+    while end - pos >= 5 and buf[pos] == mtype:
         length = unpack(buf, pos + 1)[0]
         if length < 4 or length > max_size:
             return pos
@@ -385,7 +389,8 @@ class MessageReader:
     def feed_read_runs(self, data: bytes) -> tuple[bytes, list[tuple[int, int, int]]]:
         """:meth:`feed_read_raw`, except that a run of consecutive DataRows is
         one index entry ``(DATA_ROW, body_start_of_first, body_end_of_last)``
-        (see :func:`skip_data_rows`).  The chunk holds the same bytes."""
+        (see :func:`skip_data_rows`), and so is a run of CopyData
+        (``COPY_DATA``).  The chunk holds the same bytes."""
         if self._pos == len(self._buf) and type(data) is bytes:
             if self._buf:
                 self._buf.clear()
@@ -412,8 +417,8 @@ class MessageReader:
             stop = pos + 1 + length
             if stop > end:
                 break
-            if mtype == 68:
-                stop = skip(buf, stop, end, max_size)
+            if mtype == 68 or mtype == 100:  # DataRow, CopyData: one entry per run
+                stop = skip(buf, stop, end, max_size, mtype)
             append((mtype, pos + 5 - start, stop - start))
             pos = stop
         if buf is data:

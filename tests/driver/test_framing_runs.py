@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from driver.protocol import messages as m
 from driver.protocol.framing import (
+    COPY_DATA,
     DATA_ROW,
     MessageReader,
     MessageTooLarge,
@@ -24,6 +25,9 @@ from .test_framing import split
 cells = st.one_of(st.none(), st.sampled_from([b"", b"x", b"abc", b"12345678"]), st.binary(max_size=40))
 rows = st.builds(m.data_row, st.lists(cells, min_size=1, max_size=3))
 row_runs = st.builds(lambda r, n: [r] * n, rows, st.integers(1, 120))
+# COPY ... TO STDOUT: one CopyData per row
+copy_rows = st.builds(m.copy_data, st.one_of(st.sampled_from([b"1\n", b"12\n", b"abc\tdef\n"]), st.binary(max_size=30)))
+copy_runs = st.builds(lambda r, n: [r] * n, copy_rows, st.integers(1, 120))
 others = st.one_of(
     st.builds(m.command_complete, st.sampled_from(["SELECT 1", "LISTEN", "CREATE TABLE"])),
     st.builds(m.ready_for_query, st.sampled_from("ITE")),
@@ -31,7 +35,8 @@ others = st.one_of(
     st.just(m.PARSE_COMPLETE),
     st.builds(m.parameter_status, st.just("TimeZone"), st.just("UTC")),
 )
-stream_parts = st.lists(st.one_of(row_runs, rows.map(lambda r: [r]), others.map(lambda o: [o])), max_size=25)
+stream_parts = st.lists(st.one_of(row_runs, rows.map(lambda r: [r]), copy_runs, copy_rows.map(lambda r: [r]),
+                                  others.map(lambda o: [o])), max_size=25)
 
 
 def _expand(chunk: bytes, index: list[tuple[int, int, int]]) -> list[tuple[int, bytes]]:
@@ -39,8 +44,8 @@ def _expand(chunk: bytes, index: list[tuple[int, int, int]]) -> list[tuple[int, 
     prev = None
     for t, s, e in index:
         assert 5 <= s <= e <= len(chunk)
-        if t == DATA_ROW:
-            assert prev != DATA_ROW, "two row entries in a row: the run was not collapsed"
+        if t in (DATA_ROW, COPY_DATA):
+            assert prev != t, "two row entries in a row: the run was not collapsed"
             out += [(t, b) for b in split_data_rows(chunk, s, e)]
         else:
             out.append((t, chunk[s:e]))
@@ -117,3 +122,14 @@ def test_skip_data_rows_stops_at_other_types_and_bounds() -> None:
     assert skip_data_rows(buf, 0, len(buf)) == len(row) * 40
     assert skip_data_rows(buf, 0, len(row) * 40 - 1) == len(row) * 39
     assert skip_data_rows(buf, len(row) * 40, len(buf)) == len(row) * 40
+
+
+def test_copy_out_run_is_one_entry() -> None:
+    """COPY ... TO STDOUT sends one CopyData per row: a proxy frames a run of them as one
+    entry, so forwarding costs per chunk, not per row (gateway COPY OUT, its cancel latency)."""
+    rows = [m.copy_data(f"{i}\n".encode()) for i in range(1, 5000)]
+    data = b"".join(rows) + m.command_complete("COPY 4999")
+    chunk, index = MessageReader().feed_read_runs(data)
+    assert chunk is data
+    assert [t for t, _, _ in index] == [COPY_DATA, 67]
+    assert [b for b in split_data_rows(chunk, index[0][1], index[0][2])] == [r[5:] for r in rows]
