@@ -1,6 +1,7 @@
 """The result cache's harder cases (gateway/cache_hook.py, docs/cache.md),
 against real Postgres and real clients:
 
+- psql (simple Query) with a hint;
 - a named Parse inside the unit (node-postgres ``{name}`` through the Neon
   driver) and a unit split across WebSocket frames (``coalesceWrites = false``);
 - ``"auto"`` mode: the tables read are the entry's tags (a trigger's NOTIFY of
@@ -11,6 +12,8 @@ against real Postgres and real clients:
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -50,6 +53,25 @@ async def test_named_parse_and_split_unit_through_the_neon_driver(gateway_app: A
     assert "fatal" not in second, second
     assert (second["named"], second["split"], second["plain"]) == (["a", "a"], ["x", "x"], "b"), second
     assert rc.stats.hits == hits + 4
+
+
+async def test_hint_through_psql(gateway_app: Any, pg: Any, pg_db: str) -> None:
+    """psql (simple Query) through pg_listen: the second run is a hit, even after a direct UPDATE."""
+    _setup(pg, pg_db)
+    app = await gateway_app(databases={"app": {"dbname": pg_db, "cache": "hint"}})
+    rc = _rc(app)
+
+    async def psql() -> str:
+        proc = await asyncio.create_subprocess_exec(
+            pg.psql_bin, "-X", "-A", "-t", "-h", "127.0.0.1", "-p", str(app.pg_port), "-U", "alice", "-d", "app",
+            "-c", HINT + "SELECT text FROM quotes WHERE id = 1", stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env={**os.environ, "PGPASSWORD": ALICE_PASSWORD})
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 0, err
+        return out.decode().strip()
+    assert await psql() == "a" and len(rc) == 1
+    await _direct(pg, pg_db, "UPDATE quotes SET text = 'b' WHERE id = 1")
+    assert await psql() == "a" and rc.stats.hits == 1
 
 
 async def test_auto_mode_tags_are_the_tables_read(gateway_app: Any, pg: Any, pg_db: str) -> None:
