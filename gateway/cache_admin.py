@@ -99,7 +99,12 @@ def collect(gw: Any) -> list[Metric]:
                            ("wirepool_cache_stale", "stale", "Replies served stale (ttl passed, within swr)"),
                            ("wirepool_cache_evictions", "evictions", "Entries evicted by the byte budget"),
                            ("wirepool_cache_invalidations", "invalidations",
-                            "Entries dropped by tag, notification or DDL")):
+                            "Entries dropped by tag, notification or DDL"),
+                           ("wirepool_cache_shared", "shared",
+                            "Misses answered by another session's identical query (single flight)"),
+                           ("wirepool_cache_refreshes", "refreshes", "Background refreshes of stale entries"),
+                           ("wirepool_cache_too_large", "too_large",
+                            "Results not stored: over cache_max_entry_bytes or cache_max_bytes")):
         c = CounterMetricFamily(name, doc)
         c.add_metric([], snap[key])
         out.append(c)

@@ -388,6 +388,7 @@ async def test_metrics_and_no_header_when_off(gateway_app: Any, pg: Any, pg_db: 
         status, _hd, body = await h.request("GET", "/metrics")
         text = body.decode()
         assert "wirepool_cache_hits_total 1.0" in text and "wirepool_cache_misses_total 1.0" in text, text
+        assert "wirepool_cache_shared_total 0.0" in text and "wirepool_cache_too_large_total 0.0" in text, text
     finally:
         if h.writer is not None:
             h.writer.close()

@@ -31,7 +31,8 @@ MAY_BE_ZERO = {"wirepool_pools_sv_idle", "wirepool_pools_sv_used", "wirepool_poo
 MAY_BE_ZERO |= {
     "wirepool_cache_hits_total", "wirepool_cache_misses_total", "wirepool_cache_stale_total",
     "wirepool_cache_evictions_total", "wirepool_cache_invalidations_total", "wirepool_cache_bytes",
-    "wirepool_cache_entries"}
+    "wirepool_cache_entries", "wirepool_cache_shared_total", "wirepool_cache_refreshes_total",
+    "wirepool_cache_too_large_total"}
 #: LISTEN fan-out (no LISTEN in this workload; tests/gateway/test_listen_e2e.py moves them)
 MAY_BE_ZERO |= {
     "wirepool_listen_channels", "wirepool_listen_subscribers", "wirepool_listen_backlog_bytes",
