@@ -53,7 +53,7 @@ import sys
 import time
 from typing import Any
 
-import psutil
+import psutil  # type: ignore[import-untyped]
 
 from driver.protocol import messages as m
 from driver.protocol.auth import ScramClient
@@ -261,19 +261,19 @@ async def lean_connect(host: str, port: int, ws: bool, database: str = E.BENCH_D
 
 # ------------------------------------------------------------------ load (worker processes)
 
-def _worker(spec: dict[str, Any], q: Any) -> None:
+def _worker(spec: dict[str, Any], q: Any, go: Any, start: Any) -> None:
     try:
         try:
             import uvloop  # the gateway's own loop: a cheaper load generator
             run: Any = uvloop.run
         except ImportError:
             run = asyncio.run
-        q.put(run(_load(spec)))
+        q.put(run(_load(spec, q, go, start)))
     except BaseException as e:  # noqa: BLE001
         q.put({"error": repr(e)})
 
 
-async def _load(spec: dict[str, Any]) -> dict[str, Any]:
+async def _load(spec: dict[str, Any], q: Any, go: Any, start_at: Any) -> dict[str, Any]:
     hint = spec["hint"]
     by_id = [_extended((HINT_ID if hint else "") + BY_ID, [str(i).encode()]) for i in range(1, QUOTES + 1)]
     latest = _extended((HINT_LIST if hint else "") + LATEST, [])
@@ -294,13 +294,23 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
             await asyncio.gather(*(walk(k) for k in range(len(conns))))
     lat: list[float] = []
     ops = errors = 0
-    start = spec["start"]
+    q.put({"ready": True})  # connected and prewarmed: the parent sets the common start instant
+    await asyncio.get_running_loop().run_in_executor(None, go.wait)
+    start = start_at.value
     late = max(0.0, time.monotonic() - start)
     await asyncio.sleep(max(0.0, start - time.monotonic()))
     t_on = start + spec["warmup"]
     end = t_on + spec["duration"]
     rng = random.Random(spec["seed"])
     list_share = 0.95 * spec["list_share"]
+
+    cpu: list[float] = []
+
+    async def clock() -> None:  # the load generator's own CPU over the window
+        await asyncio.sleep(max(0.0, t_on - time.monotonic()))
+        cpu.append(time.process_time())
+        await asyncio.sleep(max(0.0, end - time.monotonic()))
+        cpu.append(time.process_time())
 
     async def session(c: Lean) -> None:
         nonlocal ops, errors
@@ -324,12 +334,12 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
                 if r >= 0.05:
                     lat.append(time.monotonic() - t0)
 
-    await asyncio.gather(*(session(c) for c in conns))
+    await asyncio.gather(clock(), *(session(c) for c in conns))
     errors += sum(c.errors for c in conns)
     for c in conns:
         if c.transport is not None:
             c.transport.close()
-    return {"lat": lat, "ops": ops, "errors": errors, "late": late}
+    return {"lat": lat, "ops": ops, "errors": errors, "late": late, "cpu": cpu[-1] - cpu[0]}
 
 
 class Console:
@@ -366,7 +376,7 @@ class Console:
 def _cpu(pid: int) -> float:
     try:
         t = psutil.Process(pid).cpu_times()
-        return t.user + t.system
+        return float(t.user + t.system)
     except psutil.NoSuchProcess:
         return 0.0
 
@@ -384,17 +394,25 @@ def run_target(cluster: E.BenchCluster, target: str, a: argparse.Namespace) -> d
         svc = CacheGateway(cluster, mode)
         svc.start()
         base = {"host": svc.host, "port": svc.port, "ws": True, "hint": mode == "hint"}
+    procs: list[Any] = []
+    go: Any = None
     try:
-        start = time.monotonic() + 3.0 + a.sessions * 0.01
         per = [a.sessions // a.procs + (1 if i < a.sessions % a.procs else 0) for i in range(a.procs)]
-        specs = [dict(base, sessions=n, duration=a.duration, warmup=a.warmup, start=start, seed=i,
+        specs = [dict(base, sessions=n, duration=a.duration, warmup=a.warmup, seed=i,
                       list_share=a.list_share, prewarm=target != "pgbouncer" and not a.cold, part=i,
                       parts=a.procs) for i, n in enumerate(per)]
         ctx = mp.get_context("fork")
         q = ctx.Queue()
-        procs = [ctx.Process(target=_worker, args=(s, q)) for s in specs]
+        go, start_at = ctx.Event(), ctx.Value("d", 0.0)
+        procs = [ctx.Process(target=_worker, args=(s, q, go, start_at)) for s in specs]
         for p in procs:
             p.start()
+        for _ in procs:
+            r = q.get()
+            if "error" in r:
+                raise RuntimeError(r["error"])
+        start = start_at.value = time.monotonic() + 0.2
+        go.set()
         console = Console(svc) if target != "pgbouncer" else None
         time.sleep(max(0.0, start + a.warmup - time.monotonic()))
         t0 = time.monotonic()
@@ -406,12 +424,15 @@ def run_target(cluster: E.BenchCluster, target: str, a: argparse.Namespace) -> d
         res = [q.get() for _ in procs]
         pg_s = pg_cpu.seconds()
         svc_s = _cpu(svc.proc.pid) - svc_cpu0
+        after = console.counters() if console is not None else {}
+        console.close() if console is not None else None
+    finally:
+        if go is not None:
+            go.set()  # (a worker still waiting after a failure ends)
         for p in procs:
             p.join(30)
-        after = console.counters() if console is not None else {}
-        if console is not None:
-            console.close()
-    finally:
+            if p.is_alive():
+                p.kill()
         svc.stop()
     errs = [r["error"] for r in res if "error" in r]
     if errs:
@@ -426,6 +447,7 @@ def run_target(cluster: E.BenchCluster, target: str, a: argparse.Namespace) -> d
             "hit_ratio": (served["hits"] + served["stale"]) / cacheable if cacheable else None,
             "shared": served["shared"], "reads": len(lat),
             "pg_cpu_s_per_kop": 1000 * pg_s / max(1, ops), "svc_cpu_s_per_kop": 1000 * svc_s / max(1, ops),
+            "client_cpu_s_per_kop": 1000 * sum(r["cpu"] for r in res) / max(1, ops),
             "load": round(load0, 1), "late_start_s": round(max(r["late"] for r in res), 2),
             "counter_skew_s": round(skew, 3)}
 
@@ -509,7 +531,8 @@ def main(argv: list[str] | None = None) -> int:
         cluster.close()
     print(f"\nquotes workload: {a.sessions} sessions, {a.warmup:g} s warm-up + {a.duration:g} s x {a.repeat},"
           f" list share {a.list_share:g}; mean (min..max)")
-    cols = ("ops/s", "x off", "read p50 ms", "read p99 ms", "hit ratio", "pg cpu s/kop", "svc cpu s/kop", "load")
+    cols = ("ops/s", "x off", "read p50 ms", "read p99 ms", "hit ratio", "pg cpu s/kop", "svc cpu s/kop",
+            "client cpu s/kop", "load")
     print(f"{'target':14} " + " ".join(f"{c:>20}" for c in cols))
     base = {r["repeat"]: r["ops_s"] for r in rows if r["target"] == "gateway-off"}
     for t in targets:
@@ -519,7 +542,8 @@ def main(argv: list[str] | None = None) -> int:
         ratio = [r["ops_s"] / base[r["repeat"]] for r in rs if base.get(r["repeat"])]
         vals = ([r["ops_s"] for r in rs], ratio, [r["p50_ms"] for r in rs], [r["p99_ms"] for r in rs],
                 [r["hit_ratio"] for r in rs], [r["pg_cpu_s_per_kop"] for r in rs],
-                [r["svc_cpu_s_per_kop"] for r in rs], [r["load"] for r in rs])
+                [r["svc_cpu_s_per_kop"] for r in rs], [r["client_cpu_s_per_kop"] for r in rs],
+                [r["load"] for r in rs])
         print(f"{t:14} " + " ".join(f"{_spread(v):>20}" for v in vals))
     hc = None
     if not a.no_hit_cost:

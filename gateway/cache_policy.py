@@ -235,23 +235,23 @@ def sql_of(text: bytes, shape: bytes) -> bytes:
     return text if i < 0 else text[:i]
 
 
+def _replay_parts(shape: bytes) -> tuple[bytes, bool]:
+    head = b"".join(PARSE_COMPLETE if t == _P else BIND_COMPLETE for t in shape if t in (_P, _B))
+    return head, _D in shape
+
+
+_REPLAY = {sh: _replay_parts(sh) for sh in _SHAPES}
+
+
 def replay(shape: bytes, rowdesc: bytes, body: bytes) -> bytes:
-    """The server's reply to ``shape`` from a stored result."""
+    """The server's reply to ``shape`` from a stored result: ParseComplete and
+    BindComplete as the unit asks, the RowDescription for a Describe, the rows
+    and CommandComplete, ReadyForQuery ``I``."""
     if shape == b"Q":
         return rowdesc + body + RFQ_IDLE
-    out = []
-    for t in shape:
-        if t == _P:
-            out.append(PARSE_COMPLETE)
-        elif t == _B:
-            out.append(BIND_COMPLETE)
-        elif t == _D:
-            out.append(rowdesc)
-        elif t == _E:
-            out.append(body)
-        elif t == _S:
-            out.append(RFQ_IDLE)
-    return b"".join(out)
+    got = _REPLAY.get(shape)
+    head, desc = got if got is not None else _replay_parts(shape)
+    return b"".join((head, rowdesc, body, RFQ_IDLE) if desc else (head, body, RFQ_IDLE))
 
 
 def refresh_batch(shape: bytes, text: bytes, bind: bytes, exe: bytes = b"\x00\x00\x00\x00\x00") -> bytes:
