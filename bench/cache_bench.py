@@ -31,7 +31,8 @@ PgBouncer per run): ``gateway-off``, ``gateway-hint``, ``gateway-auto`` and
 ``pgbouncer`` (transaction mode, TCP).  Each run: ``--warmup`` seconds of load
 (the cache fills), then ``--duration`` seconds measured.  Reported per target:
 ops/s, read p50/p99 (ms), hit ratio ((hits + stale) / cacheable reads, from the
-gateway's SHOW CACHE over the window), Postgres and gateway/PgBouncer CPU seconds
+gateway's SHOW CACHE over the window), "no own query" (also counting the reads that
+waited for another session's identical query: 1 - misses / cacheable), Postgres and gateway/PgBouncer CPU seconds
 per 1,000 ops, the load average; mean and min..max over the rounds; ratio vs
 ``gateway-off`` of the same round.  Then the gateway-side cost of a hit
 (in-process, time inside ``SessionCache.intercept``).  Target (issue 15): >= 3x
@@ -445,6 +446,7 @@ def run_target(cluster: E.BenchCluster, target: str, a: argparse.Namespace) -> d
             "p50_ms": 1000 * lat[len(lat) // 2] if lat else None,
             "p99_ms": 1000 * lat[int(len(lat) * 0.99)] if lat else None,
             "hit_ratio": (served["hits"] + served["stale"]) / cacheable if cacheable else None,
+            "offload": (cacheable - served["misses"]) / cacheable if cacheable else None,
             "shared": served["shared"], "reads": len(lat),
             "pg_cpu_s_per_kop": 1000 * pg_s / max(1, ops), "svc_cpu_s_per_kop": 1000 * svc_s / max(1, ops),
             "client_cpu_s_per_kop": 1000 * sum(r["cpu"] for r in res) / max(1, ops),
@@ -531,7 +533,8 @@ def main(argv: list[str] | None = None) -> int:
         cluster.close()
     print(f"\nquotes workload: {a.sessions} sessions, {a.warmup:g} s warm-up + {a.duration:g} s x {a.repeat},"
           f" list share {a.list_share:g}; mean (min..max)")
-    cols = ("ops/s", "x off", "read p50 ms", "read p99 ms", "hit ratio", "pg cpu s/kop", "svc cpu s/kop",
+    cols = ("ops/s", "x off", "read p50 ms", "read p99 ms", "hit ratio", "no own query", "pg cpu s/kop",
+            "svc cpu s/kop",
             "client cpu s/kop", "load")
     print(f"{'target':14} " + " ".join(f"{c:>20}" for c in cols))
     base = {r["repeat"]: r["ops_s"] for r in rows if r["target"] == "gateway-off"}
@@ -541,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         ratio = [r["ops_s"] / base[r["repeat"]] for r in rs if base.get(r["repeat"])]
         vals = ([r["ops_s"] for r in rs], ratio, [r["p50_ms"] for r in rs], [r["p99_ms"] for r in rs],
-                [r["hit_ratio"] for r in rs], [r["pg_cpu_s_per_kop"] for r in rs],
+                [r["hit_ratio"] for r in rs], [r["offload"] for r in rs], [r["pg_cpu_s_per_kop"] for r in rs],
                 [r["svc_cpu_s_per_kop"] for r in rs], [r["client_cpu_s_per_kop"] for r in rs],
                 [r["load"] for r in rs])
         print(f"{t:14} " + " ".join(f"{_spread(v):>20}" for v in vals))
