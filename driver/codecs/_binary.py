@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import datetime as _dt
 import struct
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from ._core import EncodeError, lazy_module, type_name
+from ._core import EncodeError, lazy_class, lazy_module, type_name
 
 if TYPE_CHECKING:
     import ipaddress
     import uuid
-else:  # imported by the first uuid / inet / cidr value
+    from decimal import Decimal
+else:  # imported by the first uuid / inet / cidr / numeric value
+    Decimal = lazy_class("decimal", "Decimal", globals())
     ipaddress = lazy_module("ipaddress", globals())
     uuid = lazy_module("uuid", globals())
 
@@ -162,9 +163,6 @@ _NUMERIC_NAN = 0xC000
 _NUMERIC_PINF = 0xD000
 _NUMERIC_NINF = 0xF000
 _NUMERIC_MAX_DSCALE = 0x3FFF
-_DEC_NAN = Decimal("NaN")
-_DEC_PINF = Decimal("Infinity")
-_DEC_NINF = Decimal("-Infinity")
 
 
 _digit_structs = [struct.Struct(f"!{i}H").unpack_from for i in range(64)]
@@ -175,11 +173,11 @@ def decode_numeric(b: Any) -> Decimal:
     ndigits, weight, sign, dscale = _numeric_head.unpack_from(b)
     if sign >= _NUMERIC_NAN:
         if sign == _NUMERIC_NAN:
-            return _DEC_NAN
+            return Decimal("NaN")
         if sign == _NUMERIC_PINF:
-            return _DEC_PINF
+            return Decimal("Infinity")
         if sign == _NUMERIC_NINF:
-            return _DEC_NINF
+            return Decimal("-Infinity")
         raise ValueError(f"invalid numeric sign 0x{sign:04x}")
     if ndigits == 0:
         return Decimal((0, (0,), -dscale))

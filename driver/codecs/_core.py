@@ -72,8 +72,9 @@ class LazyGlobal:
     ``uuid`` and ``ipaddress`` take ~170 ms of CPU to import in Pyodide (it
     compiles its standard library from sources at every start), and
     compiling the text codecs' regular expressions was a third of
-    ``driver.codecs``' import there.  Use it only through attribute access
-    (``_RE.match(...)``, ``uuid.UUID``) inside functions."""
+    ``driver.codecs``' import there; ``decimal`` (with ``numbers``) ~17 ms.
+    Use it only inside functions, by attribute access (``_RE.match(...)``,
+    ``uuid.UUID``), a call or ``isinstance``."""
 
     __slots__ = ("_key", "_namespace", "_make")
 
@@ -82,10 +83,19 @@ class LazyGlobal:
         self._namespace = namespace
         self._make = make
 
-    def __getattr__(self, attr: str) -> Any:
+    def _resolve(self) -> Any:
         value = self._make()
         self._namespace[self._key] = value
-        return getattr(value, attr)
+        return value
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._resolve(), attr)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:  # a class: Decimal(...)
+        return self._resolve()(*args, **kwargs)
+
+    def __instancecheck__(self, obj: Any) -> bool:  # isinstance(v, Decimal)
+        return isinstance(obj, self._resolve())
 
 
 def lazy_module(name: str, namespace: dict[str, Any]) -> Any:
@@ -100,3 +110,12 @@ def lazy_pattern(key: str, namespace: dict[str, Any], pattern: str) -> Any:
     import re
 
     return LazyGlobal(key, namespace, lambda: re.compile(pattern))
+
+
+def lazy_class(module: str, name: str, namespace: dict[str, Any]) -> Any:
+    """``from module import name`` at first use (a call, an ``isinstance`` or an
+    attribute access), as the global ``name`` (see :class:`LazyGlobal`).  Until
+    then ``type(v) is name`` is False: use it only before an ``isinstance``."""
+    import importlib
+
+    return LazyGlobal(name, namespace, lambda: getattr(importlib.import_module(module), name))

@@ -9,16 +9,17 @@ as the same Python types as the binary decoders return.
 from __future__ import annotations
 
 import datetime as _dt
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from . import _binary as B
-from ._core import EncodeError, lazy_module, lazy_pattern, type_name
+from ._core import EncodeError, lazy_class, lazy_module, lazy_pattern, type_name
 
 if TYPE_CHECKING:
     import ipaddress
     import uuid
-else:  # imported by the first uuid / inet / cidr value
+    from decimal import Decimal
+else:  # imported by the first uuid / inet / cidr / numeric value
+    Decimal = lazy_class("decimal", "Decimal", globals())
     ipaddress = lazy_module("ipaddress", globals())
     uuid = lazy_module("uuid", globals())
 
