@@ -180,11 +180,12 @@ async def test_pg_transactions_spread_over_two_workers(pg: PgCluster, pg_db: str
 
 async def test_pg_transactions_spread_over_two_instances(pg: PgCluster, pg_db: str) -> None:
     _prepare(pg, pg_db)
+    from tests.gateway.test_peers import cancels_land_on_another_instance, peer_settings
     from tests.pgcluster import free_port
     ports = [free_port(), free_port()]
     settings: list[dict[str, Any]] = [
         {"listen": f"127.0.0.1:{p}", "advertise_url": f"http://127.0.0.1:{p}", "cluster_secret": SECRET,
-         "default_pool_size": 3} for p in ports]
+         "default_pool_size": 3, **peers} for p, peers in zip(ports, peer_settings(ports))]
     with Served(pg, pg_db, settings[0]) as a, Served(pg, pg_db, settings[1]) as b:
         for gw in (a, b):
             await gw.wait_ready()
@@ -197,3 +198,5 @@ async def test_pg_transactions_spread_over_two_instances(pg: PgCluster, pg_db: s
         assert proxy.sent[a.http_port] > TRANSACTIONS and proxy.sent[b.http_port] > TRANSACTIONS
         assert _forwarded(await a.metrics()) > 0 and _forwarded(await b.metrics()) > 0
         await _forgery_and_replay(a.http_port, b.http_port)
+        # CancelRequests landing on the other instance (peer_id: gateway/peers.py)
+        await cancels_land_on_another_instance(pg, pg_db, a, b)

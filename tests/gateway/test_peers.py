@@ -1,7 +1,8 @@
 """Cancel keys name their owner; a CancelRequest landing on another instance reaches it
 (gateway/peers.py, PgBouncer 1.23's peering).
 
-Two instances with ``peer_id`` 1 and 2 and the same ``[gateway.peers]``: a
+Two instances with ``peer_id`` 1 and 2 and the same ``[gateway.peers]`` (those of
+tests/gateway/test_forwarding.py, which calls :func:`cancels_land_on_another_instance`): a
 ``pg_sleep(30)`` started through one of them is cancelled by a CancelRequest
 that lands on the other -- libpq's (psycopg) through a round-robin TCP proxy in
 front of both ``pg_listen`` ports, and an HTTP ``/pg/cancel`` sent to the other
@@ -26,10 +27,9 @@ from gateway.config import ConfigError, parse_config
 from gateway.peers import MARK, key_layout, key_owner
 from tests.gateway.conftest import ALICE_PASSWORD
 from tests.gateway.pool_helpers import admin, eventually
-from tests.gateway.served import Served
 from tests.gateway.test_forwarding import BASIC, SECRET
 from tests.gateway.test_takeover import cancel_from_a_new_connection
-from tests.pgcluster import PgCluster, free_port
+from tests.pgcluster import PgCluster
 
 
 def test_key_layout_names_peer_and_worker() -> None:
@@ -114,50 +114,51 @@ def _key_of(body: bytes) -> tuple[int, int]:
     raise AssertionError(f"no BackendKeyData in {body[:200]!r}")
 
 
-async def test_cancel_lands_on_another_instance(pg: PgCluster, pg_db: str) -> None:
-    ports = [free_port(), free_port()]
+def peer_settings(ports: list[int]) -> list[dict[str, Any]]:
+    """[gateway] keys of instances listening on ``ports``, peered (peer_id = position + 1)."""
     peers = {f"peers.{i + 1}": f"http://127.0.0.1:{p}" for i, p in enumerate(ports)}
-    settings = [{"listen": f"127.0.0.1:{p}", "cluster_secret": SECRET, "peer_id": i + 1, "default_pool_size": 2,
-                 **peers} for i, p in enumerate(ports)]
-    with Served(pg, pg_db, settings[0]) as a, Served(pg, pg_db, settings[1]) as b:
-        for gw in (a, b):
-            await gw.wait_ready()
-        # pg_listen: the query runs through a, libpq's CancelRequest lands on b
-        proxy = RoundRobinTcp([a.pg_port, b.pg_port])
-        port = await proxy.start()
+    return [{"peer_id": i + 1, **peers} for i in range(len(ports))]
+
+
+async def cancels_land_on_another_instance(pg: PgCluster, pg_db: str, a: Any, b: Any) -> None:
+    """The proof, run by tests/gateway/test_forwarding.py on its two instances
+    (``peer_settings``; starting two more here would cost as much again)."""
+    # pg_listen: the query runs through a, libpq's CancelRequest lands on b
+    proxy = RoundRobinTcp([a.pg_port, b.pg_port])
+    port = await proxy.start()
+    try:
+        conn = await psycopg.AsyncConnection.connect(host="127.0.0.1", port=port, user="alice",
+                                                     password=ALICE_PASSWORD, dbname="app", autocommit=True)
         try:
-            conn = await psycopg.AsyncConnection.connect(host="127.0.0.1", port=port, user="alice",
-                                                         password=ALICE_PASSWORD, dbname="app", autocommit=True)
-            try:
-                await cancel_from_a_new_connection(conn, pg, pg_db)
-            finally:
-                await conn.close()
+            await cancel_from_a_new_connection(conn, pg, pg_db)
         finally:
-            await proxy.close()
-        assert proxy.sent[:2] == [a.pg_port, b.pg_port], proxy.sent
-        # /pg/cancel: an HTTP session of b, its statement cancelled by a request to a
-        url_a, url_b = f"http://127.0.0.1:{a.http_port}", f"http://127.0.0.1:{b.http_port}"
-        st, rh, body = await _http(url_b, "POST", "/pg", [BASIC, ("wirepool-database", "app"),
-                                                          ("wirepool-session", "new")], b"")
-        assert st == 200, body
-        pid, key = _key_of(body)
-        assert key_owner(pid, 1) == (2, 0), pid  # b's key names b
-        token = dict(rh)["wirepool-session"]
-        t0 = time.monotonic()
-        sleep = asyncio.ensure_future(_http(url_b, "POST", "/pg", [("wirepool-session", token)],
-                                            m.query("SELECT pg_sleep(30)")))
-        watcher = await admin(pg, pg_db)
-        try:
-            await eventually(lambda: watcher.fetchval("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
-                                                      "AND query = 'SELECT pg_sleep(30)'"), timeout=20,
-                             what="the statement running")
-        finally:
-            await watcher.close()
-        st, _, _ = await _http(url_a, "POST", "/pg/cancel", [], m.cancel_request(pid, key))
-        assert st == 204
-        st, rh, body = await asyncio.wait_for(sleep, 20)
-        assert st == 200 and b"57014" in body, body[:300]  # canceling statement due to user request
-        assert time.monotonic() - t0 < 15
-        # a wrong secret cancels nothing, and is not an error either
-        st, _, _ = await _http(url_a, "POST", "/pg/cancel", [], m.cancel_request(pid, key ^ 1))
-        assert st == 204
+            await conn.close()
+    finally:
+        await proxy.close()
+    assert proxy.sent[:2] == [a.pg_port, b.pg_port], proxy.sent
+    # /pg/cancel: an HTTP session of b, its statement cancelled by a request to a
+    url_a, url_b = f"http://127.0.0.1:{a.http_port}", f"http://127.0.0.1:{b.http_port}"
+    st, rh, body = await _http(url_b, "POST", "/pg", [BASIC, ("wirepool-database", "app"),
+                                                      ("wirepool-session", "new")], b"")
+    assert st == 200, body
+    pid, key = _key_of(body)
+    assert key_owner(pid, 1) == (2, 0), pid  # b's key names b
+    token = dict(rh)["wirepool-session"]
+    t0 = time.monotonic()
+    sleep = asyncio.ensure_future(_http(url_b, "POST", "/pg", [("wirepool-session", token)],
+                                        m.query("SELECT pg_sleep(30)")))
+    watcher = await admin(pg, pg_db)
+    try:
+        await eventually(lambda: watcher.fetchval("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                                                  "AND query = 'SELECT pg_sleep(30)'"), timeout=20,
+                         what="the statement running")
+    finally:
+        await watcher.close()
+    st, _, _ = await _http(url_a, "POST", "/pg/cancel", [], m.cancel_request(pid, key))
+    assert st == 204
+    st, rh, body = await asyncio.wait_for(sleep, 20)
+    assert st == 200 and b"57014" in body, body[:300]  # canceling statement due to user request
+    assert time.monotonic() - t0 < 15
+    # a wrong secret cancels nothing, and is not an error either
+    st, _, _ = await _http(url_a, "POST", "/pg/cancel", [], m.cancel_request(pid, key ^ 1))
+    assert st == 204
