@@ -150,7 +150,9 @@ def _worker_main(cfg: Config, config_path: str | None, ctx: WorkerContext, close
         signal.signal(sig, signal.SIG_DFL)
     # the supervisor tells systemd and `wirepool takeover` it serves, not each worker
     os.environ.pop("NOTIFY_SOCKET", None)
-    os.environ.pop("WIREPOOL_READY_FD", None)
+    ready_fd = os.environ.pop("WIREPOOL_READY_FD", None)
+    if ready_fd is not None and ready_fd.isdigit():
+        close.append(int(ready_fd))  # `wirepool takeover` reads until the supervisor's line or EOF
     mine = set(map(id, ctx.listener_sockets("listen") + ctx.listener_sockets("pg_listen")))
     for obj in [*close, *(s for s in ctx.all_sockets() if id(s) not in mine)]:
         try:  # the supervisor's fds this worker has no use for (control socket, others' sockets)

@@ -5,8 +5,9 @@
 
 Needs a running Docker daemon.  Without a registry that serves ``python:3.11-slim``
 the base is built from Debian's own archive: ``debootstrap --variant=minbase
-bookworm`` with python3 and python3-venv, imported with ``docker import``
-(needs root and the ``debootstrap`` package).  The image is built with
+bookworm`` with python3 and python3-venv, plus this machine's extra CA
+certificates (``/usr/local/share/ca-certificates``: a TLS-inspecting proxy in
+front of PyPI), imported with ``docker import`` (needs root and ``debootstrap``).  The image is built with
 ``--network host`` (pip reaches PyPI as the host does), then:
 
 1. started with ``--network host`` on free ports in front of a private
@@ -39,9 +40,10 @@ sys.path.insert(0, str(ROOT))
 DEBIAN_BASE = "wirepool-base:bookworm"
 
 
-def sh(*argv: str, check: bool = True, **kw: object) -> subprocess.CompletedProcess[str]:
-    print("+", " ".join(argv), flush=True)
-    return subprocess.run(argv, check=check, text=True, **kw)  # type: ignore[call-overload]
+def sh(*argv: str, check: bool = True, quiet: bool = False, **kw: object) -> subprocess.CompletedProcess[str]:
+    if not quiet:
+        print("+", " ".join(argv), flush=True)
+    return subprocess.run(argv, check=check, text=True, **kw)  # type: ignore[call-overload,no-any-return]
 
 
 def have_image(name: str) -> bool:
@@ -59,6 +61,12 @@ def build_debian_base(mirror: str) -> str:
         sh("debootstrap", "--variant=minbase", "--include=python3,python3-venv,ca-certificates",
            "bookworm", str(root), mirror)
         sh("chroot", str(root), "apt-get", "clean")
+        # this machine's extra CA certificates (a TLS-inspecting egress proxy in front of PyPI)
+        extra = sorted(Path("/usr/local/share/ca-certificates").glob("*.crt"))
+        for crt in extra:
+            shutil.copy(crt, root / "usr/local/share/ca-certificates" / crt.name)
+        if extra:
+            sh("chroot", str(root), "update-ca-certificates")
         tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
         sh("docker", "import", "--change", 'CMD ["python3"]', "-", DEBIAN_BASE, stdin=tar.stdout)
         tar.wait()
@@ -113,7 +121,7 @@ async def smoke(image: str) -> None:
             deadline = time.monotonic() + 90
             while True:
                 state = json.loads(sh("docker", "inspect", "--format", "{{json .State.Health}}", name,
-                                      capture_output=True).stdout)
+                                      capture_output=True, quiet=True).stdout)
                 if state and state.get("Status") == "healthy":
                     break
                 if time.monotonic() > deadline:
