@@ -154,10 +154,10 @@ def _drains(text: str) -> dict[str, tuple[tuple[str, ...], tuple[str, ...] | Non
     return out
 
 
-async def test_takeover_under_load_workers_2_to_3_to_1(pg, pg_db, tmp_path):
-    """Two takeovers under load: a ``workers = 2`` gateway is taken over by one
-    with ``workers = 3`` (its two SO_REUSEPORT sockets + a new one), which is
-    taken over by a lone process (accepting on all three).  Across both: every
+async def test_takeover_under_load_workers_2_to_1_to_3(pg, pg_db, tmp_path):
+    """Two takeovers under load: a ``workers = 2`` gateway is taken over by a
+    lone process (accepting on both SO_REUSEPORT sockets), which is taken over
+    by ``workers = 3`` (the two sockets + a new one joining the port).  Across both: every
     transaction counted by the load generator is in the table once, none
     failed, no connection refused; an HTTP transaction begun before a handover
     commits after it, and a CancelRequest landing on the successor reaches a
@@ -186,7 +186,7 @@ async def test_takeover_under_load_workers_2_to_3_to_1(pg, pg_db, tmp_path):
         # HTTP /pg sessions: BEGIN .. COMMIT is several requests, each on a new
         # connection once the old process answers `connection: close`.
         load.add("http", 10, lambda: driver.connect(dsn_http), per_conn=3)
-        for step, (workers, out) in enumerate(((3, tmp_path / "takeover1.log"), (1, tmp_path / "takeover2.log"))):
+        for step, (workers, out) in enumerate(((1, tmp_path / "takeover1.log"), (3, tmp_path / "takeover2.log"))):
             await eventually(lambda: load.total > 100 + 150 * step, timeout=60, what="load running")
             before = load.total
             held = await psycopg.AsyncConnection.connect(host="127.0.0.1", port=pg_port, user="alice",
@@ -229,12 +229,13 @@ async def test_takeover_under_load_workers_2_to_3_to_1(pg, pg_db, tmp_path):
         logs = [log, tmp_path / "takeover1.log"]
         # every worker of each predecessor accepted nothing after the handover, and its clients left by themselves
         drains = [_drains(p.read_text()) for p in logs]
-        assert [len(d) for d in drains] == [2, 3], drains
+        assert [len(d) for d in drains] == [2, 1], drains
         for d in drains:
             for pid, (start, end) in d.items():
                 assert start is not None and start == end, (pid, start, end)
-        assert "takeover: received listen 127.0.0.1" in (tmp_path / "takeover1.log").read_text()
-        assert re.search(r"received listen \S+ \(x3\)", (tmp_path / "takeover2.log").read_text())
+        assert re.search(r"received listen \S+ \(x2\)", (tmp_path / "takeover1.log").read_text())
+        assert re.search(r"received listen \S+ \(x2\)", (tmp_path / "takeover2.log").read_text())
+        assert "3 workers (SO_REUSEPORT)" in (tmp_path / "takeover2.log").read_text()
         print(f"takeover under load: {load.ok} transactions, {load.connects} connections, "
               f"{len(load.failures)} failed, {len(load.refused)} refused")
         assert load.failures == [], load.failures[:5]
@@ -303,21 +304,31 @@ async def test_takeover_refused_cases_leave_the_running_gateway_alone(pg, pg_db,
         assert await conn.fetchval("SELECT 7") == 7
         await conn.close()
         assert old.poll() is None and _pid(tmp_path / "wirepool.pid") == old.pid
-        # a lone process taken over by `workers = 2` (its socket has no SO_REUSEPORT: both workers accept on it)
-        await _takeover(workers, tmp_path / "takeover.log")
-        new_pid = _pid(tmp_path / "wirepool.pid")
-        assert new_pid not in (None, old.pid)
-        assert await asyncio.to_thread(old.wait, 30) == 0
-        conns = [await asyncpg.connect(host="127.0.0.1", port=pg_port, user="alice", password=ALICE_PASSWORD,
-                                       database="app") for _ in range(4)]
-        assert [await c.fetchval("SELECT $1::int", i) for i, c in enumerate(conns)] == [0, 1, 2, 3]
-        await asyncio.gather(*(c.close() for c in conns))
-        assert "shared listening socket" in (tmp_path / "takeover.log").read_text()
     finally:
-        if old.poll() is None:
-            old.terminate()
-            old.wait(30)
-        new_pid = _pid(tmp_path / "wirepool.pid")
-        if new_pid is not None and new_pid != old.pid:
-            _stop_pid(new_pid)
+        old.terminate()
+        old.wait(30)
     assert not (tmp_path / "wirepool.ctl").exists()
+
+
+def test_listening_sockets_for_n_then_m_workers() -> None:
+    """gateway/handover.py: the sockets a successor's workers accept on (real sockets, no gateway)."""
+    from gateway.handover import listening_sockets
+    from gateway.sockets import assign, reuse_port_of
+    two, shared = listening_sockets(("127.0.0.1", 0), [], 2, True)  # a supervisor of 2: one socket each
+    lone = socket.create_server(("127.0.0.1", 0))  # a lone process's: no SO_REUSEPORT
+    made: list[socket.socket] = [*two, lone]
+    try:
+        assert not shared and len(two) == 2 and all(reuse_port_of(s) for s in two)
+        assert two[0].getsockname() == two[1].getsockname()
+        three, shared = listening_sockets(("127.0.0.1", 9), two, 3, True)  # 2 -> 3: one more joins the port
+        made += three[2:]
+        assert not shared and three[:2] == two and len(three) == 3
+        assert three[2].getsockname() == two[0].getsockname()
+        assert [assign(three, i, 2, shared) for i in range(2)] == [[three[0], three[2]], [three[1]]]  # 3 -> 2
+        one, shared = listening_sockets(("127.0.0.1", 9), [lone], 3, True)  # 1 -> 3: all accept on the one
+        assert shared and one == [lone] and all(assign(one, i, 3, shared) == [lone] for i in range(3))
+        pre, shared = listening_sockets(("127.0.0.1", 9), two, 3, False)  # no SO_REUSEPORT here: share them
+        assert shared and pre == two
+    finally:
+        for s in made:
+            s.close()
