@@ -5,11 +5,13 @@
 //  - "split": neonConfig.coalesceWrites = false -- every message in its own WebSocket frame,
 //    so the unit reaches the gateway in several reads.
 // Each runs on a fresh connection.  Prints one JSON object: the texts read.
-// Usage: node neon_cache_units.mjs <gateway host:port> <postgresql:// connection string>
+// Usage: node neon_cache_units.mjs <gateway host:port> <postgresql:// connection string> <id text>
+// <id text>: a spelling of id 1 ("1 ", " 1"...) for a third, uncached use of the named statement
+// (Bind only: the gateway must create the statement on whichever server it gets).
 import { Client, neonConfig } from "@neondatabase/serverless";
 import ws from "ws";
 
-const [gateway, connectionString] = process.argv.slice(2);
+const [gateway, connectionString, idText] = process.argv.slice(2);
 neonConfig.webSocketConstructor = ws;
 neonConfig.wsProxy = (host, port) => `${gateway}/v2?address=${host}:${port}`;
 neonConfig.useSecureWebSocket = false;
@@ -33,7 +35,8 @@ try {
     const q = { name: "by_id", text: HINT + "select text from quotes where id = $1", values: [1] };
     const first = (await c.query(q)).rows[0].text;   // Parse "by_id" + Bind + Describe + Execute + Sync
     const second = (await c.query(q)).rows[0].text;  // Bind "by_id" + Describe + Execute + Sync
-    return [first, second];
+    const third = (await c.query({ ...q, values: [idText] })).rows[0].text;  // a new key: to Postgres
+    return [first, second, third];
   });
   out.split = await withClient(false, async (c) => {
     const sql = HINT + "select text from quotes where id = $1";
