@@ -37,6 +37,7 @@ from .cache_upstream import (
     catalog,
     get_cache,
     invalidate,
+    listening,
     on_ddl,
     parse_result,
 )
@@ -226,6 +227,8 @@ class SessionCache:
                 s.gw.spawn(_refresh(s.gw, e, s.user, s.database, dict(s.params),
                                     dict(tk.settings) if tk is not None else {}, unit.shape, text, unit.bind, unit.exe))
             return True
+        if not self.rc.filling(key) and not listening(s.gw, s.pool):
+            return None  # until the invalidation channel is up, a write could go unheard: no fill
         if self.rc.begin_fill(key, self.dbkey, tags):
             self.cap = _Capture(key, unit.shape, ttl, swr, tags, self.dbkey)
             return None

@@ -53,6 +53,20 @@ def _ensure_channel(gw: Any, pool: Any) -> None:
     gw.spawn(_subscribe(gw, pool, channel, subs, token))
 
 
+def listening(gw: Any, pool: Any) -> bool:
+    """Is the pool's ``cache_channel`` subscription live (or is there no
+    channel)?  Entries are stored only then: a notification sent before the
+    LISTEN took effect would be lost, and the entry could outlive the write."""
+    channel = gw.settings.cache_channel
+    if not channel:
+        return True
+    sub = gw.__dict__.get("cache_subscriptions", {}).get(pool.name)
+    if sub is None or isinstance(sub, _Pending) or sub.closed or sub.hub.closed:
+        _ensure_channel(gw, pool)  # (again, if it failed or its hub went)
+        return False
+    return True
+
+
 class _Pending:
     """A subscription under way (its place in ``gw.cache_subscriptions``)."""
 

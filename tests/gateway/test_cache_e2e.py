@@ -20,6 +20,7 @@ import pytest
 
 import driver
 from driver.protocol import messages as m
+from gateway.cache_upstream import get_cache, listening
 from tests.gateway.conftest import ALICE_PASSWORD, BOB_PASSWORD
 from tests.gateway.node_helpers import JS_DIR
 from tests.gateway.pool_helpers import eventually
@@ -51,6 +52,14 @@ async def _direct(pg: Any, db: str, sql: str) -> None:
 
 def _rc(app: Any) -> Any:
     return app.gateway.result_cache
+
+
+async def cache_ready(app: Any, name: str = "app") -> None:
+    """The cache's invalidation channel is up for database ``name`` (until then
+    nothing is stored: a notification could be missed)."""
+    gw = app.gateway
+    get_cache(gw)
+    await eventually(lambda: listening(gw, gw.pools[name]), what="the cache channel's LISTEN")
 
 
 async def _ttl_cycle(app: Any, pg: Any, db: str, read: Callable[[], Awaitable[tuple[str, str | None]]]) -> None:
@@ -86,6 +95,7 @@ async def _ttl_cycle(app: Any, pg: Any, db: str, read: Callable[[], Awaitable[tu
 async def test_ttl_then_stale_then_fresh_over_tcp(gateway_app: Any, pg: Any, pg_db: str) -> None:
     _setup(pg, pg_db)
     app = await gateway_app(databases={"app": {"dbname": pg_db, "cache": "hint"}})
+    await cache_ready(app)
     c = await asyncpg.connect(app.pg_dsn("alice", ALICE_PASSWORD, "app"))
     try:
         stmt = await c.prepare(HINT.format(ttl=0.3) + "SELECT text FROM quotes WHERE id = $1")
@@ -114,6 +124,7 @@ async def test_ttl_then_stale_then_fresh_over_tcp(gateway_app: Any, pg: Any, pg_
 async def test_ttl_then_stale_then_fresh_over_websocket(gateway_app: Any, pg: Any, pg_db: str) -> None:
     _setup(pg, pg_db)
     app = await gateway_app(databases={"app": {"dbname": pg_db, "cache": "hint"}})
+    await cache_ready(app)
     conn = await driver.connect(app.ws_dsn("alice", ALICE_PASSWORD, "app"))
     try:
         sql = HINT.format(ttl=0.3) + "SELECT text FROM quotes WHERE id = $1"
@@ -132,6 +143,7 @@ async def test_ttl_then_stale_then_fresh_over_websocket(gateway_app: Any, pg: An
 async def test_ttl_then_stale_then_fresh_over_sql(gateway_app: Any, pg: Any, pg_db: str) -> None:
     _setup(pg, pg_db)
     app = await gateway_app(databases={"app": {"dbname": pg_db, "cache": "hint"}})
+    await cache_ready(app)
     h = Http(app.http_port)
     try:
         async def read() -> tuple[str, str | None]:
@@ -170,6 +182,7 @@ async def test_ttl_then_stale_then_fresh_over_sql(gateway_app: Any, pg: Any, pg_
 async def test_auto_never_caches_volatile(gateway_app: Any, pg: Any, pg_db: str) -> None:
     _setup(pg, pg_db)
     app = await gateway_app(databases={"app": {"dbname": pg_db, "cache": "auto", "cache_ttl": 60}})
+    await cache_ready(app)
     h = Http(app.http_port)
 
     async def run(sql: str) -> tuple[Any, str | None]:
@@ -205,6 +218,7 @@ async def test_auto_never_caches_volatile(gateway_app: Any, pg: Any, pg_db: str)
 async def test_roles_and_timezones_never_share(gateway_app: Any, pg: Any, pg_db: str) -> None:
     _setup(pg, pg_db)
     app = await gateway_app(databases={"app": {"dbname": pg_db, "cache": "hint"}})
+    await cache_ready(app)
     h = Http(app.http_port)
     try:
         q = {"query": "SELECT text FROM quotes WHERE id = $1", "params": [1]}
@@ -243,6 +257,7 @@ async def test_invalidation_by_tag_and_by_trigger(gateway_app: Any, pg: Any, pg_
             "CREATE TRIGGER quotes_inval AFTER INSERT OR UPDATE OR DELETE ON quotes "
             "FOR EACH STATEMENT EXECUTE FUNCTION inval();", db=pg_db)
     app = await gateway_app(databases={"app": {"dbname": pg_db, "cache": "hint"}}, **ADMIN)
+    await cache_ready(app)
     c = await asyncpg.connect(app.pg_dsn("alice", ALICE_PASSWORD, "app"))
     h = Http(app.http_port)
     rc = _rc(app)
@@ -310,6 +325,7 @@ async def test_prisma_query_raw_through_prisma_neon(gateway_app: Any, pg: Any, p
             'GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO PUBLIC;', db=pg_db)
     await _generate_prisma_client()
     app = await gateway_app(databases={"app": {"dbname": pg_db, "cache": "hint"}})
+    await cache_ready(app)
     node = shutil.which("node")
     assert node is not None
     proc = await asyncio.create_subprocess_exec(
@@ -332,6 +348,7 @@ async def test_byte_budget_and_oversized_results(gateway_app: Any, pg: Any, pg_d
     budget, cap = 6000, 1500
     app = await gateway_app(databases={"app": {"dbname": pg_db, "cache": "hint"}},
                             cache_max_bytes=budget, cache_max_entry_bytes=cap)
+    await cache_ready(app)
     c = await asyncpg.connect(app.pg_dsn("alice", ALICE_PASSWORD, "app"))
     rc = _rc(app)
     rng = random.Random(15)
@@ -356,6 +373,7 @@ async def test_byte_budget_and_oversized_results(gateway_app: Any, pg: Any, pg_d
 async def test_concurrent_misses_share_one_query(gateway_app: Any, pg: Any, pg_db: str) -> None:
     _setup(pg, pg_db)
     app = await gateway_app(databases={"app": {"dbname": pg_db, "cache": "hint", "pool_size": 5}})
+    await cache_ready(app)
     conns = [await asyncpg.connect(app.pg_dsn("alice", ALICE_PASSWORD, "app")) for _ in range(5)]
     try:
         sql = HINT.format(ttl=60) + "SELECT text FROM quotes, pg_sleep(0.3) WHERE id = $1"
@@ -377,6 +395,7 @@ async def test_metrics_and_no_header_when_off(gateway_app: Any, pg: Any, pg_db: 
     _setup(pg, pg_db)
     app = await gateway_app(databases={"app": {"dbname": pg_db, "cache": mode},
                                        "plain": {"dbname": pg_db}})
+    await cache_ready(app)
     h = Http(app.http_port)
     try:
         q = {"query": HINT.format(ttl=60) + "SELECT text FROM quotes WHERE id = 1", "params": []}

@@ -25,7 +25,7 @@ from gateway.config import load_config
 from tests.gateway.conftest import ALICE_PASSWORD
 from tests.gateway.node_helpers import run_node_json
 from tests.gateway.pool_helpers import eventually
-from tests.gateway.test_cache_e2e import _direct, _setup
+from tests.gateway.test_cache_e2e import _direct, _setup, cache_ready
 
 HINT = "/* wirepool:cache ttl=60 tags=quotes */ "
 
@@ -37,6 +37,7 @@ def _rc(app: Any) -> Any:
 async def test_named_parse_and_split_unit_through_the_neon_driver(gateway_app: Any, pg: Any, pg_db: str) -> None:
     _setup(pg, pg_db)
     app = await gateway_app(databases={"app": {"dbname": pg_db, "cache": "hint"}})
+    await cache_ready(app)
     rc = _rc(app)
     args = (f"127.0.0.1:{app.http_port}", f"postgresql://alice:{ALICE_PASSWORD}@db.invalid:5432/app")
     first = await run_node_json("neon_cache_units.mjs", *args, "1 ")  # fills: named (x2), split
@@ -61,6 +62,7 @@ async def test_hint_through_psql(gateway_app: Any, pg: Any, pg_db: str) -> None:
     """psql (simple Query) through pg_listen: the second run is a hit, even after a direct UPDATE."""
     _setup(pg, pg_db)
     app = await gateway_app(databases={"app": {"dbname": pg_db, "cache": "hint"}})
+    await cache_ready(app)
     rc = _rc(app)
 
     async def psql() -> str:
@@ -84,6 +86,7 @@ async def test_auto_mode_tags_are_the_tables_read(gateway_app: Any, pg: Any, pg_
             "FOR EACH STATEMENT EXECUTE FUNCTION inval();", db=pg_db)
     app = await gateway_app(databases={"app": {"dbname": pg_db, "cache": "auto", "cache_ttl": 60}},
                             admin_users=["alice"])
+    await cache_ready(app)
     rc = _rc(app)
     async with await psycopg.AsyncConnection.connect(
             host="127.0.0.1", port=app.pg_port, user="alice", password=ALICE_PASSWORD, dbname="app",
@@ -150,6 +153,7 @@ async def test_cache_budget_changed_live(gateway_app: Any, pg: Any, pg_db: str, 
     cfg = tmp_path / "wirepool.toml"
     _toml(cfg, pg, pg_db, 0, 1 << 20, 1 << 16)
     app = await gateway_app(config=load_config(cfg))
+    await cache_ready(app)
     app.gateway.config_path = str(cfg)
     rc = _rc(app)
     port = app.pg_port
@@ -183,3 +187,25 @@ async def test_cache_budget_changed_live(gateway_app: Any, pg: Any, pg_db: str, 
         assert len(rc) == 0 and rc.bytes == 0 and rc.max_entry == s1 - 1
         await c.execute(sqls[1])
         assert len(rc) == 0 and rc.stats.too_large >= 1  # the new cap holds for new entries too
+
+
+async def test_nothing_stored_while_the_channel_is_down(gateway_app: Any, pg: Any, pg_db: str) -> None:
+    """A notification sent while the gateway does not LISTEN would be lost: no entry is stored
+    until the subscription is back (made again by the next cacheable miss)."""
+    _setup(pg, pg_db)
+    app = await gateway_app(databases={"app": {"dbname": pg_db, "cache": "hint"}})
+    await cache_ready(app)
+    rc = _rc(app)
+    subs = app.gateway.cache_subscriptions
+    async with await psycopg.AsyncConnection.connect(
+            host="127.0.0.1", port=app.pg_port, user="alice", password=ALICE_PASSWORD, dbname="app",
+            autocommit=True, cursor_factory=psycopg.AsyncClientCursor) as c:
+        subs["app"].close()  # as when the pool's LISTEN hub goes away
+        sql = HINT + "SELECT text FROM quotes WHERE id = 1"
+        assert (await (await c.execute(sql)).fetchone()) == ("a",)
+        assert len(rc) == 0 and rc.stats.misses == 0, (list(rc.entries), rc.snapshot(), subs)
+        await cache_ready(app)  # subscribed again
+        assert not subs["app"].closed
+        for _ in range(2):
+            assert (await (await c.execute(sql)).fetchone()) == ("a",)
+        assert (len(rc), rc.stats.hits) == (1, 1)
