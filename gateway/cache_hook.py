@@ -441,4 +441,4 @@ _HOLD = object()
 _FAST_CHUNK, _FAST_MAX = 4096, 256  # hot-path memo: chunk size, entries per session
 _HOLD_BRIEFLY = object()
 #: seconds a unit held after its Flush waits for the Sync (node-postgres sends them back to back)
-_FLUSH_WAIT = 0.005
+_FLUSH_WAIT = 0.02
