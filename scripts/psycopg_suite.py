@@ -114,7 +114,10 @@ def start_gateway(pg: object, dbs: dict[str, str], base: Path, extra: str = "") 
     cfg = base / "wirepool.toml"
     cfg.write_text(
         f'[gateway]\nlisten = "127.0.0.1:{http}"\npg_listen = "127.0.0.1:{pgl}"\nauth_type = "scram-sha-256"\n'
-        f'default_pool_size = 10\nmax_prepared_statements = 200\nlog_level = "warning"\n{extra}\n'
+        # idle_transaction_timeout: PostgreSQL has none by default (nor PgBouncer); the gateway's 60 s
+        # ended psycopg's test_copy_big_size_* under load (10 MB of random text built in Python, in a transaction)
+        f'default_pool_size = 10\nmax_prepared_statements = 200\nlog_level = "warning"\n'
+        f'{"" if "idle_transaction_timeout" in extra else "idle_transaction_timeout = 0"}\n{extra}\n'
         f'[databases.sess]\n{up(dbs["session"])}pool_mode = "session"\n'
         f'[databases.txn]\n{up(dbs["transaction"])}pool_mode = "transaction"\n'
         # tests/pq/test_pgconn.py::test_change_password creates a role and logs in as it to "postgres":
@@ -215,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=int, default=60, help="pytest-timeout per test")
     ap.add_argument("--modes", default="direct,session,transaction")
     ap.add_argument("--pytest-args", default="", help="more arguments for psycopg's pytest, e.g. \"-m 'not slow'\"")
+    ap.add_argument("--gateway-extra", default="", help="more [gateway] lines for the gateway's TOML")
     ap.add_argument("--max-minutes", type=float, default=0,
                     help="stop the runs after this long and compare the tests all modes finished (0: no limit)")
     args = ap.parse_args(argv)
@@ -237,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         for db in dbs.values():
             pg.create_database(db)
             pg.psql("CREATE EXTENSION IF NOT EXISTS hstore", db=db, check=False)
-        proc, pgl = start_gateway(pg, dbs, base)
+        proc, pgl = start_gateway(pg, dbs, base, args.gateway_extra.replace("\\n", "\n"))
         dsns = {
             "direct": f"postgresql://{pg.SUPERUSER}:{pg.SUPERUSER_PASSWORD}@{pg.host}:{pg.port}/{dbs['direct']}",
             "session": f"postgresql://{USER}:{PASSWORD}@127.0.0.1:{pgl}/sess",
