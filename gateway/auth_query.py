@@ -317,10 +317,15 @@ class AuthQuery:
         if pool.db.user:
             return pool
         key = (pool.name, user)
+        creds = self._creds.get(key)
+        if not creds:  # e.g. an HTTP login (/sql, /pg): checked against [users], nothing to pass through
+            from .auth import AuthFailed
+            raise AuthFailed("28000", f'database "{pool.name}" logs in as each client\'s own user, and this '
+                                      f'login gave no secret to log in upstream as "{user}" with '
+                                      "(pg_listen or WebSocket only, docs/auth-query.md)")
         up = self.user_pools.get(key)
         if up is None or up.closed:
             from .pool import Pool
-            creds = self._creds.get(key) or self._creds.setdefault(key, Credentials())
             up = self.user_pools[key] = Pool(self.gw, replace(pool.db, user=user, password=creds), self.gw.settings)
         return up
 

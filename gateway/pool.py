@@ -329,6 +329,12 @@ class Pool:
 
     async def _connect(self, slot: "_LoginSlot") -> None:
         db = self.db
+        if not db.user:  # a database without `user`: only its per-user pools log in (gateway/auth_query.py)
+            self._move(slot, None)
+            for client in list(self.cl_waiting):
+                self._fail(client, PoolError("28000", f'database "{self.name}" logs in as each client\'s own '
+                                                      "user, which this connection cannot (docs/auth-query.md)"))
+            return
         t0 = self.gateway.loop.time()
         try:
             server = await asyncio.wait_for(

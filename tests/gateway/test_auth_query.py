@@ -12,6 +12,8 @@ from typing import Any
 import asyncpg
 import pytest
 
+from tests.gateway.test_neon_sql import http_client  # noqa: F401 (fixture)
+
 from tests.pgcluster import PgCluster
 
 
@@ -182,3 +184,17 @@ async def test_forced_user_database_checks_the_client_with_auth_query(gateway_ap
     assert await conn.fetchval("SELECT current_user") == PgCluster.SCRAM_USER
     await conn.close()
     assert (await _fails(app, name, "wrong", "forced")).sqlstate == "28P01"
+
+
+async def test_http_on_a_database_without_user_is_a_clear_error(gateway_app: Any, pg: PgCluster,
+                                                                http_client: Any) -> None:
+    """/sql has no client login to pass through: a [users] user gets an error at once
+    (no upstream login attempted as user "", no hang until query_wait_timeout)."""
+    from tests.gateway.test_neon_sql import cs_for
+    app = await _app(gateway_app, pg, query_wait_timeout=30.0)
+    status, _, body = await http_client(app.http_port).sql({"query": "select 1", "params": []},
+                                                           cs=cs_for(db="pt"))
+    assert 400 <= status < 500 and "logs in as each client's own user" in body["message"], (status, body)
+    pool = app.gateway.pools["pt"]
+    assert pool.last_login_error is None and pool.total_servers() == 0
+    assert not app.gateway.auth_query.user_pools
