@@ -157,6 +157,9 @@ async def ws_suite(dsn, **kw):
         t0 = time.perf_counter()
         out["first_query"] = await conn.fetchval("select current_user")
         out["first_query_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+        # what the first connect + query loaded (the driver's modules; urllib.parse)
+        out["modules"] = sorted(m for m in sys.modules
+                                if m.startswith("driver.") or m == "urllib.parse")
         t0 = time.perf_counter()
         for _ in range(20):
             await conn.fetchval("select 1")

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from bench.importtime import PYODIDE_CONNECT_PATH
 from tests.gateway.conftest import ALICE_PASSWORD, CAROL_PASSWORD
 from tests.pgcluster import PgCluster
 from tests.pyodide.conftest import HERE
@@ -91,6 +92,15 @@ async def test_driver_in_pyodide(gateway_app: Any, pyodide: Any) -> None:
         assert res["platform"] == "emscripten"
         ws = res["ws"]
         assert ws["transport"] == "JsWebSocketTransport"
+        # the first ws:// connect + query loads what that transport needs, no more
+        # (and bench/importtime's PYODIDE_CONNECT_PATH is part of what it loads)
+        loaded = set(ws["modules"])
+        assert set(PYODIDE_CONNECT_PATH) <= loaded, loaded
+        for unneeded in ("driver.transport.tcp", "driver.transport.websocket",
+                         "driver.transport.http", "driver.protocol.backend_encoders",
+                         "driver.protocol.frontend_messages", "driver.protocol.http_envelope",
+                         "driver.copy", "driver.pool", "urllib.parse"):
+            assert unneeded not in loaded, (unneeded, sorted(loaded))
         assert ws["first_query"] == PgCluster.SCRAM_USER  # the pool's upstream role
         bad = {k: v["got"] for k, v in ws["codecs"].items() if not v["ok"]}
         assert not bad, bad
