@@ -200,7 +200,7 @@ class AuthQuery:
         self._targets: dict[tuple[Any, ...], _Target] = {}
         #: (database, user) -> (expires, role epoch, secret)
         self._cache: OrderedDict[tuple[str, str], tuple[float, int, Secret | None]] = OrderedDict()
-        self._inflight: dict[tuple[str, str], asyncio.Future[Secret | None]] = {}
+        self._inflight: dict[tuple[str, str], asyncio.Task[Secret | None]] = {}
         self._creds: OrderedDict[tuple[str, str], Credentials] = OrderedDict()
         #: pass-through pools, (database, user) -> Pool (not in gw.pools: gw.pools is per database)
         self.user_pools: dict[tuple[str, str], "Pool"] = {}
@@ -223,22 +223,17 @@ class AuthQuery:
         hit = self._cache.get(key)
         if hit is not None and hit[0] > loop.time() and hit[1] == _role_epoch[0]:
             return hit[2]
-        fut = self._inflight.get(key)
-        if fut is None:
-            fut = loop.create_future()
-            self._inflight[key] = fut
-            try:
-                result = await self._lookup(database, user)
-            except BaseException as exc:
-                fut.set_exception(exc)
-                fut.exception()  # retrieved: sharers re-raise it, nobody else must
-                raise
-            else:
-                fut.set_result(result)
-            finally:
-                del self._inflight[key]
-            return result
-        return await asyncio.shield(fut)
+        task = self._inflight.get(key)
+        if task is None:  # single flight: one query, in its own task (a leaving client does not cancel it)
+            task = self._inflight[key] = loop.create_task(self._lookup(database, user))
+            task.add_done_callback(lambda t: self._done(key, t))
+        return await asyncio.shield(task)
+
+    def _done(self, key: tuple[str, str], task: "asyncio.Task[Secret | None]") -> None:
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
+        if not task.cancelled():
+            task.exception()  # retrieved (the waiters, if any, got it too)
 
     async def _lookup(self, database: str, user: str) -> Secret | None:
         gw = self.gw
