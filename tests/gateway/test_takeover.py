@@ -215,7 +215,7 @@ async def test_takeover_under_load_workers_2_to_1_to_3(pg, pg_db, tmp_path):
                 except psutil.NoSuchProcess:
                     return True
             try:
-                await eventually(gone, timeout=25, what="the predecessor to exit")
+                await eventually(gone, timeout=45, what="the predecessor to exit")
             except AssertionError:
                 raise AssertionError(f"{load.failures[:5]}\n" + (log if step == 0 else tmp_path / "takeover1.log")
                                      .read_text()[-5000:]) from None
