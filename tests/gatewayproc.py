@@ -39,6 +39,7 @@ class GatewayProcess(ChildGateway):
     def __init__(self, pg: PgCluster, settings: Mapping[str, Any] | None = None, *,
                  databases: Mapping[str, Any] | None = None, users: Mapping[str, Any] | None = None,
                  nofile: int | None = None, start_timeout: float = 60.0) -> None:
+        self.pg = pg
         self.dir = Path(tempfile.mkdtemp(prefix="wp-gwproc-"))
         self.log_path = self.dir / "gateway.log"
         self.ready_path = self.dir / "ready.json"

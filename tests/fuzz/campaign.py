@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.fuzz.targets import GATEWAY_SETTINGS, INPROC_SUBTARGETS, PASSWORD, REGRESSIONS, TARGETS, USER, Target, send_input
-from tests.fuzz.known import known_hang, known_reason
+from tests.fuzz.known import PROBE_STALL, known_hang, known_reason
 from tests.gatewayproc import GatewayProcess
 from tests.pgcluster import PgCluster
 
@@ -210,6 +210,7 @@ class Campaign:
         self.suspects: list[tuple[str, str, list[Record]]] = []
         self.signatures: dict[str, int] = {}
         self.known_hangs: dict[str, int] = {}
+        self._stalls = 0
         self.stop = asyncio.Event()
 
     # -- the parts ------------------------------------------------------------
@@ -291,7 +292,13 @@ class Campaign:
                     return
                 self.report.probe_errors += 1
                 pools = await self._pool_metrics()
-                self.report.failures.append(Failure("probe", "probe", f"{step} failed: {e!r}; pool: {pools}"))
+                if isinstance(e, asyncio.TimeoutError) and step == "select 1" and self._stalls < 2:
+                    self._stalls += 1  # known and open (tests/fuzz/known.py); a third one fails
+                    idle = await self._backends()
+                    self.report.known.append(Failure("probe", "probe", f"{step}: {e!r} -- KNOWN: {PROBE_STALL}; "
+                                                      f"pool: {pools}; backends: {idle}"))
+                else:
+                    self.report.failures.append(Failure("probe", "probe", f"{step} failed: {e!r}; pool: {pools}"))
                 if conn is not None:
                     conn.terminate()
                 conn = None
@@ -303,6 +310,18 @@ class Campaign:
             await asyncio.sleep(0.05)
         if conn is not None:
             await conn.close()
+
+    async def _backends(self) -> str:
+        """What each client backend does (state, wait, last statement): the evidence for PROBE_STALL."""
+        pg = self.gw.pg
+        sql = ("select pid, state, wait_event, left(regexp_replace(query, '\\s+', ' ', 'g'), 40), "
+               "round(extract(epoch from now() - state_change)::numeric, 1) "
+               "from pg_stat_activity where backend_type = 'client backend' and pid <> pg_backend_pid()")
+        try:
+            out = await asyncio.to_thread(pg.psql, sql, check=False)
+        except Exception as e:  # the evidence is best effort
+            return repr(e)
+        return out.replace("\n", " / ")
 
     async def _pool_metrics(self) -> str:
         """The pool's list lengths from /metrics (why a probe had to wait)."""
