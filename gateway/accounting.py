@@ -139,7 +139,7 @@ class Accounting:
                 if dirty or risky:
                     risky = self._at_risk(out, dirty)
                     if risky < 0:  # the server already skips to Sync: no ReadyForQuery
-                        dirty = 0
+                        dirty = dirty or 1  # and still waits for that Sync: not settled, not clean
                         continue
                 out += 1
                 dirty = 0

@@ -126,6 +126,12 @@ class ReplyQueue:
         self.server = None
 
     @property
+    def skips_to_sync(self) -> bool:
+        """The server discards the client's messages up to its next Sync (an
+        extended-protocol error; that Sync has not been sent yet)."""
+        return self._skipping
+
+    @property
     def outstanding(self) -> int:
         """Entries still waiting for (or holding) replies."""
         return len(self._q) + self._plain

@@ -874,9 +874,10 @@ class Session:
         server = self.server
         if server is not None:
             self.server = None
+            skipping = self.prepared is not None and self.prepared.skips_to_sync
             if self.prepared is not None:
                 self.prepared.unlink()
-            self._return_server(server)
+            self._return_server(server, skipping)
         if self.prepared is not None:
             self.prepared.client.clear()
         if self.pool is not None:
@@ -906,8 +907,10 @@ class Session:
         except Exception:  # pragma: no cover
             pass
 
-    def _return_server(self, server: ServerConnection) -> None:
-        """The client leaves while linked: make the server safe for others."""
+    def _return_server(self, server: ServerConnection, skipping: bool = False) -> None:
+        """The client leaves while linked: make the server safe for others.
+        ``skipping``: the server discards everything up to a Sync the client
+        never sent (after an extended-protocol error): closed, like a busy one."""
         pool = self.pool
         assert pool is not None
         server.client = None
@@ -918,7 +921,7 @@ class Session:
         if server.closed:
             pool.discard(server)
             return
-        if self.acc.busy():
+        if skipping or self.acc.busy():
             # Mid-result or mid-pipeline: cancel whatever runs, then close it.
             if self.acc.outstanding:
                 self.gw.spawn(send_cancel(server.host, server.port, server.backend_pid, server.backend_key))

@@ -130,3 +130,40 @@ async def test_query_after_extended_messages(gateway_app: Any, pg: PgCluster, pg
         assert pool_stats(app)["sv_active"] == 0
     finally:
         await a.close()
+
+
+# A client that leaves while the server still skips to a Sync it never sent: the
+# server must not go back to the pool as it is (it would discard the next
+# client's Parse/Bind/Execute and answer only its Sync -- the fuzz campaign's
+# probe stall, docs/fuzzing.md).  The error reaches the gateway before the
+# client leaves (Flush), with or without a Query the server then discards.
+LEAVING: dict[str, list[tuple[bytes, int]]] = {  # (bytes, ReadyForQuery or ErrorResponse replies to read)
+    "error_then_leave": [(P("SELEC broken") + m.flush(), 1)],
+    "error_query_then_leave": [(P("SELEC broken") + m.flush(), 1), (m.query("SELECT 1") + m.flush(), 0)],
+    "after_commit": [(m.query("BEGIN;") + m.query("COMMIT;"), 2), (P("SELEC broken") + m.flush(), 1),
+                     (m.query("SELECT 1") + m.flush(), 0)],
+}
+
+
+@pytest.mark.parametrize("limit", [0, 200], ids=["no-rewriter", "rewriter"])
+@pytest.mark.parametrize("case", sorted(LEAVING))
+async def test_client_leaving_while_the_server_skips_to_sync(gateway_app: Any, pg_db: str,
+                                                              case: str, limit: int) -> None:
+    app = await gateway_app(query_wait_timeout=5.0, max_prepared_statements=limit,
+                            databases={"app": {"dbname": pg_db, "pool_size": 1}})
+    a = await RawClient.connect(app.pg_port)
+    assert not errors(await a.login("alice", ALICE_PASSWORD, "app"))
+    for data, n in LEAVING[case]:
+        await a.send(data)
+        while n:
+            msg = await a.recv_message()
+            assert msg is not None
+            n -= isinstance(msg, (m.ErrorResponse, m.ReadyForQuery))
+    await a.close()
+    # the next client (asyncpg: Parse/Bind/Execute/Sync; named statements with the rewriter) is answered
+    b = await asyncpg.connect(app.pg_dsn("alice", ALICE_PASSWORD, "app"), statement_cache_size=100 if limit else 0)
+    try:
+        for i in range(3):
+            assert await asyncio.wait_for(b.fetchval("SELECT $1::int", i), 5) == i
+    finally:
+        await b.close()
