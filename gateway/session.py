@@ -23,7 +23,7 @@ Session state (transaction mode): SET/RESET/set_config, temp objects,
 advisory locks, SQL PREPARE, WITH HOLD cursors and LISTEN are detected by
 :mod:`gateway.tracking`; a transaction that may have left any is followed by
 one probe query, the client's settings are re-applied wherever it lands
-(:meth:`Session._link`), and the server is cleaned before another client uses
+(:mod:`gateway.server_sync`), and the server is cleaned before another client uses
 it.  A server never passes from one ``[users]`` identity to another without
 DISCARD ALL.  Without the statement rewriter (``max_prepared_statements = 0``)
 a server on which the client created a named protocol-level statement gets
@@ -48,12 +48,13 @@ from . import login, session_timeouts
 from .login import TRACKED, TRACKED_NAMES  # noqa: F401 (TRACKED: re-exported for http_exec)
 from .limits import check_login_message, login_reader
 from .pool import Pool, PoolError
-from .prepared import Rewriter, server_statements
+from .prepared import Rewriter
 from .schema import database_key
-from .server import TRACKED_ORDER, ServerConnection, parse_parameter_status, tracked_signature
+from .server import TRACKED_ORDER, ServerConnection
+from .server_sync import DISCARD_ALL as _DISCARD_ALL, ServerStateSync
 from .streams import TransportError, direct_writer as _direct_writer
 from .listen_session import Lazy, SessionListen
-from .tracking import Tracker, apply_sql, cleanup, parse_probe, quote_literal
+from .tracking import Tracker
 
 if TYPE_CHECKING:  # pragma: no cover
     from .core import Gateway
@@ -66,10 +67,6 @@ _S = 83  # backend ParameterStatus
 _Z = 90
 _IDLE = 73  # 'I'
 
-_DEALLOCATE_ALL = m.query("DEALLOCATE ALL")
-_DISCARD_ALL = m.query("DISCARD ALL")
-_SET, _PROBE = "set", "probe"  # kinds of the gateway's own queries (Session._kinds)
-_UNLISTEN_ALL = m.query("UNLISTEN *")
 _ROLLBACK = m.query("ROLLBACK")
 
 _OUT_HIGH = 1 << 20  # pause the server when this much is queued for a slow client
@@ -90,20 +87,20 @@ def _fatal(sqlstate: str, message: str) -> bytes:
     return m.error(sqlstate, message, severity="FATAL")
 
 
-class Session:
+class Session(ServerStateSync):
     """One client connection."""
 
     # Thousands of idle sessions per process: no per-instance __dict__ (subclasses may have one).
     __slots__ = ('_aborted', '_assigned', '_cancel_sent', '_cb_done', '_cb_exc', '_cb_hold', '_cb_wait',
-                 '_direct', '_direct_drain', '_finished', '_gucs_before', '_holding', '_kinds', '_main',
+                 '_direct', '_direct_drain', '_finished', '_holding', '_main',
                  '_out', '_out_bytes', '_partial_since', '_paused', '_pend_chunk', '_pend_idx', '_pend_pos',
-                 '_pending', '_pending_bytes', '_probe_rows', '_reset_later', '_reset_next', '_serving',
-                 '_swallow_err', '_swallow_keys', '_track_activity', '_track_partial', '_track_times',
+                 '_pending', '_pending_bytes', '_serving',
+                 '_track_activity', '_track_partial', '_track_times',
                  '_wake', '_writer', '_writer_stop', 'acc', 'connect_time', 'counted', 'database', 'gw',
-                 'last_activity', 'last_z', 'link_time', 'loop', 'params', 'pool', 'pool_list', 'prepared',
-                 'process_id', 'query_start', 'reader', 'secret_key', 'server', 'settings', 'sig', 'stream',
+                 'last_activity', 'last_z', 'link_time', 'loop', 'pool', 'pool_list', 'prepared',
+                 'process_id', 'query_start', 'reader', 'secret_key', 'server', 'settings', 'stream',
                  'track', 'transaction_mode', 'user', 'wait_future', 'wait_start', 'listen', 'cache',
-                 '__weakref__')  # a new attribute must be added here (else AttributeError in __init__)
+                 '__weakref__')  # a new attribute must be added here or in ServerStateSync's (else AttributeError)
 
     def __init__(self, gateway: "Gateway", stream: Any) -> None:
         self.gw = gateway
@@ -338,7 +335,7 @@ class Session:
                         if self.server is None and self._pending_bytes > _OUT_HIGH:
                             fut = self._assigned = loop.create_future()
                             await fut
-                    elif hold is self.server and not hold.closed:
+                    elif hold is self.server and hold is not None and not hold.closed:
                         await hold.drain()
                     self._holding = False
                     if self._partial_since:  # its clock ran only while we read
@@ -473,6 +470,9 @@ class Session:
         """Link ``server`` and write what the client queued.  A malformed
         message (ProtocolError): nothing is written and the server is not
         linked -- it goes on untouched, to another client."""
+        self.server = server
+        server.client = self
+        self.link_time = self.loop.time()
         head = self._link(server)
         pending = self._pending
         self._pending = []
@@ -515,75 +515,6 @@ class Session:
     def wait_failed(self, err: PoolError) -> None:
         """The pool cannot give this waiting client a server."""
         self._abort(err.sqlstate, err.message)
-
-    def _link(self, server: ServerConnection) -> bytes:
-        """Link ``server``; returns what must be sent to it before the
-        client's bytes (b"" mostly): DISCARD ALL when the server last served
-        another ``[users]`` identity, and one batch that sets the tracked
-        parameters and the client's session settings (:mod:`gateway.tracking`)."""
-        self.server = server
-        server.client = self
-        self.link_time = self.loop.time()
-        head = []
-        if server.owner != self.user or server.pending:
-            head = self._link_reset(server)
-        if self.prepared is not None:
-            st = server.statements
-            if st is None:
-                st = server.statements = server_statements(server, self.settings.max_prepared_statements)
-            self.prepared.link(st)
-        tk = self.track
-        if not head and server.sig == self.sig and not server.gucs and (tk is None or not tk.settings):
-            self._swallow_keys = ()
-            return b""  # the common case: nothing to set
-        sql = []
-        if head or server.sig != self.sig:
-            sp = server.params
-            diffs = [(k, v) for k, v in self.params.items() if head or sp.get(k) != v]
-            sql = [f"SET {k} TO {quote_literal(v)}" for k, v in diffs]
-            self._swallow_keys = tuple(k for k, _ in diffs)
-        else:
-            self._swallow_keys = ()
-        if tk is not None and (tk.settings or server.gucs):
-            more = apply_sql(tk.settings, server.gucs)
-            if more:
-                sql += more
-                self._gucs_before = server.gucs
-                server.gucs = dict(tk.settings)
-        if sql:
-            head.append(m.query(";".join(sql)))
-            self._kinds.append(_SET)
-        self.acc.swallow += len(head)
-        return b"".join(head)
-
-    def _link_reset(self, server: ServerConnection) -> list[bytes]:
-        """What a server needs before this client: DISCARD ALL after another
-        ``[users]`` identity, or another client's left-over temp objects, SQL
-        statements and held cursors (the replies are swallowed)."""
-        head: list[bytes] = []
-        if server.owner != self.user:
-            if server.owner is not None:
-                head.append(_DISCARD_ALL)
-                self._kinds.append(None)
-                server.reset_state()
-            server.owner = self.user
-        if server.pending and server.pending_owner is not self:
-            head += server.pending
-            self._kinds += [None] * len(server.pending)
-            server.pending = []
-            server.pending_owner = None
-        return head
-
-    def _probe(self, server: ServerConnection) -> None:
-        """The transaction that just ended may have left state on the server:
-        ask what is there before releasing it (see gateway.tracking)."""
-        tk = self.track
-        assert tk is not None
-        tk.marked = False
-        self._probe_rows = []
-        self._kinds.append(_PROBE)
-        self.acc.swallow += 1
-        server.write(m.query(tk.probe()))
 
     # ------------------------------------------------ server -> client (hot)
     def on_server_data(self, server: ServerConnection, data: bytes) -> None:
@@ -659,69 +590,6 @@ class Session:
             elif self._track_times:
                 self.last_z = self.loop.time()
 
-    # Accounting events (rare paths)
-    def parameter_status(self, body: bytes) -> None:
-        server = self.server
-        if server is not None:
-            self._param_status(server, body)
-
-    def swallowed_row(self, body: bytes) -> None:
-        if self._kinds and self._kinds[0] is _PROBE:
-            self._probe_rows.append(body)
-
-    def swallowed_error(self, body: bytes) -> None:
-        fields = m.decode_fields(body)
-        log.warning("%r: gateway query (%s) failed: %s", self, self._kinds[0] if self._kinds else "?",
-                    fields.get("M"))
-        self._swallow_err = True
-
-    def swallow_done(self) -> None:
-        """One of our own queries is answered."""
-        kind = self._kinds.pop(0) if self._kinds else None
-        failed, self._swallow_err = self._swallow_err, False
-        server = self.server
-        if server is None:
-            return
-        if self.acc.status >= 0:
-            server.status = self.acc.status
-        if kind is _SET:
-            # Adopt the server's resulting values (canonical spelling, or its
-            # unchanged value if our SET failed): no SET loop.
-            for k in self._swallow_keys:
-                if k in server.params:
-                    self.params[k] = server.params[k]
-            self.sig = tracked_signature(self.params)
-            if failed:  # the batch ran as one implicit transaction: nothing changed
-                server.gucs = self._gucs_before
-        elif kind is _PROBE:
-            tk = self.track
-            assert tk is not None
-            rows, self._probe_rows = self._probe_rows, []
-            if failed:  # cannot tell what is there: the server gets DISCARD ALL
-                self._reset_next = [_DISCARD_ALL]
-            else:
-                res = parse_probe(rows)
-                tk.probed(res)
-                if res.temp and self.cache is not None:
-                    self.cache.disabled = True  # names may resolve to its temp objects
-                server.gucs = dict(res.settings)
-                now, later = cleanup(res)
-                self._reset_next = [m.query(q) for q in now]
-                self._reset_later = [m.query(q) for q in later]
-            acc = self.acc
-            if (not acc.swallow and acc.settled() and server.status == _IDLE and self.transaction_mode):
-                self._release()
-
-    def _param_status(self, server: ServerConnection, body: bytes) -> None:
-        name, value = parse_parameter_status(body)
-        server.params[name] = value
-        if name in TRACKED_NAMES:
-            self.params[name] = value
-            server.sig = tracked_signature(server.params)
-            self.sig = tracked_signature(self.params)
-        elif self.track is not None and not self.acc.swallow:
-            self.track.reported(name)  # e.g. default_transaction_read_only: probe at the end
-
     def _release(self) -> None:
         server = self.server
         if server is None:
@@ -747,32 +615,6 @@ class Session:
             pool.release(server)
         if not self.gw.accepting:
             self._abort("57P01", "terminating connection due to administrator command")
-
-    def _reset_parts(self, server: ServerConnection) -> list[bytes]:
-        """What a transaction-mode server needs before another client may use
-        it: what the state probe found (temp objects, advisory locks, SQL
-        prepared statements, held cursors, LISTEN), no named statements (when
-        they are not tracked), or server_reset_query when it runs always."""
-        parts = self._reset_next
-        self._reset_next = []
-        if self._reset_later is not None:
-            server.pending = self._reset_later
-            server.pending_owner = self if self._reset_later else None
-            self._reset_later = None
-        acc = self.acc
-        if acc.named:
-            acc.named = False
-            parts.append(_DEALLOCATE_ALL)
-        if acc.listened:
-            acc.listened = False
-            parts.append(_UNLISTEN_ALL)
-        s = self.settings
-        if s.server_reset_query_always and s.server_reset_query:
-            parts = [m.query(s.server_reset_query)]
-            server.reset_state()
-        elif _DISCARD_ALL in parts:
-            server.reset_state()
-        return parts
 
     def on_server_lost(self, server: ServerConnection) -> None:
         """The linked server died: the client gets an error and is disconnected."""
