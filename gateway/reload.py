@@ -130,7 +130,7 @@ def _apply_users(gw: "Gateway", old: Config, new: Config) -> list[str]:
     changed = sorted(u for u in set(old.users) & set(new.users) if old.users[u] != new.users[u])
     if removed:
         gone = set(removed)
-        _drain(gw, [s for s in gw._all_sessions if s.user in gone], f"user removed by a configuration reload")
+        _drain(gw, [s for s in gw._all_sessions if s.user in gone], "user removed by a configuration reload")
     out = []
     if added:
         out.append("users +" + ",".join(added))

@@ -12,7 +12,6 @@ other socket, behind one :class:`MultiServer`.
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import sys
 from typing import Any, Iterable
