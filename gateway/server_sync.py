@@ -46,7 +46,6 @@ DEALLOCATE_ALL = m.query("DEALLOCATE ALL")
 DISCARD_ALL = m.query("DISCARD ALL")
 UNLISTEN_ALL = m.query("UNLISTEN *")
 _SET, _PROBE = "set", "probe"  # kinds of the gateway's own queries (Session._kinds)
-_DEALLOCATE_ALL, _DISCARD_ALL, _UNLISTEN_ALL = DEALLOCATE_ALL, DISCARD_ALL, UNLISTEN_ALL
 
 
 class ServerStateSync:
@@ -121,7 +120,7 @@ class ServerStateSync:
         head: list[bytes] = []
         if server.owner != self.user:
             if server.owner is not None:
-                head.append(_DISCARD_ALL)
+                head.append(DISCARD_ALL)
                 self._kinds.append(None)
                 server.reset_state()
             server.owner = self.user
@@ -181,7 +180,7 @@ class ServerStateSync:
             assert tk is not None
             rows, self._probe_rows = self._probe_rows, []
             if failed:  # cannot tell what is there: the server gets DISCARD ALL
-                self._reset_next = [_DISCARD_ALL]
+                self._reset_next = [DISCARD_ALL]
             else:
                 res = parse_probe(rows)
                 tk.probed(res)
@@ -219,14 +218,14 @@ class ServerStateSync:
         acc = self.acc
         if acc.named:
             acc.named = False
-            parts.append(_DEALLOCATE_ALL)
+            parts.append(DEALLOCATE_ALL)
         if acc.listened:
             acc.listened = False
-            parts.append(_UNLISTEN_ALL)
+            parts.append(UNLISTEN_ALL)
         s = self.settings
         if s.server_reset_query_always and s.server_reset_query:
             parts = [m.query(s.server_reset_query)]
             server.reset_state()
-        elif _DISCARD_ALL in parts:
+        elif DISCARD_ALL in parts:
             server.reset_state()
         return parts
