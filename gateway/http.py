@@ -44,6 +44,12 @@ MAX_HEADER_SIZE = 16 << 10
 KEEPALIVE_TIMEOUT = 75.0
 HEADER_TIMEOUT = 15.0    # request line + headers, from their first byte (client_login_timeout)
 MIN_BODY_RATE = 4096     # bytes/s a request body must keep up, after HEADER_TIMEOUT of grace
+# Closing a socket with unread input makes the kernel answer with RST, which can
+# destroy a reply (408, 413, 400) before the client has read it.  So, like
+# nginx's lingering_close, a reply sent while the client may still be sending
+# is followed by a half-close, and input is read and dropped for a bounded time.
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 16 << 20  # above the default max_body_size: a client sending an oversized body still gets its 413
 _SHED_BODY = b"too many connections; retry later\n"
 _SHED_503 = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
              b"content-length: %d\r\nconnection: close\r\nretry-after: 1\r\n\r\n%s" % (len(_SHED_BODY), _SHED_BODY))
@@ -78,7 +84,8 @@ class HttpConnection(asyncio.Protocol):
 
     # one per idle WebSocket session too: no per-instance __dict__ (a new attribute goes here)
     __slots__ = ("listener", "transport", "peer", "h11", "ws", "_ws_run", "task", "_waiter", "_paused", "_lost",
-                 "_write_paused", "_drain_waiter", "_counted", "_req_start", "_in_handler", "_since", "__weakref__")
+                 "_write_paused", "_drain_waiter", "_counted", "_req_start", "_in_handler", "_since", "_linger",
+                 "__weakref__")
 
     def __init__(self, listener: "HttpListener") -> None:
         self.listener = listener
@@ -97,6 +104,7 @@ class HttpConnection(asyncio.Protocol):
         self._req_start: float | None = None  # first byte of the request being read
         self._in_handler = False            # a route handler is running (cancelled if the client leaves)
         self._since = 0.0                   # accepted, or last reply sent (idle since)
+        self._linger = -1                   # >= 0 while lingering: input bytes still to drop
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -139,6 +147,11 @@ class HttpConnection(asyncio.Protocol):
         if ws is not None:
             ws._ws_data(data)
             return
+        if self._linger >= 0:
+            self._linger -= len(data)
+            if self._linger < 0 and self.transport is not None:
+                self.transport.close()
+            return
         if self._req_start is None:
             self._req_start = asyncio.get_running_loop().time()
         try:
@@ -158,6 +171,8 @@ class HttpConnection(asyncio.Protocol):
         if self.ws is not None:
             self.ws._ws_eof()
             return False
+        if self._linger >= 0:
+            return False  # the transport closes itself: both sides are done
         try:
             self.h11.receive_data(b"")
         except RuntimeError:
@@ -277,8 +292,29 @@ class HttpConnection(asyncio.Protocol):
             log.exception("HTTP connection %s failed", self.peer)
             self._send_error_and_close(500, "internal error\n")
         finally:
-            if self.ws is None and self.transport is not None and not self.transport.is_closing():
+            if (self.ws is None and self._linger < 0 and self.transport is not None
+                    and not self.transport.is_closing()):
                 self.transport.close()
+
+    def _close_after_reply(self) -> None:
+        """Close once the reply is out; linger (see LINGER_SECONDS) when the
+        client may still be sending its request."""
+        tr = self.transport
+        if tr is None or self._lost or tr.is_closing() or self._linger >= 0:
+            return
+        if self.h11.their_state is h11.DONE or not tr.can_write_eof():
+            tr.close()
+            return
+        try:
+            tr.write_eof()
+        except (OSError, RuntimeError):
+            tr.close()
+            return
+        self._linger = LINGER_BYTES
+        if self._paused:
+            self._paused = False
+            tr.resume_reading()
+        asyncio.get_running_loop().call_later(LINGER_SECONDS, tr.close)
 
     def _send_error_and_close(self, status: int, text: str) -> None:
         if self._lost or self.transport is None:
@@ -296,7 +332,7 @@ class HttpConnection(asyncio.Protocol):
                 self.transport.write(
                     f"HTTP/1.1 {status} Bad Request\r\nconnection: close\r\ncontent-length: {len(body)}\r\n"
                     f"content-type: text/plain; charset=utf-8\r\n\r\n".encode() + body)
-        self.transport.close()
+        self._close_after_reply()
 
     async def _read_body(self, limit: int) -> bytes | None:
         """The request body, or None if it exceeds ``limit`` (not fully read then)."""
@@ -419,7 +455,7 @@ class HttpConnection(asyncio.Protocol):
         data += h.send(h11.EndOfMessage()) or b""
         self.transport.write(data)
         if close or h.our_state is h11.MUST_CLOSE or h.their_state is not h11.DONE:
-            self.transport.close()
+            self._close_after_reply()
             return
         h.start_next_cycle()
         if self._write_paused:

@@ -445,3 +445,34 @@ async def test_real_gateway_pg_listen_asyncpg(gateway_app: Any) -> None:
         assert await conn.fetchval("select 1 + 1") == 2
     finally:
         await conn.close()
+
+
+@pytest.mark.parametrize("head", [
+    b"POST /sql HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n\r\n",        # 413 at once
+    b"POST /sql HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",     # 413 mid-body
+])
+async def test_reply_survives_a_client_still_sending(echo_app: EchoApp, head: bytes) -> None:
+    """A client still sending its body when the gateway answers and closes
+    (413 here; 408 and 400 take the same path) reads the whole reply, then EOF:
+    closing with unread input would send RST, which destroys the reply."""
+    app, _ = echo_app
+    assert app.http is not None
+    app.http.max_body_size = 1000
+    chunk = b"8000\r\n" + b"x" * 0x8000 + b"\r\n" if b"chunked" in head else b"x" * 0x8000
+    for _ in range(5):
+        r, w = await asyncio.open_connection("127.0.0.1", app.http_port)
+        w.write(head)
+        sent = 0
+        try:
+            # keep the input flowing past the reply: the gateway sees unread bytes
+            # whenever it closes (up to 4 MiB, which the kernel buffers cannot hold)
+            while sent < 4 << 20:
+                w.write(chunk)
+                sent += len(chunk)
+                await asyncio.wait_for(w.drain(), 10)
+        except ConnectionError:
+            pass
+        st, hd, body = await read_response(r)
+        assert st == 413 and hd["connection"] == "close" and body
+        assert await asyncio.wait_for(r.read(), 10) == b""
+        w.close()
