@@ -1,8 +1,9 @@
 """The ``listen`` port: HTTP/1.1 (h11) and WebSocket (websockets' sans-I/O protocol).
 
-One asyncio Protocol per connection.  HTTP/1.1 is parsed by ``h11`` (keep-alive,
-pipelined requests answered in order, request bodies read with a size limit),
-then routed through a small table::
+One asyncio Protocol per connection (:class:`HttpConnection`).  HTTP/1.1 is
+parsed by ``h11`` (keep-alive, pipelined requests answered in order, request
+bodies read with a size limit), then routed through the listener's small table
+(gateway/http_listener.py: the listening socket, routes, connection caps)::
 
     listener.add_route("GET", "/healthz", handler)        # async def handler(req) -> HttpResponse
     listener.add_websocket("/v2", on_stream)              # async def on_stream(stream) -> None
@@ -20,15 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
-import ssl
-from typing import Any, Callable, Coroutine, cast
+from typing import Any, cast
 from urllib.parse import parse_qsl, urlsplit
 
 import h11
-from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.server import ServerProtocol
 
+from gateway.http_listener import (HEADER_TIMEOUT, KEEPALIVE_TIMEOUT, MAX_BODY_SIZE, MIN_BODY_RATE,
+                                   HttpListener, StreamHandler)
 from gateway.http_messages import HttpHandler, HttpRequest, HttpResponse, _reason, send_streamed
 from gateway.tcp import WRITE_HIGH_WATER
 from gateway.websocket import (WS_CLOSE_TIMEOUT, WebSocketStream, _apply_mask, negotiated_handshake,
@@ -39,11 +39,7 @@ __all__ = ["HttpListener", "HttpConnection", "HttpRequest", "HttpResponse", "Htt
            "HEADER_TIMEOUT", "MIN_BODY_RATE", "_apply_mask", "_reason", "ws_log"]
 
 log = logging.getLogger("wirepool.http")
-MAX_BODY_SIZE = 10 << 20
 MAX_HEADER_SIZE = 16 << 10
-KEEPALIVE_TIMEOUT = 75.0
-HEADER_TIMEOUT = 15.0    # request line + headers, from their first byte (client_login_timeout)
-MIN_BODY_RATE = 4096     # bytes/s a request body must keep up, after HEADER_TIMEOUT of grace
 # Closing a socket with unread input makes the kernel answer with RST, which can
 # destroy a reply (408, 413, 400) before the client has read it.  So, like
 # nginx's lingering_close, a reply sent while the client may still be sending
@@ -60,8 +56,8 @@ class _ReadDeadline(Exception):
 
 
 # Requests/responses and the streamed-body writer: gateway/http_messages.py; the
-# WebSocket handshake and stream: gateway/websocket.py (names re-exported here).
-StreamHandler = Callable[[WebSocketStream], Coroutine[Any, Any, None]]
+# WebSocket handshake and stream: gateway/websocket.py; the listening socket, its
+# route table and connection caps: gateway/http_listener.py (names re-exported here).
 
 
 # --------------------------------------------------------------------------- connection protocol
@@ -381,12 +377,8 @@ class HttpConnection(asyncio.Protocol):
         req = HttpRequest(method, target, path, query, headers, b"", self.peer,
                           ev.http_version.decode("ascii", "replace"))
 
-        on_stream = listener.ws_routes.get(path)
-        wants_ws = method == "GET" and "websocket" in (req.header("upgrade") or "").lower()
-        if (wants_ws and on_stream is None and listener.ws_default is not None
-                and ("GET", path) not in listener.routes):
-            on_stream = listener.ws_default
-        if on_stream is not None and wants_ws:
+        on_stream = listener.stream_for(method, path, req.header("upgrade"))
+        if on_stream is not None:
             body = await self._read_body(0)
             if body is None:
                 self._send_error_and_close(400, "a WebSocket handshake has no body\n")
@@ -403,20 +395,9 @@ class HttpConnection(asyncio.Protocol):
             return True
         req.body = body
 
-        handler = listener.routes.get((method, path))
-        if handler is None and method == "HEAD":
-            handler = listener.routes.get(("GET", path))
+        handler = listener.handler_for(method, path)
         if handler is None:
-            if on_stream is not None and method == "GET":
-                resp = HttpResponse(426, b"WebSocket upgrade required\n",
-                                    headers=[("upgrade", "websocket"), ("connection", "upgrade")])
-            else:
-                allowed = sorted({m for (m, p) in listener.routes if p == path}
-                                 | ({"GET"} if on_stream is not None else set()))
-                if allowed:
-                    resp = HttpResponse(405, b"method not allowed\n", headers=[("allow", ", ".join(allowed))])
-                else:
-                    resp = HttpResponse(404, b"not found\n")
+            resp = listener.no_route(method, path)
         else:
             self._in_handler = True
             try:
@@ -528,126 +509,3 @@ class HttpConnection(asyncio.Protocol):
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(on_stream(stream))
         self.task = task
         task.add_done_callback(stream.session_done)  # a bound method: no closure per session
-
-
-# --------------------------------------------------------------------------- listener
-
-class HttpListener:
-    def __init__(self, host: str, port: int, *, max_body_size: int = MAX_BODY_SIZE,
-                 ws_max_message_size: int | None = None, keepalive_timeout: float = KEEPALIVE_TIMEOUT,
-                 permessage_deflate: bool = True, backlog: int = 2048,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
-        self.host = host
-        #: TLS (https://, wss://) when set (gateway/tls.py owns it and reloads it).
-        self.ssl_context = ssl_context
-        self.port = port
-        self.routes: dict[tuple[str, str], HttpHandler] = {}
-        self.ws_routes: dict[str, StreamHandler] = {}
-        #: WebSocket handler for upgrades on any path that is not an HTTP route (None: 404).
-        self.ws_default: StreamHandler | None = None
-        self.max_body_size = max_body_size
-        self.ws_max_message_size = ws_max_message_size if ws_max_message_size is not None else (17 << 20)
-        self.keepalive_timeout = keepalive_timeout
-        self.ws_extensions = ([ServerPerMessageDeflateFactory(
-            server_max_window_bits=12, client_max_window_bits=12, compress_settings={"memLevel": 5})]
-            if permessage_deflate else [])
-        self.backlog = backlog
-        #: read deadlines: request line + headers (s from the first byte), body rate (bytes/s)
-        self.header_timeout = HEADER_TIMEOUT
-        self.min_body_rate = MIN_BODY_RATE
-        #: connection caps (gateway.limits.Limits); None: no caps
-        self.limits: Any = None
-        self.server: asyncio.base_events.Server | None = None
-        self.connections: set[HttpConnection] = set()
-        self.accepted_total = 0
-        self.ws_opened_total = 0
-        #: an already listening socket to serve instead of binding (takeover, gateway/takeover.py)
-        self.sock: socket.socket | None = None
-        #: answers carry ``connection: close`` (a process handing over to its successor)
-        self.draining = False
-
-    def evict_oldest_waiting(self, reason: str) -> bool:
-        """Close the counted HTTP connection that has waited longest for (the
-        rest of) a request -- not one being served, not a WebSocket -- so that a
-        new client can be admitted at the cap. False if there is none."""
-        victim: HttpConnection | None = None
-        oldest = float("inf")
-        for c in self.connections:
-            if not c._counted or c._in_handler or c.ws is not None or c._lost:
-                continue
-            t = c._req_start if c._req_start is not None else c._since
-            if t < oldest:
-                victim, oldest = c, t
-        if victim is None:
-            return False
-        self.shed(f"{reason}: closing the longest-waiting request", victim.peer)
-        victim._uncount()
-        victim._lost = True
-        if victim.transport is not None:
-            victim.transport.abort()
-        victim._wake()
-        return True
-
-    def shed(self, reason: str, peer: str) -> None:
-        if self.limits is not None:
-            self.limits.shed_log.shed(reason, peer)
-        else:
-            log.warning("dropping client %s: %s", peer, reason)
-
-    def add_route(self, method: str, path: str, handler: HttpHandler) -> None:
-        self.routes[(method.upper(), path)] = handler
-
-    def add_websocket(self, path: str, on_stream: StreamHandler) -> None:
-        self.ws_routes[path] = on_stream
-
-    def read_deadlines(self) -> tuple[float, float]:
-        """(header_timeout, min_body_rate) for a request starting now: the live
-        ``[gateway]`` settings (``client_login_timeout``, ``http_min_body_rate``,
-        changed by RELOAD, SIGHUP or the admin SET) when the listener has the
-        gateway's limits, else its own attributes."""
-        g = getattr(self.limits, "settings", None)
-        if g is not None:
-            return g.client_login_timeout, g.http_min_body_rate
-        return self.header_timeout, self.min_body_rate
-
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        # The TLS handshake comes before connection_made (and the header deadline):
-        # it gets the same time limit.
-        hs = getattr(self, "header_timeout", 0) if self.ssl_context is not None else 0
-        where: dict[str, Any] = ({"sock": self.sock} if self.sock is not None else
-                                 {"host": self.host, "port": self.port, "reuse_address": True})
-        self.server = await loop.create_server(lambda: HttpConnection(self), **where,
-                                               backlog=self.backlog, ssl=self.ssl_context,
-                                               ssl_handshake_timeout=hs if hs and hs > 0 else None)
-        self.port = self.bound_port
-
-    @property
-    def bound_port(self) -> int:
-        assert self.server is not None and self.server.sockets
-        return int(self.server.sockets[0].getsockname()[1])
-
-    @property
-    def ws_open(self) -> int:
-        return sum(1 for c in self.connections if c.ws is not None)
-
-    def stop_accepting(self) -> None:
-        if self.server is not None:
-            self.server.close()
-
-    async def close(self) -> None:
-        self.stop_accepting()
-        for c in list(self.connections):
-            if c.transport is not None:
-                c.transport.abort()
-        tasks = [c.task for c in self.connections if c.task is not None and not c.task.done()]
-        if tasks:
-            await asyncio.wait(tasks, timeout=5)
-
-    async def close_idle_http(self) -> None:
-        """Close keep-alive HTTP connections that are between requests (used at shutdown)."""
-        for c in list(self.connections):
-            if c.ws is None and c._waiter is not None and c.h11.their_state is h11.IDLE and c.transport:
-                c.transport.close()
-
-
