@@ -26,7 +26,7 @@ from gateway.config_display import config_to_display, display_to_toml
 from gateway.config_model import (AUTH_TYPES, CACHE_MODES, LOG_LEVELS, MASK, MIN_MESSAGE_SIZE, POOL_MODES,
                                   SCRAM_PREFIX, SSL_MODES, Config, ConfigError, DatabaseConfig,
                                   GatewaySettings, UserConfig)
-from gateway.config_values import (_choice, _env_ref, _float, _int, _is_valid_scram_verifier, _path, _str,
+from gateway.config_values import (MAX_PEER_ID, _choice, _env_ref, _float, _int, _is_valid_scram_verifier, _path, _str,
                                    _str_list, _table, _tname, _unknown, check_peering, format_address,
                                    parse_address, parse_advertise_url, parse_peers, parse_workers)
 from gateway.tokens import TokenSpecError, spec_digest
@@ -129,7 +129,7 @@ def _parse_gateway(raw: Mapping[str, Any], base_dir: Path | None) -> GatewaySett
             if isinstance(value, str):  # "${PEER_ID}": e.g. a StatefulSet pod's ordinal
                 value = _env_ref(value, key)
                 value = int(value) if value.strip().isdigit() else value
-            kw[name] = _int(value, key, minimum=0, maximum=255)
+            kw[name] = _int(value, key, minimum=0, maximum=MAX_PEER_ID)
         elif name == "peers":
             kw[name] = parse_peers(value, key)
         else:  # pragma: no cover - every field is handled above

@@ -151,7 +151,7 @@ class GatewaySettings:
     #: Secret shared by the instances (and workers) of one gateway: signs ``/pg`` session tokens
     #: and authenticates forwarded requests.  None: a random one per start.
     cluster_secret: str | None = None
-    #: This instance's number among its peers (1..255; 0: no peering).  Its cancel keys carry it, so
+    #: This instance's number among its peers (1..16383 as PgBouncer's; 0: no peering).  Its cancel keys carry it, so
     #: a CancelRequest landing on another instance reaches this one (PgBouncer 1.23's ``peer_id``).
     peer_id: int = 0
     #: ``[gateway.peers]``: every instance's internal URL by peer_id (PgBouncer's ``[peers]``), this one's too.

@@ -14,6 +14,9 @@ from typing import Any, Mapping
 
 from gateway.config_model import ConfigError, GatewaySettings
 
+#: peer_id: 1..16383 as PgBouncer's (14 bits of the cancel key, gateway/peers.py)
+MAX_PEER_ID = 16383
+
 
 def parse_address(text: str, key: str) -> tuple[str, int]:
     """``"host:port"`` / ``"[v6]:port"`` -> ``(host, port)``; port 0 = ephemeral."""
@@ -70,8 +73,8 @@ def parse_peers(v: Any, key: str) -> tuple[tuple[int, str], ...]:
     """``[gateway.peers]``: ``<peer_id> = "http://host:port"`` for every instance."""
     out = []
     for k, url in _table(v, key).items():
-        if not (k.isascii() and k.isdigit() and 1 <= int(k) <= 255):
-            raise ConfigError(f"{key}.{k}", "peer ids are numbers 1..255")
+        if not (k.isascii() and k.isdigit() and 1 <= int(k) <= MAX_PEER_ID):
+            raise ConfigError(f"{key}.{k}", f"peer ids are numbers 1..{MAX_PEER_ID}")
         out.append((int(k), parse_advertise_url(url, f"{key}.{k}")))
     return tuple(sorted(out))
 

@@ -38,6 +38,8 @@ class Gateway:
         self.sessions: dict[int, Session] = {}
         #: the issued pids' fixed bits and random bits (gateway/peers.py: the key names its owner)
         self.pid_prefix, self.pid_mask = 0, 0x7FFFFFFF
+        #: the same for secret keys (a peer_id in their top bits: gateway/peers.py)
+        self.key_prefix, self.key_mask = 0, 0xFFFFFFFF
         self._all_sessions: set[Session] = set()
         self.n_clients = 0
         self.limits = Limits(self.settings)  # login-phase and HTTP connection caps
@@ -188,7 +190,8 @@ class Gateway:
                     break
                 raw = os.urandom(8)
         session.process_id = pid
-        session.secret_key = int.from_bytes(raw[4:], "big", signed=True)
+        key = (int.from_bytes(raw[4:], "big") & self.key_mask) | self.key_prefix
+        session.secret_key = key - (1 << 32) if key >= 1 << 31 else key
         self.sessions[pid] = session
 
     def unregister_session(self, session: Session) -> None:

@@ -5,11 +5,18 @@ sends it anywhere.  As in PgBouncer 1.23's peering, the cancel key a client
 gets names its owner, so the process the request lands on sends it straight
 there over the internal authenticated channel (gateway/cluster.py):
 
-* **The key.**  The BackendKeyData process id of a clustered process (workers,
-  or ``peer_id``) is ``1 | peer_id:8 | worker:w | random:22-w`` (bit 30 set, so
-  it is above any real pid; ``w`` = bits of ``workers - 1``, so a key decodes
-  with the layout of the instance that issued it).  The secret stays 32 random
-  bits.  Session-mode keys carrying the server's real pid name no owner.
+* **The key.**  The BackendKeyData of a clustered process (workers, or
+  ``peer_id``) is, in its 64 bits::
+
+      process id = 0 | 1 | worker:w | random:30-w    (bit 30 set: above any real pid)
+      secret key = peer_id:14 | random:18            (with peer_id; else random:32)
+
+  ``w`` = bits of ``workers - 1`` (at most 8), so a key decodes with the layout
+  of the instance that issued it.  ``peer_id`` is 1..16383 as PgBouncer's
+  (which puts it in bytes 1-2 of its key); it goes in the secret here because
+  the process id is this process's session table key and must keep enough
+  random bits: 48 - w random bits in all (PgBouncer's peering keeps 45).
+  Session-mode keys carrying the server's real pid name no owner.
 * **Routing.**  Here: cancel here.  Another ``peer_id``: ``POST /internal/cancel``
   to its URL in ``[gateway.peers]``; that instance passes it to its worker.
   Another worker of this instance: over its unix socket.  A key naming no
@@ -27,6 +34,7 @@ import logging
 import struct
 from typing import TYPE_CHECKING, Any
 
+from .config_values import MAX_PEER_ID
 from .http import HttpRequest, HttpResponse
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -35,7 +43,9 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("wirepool.peers")
 
 MARK = 1 << 30
-PEER_SHIFT = 22
+#: peer_id: the top 14 bits of the secret key (PgBouncer's range, 1..16383)
+PEER_BITS = MAX_PEER_ID.bit_length()
+PEER_SHIFT = 32 - PEER_BITS
 H_HOP = "wirepool-cancel-hop"
 CANCEL_TIMEOUT = 5.0
 
@@ -44,19 +54,22 @@ def worker_bits(count: int) -> int:
     return (count - 1).bit_length() if count > 1 else 0
 
 
-def key_layout(peer_id: int, index: int, count: int) -> tuple[int, int]:
-    """(fixed bits, random-bits mask) of the process ids worker ``index`` of ``count`` issues."""
-    wb = worker_bits(count)
-    free = PEER_SHIFT - wb
-    return MARK | (peer_id << PEER_SHIFT) | (index << free), (1 << free) - 1
+def key_layout(peer_id: int, index: int, count: int) -> tuple[int, int, int, int]:
+    """(fixed bits, random-bits mask) of the process ids worker ``index`` of ``count``
+    issues, then the same for its secret keys (unsigned 32 bits)."""
+    free = 30 - worker_bits(count)
+    key_prefix, key_mask = (peer_id << PEER_SHIFT, (1 << PEER_SHIFT) - 1) if peer_id else (0, 0xFFFFFFFF)
+    return MARK | (index << free), (1 << free) - 1, key_prefix, key_mask
 
 
-def key_owner(pid: int, count: int) -> tuple[int, int] | None:
-    """(peer_id, worker index) a process id names, with this instance's ``count``; None: no owner."""
+def key_owner(pid: int, secret: int, count: int, peered: bool) -> tuple[int, int] | None:
+    """(peer_id, worker index) a key names, with this instance's ``count`` (and
+    ``peered``: it has a peer_id; its keys carry one); None: no owner."""
     if not (MARK <= pid < 1 << 31):
         return None
     wb = worker_bits(count)
-    return (pid >> PEER_SHIFT) & 0xFF, (pid >> (PEER_SHIFT - wb)) & ((1 << wb) - 1)
+    peer = ((secret & 0xFFFFFFFF) >> PEER_SHIFT) if peered else 0
+    return peer, (pid >> (30 - wb)) & ((1 << wb) - 1)
 
 
 class CancelRouter:
@@ -67,7 +80,8 @@ class CancelRouter:
         self.gw = cluster.gw
         self.local_cancel = self.gw.handle_cancel
         self.peer_id = self.gw.settings.peer_id
-        self.gw.pid_prefix, self.gw.pid_mask = key_layout(self.peer_id, cluster.index, cluster.count)
+        (self.gw.pid_prefix, self.gw.pid_mask,
+         self.gw.key_prefix, self.gw.key_mask) = key_layout(self.peer_id, cluster.index, cluster.count)
         self.gw.handle_cancel = self.handle_cancel
         #: requests passed on, by where: "worker", "peer", "predecessor" (metrics, tests)
         self.forwarded = {"worker": 0, "peer": 0, "predecessor": 0}
@@ -78,7 +92,7 @@ class CancelRouter:
         if await self._here(process_id, secret_key):
             return
         key = struct.pack("!II", process_id & 0xFFFFFFFF, secret_key & 0xFFFFFFFF)
-        owner = key_owner(process_id, self.cluster.count)
+        owner = key_owner(process_id, secret_key, self.cluster.count, bool(self.peer_id))
         found = False
         if owner is None:
             found = await self._anyone(key, peers=True)
@@ -100,7 +114,7 @@ class CancelRouter:
         pid, key = struct.unpack("!II", req.body)
         found = await self._here(pid, key)
         if not found and req.header(H_HOP) == "peer":
-            owner = key_owner(pid, self.cluster.count)
+            owner = key_owner(pid, key, self.cluster.count, bool(self.peer_id))
             if owner is None:
                 found = await self._anyone(req.body, peers=False)
             elif owner[1] != self.cluster.index and owner[1] < self.cluster.count:

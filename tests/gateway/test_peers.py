@@ -33,16 +33,22 @@ from tests.pgcluster import PgCluster
 
 
 def test_key_layout_names_peer_and_worker() -> None:
-    for peer, count in ((0, 2), (1, 1), (255, 3), (17, 64), (3, 256)):
+    for peer, count in ((0, 2), (1, 1), (255, 3), (17, 64), (3, 256), (16383, 1), (8192, 256), (12345, 5)):
         for index in sorted({0, count - 1, count // 2}):
-            prefix, mask = key_layout(peer, index, count)
+            prefix, mask, kprefix, kmask = key_layout(peer, index, count)
             for rnd in (0, mask, mask // 3):
                 pid = prefix | rnd
                 assert MARK <= pid < 1 << 31  # above any real pid (pid_max <= 2**22)
-                assert key_owner(pid, count) == (peer, index)
-            assert mask >= (1 << 14) - 1  # room for the sessions of one worker
-    assert key_owner(12345, 2) is None  # a real backend pid (session mode) names no owner
-    assert key_owner((1 << 30) - 1, 2) is None
+                for krnd in (0, kmask, kmask // 7):
+                    secret = kprefix | krnd
+                    assert 0 <= secret < 1 << 32
+                    assert key_owner(pid, secret, count, peered=peer > 0) == (peer, index)
+                    signed = secret - (1 << 32) if secret >= 1 << 31 else secret  # as BackendKeyData carries it
+                    assert key_owner(pid, signed, count, peered=peer > 0) == (peer, index)
+            assert mask >= (1 << 22) - 1  # room for the sessions of one worker: the pid is the session table's key
+            assert kmask == (0xFFFFFFFF if peer == 0 else (1 << 18) - 1)  # >= 40 random bits in all
+    assert key_owner(12345, 7, 2, True) is None  # a real backend pid (session mode) names no owner
+    assert key_owner((1 << 30) - 1, 7, 2, True) is None
 
 
 def test_peer_settings_are_validated() -> None:
@@ -50,12 +56,17 @@ def test_peer_settings_are_validated() -> None:
         return parse_config({"gateway": g, "databases": {"app": {"user": "u"}}, "users": {"a": {"password": "p"}}})
     ok = cfg(peer_id=2, cluster_secret=SECRET, peers={"1": "http://h1:8432", "2": "https://h2:443/"})
     assert ok.gateway.peers == ((1, "http://h1:8432"), (2, "https://h2:443"))
+    top = cfg(peer_id=16383, cluster_secret=SECRET, peers={"16383": "http://h1:8432", "1": "http://h2:8432"})
+    assert top.gateway.peer_id == 16383 and dict(top.gateway.peers)[16383] == "http://h1:8432"
     for bad, msg in (({"peer_id": 3, "peers": {"1": "http://h:1"}}, "gateway.peer_id: 3 is not in [gateway.peers]"),
                      ({"peers": {"1": "http://h:1"}}, "gateway.peer_id: required with [gateway.peers]"),
                      ({"peer_id": 1, "peers": {"1": "http://h:1"}, "cluster_secret": None}, "cluster_secret"),
                      ({"peer_id": 1, "peers": {"x": "http://h:1"}}, "gateway.peers.x: peer ids are numbers"),
                      ({"peer_id": 1, "peers": {"1": "h:1"}}, "gateway.peers.1: invalid URL"),
-                     ({"peer_id": 256}, "gateway.peer_id")):
+                     ({"peer_id": 1, "peers": {"16384": "http://h:1"}}, "peer ids are numbers 1..16383"),
+                     ({"peer_id": 1, "peers": {"0": "http://h:1"}}, "peer ids are numbers 1..16383"),
+                     ({"peer_id": 16384}, "gateway.peer_id"),
+                     ({"peer_id": -1}, "gateway.peer_id")):
         g = {"cluster_secret": SECRET, **bad}
         if g["cluster_secret"] is None:
             del g["cluster_secret"]
@@ -114,10 +125,15 @@ def _key_of(body: bytes) -> tuple[int, int]:
     raise AssertionError(f"no BackendKeyData in {body[:200]!r}")
 
 
+#: the peer_ids of the instances :func:`peer_settings` configures: PgBouncer's largest (all 14
+#: bits set: the secret key is negative as an int32) and another above 8 bits
+PEER_IDS = (16383, 12345, 1)
+
+
 def peer_settings(ports: list[int]) -> list[dict[str, Any]]:
-    """[gateway] keys of instances listening on ``ports``, peered (peer_id = position + 1)."""
-    peers = {f"peers.{i + 1}": f"http://127.0.0.1:{p}" for i, p in enumerate(ports)}
-    return [{"peer_id": i + 1, **peers} for i in range(len(ports))]
+    """[gateway] keys of instances listening on ``ports``, peered (peer_id from PEER_IDS)."""
+    peers = {f"peers.{PEER_IDS[i]}": f"http://127.0.0.1:{p}" for i, p in enumerate(ports)}
+    return [{"peer_id": PEER_IDS[i], **peers} for i in range(len(ports))]
 
 
 async def cancels_land_on_another_instance(pg: PgCluster, pg_db: str, a: Any, b: Any) -> None:
@@ -142,7 +158,7 @@ async def cancels_land_on_another_instance(pg: PgCluster, pg_db: str, a: Any, b:
                                                       ("wirepool-session", "new")], b"")
     assert st == 200, body
     pid, key = _key_of(body)
-    assert key_owner(pid, 1) == (2, 0), pid  # b's key names b
+    assert key_owner(pid, key, 1, True) == (PEER_IDS[1], 0), (pid, key)  # b's key names b
     token = dict(rh)["wirepool-session"]
     t0 = time.monotonic()
     sleep = asyncio.ensure_future(_http(url_b, "POST", "/pg", [("wirepool-session", token)],
