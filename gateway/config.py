@@ -26,8 +26,8 @@ from gateway.config_display import config_to_display, display_to_toml
 from gateway.config_model import (AUTH_TYPES, CACHE_MODES, LOG_LEVELS, MASK, MIN_MESSAGE_SIZE, POOL_MODES,
                                   SCRAM_PREFIX, SSL_MODES, Config, ConfigError, DatabaseConfig,
                                   GatewaySettings, UserConfig)
-from gateway.config_values import (MAX_PEER_ID, _choice, _env_ref, _float, _int, _is_valid_scram_verifier, _path, _str,
-                                   _str_list, _table, _tname, _unknown, check_peering, format_address,
+from gateway.config_values import (MAX_PEER_ID, _choice, _env_ref, _float, _int, _is_valid_scram_verifier, _path,
+                                   _str, _str_list, _table, _tname, _unknown, check_peering, format_address,
                                    parse_address, parse_advertise_url, parse_peers, parse_workers)
 from gateway.tokens import TokenSpecError, spec_digest
 
