@@ -92,7 +92,6 @@ def _resolve_custom(reg: codecs.TypeRegistry, c: Custom, row: TypeRow | None) ->
 
         def decode_binary(b: Any) -> Any:
             return dec(bytes(b))
-        pack: Callable[[Any], bytes] = encode
         unpack: Callable[[Any], Any] = decode_binary
     else:  # tuple
         st, order = _TUPLE_FORMATS[c.oid]

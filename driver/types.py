@@ -13,7 +13,8 @@ from typing import Any, Iterator, NamedTuple, Sequence, SupportsFloat, SupportsI
 
 __all__ = (
     "Type", "Attribute", "Range", "BitString", "Point", "Path", "Polygon", "Box", "Line",
-    "LineSegment", "Circle", "ServerVersion",
+    "LineSegment", "Circle",
+    "ServerVersion",  # noqa: F822 - provided by __getattr__ below (PEP 562)
 )
 
 

@@ -568,7 +568,8 @@ if TYPE_CHECKING:
 
 
 def _net_parts(b: Any, cidr: bool) -> tuple[int, int, bytes]:
-    family, bits, is_cidr, n = b[0], b[1], b[2], b[3]
+    # b[2] is the is_cidr flag: the type OID already says which of the two it is
+    family, bits, n = b[0], b[1], b[3]
     if family == _AF_INET:
         maxbits, alen = 32, 4
     elif family == _AF_INET6:
