@@ -4,8 +4,11 @@
   bundled in PyPI's ``kubernetes-validate`` (offline, strict: unknown fields fail);
   the ConfigMap + Secret TOML, concatenated as the container does, is a valid
   wirepool config; the HPA's maxReplicas respects the pool budget.
-* Compose: ``docker compose config`` when the compose plugin exists; otherwise
-  (as on CI machines without docker) the YAML's structure is checked here.
+* Compose: validated against the Compose Specification's JSON schema (the one
+  ``docker compose`` checks with, vendored by PyPI's ``check-jsonschema``), plus
+  ``docker compose config`` where the compose plugin exists (Debian bookworm has
+  none: its ``docker-compose`` 1.29 runs ``config`` without a daemon but predates
+  the spec's top-level ``name``), and the YAML's wiring is checked here.
 * Dockerfile: non-root, HEALTHCHECK on /healthz, STOPSIGNAL, and its dependency
   list is the gateway extra of pyproject.toml without pgserver.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -114,6 +118,22 @@ def test_compose_file() -> None:
     assert "token=dev-token" in services["worker"]["environment"]["DATABASE_URL"]
     assert any(t.startswith("dev-token") for t in cfg.users["alice"].tokens)
     assert services["worker"]["depends_on"]["seed"]["condition"] == "service_completed_successfully"
+
+
+def test_compose_file_follows_the_compose_spec(tmp_path: Path) -> None:
+    """check-jsonschema's vendored compose-spec.json (strict: unknown keys and values
+    outside an enum fail), on the file and, in the same run, on a broken copy of it."""
+    doc = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    doc["services"]["gateway"]["stop_grace_priod"] = doc["services"]["gateway"].pop("stop_grace_period")
+    doc["services"]["worker"]["depends_on"]["seed"]["condition"] = "service_finished"
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text(yaml.safe_dump(doc))
+    r = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec",
+                        str(DEPLOY / "docker-compose.yml"), str(broken)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, r.stdout + r.stderr
+    errors = [line for line in r.stdout.splitlines() if "::$" in line]
+    assert errors and all(line.strip().startswith(str(broken)) for line in errors), r.stdout  # the real one passes
+    assert "'stop_grace_priod' was unexpected" in r.stdout and "service_finished" in r.stdout, r.stdout
 
 
 def test_dockerfile() -> None:
