@@ -13,15 +13,16 @@
   is exactly one PBKDF2 plus :func:`hmac.compare_digest`.  PBKDF2 runs in a
   thread pool, at most ``auth_max_concurrent`` at once, never on the event
   loop.  HTTP clients (``/sql``, ``/pg``) use the same check
-  (:meth:`Authenticator.verify_password`); successes are cached (keyed by an
-  HMAC of user and password) so repeated requests pay PBKDF2 once.
+  (:meth:`Authenticator.verify_password`, auth_query users too); successes are
+  cached (keyed by an HMAC of user and password, and of the looked-up secret)
+  so repeated requests pay PBKDF2 once.
 * ``md5`` -- AuthenticationMD5Password with a random salt; needs the
   plaintext (users stored only as a SCRAM verifier cannot log in with md5).
 * ``trust`` -- no password; the user must be listed in ``[users]`` unless
   ``[users]`` is empty.
 
 A user not in ``[users]`` is looked up in PostgreSQL when the database has an
-``auth_user`` (:mod:`gateway.auth_query`, pg_listen and WebSocket logins): the
+``auth_user`` (:mod:`gateway.auth_query`; pg_listen, WebSocket and HTTP logins): the
 returned SCRAM verifier or md5 hash is checked like a ``[users]`` one (with
 ``auth_type = "md5"`` a SCRAM verifier gets a SCRAM exchange, as PostgreSQL
 does), and what the client proved (its ClientKey, md5 hash or password) is
@@ -175,21 +176,63 @@ class Authenticator:
             raise AuthFailed("28P01", f'API token does not belong to user "{user}"')
         return owner
 
-    async def verify_password(self, user: str, password: str | None, peer: str = "?") -> bool:
-        """Check a cleartext password (HTTP clients) against ``[users]`` like any
-        other client: unknown user and wrong password are indistinguishable and
+    async def verify_password(self, user: str, password: str | None, peer: str = "?",
+                              database: str | None = None) -> bool:
+        """Check a cleartext password (HTTP clients) like any other client's:
+        against ``[users]``, else, for a ``database`` with an ``auth_user``, the
+        password auth_query finds (as a pg_listen login with ``auth_type =
+        "password"``).  Unknown user and wrong password are indistinguishable and
         cost the same (one PBKDF2, off the event loop); ``trust`` only needs a
-        listed user.  Failed attempts are throttled per source and per user."""
+        listed user.  Failed attempts are throttled per source and per user.
+        :class:`AuthFailed` 08006 when the lookup cannot reach PostgreSQL."""
         src = source_of(peer)
         await self._gate(src, user)
+        looked_up = False
         if self.auth_type == "trust":
             ok = user in self._entries or not self._entries
+        elif (user not in self._entries and database is not None and self.lookup is not None
+                and self.lookup.enabled(database)):
+            looked_up = True
+            ok = await self._verify_looked_up(user, password, database)
         else:
             ok = await self._verify_cleartext(user, self._entries.get(user), password)
         if ok:
             self.throttle.succeeded(src, user)
+            if password is not None and self.auth_type != "trust":  # pass-through databases (auth_query.py)
+                self._remembering(database, user)(password=password)
         else:
             self.throttle.failed(src, user)
+            if looked_up:
+                self.lookup.forget(database, user)
+        return ok
+
+    async def _verify_looked_up(self, user: str, password: str | None, database: str) -> bool:
+        """:meth:`verify_password` for a user not in ``[users]``: the secret
+        auth_query finds.  A success is remembered (keyed by user, password and
+        that secret, so a changed password is checked afresh)."""
+        try:
+            secret = await self.lookup.secret(database, user)
+        except LookupUnavailable as exc:
+            raise AuthFailed("08006", f"authentication lookup failed, upstream unreachable: {exc}") from None
+        if secret is None:
+            return await self._verify_cleartext(user, None, password)  # the dummy PBKDF2: same cost, fails
+        stored = secret.verifier.stored_key if secret.verifier is not None else (secret.md5 or "").encode()
+        pw = password or ""
+        key = hmac.digest(self._secret, b"auth_query\0" + user.encode("utf-8", "replace") + b"\0"
+                          + pw.encode("utf-8", "replace") + b"\0" + stored, "sha256")
+        if password is not None and key in self._ok:
+            self._ok.move_to_end(key)
+            return True
+        if secret.verifier is not None:
+            ok = await self._offload(secret.verifier, pw)
+        else:  # a stored md5 hash: the same PBKDF2 as everyone, then the hash decides
+            await self._offload(self._dummy_verifier, pw)
+            ok = hmac.compare_digest(pg_auth.md5_stored(user, pw).encode(), (secret.md5 or "").encode())
+        ok = ok and password is not None
+        if ok:
+            self._ok[key] = None
+            if len(self._ok) > _OK_CACHE_SIZE:
+                self._ok.popitem(last=False)
         return ok
 
     def check_password(self, user: str, password: str | None) -> bool:

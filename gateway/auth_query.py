@@ -313,11 +313,11 @@ class AuthQuery:
             return pool
         key = (pool.name, user)
         creds = self._creds.get(key)
-        if not creds:  # e.g. an HTTP login (/sql, /pg): checked against [users], nothing to pass through
+        if not creds:  # e.g. an API token login (/sql, /pg, WebSocket): no password to pass through
             from .auth import AuthFailed
             raise AuthFailed("28000", f'database "{pool.name}" logs in as each client\'s own user, and this '
                                       f'login gave no secret to log in upstream as "{user}" with '
-                                      "(pg_listen or WebSocket only, docs/auth-query.md)")
+                                      "(a password login does; an API token does not, docs/auth-query.md)")
         up = self.user_pools.get(key)
         if up is None or up.closed:
             from .pool import Pool

@@ -178,10 +178,13 @@ class HttpExecutor(HttpSessions):
                     raise HttpAuthError(401, "28000", "no PostgreSQL user name specified")
                 if auth.auth_type == "trust":
                     method = "trust"
-                if not await auth.verify_password(user, password, peer):
+                # a user not in [users] is looked up with the database's auth_query (docs/auth-query.md)
+                if not await auth.verify_password(user, password, peer, database or user):
                     raise HttpAuthError(401, "28P01", f'password authentication failed for user "{user}"')
         except Throttled as exc:
             raise HttpAuthError(429, exc.sqlstate, exc.message) from None
+        except AuthFailed as exc:  # 08006: the auth_query lookup could not reach PostgreSQL
+            raise HttpAuthError(503, exc.sqlstate, exc.message) from None
         if not database:
             database = user
         if database not in self.gw.pools:

@@ -186,15 +186,78 @@ async def test_forced_user_database_checks_the_client_with_auth_query(gateway_ap
     assert (await _fails(app, name, "wrong", "forced")).sqlstate == "28P01"
 
 
-async def test_http_on_a_database_without_user_is_a_clear_error(gateway_app: Any, pg: PgCluster,
-                                                                http_client: Any) -> None:
-    """/sql has no client login to pass through: a [users] user gets an error at once
+async def test_http_token_on_a_database_without_user_is_a_clear_error(gateway_app: Any, pg: PgCluster,
+                                                                      http_client: Any) -> None:
+    """An API token login (/sql) leaves no secret to pass through: an error at once
     (no upstream login attempted as user "", no hang until query_wait_timeout)."""
     from tests.gateway.test_neon_sql import cs_for
-    app = await _app(gateway_app, pg, query_wait_timeout=30.0)
-    status, _, body = await http_client(app.http_port).sql({"query": "select 1", "params": []},
-                                                           cs=cs_for(db="pt"))
+    token = "wp_tok_" + secrets.token_hex(8)
+    app = await _app(gateway_app, pg, query_wait_timeout=30.0,
+                     users={"alice": {"password": "alice-secret", "tokens": [token]}})
+    status, _, body = await http_client(app.http_port).sql(
+        {"query": "select 1", "params": []}, cs=cs_for(password=None, db="pt"),
+        headers={"authorization": f"Bearer {token}"})
     assert 400 <= status < 500 and "logs in as each client's own user" in body["message"], (status, body)
     pool = app.gateway.pools["pt"]
     assert pool.last_login_error is None and pool.total_servers() == 0
     assert not app.gateway.auth_query.user_pools
+
+
+async def test_http_sql_and_pg_log_in_users_found_by_auth_query(gateway_app: Any, pg: PgCluster, role: Any,
+                                                                http_client: Any) -> None:
+    """/sql (Neon-Connection-String) and /pg (Basic, the driver's http:// transport) check a
+    user not in [users] with auth_query, as pg_listen does: on a database without ``user``
+    the queries run as that role (its password passed through), on one with ``user`` as
+    that user; wrong passwords are 28P01; a repeated request runs neither the lookup nor
+    PBKDF2 again; a password changed in PostgreSQL is checked afresh once looked up."""
+    import driver
+    from tests.gateway.test_neon_sql import cs_for
+    dbs = _dbs(pg)
+    dbs["forced"] = {"user": PgCluster.SCRAM_USER, "password": PgCluster.SCRAM_PASSWORD,
+                     "dbname": PgCluster.DATABASE, "auth_user": PgCluster.SUPERUSER}
+    app = await _app(gateway_app, pg, databases=dbs, auth_query_cache_ttl=60.0, auth_failure_delay=0,
+                     users={"alice": {"password": "alice-secret"},
+                            PgCluster.SUPERUSER: {"password": PgCluster.SUPERUSER_PASSWORD}})
+    name, pw = role()
+    http = http_client(app.http_port)
+    q = {"query": "select current_user", "params": []}
+    auth, aq = app.gateway.authenticator, app.gateway.auth_query
+    for db, expect in (("pt", name), ("forced", PgCluster.SCRAM_USER)):
+        status, _, body = await http.sql(q, cs=cs_for(name, pw, db=db))
+        assert status == 200 and body["rows"] == [[expect]], (db, status, body)
+        lookups, derivations = aq.lookups, auth.derivations
+        status, _, body = await http.sql(q, cs=cs_for(name, pw, db=db))
+        assert status == 200 and (aq.lookups, auth.derivations) == (lookups, derivations)
+        status, _, body = await http.sql(q, cs=cs_for(name, pw + "x", db=db))
+        assert status == 400 and body["code"] == "28P01", (db, status, body)
+
+    conn = await driver.connect(f"http://{name}:{pw}@127.0.0.1:{app.http_port}/pt")
+    try:
+        assert await conn.fetchval("select current_user") == name
+    finally:
+        await conn.close()
+    with pytest.raises(driver.PostgresError) as ei:
+        await driver.connect(f"http://{name}:wrong@127.0.0.1:{app.http_port}/pt")
+    assert ei.value.sqlstate == "28P01"
+
+    new = pw + "-new"
+    pg.psql(f"ALTER USER {name} PASSWORD '{new}'", db="postgres")  # outside the gateway
+    aq._cache.clear()  # as once auth_query_cache_ttl has passed
+    status, _, body = await http.sql(q, cs=cs_for(name, pw, db="pt"))
+    assert status == 400 and body["code"] == "28P01", (status, body)  # the remembered success no longer applies
+    status, _, body = await http.sql(q, cs=cs_for(name, new, db="pt"))
+    assert status == 200 and body["rows"] == [[name]], (status, body)
+
+
+async def test_http_lookup_upstream_outage_is_503_08006(gateway_app: Any, pg: PgCluster,
+                                                        http_client: Any) -> None:
+    from driver.protocol.http_envelope import basic_authorization
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    dead = s.getsockname()[1]
+    s.close()  # nothing listens there
+    app = await _app(gateway_app, pg, databases={"down": {**_dbs(pg)["pt"], "port": dead}})
+    status, _, body = await http_client(app.http_port).request(
+        "POST", "/pg", b"", {"authorization": basic_authorization("someone", "pw"), "wirepool-database": "down"})
+    assert status == 503 and b"08006" in body and b"authentication lookup failed" in body, (status, body)
+    assert app.gateway.authenticator.throttle.admit("127.0.0.1", "someone") == 0  # not counted
