@@ -87,7 +87,9 @@ class _Entry:
         self.md5 = md5  # a stored "md5..." hash (users looked up with auth_query)
 
 
-SendFn = Callable[[bytes], Awaitable[None]]
+#: Queues bytes for the client, synchronously (login messages are small and each is
+#: followed by waiting for the answer: no flow control needed).
+SendFn = Callable[[bytes], object]
 RecvFn = Callable[[], Awaitable[tuple[int, bytes]]]
 
 #: Successful (user, password) checks remembered, so that an HTTP client sending
@@ -298,7 +300,7 @@ class Authenticator:
                 remember(password=plain, keys=None if plain else (client_key, entry.verifier.server_key))
             return final
         elif t == "password":
-            await send(m.AUTHENTICATION_CLEARTEXT_PASSWORD)
+            send(m.AUTHENTICATION_CLEARTEXT_PASSWORD)
             password = _decode_password(await _expect_password(recv))
             if entry is not None and entry.verifier is None and entry.md5 is not None:
                 # md5 hash looked up: same PBKDF2 cost as everyone else, then the hash decides
@@ -311,7 +313,7 @@ class Authenticator:
             remember(password=password)
         else:  # md5
             salt = os.urandom(4)
-            await send(m.authentication_md5_password(salt))
+            send(m.authentication_md5_password(salt))
             answer = _decode_password(await _expect_password(recv)).encode("utf-8", "replace")
             if plain is not None:
                 expected = pg_auth.md5_password(user, plain, salt).encode()
@@ -386,7 +388,7 @@ class Authenticator:
         else:
             server = pg_auth.ScramServer.mock(user)
             real = False
-        await send(m.authentication_sasl([server.mechanism]))
+        send(m.authentication_sasl([server.mechanism]))
         body = await _expect_password(recv)
         try:
             mechanism, data = m.decode_sasl_initial_response(body)
@@ -398,7 +400,7 @@ class Authenticator:
             raise AuthFailed("08P01", "malformed SCRAM message (empty message)")
         try:
             first = server.handle_client_first(data)
-            await send(m.authentication_sasl_continue(first))
+            send(m.authentication_sasl_continue(first))
             body = await _expect_password(recv)
             final = server.handle_client_final(body)
         except pg_auth.AuthenticationError as exc:

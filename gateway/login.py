@@ -13,7 +13,7 @@ Functions of the :class:`~gateway.session.Session` they serve (PgBouncer's
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Callable
 
 from driver.protocol import messages as m
 from driver.protocol.framing import ProtocolError
@@ -70,21 +70,32 @@ def startup_block(server_params: dict[str, str], params: dict[str, str],
 async def startup(self: Any) -> bool:
     gw = self.gw
     s = self.settings
-    timeout = s.client_login_timeout if s.client_login_timeout > 0 else None
     limits = gw.limits
     if not limits.try_begin_login(getattr(self.stream, "peer", "?")):
         raise AuthFailed("53300", "sorry, too many clients are logging in")
     login_limit = getattr(self.stream, "set_login_limit", None)
     if login_limit is not None:
         login_limit(s.login_buffer_size)
+    # client_login_timeout: what asyncio.timeout() does, with one timer handle
+    # and no context-manager coroutines (a login is short; this is its hot path).
+    task = self._main
+    expired: list[bool] | None = None
+    timer = None
+    if s.client_login_timeout > 0 and task is not None:
+        expired = []
+        cancelling = task.cancelling()
+        timer = self.loop.call_later(s.client_login_timeout, _expire_login, task, expired)
     try:
-        async with asyncio.timeout(timeout):
-            prefix = await self._handshake()
-    except TimeoutError:
+        prefix = await self._handshake()
+    except asyncio.CancelledError:
+        if not expired or task.uncancel() > cancelling:
+            raise
         limits.shed_log.shed("client_login_timeout: login not completed in time",
                              getattr(self.stream, "peer", "?"))
         raise AuthFailed("08006", "client_login_timeout: login not completed in time") from None
     finally:
+        if timer is not None:
+            timer.cancel()
         limits.end_login()
     if prefix is None:
         return False
@@ -126,9 +137,21 @@ async def startup(self: Any) -> bool:
     gw.register_session(self, 0 if self.transaction_mode else await link_session_server(self))
     gw.obs.logged_in(getattr(self.stream, "kind", "?"), "token" if getattr(self.stream, "token", None)
                      is not None else gw.authenticator.auth_type)
-    await self.stream.send(b"".join((prefix, startup_block(server_params, params, self.sig),
-                                     m.backend_key_data(self.process_id, self.secret_key), _RFQ_IDLE)))
+    reply = b"".join((prefix, startup_block(server_params, params, self.sig),
+                      m.backend_key_data(self.process_id, self.secret_key), _RFQ_IDLE))
+    direct = self._direct
+    if direct is None:
+        await self.stream.send(reply)
+    elif not direct(reply):
+        await self._direct_drain()
     return True
+
+
+def _expire_login(task: "asyncio.Task[Any]", expired: list[bool]) -> None:
+    """client_login_timeout elapsed: cancel the session task (startup turns it into 08006)."""
+    if not task.done():
+        expired.append(True)
+        task.cancel()
 
 async def link_session_server(self: Any) -> int:
     """Session mode: take the client's server at login (waiting in the pool's
@@ -150,7 +173,7 @@ async def handshake(self: Any) -> bytes | None:
     """Startup packet(s) and authentication.  Returns the bytes to send
     before AuthenticationOk, or None when the stream is done (cancel)."""
     gw = self.gw
-    send = self.stream.send
+    send = _login_sender(self)
     while True:
         mtype, body = await self._next_message()
         if mtype != m.F.UNTYPED:  # pragma: no cover - the reader guarantees it
@@ -160,11 +183,11 @@ async def handshake(self: Any) -> bytes | None:
             if self.reader.buffered or self._pend_pos < len(self._pend_idx):
                 # Bytes sent in clear after the SSLRequest must not count as encrypted.
                 raise ProtocolError("unencrypted data received after SSLRequest")
-            await send(b"S")
+            send(b"S")
             await self.stream.start_tls()
             continue
         if isinstance(msg, (m.SSLRequest, m.GSSENCRequest)):
-            await send(m.SSL_REFUSED)
+            send(m.SSL_REFUSED)
             continue
         if isinstance(msg, m.CancelRequest):
             await gw.handle_cancel(msg.process_id, msg.secret_key)
@@ -195,7 +218,7 @@ async def handshake(self: Any) -> bytes | None:
         else:
             raise AuthFailed("08P01", f"unsupported startup parameter: {key}")
     if msg.minor > 0 or unrecognized:
-        await send(m.negotiate_protocol_version(0, unrecognized))
+        send(m.negotiate_protocol_version(0, unrecognized))
     token = getattr(self.stream, "token", None)
     peer = getattr(self.stream, "peer", "?")
     if token is not None:  # API token (WebSocket upgrade): no password exchange
@@ -208,6 +231,22 @@ async def handshake(self: Any) -> bytes | None:
     if token is not None:
         return b""
     return await gw.authenticator.authenticate(user, send, self._next_message, peer, self.database)
+
+
+def _login_sender(self: Any) -> Callable[[bytes], Any]:
+    """How login messages are sent: straight to the transport (no coroutine per
+    message; each is small and followed by waiting for the client's answer, so
+    no flow control is needed), or -- a stream without ``send_nowait`` -- queued
+    for the session's writer task, in order."""
+    direct = self._direct
+    if direct is not None:
+        return direct
+
+    def queued(data: bytes) -> None:
+        self._send_or_queue(data)
+        self._ensure_writer()
+    return queued
+
 
 def admit(self: Any) -> None:
     """Count this client against ``max_client_conn`` (53300 past it;
