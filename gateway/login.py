@@ -66,6 +66,33 @@ def startup_block(server_params: dict[str, str], params: dict[str, str],
     return block
 
 
+#: (id(server params), client's startup values) -> (server params, filled values, signature)
+_TRACKED_VALUES: dict[tuple[int, tuple[tuple[str, str], ...]],
+                      tuple[dict[str, str], dict[str, str], tuple[str | None, ...]]] = {}
+
+
+def tracked_values(server_params: dict[str, str],
+                   params: dict[str, str]) -> tuple[dict[str, str], tuple[str | None, ...]]:
+    """The client's tracked values (what it asked for, else the server
+    default; DateStyle completed with the server's order) and their
+    signature, computed once per (pool's server values, client's values):
+    most clients of a pool send the same few startup parameters."""
+    key = (id(server_params), tuple(params.items()))
+    hit = _TRACKED_VALUES.get(key)
+    if hit is not None and hit[0] is server_params:
+        return hit[1], hit[2]
+    filled = dict(params)
+    for name in TRACKED_NAMES:
+        if name not in filled and name in server_params:
+            filled[name] = server_params[name]
+    if "DateStyle" in filled and "DateStyle" in server_params:  # "SQL" -> "SQL, <server's order>"
+        filled["DateStyle"] = canonical_value("DateStyle", filled["DateStyle"], server_params["DateStyle"])
+    sig = tracked_signature(filled)
+    if len(_TRACKED_VALUES) > 256:
+        _TRACKED_VALUES.clear()
+    _TRACKED_VALUES[key] = (server_params, filled, sig)
+    return filled, sig
+
 
 async def startup(self: Any) -> bool:
     gw = self.gw
@@ -127,12 +154,8 @@ async def startup(self: Any) -> bool:
     server_params = await pool.ensure_params(self)
     # Client's tracked values: what it asked for, else the server default.
     params = self.params
-    for name in TRACKED_NAMES:
-        if name not in params and name in server_params:
-            params[name] = server_params[name]
-    if "DateStyle" in params and "DateStyle" in server_params:  # "SQL" -> "SQL, <server's order>"
-        params["DateStyle"] = canonical_value("DateStyle", params["DateStyle"], server_params["DateStyle"])
-    self.sig = tracked_signature(params)
+    filled, self.sig = tracked_values(server_params, params)
+    params.update(filled)
     # Session mode: the client's server is linked now, and BackendKeyData names it.
     gw.register_session(self, 0 if self.transaction_mode else await link_session_server(self))
     gw.obs.logged_in(getattr(self.stream, "kind", "?"), "token" if getattr(self.stream, "token", None)

@@ -227,21 +227,24 @@ class Session(ServerStateSync):
     # ============================================================ startup
     async def _next_message(self) -> tuple[int, bytes]:
         """Next complete message, in arrival order (startup/auth phase)."""
+        pos = self._pend_pos
+        if pos < len(self._pend_idx):
+            t, s, e = self._pend_idx[pos]
+            self._pend_pos = pos + 1
+            return t, self._pend_chunk[s:e]
+        reader = self.reader
         while True:
-            pos = self._pend_pos
-            if pos < len(self._pend_idx):
-                t, s, e = self._pend_idx[pos]
-                self._pend_pos = pos + 1
-                return t, self._pend_chunk[s:e]
-            chunk, idx = self.reader.read_raw()
+            chunk, idx = reader.read_raw()
             if chunk:
-                self._pend_chunk, self._pend_idx, self._pend_pos = chunk, idx, 0
-                continue
-            check_login_message(self.reader)
+                t, s, e = idx[0]
+                if len(idx) > 1:  # pipelined: the rest is handed out in order
+                    self._pend_chunk, self._pend_idx, self._pend_pos = chunk, idx, 1
+                return t, chunk[s:e]
+            check_login_message(reader)
             data = await self.stream.recv()
             if not data:
                 raise _ClientGone()
-            self.reader.feed(data)
+            reader.feed(data)
 
     def _take_pending(self) -> tuple[bytes, list[tuple[int, int, int]]]:
         """Messages buffered during startup but not consumed (pipelined query)."""

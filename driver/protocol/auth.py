@@ -207,12 +207,13 @@ def _xor(a: bytes, b: bytes) -> bytes:
 
 
 def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+    # (binascii directly: base64.b64encode/b64decode(validate=True) are these calls plus type checks)
+    return binascii.b2a_base64(data, newline=False).decode("ascii")
 
 
 def _unb64(text: str, what: str) -> bytes:
     try:
-        return base64.b64decode(text.encode("ascii"), validate=True)
+        return binascii.a2b_base64(text.encode("ascii"), strict_mode=True)
     except (binascii.Error, ValueError, UnicodeEncodeError):
         raise AuthenticationError(f"malformed SCRAM message (invalid base64 in {what})") from None
 
@@ -243,8 +244,14 @@ def _decode_message(data: bytes) -> str:
     return text
 
 
+#: A well-formed attribute list (checked in one regex call; the loop below names the bad part).
+_ATTRS_RE: Final = re.compile(r"[A-Za-z]=[^,]*(?:,[A-Za-z]=[^,]*)*")
+
+
 def _split_attrs(text: str) -> list[tuple[str, str]]:
     """``"a=1,b=2"`` -> ``[("a", "1"), ("b", "2")]``; every attribute is one letter."""
+    if _ATTRS_RE.fullmatch(text) is not None:
+        return [(part[0], part[2:]) for part in text.split(",")]
     attrs = []
     for part in text.split(","):
         if len(part) < 2 or part[1] != "=" or not part[0].isascii() or not part[0].isalpha():
