@@ -22,7 +22,7 @@ from driver.protocol import messages as m
 
 from . import cache_admin
 from .admin_show import (ADMIN_DATABASES, HELP, LIVE_SETTINGS, PGBOUNCER_VERSION, WIREPOOL_VERSION, ShowCommands,
-                         result)
+                         database_pools, result)
 from .auth import AuthFailed
 from .config import ConfigError, GatewaySettings
 
@@ -98,16 +98,18 @@ class Console(ShowCommands):
             raise AdminError("42501", "admin access needed (this user is only in stats_users)")
 
     def _pools(self, args: Sequence[str], *, required: bool = False) -> list["Pool"]:
+        """The pools a command acts on: every pool, or those of one database
+        (its own and its per-user pools, gateway/auth_query.py)."""
         if not args:
             if required:
                 raise AdminError("42601", "this command needs a database name")
-            return list(self.gw.pools.values())
+            return [q for name in self.gw.pools for q in database_pools(self.gw, name)]
         if len(args) > 1:
             raise AdminError("42601", "too many arguments")
-        pool = self.gw.pools.get(args[0].strip('"'))
-        if pool is None:
+        name = args[0].strip('"')
+        if name not in self.gw.pools:
             raise AdminError("3D000", f'no such database: {args[0]}')
-        return [pool]
+        return database_pools(self.gw, name)
 
     # ------------------------------------------------------------ commands
     async def cmd_cache_invalidate(self, args: Sequence[str]) -> bytes:

@@ -103,6 +103,29 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def listed_pools(gw: "Gateway") -> list["Pool"]:
+    """Every pool, one per (database, user) as PgBouncer lists them: a database's
+    own pool, or for a database without ``user`` (each client logs in upstream as
+    itself, gateway/auth_query.py) the pool of each user connected to it -- its
+    own pool never logs in or serves anyone, so it is not a row."""
+    per_user: dict[str, list["Pool"]] = {}
+    for (name, _user), p in gw.auth_query.user_pools.items():
+        per_user.setdefault(name, []).append(p)
+    out: list["Pool"] = []
+    for name, p in gw.pools.items():
+        if p.db.user:
+            out.append(p)
+        out.extend(sorted(per_user.get(name, ()), key=lambda q: q.user))
+    return out
+
+
+def database_pools(gw: "Gateway", name: str) -> list["Pool"]:
+    """The pools of database ``name``: its own, then its per-user pools."""
+    own = gw.pools.get(name)
+    users = [p for (db, _u), p in gw.auth_query.user_pools.items() if db == name]
+    return ([own] if own is not None else []) + sorted(users, key=lambda q: q.user)
+
+
 class ShowCommands:
     """``SHOW <what>`` as ``show_<what>()`` methods (mixed into admin.Console)."""
 
@@ -121,7 +144,7 @@ class ShowCommands:
                 ("maxwait_us", I), ("pool_mode", S), ("cl_cancel_req", I), ("pool_size", I), ("paused", I)]
         now = self.gw.loop.time()
         rows = []
-        for p in self.gw.pools.values():
+        for p in listed_pools(self.gw):
             wait = now - next(iter(p.cl_waiting)).wait_start if p.cl_waiting else 0.0
             rows.append((p.name, p.user, len(p.cl_active), len(p.cl_waiting), 0, 0, len(p.sv_active), 0, 0,
                          len(p.sv_idle), len(p.sv_used), 0, len(p.sv_login), int(wait),
@@ -179,10 +202,11 @@ class ShowCommands:
                 ("max_connections", I), ("current_connections", I), ("paused", I), ("disabled", I)]
         g = self.gw.settings
         rows: list[Any] = []
-        for p in self.gw.pools.values():
+        for p in self.gw.pools.values():  # one row per database; its servers include its per-user pools
             d = p.db
+            servers = sum(q.total_servers() for q in database_pools(self.gw, p.name))
             rows.append((p.name, d.host, d.port, d.dbname, d.user, p.size, p.min_size, p.reserve,
-                         int(g.server_lifetime), p.mode, 0, p.total_servers(), p.paused, p.disabled))
+                         int(g.server_lifetime), p.mode, 0, servers, p.paused, p.disabled))
         pg = g.pg_listen
         rows.append(("pgbouncer", None, pg[1] if pg else 0, "pgbouncer", "pgbouncer", 2, 0, 0, 0,
                      "statement", 0, 0, False, False))
@@ -192,9 +216,10 @@ class ShowCommands:
         gw = self.gw
         sessions = gw._all_sessions
         logged = sum(1 for s in sessions if s.process_id)
-        servers = sum(p.total_servers() for p in gw.pools.values())
+        pools = listed_pools(gw)
+        servers = sum(p.total_servers() for p in pools)
         rows = [("databases", len(gw.pools) + 1), ("users", len(gw.config.users)), ("peers", 0),
-                ("pools", len(gw.pools) + 1), ("peer_pools", 0), ("free_clients", 0), ("used_clients", logged),
+                ("pools", len(pools) + 1), ("peer_pools", 0), ("free_clients", 0), ("used_clients", logged),
                 ("login_clients", len(sessions) - logged), ("free_servers", 0), ("used_servers", servers),
                 ("dns_names", 0), ("dns_zones", 0), ("dns_queries", 0), ("dns_pending", 0)]
         return result([("list", S), ("items", I)], rows)
@@ -229,7 +254,7 @@ class ShowCommands:
     def show_servers(self) -> bytes:
         loop = self.gw.loop
         rows = []
-        for p in self.gw.pools.values():
+        for p in listed_pools(self.gw):
             for lst_name in ("sv_active", "sv_idle", "sv_used"):
                 for sv in list(getattr(p, lst_name)):
                     client = sv.client
@@ -267,10 +292,11 @@ class ShowCommands:
 
     def show_mem(self) -> bytes:
         gw = self.gw
-        servers = sum(p.total_servers() for p in gw.pools.values())
+        pools = listed_pools(gw)
+        servers = sum(p.total_servers() for p in pools)
         stmts = len(getattr(gw.statements, "_by_key", ()) or ())
         rows = [("client_session", 0, len(gw._all_sessions), 0, 0), ("server_connection", 0, servers, 0, 0),
-                ("pool", 0, len(gw.pools), 0, 0), ("prepared_statement", 0, stmts, 0, 0)]
+                ("pool", 0, len(pools), 0, 0), ("prepared_statement", 0, stmts, 0, 0)]
         return result([("name", S), ("size", I), ("used", I), ("free", I), ("memtotal", I)], rows)
 
     def show_state(self) -> bytes:

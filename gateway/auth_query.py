@@ -322,6 +322,7 @@ class AuthQuery:
         if up is None or up.closed:
             from .pool import Pool
             up = self.user_pools[key] = Pool(self.gw, replace(pool.db, user=user, password=creds), self.gw.settings)
+            up.paused = pool.paused  # the admin console's PAUSE/KILL of the database holds it too
         return up
 
     def tick(self, now: float) -> None:

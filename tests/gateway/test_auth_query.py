@@ -261,3 +261,47 @@ async def test_http_lookup_upstream_outage_is_503_08006(gateway_app: Any, pg: Pg
         "POST", "/pg", b"", {"authorization": basic_authorization("someone", "pw"), "wirepool-database": "down"})
     assert status == 503 and b"08006" in body and b"authentication lookup failed" in body, (status, body)
     assert app.gateway.authenticator.throttle.admit("127.0.0.1", "someone") == 0  # not counted
+
+
+async def test_admin_console_lists_per_user_pools(gateway_app: Any, pg: PgCluster, role: Any) -> None:
+    """SHOW POOLS has a row per (database, user) as PgBouncer's: the per-user pools of a
+    database without ``user`` (not its own pool, which never serves); SHOW DATABASES counts
+    their servers on the database's row, SHOW SERVERS lists them, PAUSE/RESUME of the
+    database reach them (psql, and psycopg's simple protocol, against the console)."""
+    from tests.gateway.test_admin import console, parse_psql, psql
+    app = await _app(gateway_app, pg, admin_users=["alice"])
+    (r1, p1), (r2, p2) = role(), role()
+    conns = [await _connect(app, r1, p1), await _connect(app, r2, p2)]
+    admin = await console(app.pg_port, "alice", "alice-secret")
+    try:
+        for c, name in zip(conns, (r1, r2)):
+            assert await c.fetchval("SELECT current_user") == name
+
+        async def show(what: str) -> list[dict[str, Any]]:
+            cur = await admin.execute(what)
+            names = [d.name for d in cur.description or []]
+            return [dict(zip(names, r)) for r in await cur.fetchall()]
+
+        rc, out, err = await psql(app.pg_port, "alice", "alice-secret", "SHOW POOLS")
+        assert rc == 0, err
+        header, rows = parse_psql(out)
+        pools = {(r["database"], r["user"]): r for r in (dict(zip(header, row)) for row in rows)}
+        assert ("pt", "") not in pools and ("app", PgCluster.SCRAM_USER) in pools, sorted(pools)
+        for name in (r1, r2):
+            row = pools[("pt", name)]
+            assert (row["cl_active"], row["sv_idle"], row["sv_active"], row["paused"]) == ("1", "1", "0", "0"), row
+        db = next(r for r in await show("SHOW DATABASES") if r["name"] == "pt")
+        assert db["force_user"] == "" and db["current_connections"] == 2, db
+        servers = {(r["database"], r["user"]) for r in await show("SHOW SERVERS")}
+        assert {("pt", r1), ("pt", r2)} <= servers, servers
+        lists = {r["list"]: r["items"] for r in await show("SHOW LISTS")}
+        assert lists["pools"] == 4, lists  # app, (pt, r1), (pt, r2), the console
+
+        await admin.execute("PAUSE pt")
+        assert [r["paused"] for r in await show("SHOW POOLS") if r["database"] == "pt"] == [1, 1]
+        await admin.execute("RESUME pt")
+        assert await conns[0].fetchval("SELECT 1") == 1  # not held: the per-user pool resumed too
+    finally:
+        await admin.close()
+        for c in conns:
+            await c.close()
