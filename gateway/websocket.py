@@ -17,7 +17,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import h11
-from websockets.frames import CloseCode, Frame, Opcode
+from websockets.frames import Close, CloseCode, Frame, Opcode
 from websockets.http11 import Request as WsRequest
 from websockets.protocol import State
 from websockets.server import ServerProtocol
@@ -131,7 +131,8 @@ class WebSocketStream(ProtocolStream):
 
     kind = "ws"
     __slots__ = ("ws", "path", "query", "authorization", "token", "extensions", "subprotocol", "_plain_frames", "_fast_rx",
-                 "_rx", "_rx_limit", "_rx_left", "_rx_mask", "_rx_off", "_text", "_close_timer", "_frag_limit")
+                 "_rx", "_rx_limit", "_rx_left", "_rx_mask", "_rx_off", "_text", "_close_timer", "_frag_limit",
+                 "_close_sent")
 
     def __init__(self, transport: asyncio.Transport, ws: ServerProtocol | None, request: "HttpRequest",
                  max_size: int | None = None) -> None:
@@ -160,6 +161,9 @@ class WebSocketStream(ProtocolStream):
         self._rx_off = 0
         self._text = False          # inside a text message (its continuation frames are dropped)
         self._close_timer: asyncio.TimerHandle | None = None
+        #: our close frame was written on the fast path (no websockets protocol):
+        #: the client's frames are skipped until its close frame (see _rx_closing)
+        self._close_sent = False
 
     # -- protocol side
     def _feed(self, data: bytes) -> None:
@@ -169,6 +173,9 @@ class WebSocketStream(ProtocolStream):
         super()._feed(data)
 
     def _ws_data(self, data: bytes) -> None:
+        if self._close_sent:
+            self._rx_closing(data)
+            return
         if self._fast_rx:
             data = self._rx_fast(data)
             if not data:
@@ -204,6 +211,9 @@ class WebSocketStream(ProtocolStream):
         while end - pos >= 6:
             b1 = buf[pos + 1]
             if buf[pos] != 0x82 or b1 < 0x80:
+                if buf[pos] == 0x88 and 0x80 <= b1 < 0x80 + 126 and self._fast_close(buf, pos, end):
+                    self._rx = b""
+                    return b""
                 break
             n = b1 & 0x7F
             if n < 126:
@@ -248,6 +258,73 @@ class WebSocketStream(ProtocolStream):
         self._rx = b""
         return buf[pos:]
 
+    def _fast_close(self, buf: bytes, pos: int, end: int) -> bool:
+        """The client's close frame (masked, payload <= 125 bytes) at ``pos``,
+        answered as websockets does -- echo its payload, close TCP (a server
+        does), EOF to the session -- without making a protocol for it.  False
+        (websockets takes over) when the frame is incomplete or its payload is
+        not a valid close payload (websockets then fails the connection)."""
+        n = buf[pos + 1] & 0x7F
+        start = pos + 6
+        if start + n > end:
+            return False
+        payload = _apply_mask(buf[start:start + n], buf[start - 4:start]) if n else b""
+        try:
+            Close.parse(payload)
+        except Exception:  # ProtocolError, UnicodeDecodeError: websockets' own answer
+            return False
+        t = self.transport
+        t.write(b"\x88" + bytes((n,)) + payload)
+        self.bytes_sent += 2 + n
+        self._feed_eof()
+        self._closed = True  # "further data received is discarded" (RFC 6455 1.4); sends refused
+        t.close()
+        return True
+
+    def _rx_closing(self, data: bytes) -> None:
+        """After our fast-path close frame: skip the client's frames (it may still
+        send some before it sees ours) up to its close frame, then close TCP, as
+        websockets does in CLOSING state.  A frame that is not a client frame
+        (unmasked) ends it the same way (websockets would fail the connection)."""
+        n = self._rx_left
+        if n:
+            if len(data) <= n:
+                self._rx_left = n - len(data)
+                return
+            data = data[n:]
+            self._rx_left = 0
+        buf = self._rx + data if self._rx else data
+        end = len(buf)
+        pos = 0
+        while end - pos >= 2:
+            b0, b1 = buf[pos], buf[pos + 1]
+            if (b0 & 0x0F) == 0x08 or b1 < 0x80:
+                self._rx = b""
+                self._end_close()
+                return
+            n = b1 & 0x7F
+            head = 6 if n < 126 else 8 if n == 126 else 14
+            if end - pos < head:
+                break
+            if n == 126:
+                n = (buf[pos + 2] << 8) | buf[pos + 3]
+            elif n == 127:
+                n = int.from_bytes(buf[pos + 2:pos + 10], "big")
+            stop = pos + head + n
+            if stop > end:
+                self._rx = b""
+                self._rx_left = stop - end
+                return
+            pos = stop
+        self._rx = buf[pos:] if pos < end else b""
+
+    def _end_close(self) -> None:
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
     def _rx_stream(self, data: bytes) -> bytes:
         """More payload of the frame being streamed; returns the bytes after it."""
         n = self._rx_left
@@ -271,6 +348,10 @@ class WebSocketStream(ProtocolStream):
             self.ws.max_fragment_size = limit
 
     def _ws_eof(self) -> None:
+        if self._close_sent:  # the client closed TCP without its close frame
+            self._end_close()
+            self._feed_eof()
+            return
         if self._rx_left:  # EOF inside a streamed frame
             self._fast_rx = False
             self._rx_left = 0
@@ -378,6 +459,19 @@ class WebSocketStream(ProtocolStream):
         if self._lost:
             return
         try:
+            if self.ws is None and self._fast_rx and not self._rx_left:
+                # Plain frames and no protocol yet (the usual case): our close
+                # frame -- 1000 with no reason, exactly what websockets would
+                # serialize -- without making one; see _rx_closing for the rest.
+                self.transport.write(b"\x88\x02\x03\xe8")
+                self.bytes_sent += 4
+                self._close_sent = True
+                if self._reading_paused:
+                    self._reading_paused = False
+                    self.transport.resume_reading()
+                if not self.transport.is_closing():
+                    self._close_timer = self._loop.call_later(WS_CLOSE_TIMEOUT, self._close_timeout)
+                return
             ws = self._protocol()
             if ws.state is State.OPEN:
                 code = CloseCode.UNSUPPORTED_DATA if self._text else CloseCode.NORMAL_CLOSURE
