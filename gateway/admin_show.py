@@ -15,6 +15,7 @@ from driver.protocol import messages as m
 
 from . import cache_admin, listen_admin
 from .config import GatewaySettings
+from .stats_period import counters
 
 if TYPE_CHECKING:  # pragma: no cover
     from .core import Gateway
@@ -156,12 +157,12 @@ class ShowCommands:
     def _admin_clients(self) -> int:
         return sum(1 for s in self.gw._all_sessions if s.database in ADMIN_DATABASES and s.process_id)
 
-    def _counters(self, p: "Pool") -> tuple[int, int, int, int, int, int, int]:
-        """xact_count, query_count, received, sent, xact_time, query_time, wait_time (µs)."""
-        xt = int(p.xact_time * 1e6)
+    def _counters(self, p: "Pool") -> tuple[int, ...]:
+        """xact_count, query_count, received, sent, xact_time, query_time, wait_time (µs)
+        of a database (its per-user pools included: gateway/stats_period.py)."""
         # received/sent: bytes forwarded per read (gateway/observe.py, the same counters as
         # /metrics); query_time is the time linked per transaction (counted at release).
-        return p.xact_count, p.query_count, p.obs.bytes_in, p.obs.bytes_out, xt, xt, int(p.wait_time * 1e6)
+        return counters(p)[:7]
 
     def _stats_rows(self, totals_prefix: str, avg_prefix: str | None) -> tuple[list[tuple[str, int]], list[Any]]:
         names = ["xact_count", "query_count", "received", "sent", "xact_time", "query_time", "wait_time"]

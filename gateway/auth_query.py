@@ -329,6 +329,7 @@ class AuthQuery:
         """The janitor: pass-through pools see reloaded settings, run their
         timeouts, and go when empty; idle lookup connections close."""
         from .reload import _update_pool
+        from .stats_period import fold_counters
         gw = self.gw
         for key, pool in list(self.user_pools.items()):
             base = gw.config.databases.get(key[0])
@@ -338,6 +339,9 @@ class AuthQuery:
             pool.tick(now)
             if not pool.cl_active and not pool.cl_waiting and pool.total_servers() == 0:
                 del self.user_pools[key]
+                own = gw.pools.get(key[0])
+                if own is not None:
+                    fold_counters(own, pool)  # SHOW STATS totals of the database stay monotonic
                 gw.spawn(pool.close())
         idle = gw.settings.server_idle_timeout
         for target in self._targets.values():

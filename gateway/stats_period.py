@@ -23,11 +23,33 @@ Counters = tuple[int, int, int, int, int, int, int, int]
 ZERO_AVG = (0, 0, 0, 0, 0, 0, 0)
 
 
-def counters(p: Any) -> Counters:
+def _own(p: Any) -> Counters:
     xt = int(p.xact_time * 1e6)
     # query_time: the time servers were linked, counted per transaction (docs/admin.md)
     return (p.xact_count, p.query_count, p.obs.bytes_in, p.obs.bytes_out, xt, xt, int(p.wait_time * 1e6),
             p.wait_count)
+
+
+def counters(p: Any) -> Counters:
+    """A database pool's counters; for a database without ``user``, with those of its
+    per-user pools (gateway/auth_query.py; a dropped one's were folded into ``p``)."""
+    c = _own(p)
+    if not p.db.user:
+        for (name, _user), q in p.gateway.auth_query.user_pools.items():
+            if name == p.name:
+                c = tuple(a + b for a, b in zip(c, _own(q)))  # type: ignore[assignment]
+    return c
+
+
+def fold_counters(into: Any, p: Any) -> None:
+    """A per-user pool goes away: its counters stay in its database's (monotonic totals)."""
+    into.xact_count += p.xact_count
+    into.query_count += p.query_count
+    into.xact_time += p.xact_time
+    into.wait_time += p.wait_time
+    into.wait_count += p.wait_count
+    into.obs.bytes_in += p.obs.bytes_in
+    into.obs.bytes_out += p.obs.bytes_out
 
 
 class PeriodStats:

@@ -268,6 +268,7 @@ async def test_admin_console_lists_per_user_pools(gateway_app: Any, pg: PgCluste
     database without ``user`` (not its own pool, which never serves); SHOW DATABASES counts
     their servers on the database's row, SHOW SERVERS lists them, PAUSE/RESUME of the
     database reach them (psql, and psycopg's simple protocol, against the console)."""
+    from tests.gateway.pool_helpers import eventually
     from tests.gateway.test_admin import console, parse_psql, psql
     app = await _app(gateway_app, pg, admin_users=["alice"])
     (r1, p1), (r2, p2) = role(), role()
@@ -297,10 +298,22 @@ async def test_admin_console_lists_per_user_pools(gateway_app: Any, pg: PgCluste
         lists = {r["list"]: r["items"] for r in await show("SHOW LISTS")}
         assert lists["pools"] == 4, lists  # app, (pt, r1), (pt, r2), the console
 
+        # SHOW STATS: the database's row counts its per-user pools' transactions
+        stats = next(r for r in await show("SHOW STATS") if r["database"] == "pt")
+        assert stats["total_xact_count"] >= 2, stats
+
         await admin.execute("PAUSE pt")
         assert [r["paused"] for r in await show("SHOW POOLS") if r["database"] == "pt"] == [1, 1]
         await admin.execute("RESUME pt")
         assert await conns[0].fetchval("SELECT 1") == 1  # not held: the per-user pool resumed too
+        # a per-user pool with neither clients nor servers goes; its counts stay in the database's
+        await conns[1].close()
+        await admin.execute("RECONNECT pt")  # its idle server closes
+        aq = app.gateway.auth_query
+        await eventually(lambda: ("pt", r2) not in aq.user_pools, timeout=30)
+        stats = next(r for r in await show("SHOW STATS") if r["database"] == "pt")
+        assert stats["total_xact_count"] >= 3, stats
+        assert ("pt", r2) not in {(r["database"], r["user"]) for r in await show("SHOW POOLS")}
     finally:
         await admin.close()
         for c in conns:
