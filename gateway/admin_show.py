@@ -274,9 +274,12 @@ class ShowCommands:
         for s in self.gw._all_sessions:
             if s.process_id:
                 counts[s.user] = counts.get(s.user, 0) + 1
-        rows = [(name, None, 0, 0, counts.get(name, 0), len(u.tokens),
-                 name in self.gw.settings.admin_users, name in self.gw.settings.stats_users)
-                for name, u in self.gw.config.users.items()]
+        g = self.gw.settings
+        tokens = {name: len(u.tokens) for name, u in self.gw.config.users.items()}
+        for _db, name in self.gw.auth_query.user_pools:  # users found by auth_query, as PgBouncer lists them
+            tokens.setdefault(name, 0)
+        rows = [(name, None, 0, 0, counts.get(name, 0), n, name in g.admin_users, name in g.stats_users)
+                for name, n in tokens.items()]
         return result([("name", S), ("pool_mode", S), ("max_user_connections", I), ("current_connections", I),
                        ("current_client_connections", I), ("tokens", I), ("admin", I), ("stats", I)], rows)
 

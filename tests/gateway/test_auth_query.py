@@ -295,6 +295,8 @@ async def test_admin_console_lists_per_user_pools(gateway_app: Any, pg: PgCluste
         assert db["force_user"] == "" and db["current_connections"] == 2, db
         servers = {(r["database"], r["user"]) for r in await show("SHOW SERVERS")}
         assert {("pt", r1), ("pt", r2)} <= servers, servers
+        users = {r["name"]: r for r in await show("SHOW USERS")}
+        assert users[r1]["current_client_connections"] == 1 and "alice" in users, users
         lists = {r["list"]: r["items"] for r in await show("SHOW LISTS")}
         assert lists["pools"] == 4, lists  # app, (pt, r1), (pt, r2), the console
 
