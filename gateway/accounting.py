@@ -16,7 +16,11 @@ ends* lives here, the way h11 keeps its state machine in ``_state.py``:
   server's replies are scanned while such a Query is pending and its
   ErrorResponses matched to extended completions (:meth:`_risk_scan`); with
   the rewriter (``gateway.prepared.Rewriter``) its reply queue knows
-  (``skipped_rfq``) and this class only subtracts.
+  (``skipped_rfq``) and this class only subtracts.  Either way, once the
+  server skips to a Sync the client has not sent yet (the at-risk Query was
+  discarded, or the rewriter refused a message in its place), ``dirty`` is
+  set again: a ReadyForQuery of an earlier Query must not release a server
+  that would discard the next client's messages up to *its* Sync.
 - **swallow**: replies to the gateway's own queries sent ahead of the
   client's bytes (a SET batch at link, a state probe at the end of a
   transaction): that many ReadyForQuery-terminated replies are cut from the
@@ -268,6 +272,8 @@ class Accounting:
                         entry[1] -= n
                     if risk:  # the Sync ending the segment: its ReadyForQuery comes next
                         del risk[0]
+                    else:  # that Sync is not sent yet: the server waits for it (not settled)
+                        self.dirty = self.dirty or 1
                     self.outstanding -= n
             elif t in _XDONE:
                 self._xdone += 1
@@ -303,13 +309,17 @@ class Accounting:
                     self.fatal = True
         if z < 0:
             return z
-        if out > 0:
-            rw = self.rewriter
-            if rw is not None and rw.skipped_rfq:
+        rw = self.rewriter
+        if rw is not None:
+            if out > 0 and rw.skipped_rfq:
                 # Queries Postgres discarded (skip-till-Sync after an extended-protocol
                 # error before them): the rewriter saw it; they get no ReadyForQuery
                 out -= rw.skipped_rfq
                 rw.skipped_rfq = 0
+            if rw.skips_to_sync:
+                # ... and the server now waits for a Sync the client has not sent
+                # (or a refused message made it fail): not settled until it comes
+                self.dirty = self.dirty or 1
         self.outstanding = out if out > 0 else 0
         return z
 

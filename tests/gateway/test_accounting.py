@@ -198,8 +198,35 @@ def test_parameter_status_and_listen_in_replies() -> None:
     assert acc.listened and rec.params == [b"application_name\x00a\x00"] and acc.settled()
 
 
+def test_at_risk_query_skipped_before_its_sync_keeps_the_server() -> None:
+    """Query, failing Parse, Query -- no Sync yet.  The ReadyForQuery of the
+    first Query (in the chunk that also brings the error, or before it) must
+    not settle the link: the server now discards everything up to a Sync the
+    client has not sent, so the next client's messages would vanish (the fuzz
+    campaign's probe stall, docs/fuzzing.md)."""
+    for split in (False, True):
+        acc = Accounting()
+        c(acc, m.query("SELECT 1") + m.parse("", "SELEC 1", []) + m.query("SELECT 2"))
+        assert acc.outstanding == 2
+        first = m.command_complete("SELECT 1") + Z_I
+        if split:
+            _, z = s(acc, first)
+            assert z == ord("I") and not acc.settled()
+            _, z = s(acc, ERR)
+        else:
+            _, z = s(acc, first + ERR)
+            assert z == ord("I")
+        assert acc.outstanding == 0 and not acc.settled() and acc.busy(), split
+        c(acc, m.query("SELECT 3"))  # skipped too: nothing more is owed
+        assert acc.outstanding == 0 and not acc.settled()
+        c(acc, m.sync())
+        _, z = s(acc, Z_I)
+        assert z == ord("I") and acc.settled()
+
+
 class FakeRewriter:
     skipped_rfq = 0
+    skips_to_sync = False
 
 
 def test_rewriter_skips_are_subtracted() -> None:
@@ -226,3 +253,20 @@ def test_busy_and_lost() -> None:
     assert acc.busy()
     acc.lost()
     assert not acc.busy()
+
+
+def test_rewriter_skipping_to_sync_keeps_the_server() -> None:
+    """With the rewriter: its reply queue says the server skips to a Sync not
+    sent yet (an extended message failed, or it refused one in its place) --
+    a ReadyForQuery of an earlier Query does not settle the link."""
+    rw: Any = FakeRewriter()
+    acc = Accounting(rw)
+    c(acc, m.query("SELECT 1") + m.parse("", "SELEC 1", []) + m.query("SELECT 2"))
+    assert acc.outstanding == 2
+    rw.skipped_rfq, rw.skips_to_sync = 1, True  # what the rewriter's reply queue found
+    _, z = s(acc, m.command_complete("SELECT 1") + Z_I + ERR)
+    assert z == ord("I") and acc.outstanding == 0 and not acc.settled() and acc.busy()
+    c(acc, m.sync())
+    rw.skips_to_sync = False  # the rewriter forwarded the Sync
+    _, z = s(acc, Z_I)
+    assert z == ord("I") and acc.settled()

@@ -167,3 +167,60 @@ async def test_client_leaving_while_the_server_skips_to_sync(gateway_app: Any, p
             assert await asyncio.wait_for(b.fetchval("SELECT $1::int", i), 5) == i
     finally:
         await b.close()
+
+
+# A Query, a message that fails, a Query Postgres then discards -- and no Sync
+# yet.  The first Query's ReadyForQuery must not end the link: the server now
+# discards everything up to a Sync the client has not sent.  Released at that
+# ReadyForQuery, it ignored the next client's Parse/Bind/Execute and answered
+# only its Sync (a ReadyForQuery the rewriter then took for the reply to its
+# injected Parse): that client hung, its server idle in Postgres -- the fuzz
+# campaign's probe stall (docs/fuzzing.md).  "refused": with the rewriter the
+# unknown name is refused by the gateway (26000, a failing Describe sent in its
+# place); without it Postgres refuses it.
+PENDING_SYNC: dict[str, bytes] = {
+    "refused_then_query": m.query("SELECT 1") + m.describe("S", "nosuch") + m.query("SELECT 2"),
+    "error_then_query": m.query("SELECT 1") + P("SELEC broken") + m.query("SELECT 2"),
+}
+
+
+@pytest.mark.parametrize("then", ["leave", "sync"])
+@pytest.mark.parametrize("limit", [0, 200], ids=["no-rewriter", "rewriter"])
+@pytest.mark.parametrize("case", sorted(PENDING_SYNC))
+async def test_server_skipping_to_a_sync_not_sent_stays_linked(gateway_app: Any, pg: PgCluster, pg_db: str,
+                                                               case: str, limit: int, then: str) -> None:
+    direct = await RawClient.connect(pg.port, pg.host)
+    await direct.send(m.startup_message({"user": PgCluster.TRUST_USER, "database": PgCluster.DATABASE}))
+    assert not errors(await direct.until(m.ReadyForQuery))
+    try:
+        await direct.send(PENDING_SYNC[case])
+        want = _shape(await direct.until(m.ErrorResponse))
+        await direct.send(m.sync())
+        want_sync = _shape(await direct.until(m.ReadyForQuery))
+    finally:
+        await direct.close()
+    assert want[3] == "Z:I" and want[-1].startswith("E:") and want_sync == ["Z:I"], (want, want_sync)
+
+    app = await gateway_app(query_wait_timeout=5.0, max_prepared_statements=limit,
+                            databases={"app": {"dbname": pg_db, "pool_size": 1}})
+    a = await RawClient.connect(app.pg_port)
+    assert not errors(await a.login("alice", ALICE_PASSWORD, "app"))
+    await a.send(PENDING_SYNC[case])
+    assert _shape(await a.until(m.ErrorResponse, timeout=5)) == want
+    # the server waits for a's Sync: it is still a's, not back in the pool
+    st = pool_stats(app)
+    assert (st["sv_active"], st["sv_idle"]) == (1, 0), st
+    if then == "sync":
+        await a.send(m.sync())
+        assert _shape(await a.until(m.ReadyForQuery, timeout=5)) == want_sync
+        assert _shape(await a.query("SELECT 3")) == ["RowDescription", "DataRow", "CommandComplete", "Z:I"]
+    else:
+        await a.close()
+    # the next client (asyncpg: Parse/Bind/Execute/Sync; named statements with the rewriter) is answered
+    b = await asyncpg.connect(app.pg_dsn("alice", ALICE_PASSWORD, "app"), statement_cache_size=100 if limit else 0)
+    try:
+        for i in range(3):
+            assert await asyncio.wait_for(b.fetchval("SELECT $1::int", i), 5) == i
+    finally:
+        await b.close()
+        await a.close()
