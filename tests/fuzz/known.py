@@ -22,24 +22,14 @@ def known_reason(traceback_text: str) -> str | None:
     return None
 
 
-#: Open: a linked client's query that never reaches Postgres.  Seen in about one
-#: 25 s CI slice in four (none in a 180 s run): the probe's ``select 1`` (asyncpg,
-#: pg_listen, transaction mode) times out after 5 s while its server -- and the
-#: servers of two /sql clients linked in the same second -- sit idle in Postgres
-#: (``ClientRead``, last statement the previous client's ``COMMIT;``): the
-#: gateway holds the clients' bytes or never reads the replies.  The probe's next
-#: connection is served at once.  One cause is fixed (a server left skipping to
-#: a Sync went back to the pool: test_skip_till_sync.py); a rarer variant
-#: remains (1 slice in 5 after the fix).  Reported as known (listed with the backends'
-#: state, not failing) until it is fixed: docs/fuzzing.md, "Open".
-PROBE_STALL = "probe select 1 stalled while its server sat idle (open, docs/fuzzing.md)"
-
-
 def known_hang(target: str, data: bytes) -> str | None:
     """A hang of a known, unfixed kind (reported, not failing), or None.
 
     None open.  Fixed: issue 11 F3 (``POST /pg`` waited for the ReadyForQuery of
     a Query Postgres skipped after an extended-protocol error; helper hostile),
     and its last variant, a Flush with a body (Postgres fails it and skips till
-    Sync; the gateway now ends that client with 08P01, gateway/accounting.py)."""
+    Sync; the gateway now ends that client with 08P01, gateway/accounting.py).
+    The probe's stalled ``select 1`` (a server released while it skipped to a
+    Sync its client had not sent; gateway/accounting.py, docs/fuzzing.md) is
+    fixed too: every probe error fails the campaign."""
     return None
