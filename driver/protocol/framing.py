@@ -359,11 +359,18 @@ class MessageReader:
             self.feed(data)
             return self.read_raw()
         end = len(data)
+        max_size = self.max_size
+        unpack = _unpack_header
+        if end >= 5:
+            mtype, length = unpack(data, 0)
+            if length + 1 == end and 4 <= length <= max_size:  # exactly one message: the common case
+                if self._buf:
+                    self._buf.clear()
+                    self._pos = 0
+                return data, [(mtype, 5, end)]
         pos = 0
         index: list[tuple[int, int, int]] = []
         append = index.append
-        max_size = self.max_size
-        unpack = _unpack_header
         while end - pos >= 5:
             mtype, length = unpack(data, pos)
             if length < 4 or length > max_size:
@@ -395,16 +402,36 @@ class MessageReader:
             if self._buf:
                 self._buf.clear()
                 self._pos = 0
-            buf: bytes | bytearray = data
+            # The common case, framed where it lies (offsets from 0); at anything
+            # unusual (a partial or bad message) the general loop below takes over.
+            end = len(data)
             pos = 0
+            index: list[tuple[int, int, int]] = []
+            append = index.append
+            max_size = self.max_size
+            unpack = _unpack_header
+            while end - pos >= 5:
+                mtype, length = unpack(data, pos)
+                stop = pos + 1 + length
+                if stop > end or length < 4 or length > max_size:
+                    break
+                if mtype == 68 or mtype == 100:  # DataRow, CopyData: one entry per run
+                    if end - stop >= 5 and data[stop] == mtype:
+                        stop = skip_data_rows(data, stop, end, max_size, mtype)
+                append((mtype, pos + 5, stop))
+                pos = stop
+            else:
+                if pos == end:
+                    return data, index
+            buf: bytes | bytearray = data
+            start = 0
         else:
             self.feed(data)
             buf = self._buf
-            pos = self._pos
-        start = pos
+            start = pos = self._pos
+            index = []
+            append = index.append
         end = len(buf)
-        index: list[tuple[int, int, int]] = []
-        append = index.append
         max_size = self.max_size
         unpack = _unpack_header
         skip = skip_data_rows
@@ -417,8 +444,8 @@ class MessageReader:
             stop = pos + 1 + length
             if stop > end:
                 break
-            if mtype == 68 or mtype == 100:  # DataRow, CopyData: one entry per run
-                stop = skip(buf, stop, end, max_size, mtype)
+            if (mtype == 68 or mtype == 100) and end - stop >= 5 and buf[stop] == mtype:
+                stop = skip(buf, stop, end, max_size, mtype)  # DataRow, CopyData: one entry per run
             append((mtype, pos + 5 - start, stop - start))
             pos = stop
         if buf is data:

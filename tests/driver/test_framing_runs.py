@@ -133,3 +133,35 @@ def test_copy_out_run_is_one_entry() -> None:
     assert chunk is data
     assert [t for t, _, _ in index] == [COPY_DATA, 67]
     assert [b for b in split_data_rows(chunk, index[0][1], index[0][2])] == [r[5:] for r in rows]
+
+
+def _drain_runs(reader: MessageReader, pieces: list[bytes]) -> tuple[list[tuple[int, bytes]], str | None]:
+    got: list[tuple[int, bytes]] = []
+    try:
+        for piece in [*pieces, b"", b""]:  # (the empty feeds report a bad header left buffered)
+            chunk, index = reader.feed_read_runs(piece)
+            got += _expand(chunk, index)
+    except ProtocolError as exc:
+        return got, f"{type(exc).__name__}: {exc}"
+    return got, None
+
+
+@given(stream_parts, st.binary(max_size=40), st.lists(st.integers(0, 20_000), max_size=8))
+@settings(suppress_health_check=[HealthCheck.too_slow])
+def test_runs_with_garbage_match_per_message_framing(parts: list[list[bytes]], junk: bytes, cuts: list[int]) -> None:
+    """A bad or partial message anywhere (the fast loop hands over to the
+    general one): the same messages, then the same error, as ``read()``."""
+    stream = b"".join(b"".join(p) for p in parts) + junk
+    ref = MessageReader(max_size=4096)
+    ref.feed(stream)
+    want: list[tuple[int, bytes]] = []
+    want_err = None
+    try:
+        for _ in range(3):
+            want += ref.read()
+    except ProtocolError as exc:
+        want_err = f"{type(exc).__name__}: {exc}"
+    for pieces in (split(stream, cuts), [stream]):
+        got, err = _drain_runs(MessageReader(max_size=4096), pieces)
+        assert got == want
+        assert err == want_err
