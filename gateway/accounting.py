@@ -62,6 +62,7 @@ _C = 67  # backend CommandComplete
 _DROW = 68  # backend DataRow
 _IDLE = 73  # 'I'
 _LISTEN_TAG = b"LISTEN\x00"
+_NOTED = frozenset({_Z, _PS, _C, _ERR})  # what replies() looks at (RowDescription, DataRow...: nothing)
 
 Index = list[tuple[int, int, int]]
 
@@ -94,7 +95,7 @@ class Accounting:
 
     __slots__ = ("outstanding", "dirty", "swallow", "texts", "text", "named", "listened", "ddl", "fatal", "errors",
                  "status", "rewriter", "events",
-                 "_risk", "_risky", "_watch", "_xdone", "_xerr")
+                 "watch", "_risk", "_risky", "_xdone", "_xerr")
 
     def __init__(self, rewriter: Any = None, events: Events | None = None) -> None:
         self.outstanding = 0
@@ -122,7 +123,7 @@ class Accounting:
         self.events: Events = events if events is not None else _NoEvents()
         self._risk: list[list[int]] = []  # [kind 0=Query 1=Sync, Zs before its part, extended replies owed]
         self._risky = False  # the current client segment holds an at-risk Query
-        self._watch = False  # scan server replies (while dirty or at risk)
+        self.watch = False  # scan server replies (while dirty or at risk)
         self._xdone = 0      # extended completions since the last ReadyForQuery (while watching)
         self._xerr = False   # an ErrorResponse since the last ReadyForQuery: the server skips to Sync
 
@@ -130,6 +131,13 @@ class Accounting:
     def client(self, chunk: bytes, idx: Index) -> tuple[bytes, Index, bool]:
         """Account one framed client chunk.  Returns the chunk and index to
         forward (cut before a Terminate) and whether the client terminated."""
+        if len(idx) == 1 and not self.dirty and not self._risky:
+            t, s, e = idx[0]
+            if t == _Q:  # one simple Query outside a Sync segment (the common case): the loop below, unrolled
+                self.outstanding += 1
+                self.texts = 1
+                self.text = s, e
+                return chunk, idx, False
         out = self.outstanding
         dirty = d0 = self.dirty
         risky: int = self._risky
@@ -176,8 +184,8 @@ class Accounting:
         if not chunk:
             return chunk, idx, terminate
         self.outstanding = out
-        if dirty and not d0 and self.rewriter is None and not self._watch:
-            self._watch = True  # replies to these messages may precede an at-risk Query
+        if dirty and not d0 and self.rewriter is None and not self.watch:
+            self.watch = True  # replies to these messages may precede an at-risk Query
             self._xdone = 0
             self._xerr = False
         self.dirty = dirty
@@ -190,7 +198,7 @@ class Accounting:
         the server already skips it (it gets no ReadyForQuery)."""
         if self.rewriter is not None:
             return 0  # the rewriter tracks skips itself (Rewriter.skipped_rfq)
-        if not self._watch:
+        if not self.watch:
             # nothing pending, server replies were not scanned: start counting now
             self._xdone = 0
             self._xerr = False
@@ -200,7 +208,7 @@ class Accounting:
         # with nothing due ahead, the replies since the last ReadyForQuery (_xdone)
         # are exactly those to these k messages
         self._risk.append([0, before, k])
-        self._watch = True
+        self.watch = True
         self._risky = True
         return 1
 
@@ -219,7 +227,7 @@ class Accounting:
             chunk, idx = self.swallowed(chunk, idx)
             if not chunk:
                 return chunk, idx
-        if self._watch:
+        if self.watch:
             self._risk_scan(idx)
         return chunk, idx
 
@@ -278,7 +286,7 @@ class Accounting:
             elif t in _XDONE:
                 self._xdone += 1
         if not risk and not self.dirty and not self._risky:
-            self._watch = False
+            self.watch = False
 
     def replies(self, chunk: bytes, idx: Index) -> int:
         """Account the server messages going to the client (after the
@@ -287,6 +295,8 @@ class Accounting:
         z = -1
         out = self.outstanding
         for t, s, e in idx:
+            if t not in _NOTED:
+                continue
             if t == _Z:
                 out -= 1
                 z = chunk[s]
@@ -335,4 +345,4 @@ class Accounting:
         """The server went away: nothing is owed any more."""
         self.outstanding = 0
         self._risk.clear()
-        self._watch = False
+        self.watch = False

@@ -270,3 +270,32 @@ def test_rewriter_skipping_to_sync_keeps_the_server() -> None:
     rw.skips_to_sync = False  # the rewriter forwarded the Sync
     _, z = s(acc, Z_I)
     assert z == ord("I") and acc.settled()
+
+
+_CLIENT_MSGS = [m.query("SELECT 1"), P, BEX, m.sync(), m.flush(), m.parse("s1", "SELECT 1", [])]
+_SERVER_MSGS = [Z_I, Z_T, ERR, PARSE_OK, BIND_OK, m.command_complete("SELECT 1")]
+
+
+def _state(acc: Accounting) -> dict[str, Any]:
+    return {k: getattr(acc, k) for k in Accounting.__slots__ if k not in ("rewriter", "events", "errors")}
+
+
+def test_one_query_chunk_is_accounted_like_the_general_loop() -> None:
+    """``client()`` takes a shortcut for a chunk that is exactly one Query: after
+    any history, its state must equal the general loop's (fed the same Query
+    followed by a Flush, which owes nothing and defeats the shortcut)."""
+    import random
+    rnd = random.Random(14)
+    for _ in range(400):
+        a, b = Accounting(), Accounting()
+        for _ in range(rnd.randrange(6)):
+            if rnd.random() < 0.6:
+                data = b"".join(rnd.choice(_CLIENT_MSGS) for _ in range(rnd.randrange(1, 4)))
+                assert c(a, data) == c(b, data)
+            else:
+                data = b"".join(rnd.choice(_SERVER_MSGS) for _ in range(rnd.randrange(1, 3)))
+                assert s(a, data) == s(b, data)
+        q = m.query("SELECT 2")
+        assert c(a, q) == (q, False)
+        assert c(b, q + m.flush())[1] is False
+        assert _state(a) == _state(b)
