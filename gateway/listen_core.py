@@ -286,6 +286,10 @@ _STMT = re.compile(rb"(?is)" + _WS + rb"*(?:(listen)" + _WS + rb"+(" + _IDENT + 
 _END = re.compile(rb"(?s)" + _WS + rb"*\Z")
 
 
+#: ``listen_head(text, start, end)``: :func:`maybe_listen` as a bound method (hot path: one call less)
+listen_head = _HEAD.match
+
+
 def maybe_listen(text: bytes, start: int = 0, end: int | None = None) -> bool:
     """Cheap first look (hot path): does the text start with LISTEN/UNLISTEN?"""
     return _HEAD.match(text, start, len(text) if end is None else end) is not None

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 from driver.protocol import messages as m
 
 from .listen import hub_for
-from .listen_core import ListenLimit, apply_actions, maybe_listen, parse_listen
+from .listen_core import ListenLimit, apply_actions, listen_head, maybe_listen, parse_listen
 from .listen_deliver import Delivery
 from .listen_tx import TX_TAGS, TxWatch, split_statements, tx_op
 
@@ -83,11 +83,11 @@ class Lazy:
     def take(self, session: "Session", chunk: bytes, idx: list[tuple[int, int, int]]) -> bool:
         t, st, e = idx[0]
         if t == _Q:
-            if not maybe_listen(chunk, st, e):
+            if listen_head(chunk, st, e) is None:  # not LISTEN/UNLISTEN (listen_core.maybe_listen)
                 return False
         elif t == _P:
             j = chunk.find(b"\x00", st, e)
-            if j < 0 or not maybe_listen(chunk, j + 1, e):
+            if j < 0 or listen_head(chunk, j + 1, e) is None:
                 return False
         else:
             return False

@@ -111,28 +111,33 @@ class Pool:
                 fut.cancel()
             self._move(client, None)
 
-    def try_acquire(self) -> ServerConnection | None:
+    def try_acquire(self, now: float | None = None) -> ServerConnection | None:
         """An idle server (LIFO), or None.  Synchronous: the hot path.
 
         A server idle for ``server_check_delay`` or longer is first checked
         with ``server_check_query`` (PgBouncer's sanity check; "" disables it):
         None is returned, the caller queues, and the server is handed over by
         :meth:`release` once the check succeeded -- or discarded (timeout:
-        ``server_connect_timeout``) and a fresh one opened."""
+        ``server_connect_timeout``) and a fresh one opened.  ``now``: the
+        loop's time, when the caller has it."""
         idle = self.sv_idle
-        if self.paused:
+        if self.paused or not idle:
             return None
+        s = self.settings
         while idle:
-            server = next(reversed(idle))
+            server = idle.popitem()[0]  # LIFO; off sv_idle (this is _move, inlined: the hot path)
+            server.pool_list = None
             if server.closed:
-                self._move(server, None)
                 continue
-            s = self.settings
-            if s.server_check_query and \
-                    self.gateway.loop.time() - server.last_used >= s.server_check_delay:
-                self.reset_and_release(server, self._check_sql, 1)
-                return None
-            self._move(server, self.sv_active)
+            if s.server_check_query:
+                if now is None:
+                    now = self.gateway.loop.time()
+                if now - server.last_used >= s.server_check_delay:
+                    self.reset_and_release(server, self._check_sql, 1)
+                    return None
+            active = self.sv_active
+            server.pool_list = active
+            active[server] = None
             return server
         return None
 
@@ -191,17 +196,19 @@ class Pool:
             self.release(server)
         return self.server_params
 
-    def release(self, server: ServerConnection) -> None:
-        """A server comes back clean (idle, nothing outstanding)."""
+    def release(self, server: ServerConnection, now: float | None = None) -> None:
+        """A server comes back clean (idle, nothing outstanding).  ``now``: the
+        loop's time, when the caller has it."""
         server.client = None
         if server.closed:
             self._move(server, None)
             self._launch_if_needed()
             return
-        loop = self.gateway.loop
-        now = loop.time()
+        if now is None:
+            now = self.gateway.loop.time()
         if now - server.created >= self.settings.server_lifetime or self.closed or \
-                self.total_servers() > self.size + self.reserve:  # expired, RECONNECT, or shrunk by a reload
+                len(self.sv_login) + len(self.sv_active) + len(self.sv_idle) + len(self.sv_used) \
+                > self.size + self.reserve:  # expired, RECONNECT, or shrunk by a reload (total_servers)
             self._move(server, None)
             server.close()
             self._launch_if_needed()
@@ -225,7 +232,11 @@ class Pool:
             self._move(server, self.sv_active)
             fut.set_result(server)
             return
-        self._move(server, self.sv_idle)
+        old = server.pool_list  # _move(server, self.sv_idle), inlined (the hot path)
+        if old is not None:
+            del old[server]
+        idle = server.pool_list = self.sv_idle
+        idle[server] = None
 
     def reset_and_release(self, server: ServerConnection, sql: bytes, replies: int) -> None:
         """Run an internal query (already encoded; ``replies`` ReadyForQuery

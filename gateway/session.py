@@ -38,20 +38,19 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from driver.protocol import messages as m
-from driver.protocol.framing import FrontendReader, ProtocolError
+from driver.protocol.framing import FrontendReader, MessageReader, ProtocolError
 
 from .accounting import Accounting
 from .cache_hook import SessionCache, on_ddl
 from .auth import AuthFailed
-from .cancel import send_cancel
-from . import login, session_timeouts
+from . import login, session_close, session_timeouts
 from .login import TRACKED, TRACKED_NAMES  # noqa: F401 (TRACKED: re-exported for http_exec)
 from .limits import check_login_message, login_reader
 from .pool import Pool, PoolError
 from .prepared import Rewriter
 from .schema import database_key
 from .server import TRACKED_ORDER, ServerConnection
-from .server_sync import DISCARD_ALL as _DISCARD_ALL, ServerStateSync
+from .server_sync import ServerStateSync
 from .streams import TransportError, direct_writer as _direct_writer
 from .listen_session import Lazy, SessionListen
 from .tracking import Tracker
@@ -67,8 +66,6 @@ _S = 83  # backend ParameterStatus
 _Z = 90
 _IDLE = 73  # 'I'
 
-_ROLLBACK = m.query("ROLLBACK")
-
 _OUT_HIGH = 1 << 20  # pause the server when this much is queued for a slow client
 _OUT_LOW = 1 << 18
 
@@ -81,6 +78,9 @@ _HOLD_ASSIGN = object()  # callback mode: paused until a server is assigned
 
 
 _RFQ_IDLE = m.ready_for_query("I")
+
+#: after login a FrontendReader frames like a MessageReader: its method, one call less (hot path)
+_feed_read_raw = MessageReader.feed_read_raw
 
 
 def _fatal(sqlstate: str, message: str) -> bytes:
@@ -204,7 +204,7 @@ class Session(ServerStateSync):
                 log.exception("session %r failed", self)
                 self._send_or_queue(_fatal("XX000", "internal error in the gateway"))
         finally:
-            await self._cleanup()
+            await session_close.cleanup(self)
 
     def _send_or_queue(self, data: bytes) -> None:
         """Queue a final message; sent by the writer (or directly in cleanup)."""
@@ -362,8 +362,13 @@ class Session(ServerStateSync):
         if self._cb_done or self._aborted:
             return
         try:
-            chunk, idx = self.reader.feed_read_raw(data)
-            if self._track_partial:
+            reader = self.reader
+            if reader.in_startup:  # (never after login; FrontendReader's override only checks this)
+                chunk, idx = reader.feed_read_raw(data)
+            else:
+                chunk, idx = _feed_read_raw(reader, data)
+            # the partial-message clock: nothing to do with nothing buffered and no clock running
+            if self._track_partial and (reader._buf or self._partial_since):
                 self._note_partial(bool(chunk))
             if not chunk:
                 return
@@ -410,16 +415,18 @@ class Session(ServerStateSync):
         tk = self.track
         if tk is not None and (acc.texts or tk.names or tk.all_binds):
             tk.look(chunk, idx, acc.texts, acc.text)  # SET, temp tables, locks... (gateway.tracking)
+        now: float | None = None
         if before == 0 and out > 0:  # a query starts (its ReadyForQuery ends it: query duration)
-            self.query_start = self.last_activity = self.loop.time()
+            self.query_start = self.last_activity = now = self.loop.time()
             self._cancel_sent = False
         elif self._track_times or self._track_activity:
-            self.last_activity = self.loop.time()
+            self.last_activity = now = self.loop.time()
         if not chunk:
             return not terminate
         pool = self.pool
-        pool.query_count += out - before  # type: ignore[union-attr]
-        pool.obs.bytes_in += len(chunk)  # type: ignore[union-attr]
+        assert pool is not None
+        pool.query_count += out - before
+        pool.obs.bytes_in += len(chunk)
         server = self.server
         if server is not None:
             if self.prepared is not None:
@@ -436,16 +443,16 @@ class Session(ServerStateSync):
         # Not linked: queue the bytes; link now or when the pool assigns a server.
         self._pending.append((chunk, idx))
         self._pending_bytes += len(chunk)
-        if self.pool_list is self.pool.cl_waiting:  # type: ignore[union-attr]
+        if self.pool_list is pool.cl_waiting:
             return not terminate
-        server = self.pool.try_acquire()  # type: ignore[union-attr]
+        server = pool.try_acquire(now)
         if server is None:
-            self.pool.enqueue(self)  # type: ignore[union-attr]  # may raise PoolError (fail fast)
+            pool.enqueue(self)  # may raise PoolError (fail fast)
         else:
             try:
-                self._send_pending(server)
+                self._send_pending(server, now)
             except ProtocolError:
-                self.pool.release(server)  # type: ignore[union-attr]  # untouched: nothing was sent
+                pool.release(server)  # untouched: nothing was sent
                 raise
         return not terminate
 
@@ -467,17 +474,29 @@ class Session(ServerStateSync):
                 fut.set_result(None)
         return True
 
-    def _send_pending(self, server: ServerConnection) -> None:
+    def _send_pending(self, server: ServerConnection, now: float | None = None) -> None:
         """Link ``server`` and write what the client queued.  A malformed
         message (ProtocolError): nothing is written and the server is not
-        linked -- it goes on untouched, to another client."""
+        linked -- it goes on untouched, to another client.  ``now``: the
+        loop's time, when the caller has it."""
         self.server = server
         server.client = self
-        self.link_time = self.loop.time()
+        self.link_time = self.loop.time() if now is None else now
         head = self._link(server)
         pending = self._pending
         self._pending = []
         self._pending_bytes = 0
+        if not head and len(pending) == 1:  # the common case: one chunk, nothing ahead of it
+            chunk, idx = pending[0]
+            if self.prepared is not None:
+                try:
+                    chunk = self._rewrite(chunk, idx)
+                except ProtocolError:
+                    self._unlink_unused(server)
+                    raise
+            if chunk:
+                server.write(chunk)
+            return
         parts = [head] if head else []
         rewrite = self._rewrite if self.prepared is not None else None
         for chunk, idx in pending:
@@ -528,20 +547,25 @@ class Session(ServerStateSync):
         if not chunk:
             return
         acc = self.acc
-        chunk, idx = acc.from_server(chunk, idx)
-        if not chunk:
-            return
-        if self.prepared is not None:
-            chunk, idx = self.prepared.rewrite_backend(chunk, idx)
+        if acc.swallow or acc.watch:  # replies to the gateway's own queries, skipped Queries
+            chunk, idx = acc.from_server(chunk, idx)
+            if not chunk:
+                return
+        rw = self.prepared
+        if rw is not None:
+            chunk, idx = rw.rewrite_backend(chunk, idx)
             if not chunk:
                 return
         z = acc.replies(chunk, idx)
-        if self.cache is not None and self.cache.cap is not None:
-            self.cache.captured(chunk, idx)
+        cache = self.cache
+        if cache is not None and cache.cap is not None:
+            cache.captured(chunk, idx)
         lq = self.listen
         if lq is not None and lq.watch:  # LISTEN in a transaction, held notifications (gateway.listen_session)
             chunk = lq.replies(chunk, idx)
-        self.pool.obs.bytes_out += len(chunk)  # type: ignore[union-attr]
+        pool = self.pool
+        assert pool is not None
+        pool.obs.bytes_out += len(chunk)
         direct = self._direct
         if direct is not None and not self._out:
             # Straight to the client's transport (no task switch).
@@ -577,21 +601,23 @@ class Session(ServerStateSync):
             return
         server.status = z
         if acc.ddl:  # a DDL completed: bump the schema epoch, again when its transaction ends
-            self.gw.statements.bump(dbk := database_key(self.pool.db))  # type: ignore[union-attr]
+            self.gw.statements.bump(dbk := database_key(pool.db))
             on_ddl(self.gw, dbk)  # the database's cached results go too
             if z == _IDLE:
                 acc.ddl = False
         if acc.outstanding == 0:
-            self.pool.obs.query.observe(self.loop.time() - self.query_start)  # type: ignore[union-attr]
+            now = self.loop.time()
+            pool.obs.query.observe(now - self.query_start)
             if z == _IDLE and not acc.dirty and self.transaction_mode:
-                if self.track is not None and self.track.marked:
+                tk = self.track
+                if tk is not None and tk.marked:
                     self._probe(server)
                 else:
-                    self._release()
+                    self._release(now)
             elif self._track_times:
-                self.last_z = self.loop.time()
+                self.last_z = now
 
-    def _release(self) -> None:
+    def _release(self, now: float | None = None) -> None:
         server = self.server
         if server is None:
             return
@@ -601,8 +627,10 @@ class Session(ServerStateSync):
             self.prepared.unlink()
         pool = self.pool
         assert pool is not None
+        if now is None:
+            now = self.loop.time()
         pool.xact_count += 1
-        linked = self.loop.time() - self.link_time
+        linked = now - self.link_time
         pool.xact_time += linked
         pool.obs.xact.observe(linked)
         if self._paused is server:
@@ -613,7 +641,7 @@ class Session(ServerStateSync):
         if reset:
             pool.reset_and_release(server, b"".join(reset), len(reset))
         else:
-            pool.release(server)
+            pool.release(server, now)
         if not self.gw.accepting:
             self._abort("57P01", "terminating connection due to administrator command")
 
@@ -704,88 +732,3 @@ class Session(ServerStateSync):
     def terminate(self, sqlstate: str, message: str) -> None:
         """Used by the Gateway at shutdown."""
         self._abort(sqlstate, message)
-
-    async def _cleanup(self) -> None:
-        self._finished = True
-        gw = self.gw
-        gw.unregister_session(self)
-        if self.cache is not None:
-            self.cache.close()
-        if self.counted:
-            self.counted = False
-            gw.n_clients -= 1
-        server = self.server
-        if server is not None:
-            self.server = None
-            skipping = self.prepared is not None and self.prepared.skips_to_sync
-            if self.prepared is not None:
-                self.prepared.unlink()
-            self._return_server(server, skipping)
-        if self.prepared is not None:
-            self.prepared.client.clear()
-        if self.pool is not None:
-            self.pool.remove_client(self)
-        if self.listen is not None:
-            self.listen.close()
-        # flush what is queued, then close
-        try:
-            if self._writer is not None:
-                self._writer_stop = True
-                w = self._wake
-                if w is not None and not w.done():
-                    self._wake = None
-                    w.set_result(None)
-                try:
-                    await asyncio.wait_for(asyncio.shield(self._writer), 5.0)
-                except (asyncio.TimeoutError, Exception):
-                    self._writer.cancel()
-            elif self._out:
-                data = b"".join(self._out)
-                self._out.clear()
-                await asyncio.wait_for(self.stream.send(data), 5.0)
-        except BaseException:  # client already gone; nothing else to do
-            pass
-        try:
-            await self.stream.close()
-        except Exception:  # pragma: no cover
-            pass
-
-    def _return_server(self, server: ServerConnection, skipping: bool = False) -> None:
-        """The client leaves while linked: make the server safe for others.
-        ``skipping``: the server discards everything up to a Sync the client
-        never sent (after an extended-protocol error): closed, like a busy one."""
-        pool = self.pool
-        assert pool is not None
-        server.client = None
-        if self._paused is server:
-            self._paused = None
-            if server.transport is not None:
-                server.transport.resume_reading()
-        if server.closed:
-            pool.discard(server)
-            return
-        if skipping or self.acc.busy():
-            # Mid-result or mid-pipeline: cancel whatever runs, then close it.
-            if self.acc.outstanding:
-                self.gw.spawn(send_cancel(server.host, server.port, server.backend_pid, server.backend_key))
-            pool.discard(server)
-            return
-        parts: list[bytes] = []
-        if server.status != _IDLE:
-            parts.append(_ROLLBACK)
-        if not self.transaction_mode and self.settings.server_reset_query:
-            parts.append(m.query(self.settings.server_reset_query))
-            server.reset_state()
-        else:
-            if self.track is not None and self.track.marked:
-                # state left by a transaction that did not end cleanly: not probed
-                self._reset_next = [_DISCARD_ALL]
-            parts += self._reset_parts(server)
-            if server.pending_owner is self:  # its temp objects etc.: nobody will come back for them
-                parts += server.pending
-                server.pending = []
-                server.pending_owner = None
-        if parts:
-            pool.reset_and_release(server, b"".join(parts), len(parts))
-        else:
-            pool.release(server)

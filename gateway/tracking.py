@@ -120,7 +120,15 @@ _SEEN_MAX = 4096
 
 
 def _verdict(sql: bytes) -> bool:
-    hit = hint(sql) and stateful(sql)
+    """Both stages for a text not in :data:`_SEEN`.  Only texts that pass
+    stage 1 are remembered: for the others stage 1 is as cheap as the
+    lookup, and a stream of distinct texts (literals inlined, ``pgbench -S``)
+    would only churn the dict."""
+    low = sql.lower()  # stage 1, :func:`hint` inlined (hot path)
+    if not (b"set" in low or b"temp" in low or b"advisory" in low or b"prepare" in low
+            or b"hold" in low or b"listen" in low or b"discard" in low):
+        return False
+    hit = stateful(sql)
     if len(sql) <= 4096:
         if len(_SEEN) >= _SEEN_MAX:
             _SEEN.clear()
