@@ -1,6 +1,6 @@
 """CPU per unit of work (issue 14): the gateway and PgBouncer side by side, repeated.
 
-``python -m bench.cpu_units [--repeat 3] [--seconds 8] [--clients 20] [--ws-logins 500]``
+``python -m bench.cpu_units [--repeat 3] [--seconds 8] [--clients 20] [--ws-logins 500] [--compare PATH]``
 
 One private PostgreSQL; in every repeat, PgBouncer and the gateway
 (``wirepool serve``, uvloop, same pool size, SCRAM with the stored verifier) are
@@ -15,6 +15,12 @@ started fresh in turn and loaded by the same C client:
 * ``ws-login``    -- gateway only: ``--ws-logins`` fresh sessions of the driver
   over the WebSocket (SCRAM, one query, close; 50 at a time, from a child
   process): gateway CPU / sessions.
+
+``--compare PATH`` (repeatable) adds the gateway of another checkout (e.g. a
+``git worktree`` of an older commit) to every repeat, run right after this
+one's, so before/after figures come from the same run: each is labelled
+``gateway@<dir name>`` and its ratio to PgBouncer is printed alongside, with
+its ratio to this checkout's gateway.
 
 The role's SCRAM verifier uses ``--scram-iterations`` (default 16) PBKDF2
 rounds so that the *clients'* key derivation does not eat the two cores the
@@ -35,6 +41,7 @@ import subprocess
 import sys
 from typing import Any
 
+from . import env as E
 from .env import BENCH_DB, BENCH_PASSWORD, BENCH_USER, BenchCluster, Gateway, PgBouncer, ProcWatch
 
 _TX = re.compile(r"number of transactions actually processed: (\d+)")
@@ -95,6 +102,17 @@ def _spread(xs: list[float]) -> str:
     return f"{statistics.median(xs):.2f}x [{min(xs):.2f}-{max(xs):.2f}]"
 
 
+def _variants(compare: list[str]) -> list[tuple[str, Any]]:
+    """(label, checkout) of the gateways to measure: this one, then ``--compare`` ones."""
+    out: list[tuple[str, Any]] = [("gateway", E.REPO)]
+    for path in compare:
+        repo = E.Path(path).resolve()
+        if not (repo / "gateway" / "__init__.py").exists():
+            raise SystemExit(f"--compare {path}: not a wirepool checkout")
+        out.append((f"gateway@{repo.name}", repo))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.cpu_units", description=__doc__.split("\n")[0])
     ap.add_argument("--repeat", type=int, default=3)
@@ -102,43 +120,59 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=20, help="pgbench -c")
     ap.add_argument("--ws-logins", type=int, default=500, help="WebSocket logins per repeat (0: skip)")
     ap.add_argument("--scram-iterations", type=int, default=16)
+    ap.add_argument("--compare", action="append", default=[], metavar="PATH",
+                    help="also measure the gateway of this checkout (before/after in one run)")
     ap.add_argument("--json", help="also write the rows to this file")
     a = ap.parse_args(argv)
+    variants = _variants(a.compare)
+    gateways = [label for label, _ in variants]
     print(f"load average at start: {os.getloadavg()}", flush=True)
     cluster = BenchCluster(scram_iterations=a.scram_iterations)
     rows: list[dict[str, Any]] = []
-    ratios: dict[str, list[float]] = {"pgbench-S": [], "pgbench-S-C": [], "login": []}
+    units = ("pgbench-S", "pgbench-S-C", "login")
+    ratios: dict[tuple[str, str], list[float]] = {(g, u): [] for g in gateways for u in units}
+    vs_first: dict[tuple[str, str], list[float]] = {(g, u): [] for g in gateways[1:] for u in (*units, "ws-login")}
+    this_repo = E.REPO
     try:
         cluster.pgbench_init(10)
         for r in range(a.repeat):
             got: dict[tuple[str, str], float] = {}
-            for target in ("pgbouncer", "gateway"):
+            for target, repo in [("pgbouncer", None), *variants]:
+                E.REPO = repo if repo is not None else this_repo  # the checkout a Gateway runs from
                 svc: Any = PgBouncer(cluster) if target == "pgbouncer" else Gateway(cluster)
-                svc.start()
                 try:
+                    svc.start()
                     kw = svc.conn_kwargs() if target == "pgbouncer" else svc.tcp_kwargs()
                     for unit, extra in (("pgbench-S", []), ("pgbench-S-C", ["-C"])):
                         n, cpu = _pgbench(kw, svc.pid, extra, a.clients, a.seconds)
                         got[(target, unit)] = us = cpu / max(1, n) * 1e6
                         rows.append({"repeat": r, "target": target, "unit": unit, "n": n, "cpu_s": cpu, "us": us})
-                        print(f"repeat {r} {target:9s} {unit:12s} n={n:7d} cpu={cpu:6.2f}s {us:8.1f} us/unit "
+                        print(f"repeat {r} {target:18s} {unit:12s} n={n:7d} cpu={cpu:6.2f}s {us:8.1f} us/unit "
                               f"load {os.getloadavg()[0]:.1f}", flush=True)
-                    got[(target, "login")] = got[(target, "pgbench-S-C")] - got[(target, "pgbench-S")]
-                    if target == "gateway" and a.ws_logins > 0:
+                    got[(target, "login")] = us = got[(target, "pgbench-S-C")] - got[(target, "pgbench-S")]
+                    rows.append({"repeat": r, "target": target, "unit": "login", "n": None, "cpu_s": None, "us": us})
+                    if target != "pgbouncer" and a.ws_logins > 0:
                         n, cpu = _ws_logins(svc, a.ws_logins)
-                        us = cpu / max(1, n) * 1e6
-                        rows.append({"repeat": r, "target": "gateway-ws", "unit": "ws-login", "n": n,
+                        got[(target, "ws-login")] = us = cpu / max(1, n) * 1e6
+                        rows.append({"repeat": r, "target": target, "unit": "ws-login", "n": n,
                                      "cpu_s": cpu, "us": us})
-                        print(f"repeat {r} gateway   ws-login     n={n:7d} cpu={cpu:6.2f}s {us:8.1f} us/unit "
+                        print(f"repeat {r} {target:18s} ws-login     n={n:7d} cpu={cpu:6.2f}s {us:8.1f} us/unit "
                               f"load {os.getloadavg()[0]:.1f}", flush=True)
                 finally:
                     svc.stop()
                     cluster.wait_backends_gone()
-            for unit in ratios:
-                ratios[unit].append(got[("gateway", unit)] / got[("pgbouncer", unit)])
-            print(f"repeat {r} gateway/PgBouncer: " + ", ".join(f"{u} {ratios[u][-1]:.2f}x" for u in ratios),
-                  flush=True)
+                    E.REPO = this_repo
+            for g in gateways:
+                for unit in units:
+                    ratios[(g, unit)].append(got[(g, unit)] / got[("pgbouncer", unit)])
+                print(f"repeat {r} {g}/PgBouncer: " + ", ".join(f"{u} {ratios[(g, u)][-1]:.2f}x" for u in units),
+                      flush=True)
+            for g in gateways[1:]:
+                for unit in (*units, "ws-login"):
+                    if (g, unit) in got and (gateways[0], unit) in got:
+                        vs_first[(g, unit)].append(got[(gateways[0], unit)] / got[(g, unit)])
     finally:
+        E.REPO = this_repo
         cluster.close()
 
     def med(target: str, unit: str) -> str:
@@ -146,16 +180,22 @@ def main(argv: list[str] | None = None) -> int:
         return f"{statistics.median(xs):.1f}" if xs else "-"
 
     print(f"\nCPU per unit, us: median over {a.repeat} repeats; ratio = gateway/PgBouncer within a repeat")
-    print(f"{'unit':14s} {'PgBouncer':>10s} {'gateway':>10s}  ratio median [min-max]")
-    for unit in ("pgbench-S", "pgbench-S-C"):
-        print(f"{unit:14s} {med('pgbouncer', unit):>10s} {med('gateway', unit):>10s}  {_spread(ratios[unit])}")
-    print(f"{'login (C - S)':14s} {'':>10s} {'':>10s}  {_spread(ratios['login'])}")
-    if a.ws_logins > 0:
-        print(f"{'ws-login':14s} {'-':>10s} {med('gateway-ws', 'ws-login'):>10s}")
+    for g in gateways:
+        print(f"[{g}]")
+        print(f"{'unit':14s} {'PgBouncer':>10s} {'gateway':>10s}  ratio median [min-max]")
+        for unit in ("pgbench-S", "pgbench-S-C"):
+            print(f"{unit:14s} {med('pgbouncer', unit):>10s} {med(g, unit):>10s}  {_spread(ratios[(g, unit)])}")
+        print(f"{'login (C - S)':14s} {med('pgbouncer', 'login'):>10s} {med(g, 'login'):>10s}  "
+              f"{_spread(ratios[(g, 'login')])}")
+        if a.ws_logins > 0:
+            print(f"{'ws-login':14s} {'-':>10s} {med(g, 'ws-login'):>10s}")
+    for g in gateways[1:]:
+        print(f"{gateways[0]} CPU / {g} CPU (within a repeat; < 1: this checkout spends less): "
+              + ", ".join(f"{u} {_spread(vs_first[(g, u)])}" for u in (*units, "ws-login") if vs_first[(g, u)]))
     print(f"load average at end: {os.getloadavg()}")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"rows": rows, "ratios": ratios}, f, indent=1)
+            json.dump({"rows": rows, "ratios": {f"{g}/{u}": v for (g, u), v in ratios.items()}}, f, indent=1)
     return 0
 
 

@@ -98,7 +98,8 @@ async def startup(self: Any) -> bool:
     gw = self.gw
     s = self.settings
     limits = gw.limits
-    if not limits.try_begin_login(getattr(self.stream, "peer", "?")):
+    peer = getattr(self.stream, "peer", "?")
+    if not limits.try_begin_login(peer):
         raise AuthFailed("53300", "sorry, too many clients are logging in")
     login_limit = getattr(self.stream, "set_login_limit", None)
     if login_limit is not None:
@@ -117,8 +118,7 @@ async def startup(self: Any) -> bool:
     except asyncio.CancelledError:
         if not expired or task.uncancel() > cancelling:
             raise
-        limits.shed_log.shed("client_login_timeout: login not completed in time",
-                             getattr(self.stream, "peer", "?"))
+        limits.shed_log.shed("client_login_timeout: login not completed in time", peer)
         raise AuthFailed("08006", "client_login_timeout: login not completed in time") from None
     finally:
         if timer is not None:
@@ -129,7 +129,8 @@ async def startup(self: Any) -> bool:
     after_login(self.reader, s)
     if login_limit is not None:
         login_limit(None)
-    set_socket_buffer(getattr(self.stream, "transport", None), s.tcp_socket_buffer)
+    if s.tcp_socket_buffer > 0:
+        set_socket_buffer(getattr(self.stream, "transport", None), s.tcp_socket_buffer)
     # Database lookup only after authentication (as PostgreSQL does).
     if self.database in ADMIN_DATABASES:  # the admin console (gateway/admin.py)
         await serve_console(self, prefix)
@@ -202,6 +203,8 @@ async def handshake(self: Any) -> bytes | None:
         if mtype != m.F.UNTYPED:  # pragma: no cover - the reader guarantees it
             raise ProtocolError("expected a startup packet")
         msg = m.decode_frontend(mtype, body)
+        if type(msg) is m.StartupMessage:  # (the usual case first)
+            break
         if isinstance(msg, m.SSLRequest) and getattr(self.stream, "tls_available", False):
             if self.reader.buffered or self._pend_pos < len(self._pend_idx):
                 # Bytes sent in clear after the SSLRequest must not count as encrypted.

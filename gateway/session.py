@@ -264,8 +264,7 @@ class Session(ServerStateSync):
     #: Startup packet(s) and authentication (overridden by /pg's pre-authenticated session).
     _handshake = login.handshake
 
-    def _admit(self) -> None:
-        login.admit(self)
+    _admit = login.admit
 
     # ======================================================== pooling loop
     async def _serve(self) -> None:
