@@ -294,6 +294,7 @@ async def run(config: Config, *, ready_callback: ReadyCallback | None = None, ga
     listening sockets of the gateway running on ``control_socket`` (gateway/takeover.py).
     ``workers``: this process is one of ``workers = N`` (gateway/workers.py)."""
     from gateway import reload as _reload
+    from gateway import reuseport as _reuseport
     from gateway import takeover as _takeover
     loop = asyncio.get_running_loop()
     ctl_path = config.gateway.control_socket
@@ -304,12 +305,14 @@ async def run(config: Config, *, ready_callback: ReadyCallback | None = None, ga
     worker = workers is not None and workers.count > 1  # one of a supervisor's (takeover is the supervisor's)
     if worker:
         app.inherited = {role: workers.listener_sockets(role) for role in ("listen", "pg_listen")}
+    retiring: list[Any] = workers.retiring if worker else []  # past this gateway's count (gateway/reuseport.py)
     handover = None
     if takeover:
         if not ctl_path:
             raise _takeover.TakeoverError("--takeover needs gateway.control_socket")
         handover = await asyncio.to_thread(_takeover.receive, ctl_path)
         app.inherited = handover.sockets
+        retiring = _reuseport.shrink(handover.sockets, 1)  # a lone process keeps one socket per address
     try:
         await app.start()
         if handover is not None:
@@ -318,6 +321,7 @@ async def run(config: Config, *, ready_callback: ReadyCallback | None = None, ga
                 app.cluster.predecessor = pred
             else:
                 _takeover.install_forwarding(app, pred)
+        _reuseport.start_retiring(app, retiring)
     except BaseException:
         if handover is not None:
             handover.abort()

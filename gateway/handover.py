@@ -13,15 +13,17 @@ either part, against a supervisor or a lone process, with any worker counts:
   graceful shutdown), and the supervisor exits once they have.
 * **Taking over** (``wirepool serve --takeover`` with ``workers = M``): the new
   supervisor receives the sockets (:func:`receive_for_workers`), keeps every one
-  of them -- closing one would reset the connections in its queue -- and makes
-  its workers accept on them: M >= N: one each, plus new ``SO_REUSEPORT``
-  sockets for the others; M < N: some workers accept on several
-  (:func:`listening_sockets`, gateway/sockets.py).  A socket bound without
-  ``SO_REUSEPORT`` (a lone process's, or the pre-fork mode's) takes no
-  companions: all M workers accept on it.  Once every worker serves, it says
-  ``GO``; then it offers the sockets on ``control_socket`` in turn.  Until the
-  predecessor has exited its ``/pg`` sessions and cancel keys are reached
-  through ``forward`` (gateway/cluster.py, gateway/peers.py).
+  of them (closing one with connections in its queue would reset them) and ends
+  with the layout a fresh start of M has, one ``SO_REUSEPORT`` socket per worker
+  (gateway/reuseport.py): M > N: new sockets join the port (a lone process's
+  socket, bound without ``SO_REUSEPORT``, is made joinable first) and get
+  connections once the workers serve; M < N: the sockets past M get no new
+  connection and are closed once their queues are empty (meanwhile some workers
+  accept on two).  Where that is not possible (no ``SO_REUSEPORT`` balancing)
+  all M workers share the socket(s) received.  Once every worker serves, it says
+  ``GO``; then it offers the sockets on ``control_socket`` in turn (not the
+  retiring ones).  Until the predecessor has exited its ``/pg`` sessions and
+  cancel keys are reached through ``forward`` (gateway/cluster.py, gateway/peers.py).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import socket
 import threading
 from typing import TYPE_CHECKING
 
+from . import reuseport
 from .sockets import address_of, bind_socket, reuse_port_of, send_sockets, slots
 from .takeover import REQUEST, ROLES, Handover, TakeoverError, _read_line_blocking, bind_control, offer_header, receive
 
@@ -48,9 +51,21 @@ GO_TIMEOUT = 300.0
 def listening_sockets(addr: tuple[str, int], received: list[socket.socket], count: int,
                       reuse: bool) -> tuple[list[socket.socket], bool]:
     """The listening sockets of one address for ``count`` workers and whether
-    every worker accepts on all of them (shared) rather than on its own."""
+    every worker accepts on all of them (shared) rather than on its own.
+    Sockets received from a predecessor come first, in its order; a lone
+    process's socket is made joinable, and new ones get no connection until
+    :func:`gateway.reuseport.grow` after the handover (gateway/reuseport.py)."""
     if received:
+        if reuse and len(received) < count:
+            for s in received:
+                if not reuse_port_of(s):
+                    reuseport.join(s)  # a lone process's (or the pre-fork mode's) socket: others may join it
+        grows = reuse and len(received) < count and all(reuse_port_of(s) for s in received)
+        if grows:
+            reuseport.steer(received[0], len(received))  # before the new ones join (no group yet: fails)
         socks = slots(received, count, reuse)
+        if grows and len(socks) > len(received):
+            reuseport.steer(received[0], len(received))  # the group exists now
         return socks, not (reuse and all(reuse_port_of(s) for s in received))
     if not reuse:
         return [bind_socket(addr, listen=True, reuse_port=False)], True
@@ -99,8 +114,11 @@ class SupervisorControl:
     def _offer(self) -> tuple[list[str], list[int], list[str]]:
         ctx = self.sup.base
         roles, fds = [], []
+        retiring = set(map(id, ctx.retiring))  # not passed on (gateway/reuseport.py)
         for role in ROLES:
             for s in ctx.sockets.get(role, ([], True))[0]:
+                if id(s) in retiring:
+                    continue
                 roles.append(role)
                 fds.append(s.fileno())
         return roles, fds, [ctx.socket_path(i) for i in range(ctx.count)]

@@ -34,6 +34,15 @@ class MultiServer:
         for srv in self.servers:
             srv.close()
 
+    def retire(self, fd: int) -> bool:
+        """Stop accepting on the socket ``fd`` and close it (gateway/reuseport.py); the others go on."""
+        for srv in self.servers:
+            if any(s.fileno() == fd for s in srv.sockets):
+                srv.close()
+                self.servers.remove(srv)
+                return True
+        return False
+
     def is_serving(self) -> bool:
         return any(srv.is_serving() for srv in self.servers)
 

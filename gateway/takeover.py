@@ -88,7 +88,9 @@ class Handover:
         return self.forward
 
     def abort(self) -> None:
-        """Starting failed: close our copies; the old process keeps serving."""
+        """Starting failed: close our copies; the old process keeps serving (on all its sockets)."""
+        from .reuseport import restore
+        restore(self.sockets)
         self.conn.close()
         for socks in self.sockets.values():
             for s in socks:
@@ -342,9 +344,12 @@ class ControlServer:
 
     def _listening(self) -> tuple[list[str], list[int]]:
         roles, fds = [], []
+        retiring = {s.fileno() for s in getattr(self.app, "retiring", ())}  # not passed on (gateway/reuseport.py)
         for role, listener in zip(ROLES, (self.app.http, self.app.tcp)):
             server = getattr(listener, "server", None)
             for s in (server.sockets if server is not None else ()):
+                if s.fileno() in retiring:
+                    continue
                 roles.append(role)
                 fds.append(s.fileno())
         return roles, fds

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field, replace
 from multiprocessing.connection import wait as wait_sentinels
 from typing import Any
 
+from . import reuseport
 from . import takeover as _takeover
 from .config import Config, format_address
 from .sockets import assign, reuse_port_balances
@@ -128,6 +129,9 @@ class WorkerContext:
     predecessor: list[str] = field(default_factory=list)
     #: pipe the worker writes to once it serves (the supervisor waits for every worker)
     ready_fd: int | None = None
+    #: sockets past this gateway's count after a takeover: no new connections; each worker
+    #: closes its own once their queues are empty (gateway/reuseport.py)
+    retiring: list[socket.socket] = field(default_factory=list)
 
     def socket_path(self, index: int) -> str:
         return os.path.join(self.runtime_dir, f"worker-{index}.sock")
@@ -202,10 +206,16 @@ class Supervisor:
             if g.pg_listen is not None:
                 socks["pg_listen"] = listening_sockets(g.pg_listen, received.get("pg_listen", []), self.count,
                                                        self.reuse)
+            #: role -> how many of its sockets came from the predecessor (the new ones follow them)
+            self.received = {role: len(received.get(role, [])) for role in socks}
+            retiring = reuseport.shrink({r: ss for r, (ss, shared) in socks.items() if not shared}, self.count) \
+                if self.handover is not None else []
         except BaseException:
             if self.handover is not None:
                 self.handover.abort()
             raise
+        #: when the supervisor closes its copies of the retiring sockets (the workers have closed theirs)
+        self.retire_at: float | None = None
         for s in received.get("pg_listen", []) if g.pg_listen is None else ():
             s.close()  # pg_listen removed from the file: the predecessor's socket closes with it
         self.runtime_dir = tempfile.mkdtemp(prefix="wirepool-workers-")
@@ -218,7 +228,7 @@ class Supervisor:
             while gen.hex() == self.handover.info.get("generation"):
                 gen = secrets.token_bytes(2)
         self.base = WorkerContext(0, self.count, self.runtime_dir, secret, listen, pg, self.reuse, socks, gen,
-                                  self.handover.forward if self.handover is not None else [])
+                                  self.handover.forward if self.handover is not None else [], retiring=retiring)
         self.mp = multiprocessing.get_context("fork")
         self.procs: dict[int, Any] = {}
         self.started: dict[int, float] = {}
@@ -271,6 +281,23 @@ class Supervisor:
         log.info("takeover: handed over; the workers finish their clients")
         self.stopping = True
         self._forward(signal.SIGUSR2)
+        # the successor holds its own copies; ours would keep a socket it retires in the group
+        # until this process exits (gateway/reuseport.py).  No worker is restarted from now on.
+        for s in self.base.all_sockets():
+            s.close()
+        self.base.retiring, self.retire_at = [], None
+
+    def _drop_retiring(self) -> None:
+        """Close this process's copies of the retiring sockets and forget them."""
+        gone = set(map(id, self.base.retiring))
+        if not gone:
+            return
+        for s in self.base.retiring:
+            s.close()
+        self.base.sockets = {r: ([s for s in ss if id(s) not in gone], shared)
+                             for r, (ss, shared) in self.base.sockets.items()}
+        self.base.retiring = []
+        self.retire_at = None
 
     def _signal(self, signum: int) -> None:
         self._pending.append(signum)
@@ -297,7 +324,16 @@ class Supervisor:
                 log.error("takeover: the workers did not start; the running gateway carries on")
                 self.handover.abort()
                 return False
-            self.handover.commit()
+            try:
+                self.handover.commit()
+            except BaseException:
+                reuseport.restore(self.handover.sockets)  # the predecessor carries on, on all its sockets
+                raise
+            for role, (socks, shared) in self.base.sockets.items():
+                if not shared:
+                    reuseport.grow(socks, self.received.get(role, 0))
+            if self.base.retiring:
+                self.retire_at = time.monotonic() + reuseport.RETIRE_GRACE + 2
             if g.control_socket:
                 self.control = SupervisorControl(self, g.control_socket)
         if self.control is not None:
@@ -332,6 +368,8 @@ class Supervisor:
                         self._forward(signal.SIGTERM)
                     else:
                         self._forward(signal.SIGTERM)  # a second signal: the workers close now
+                if self.retire_at is not None and time.monotonic() >= self.retire_at:
+                    self._drop_retiring()
                 if self.stopping and deadline is None:
                     deadline = time.monotonic() + g.shutdown_timeout + 10
                 alive = {i: p for i, p in self.procs.items() if p.is_alive()}

@@ -144,6 +144,38 @@ async def _takeover(cfg: Path, out: Path, notify: Path | None = None) -> None:
     assert r.returncode == 0, out.read_text()[-3000:]
 
 
+def _listening_inodes(port: int) -> set[int]:
+    """The listening TCP sockets on ``port`` (any address), by inode, from /proc/net/tcp*."""
+    out = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[3] == "0A" and int(cols[1].rpartition(":")[2], 16) == port:
+                out.add(int(cols[9]))
+    return out
+
+
+def _layout(pid: int, ports: tuple[int, ...]) -> int | None:
+    """How many workers the gateway ``pid`` serves with, when each worker (or the lone
+    process) holds exactly one listening socket per port of ``ports``, its own, and no
+    other process holds any other socket on them; else None."""
+    try:
+        proc = psutil.Process(pid)
+        procs = proc.children() or [proc]
+        held = []
+        for p in procs:
+            links = [os.readlink(f"/proc/{p.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{p.pid}/fd")]
+            held.append({int(x[8:-1]) for x in links if x.startswith("socket:[")})
+    except (OSError, psutil.Error):
+        return None
+    for port in ports:
+        every = _listening_inodes(port)
+        mine = [h & every for h in held]
+        if any(len(m) != 1 for m in mine) or set().union(*mine) != every or len(every) != len(procs):
+            return None
+    return len(procs)
+
+
 def _drains(text: str) -> dict[str, tuple[tuple[str, ...], tuple[str, ...] | None]]:
     """pid -> (accepted when it stopped accepting, accepted when every client had left)."""
     out: dict[str, Any] = {}
@@ -154,18 +186,21 @@ def _drains(text: str) -> dict[str, tuple[tuple[str, ...], tuple[str, ...] | Non
     return out
 
 
-async def test_takeover_under_load_workers_2_to_1_to_3(pg, pg_db, tmp_path):
-    """Two takeovers under load: a ``workers = 2`` gateway is taken over by a
-    lone process (accepting on both SO_REUSEPORT sockets), which is taken over
-    by ``workers = 3`` (the two sockets + a new one joining the port).  Across both: every
-    transaction counted by the load generator is in the table once, none
-    failed, no connection refused; an HTTP transaction begun before a handover
-    commits after it, and a CancelRequest landing on the successor reaches a
-    query running in the predecessor."""
+async def test_takeover_under_load_workers_1_to_3_to_2_to_1(pg, pg_db, tmp_path):
+    """Three takeovers under load, each into another worker count, each ending
+    in the layout a fresh start of that count has: a lone process (one socket
+    per address, bound without SO_REUSEPORT) is taken over by ``workers = 3``
+    (its socket made joinable, two new ones join: one socket per worker), that
+    by ``workers = 2`` (the third socket retires), that by a lone process again
+    (one socket per address).  Across all three: every transaction counted by
+    the load generator is in the table once, none failed, no connection
+    refused; an HTTP transaction begun before a handover commits after it, and
+    a CancelRequest landing on the successor reaches a query running in the
+    predecessor."""
     pg.psql("CREATE TABLE tk (kind text NOT NULL); GRANT ALL ON tk TO scram_user", db=pg_db)
     http_port, pg_port = free_port(), free_port()
     cfg = tmp_path / "wirepool.toml"
-    write_config(cfg, pg, pg_db, http_port, pg_port, shutdown_timeout=60, workers=2)
+    write_config(cfg, pg, pg_db, http_port, pg_port, shutdown_timeout=60, workers=1)
     log = tmp_path / "serve.log"
     # systemd's Type=notify: the supervisors report to NOTIFY_SOCKET (deploy/systemd/wirepool.service)
     notify_path = tmp_path / "notify"
@@ -186,7 +221,9 @@ async def test_takeover_under_load_workers_2_to_1_to_3(pg, pg_db, tmp_path):
         # HTTP /pg sessions: BEGIN .. COMMIT is several requests, each on a new
         # connection once the old process answers `connection: close`.
         load.add("http", 10, lambda: driver.connect(dsn_http), per_conn=3)
-        for step, (workers, out) in enumerate(((1, tmp_path / "takeover1.log"), (3, tmp_path / "takeover2.log"))):
+        steps = [3, 2, 1]
+        for step, workers in enumerate(steps):
+            out = tmp_path / f"takeover{step + 1}.log"
             await eventually(lambda: load.total > 100 + 150 * step, timeout=60, what="load running")
             before = load.total
             held = await psycopg.AsyncConnection.connect(host="127.0.0.1", port=pg_port, user="alice",
@@ -206,36 +243,45 @@ async def test_takeover_under_load_workers_2_to_1_to_3(pg, pg_db, tmp_path):
             await held.close()
             await tr.commit()  # a request of the predecessor's /pg session, forwarded to it
             await span.close()
-            # the predecessor finishes its clients and exits by itself, well within shutdown_timeout
-            def gone(pid: int = pids[-2]) -> bool:
-                if pid == old.pid:
-                    return old.poll() is not None
-                try:
-                    return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-                except psutil.NoSuchProcess:
-                    return True
-            try:
-                await eventually(gone, timeout=45, what="the predecessor to exit")
-            except AssertionError:
-                raise AssertionError(f"{load.failures[:5]}\n" + (log if step == 0 else tmp_path / "takeover1.log")
-                                     .read_text()[-5000:]) from None
-            assert step > 0 or old.returncode == 0, log.read_text()[-3000:]
+            # the layout of a fresh start with this count (while the predecessor drains): one
+            # listening socket per worker and address, and no other socket left on the ports
+            await eventually(lambda: _layout(new_pid, (http_port, pg_port)) == workers, timeout=30,
+                             what=f"one listening socket per worker of {workers}")
             after = load.total
             await eventually(lambda: load.total > after + 60, timeout=60, what="load running on the new gateway")
             assert load.total > before + 120
             assert psutil.pid_exists(new_pid)
+
+        # each predecessor finishes its clients and exits by itself, well within shutdown_timeout
+        def gone(pid: int) -> bool:
+            if pid == old.pid:
+                return old.poll() is not None
+            try:
+                return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                return True
+        try:
+            await eventually(lambda: all(gone(p) for p in pids[:-1]), timeout=45, what="the predecessors to exit")
+        except AssertionError:
+            raise AssertionError(f"{load.failures[:5]}\n" + "\n".join(
+                p.read_text()[-3000:] for p in [log, *tmp_path.glob("takeover*.log")])) from None
+        assert old.returncode == 0, log.read_text()[-3000:]
         await load.finish()
         text = log.read_text()
-        logs = [log, tmp_path / "takeover1.log"]
+        logs = [log] + [tmp_path / f"takeover{i}.log" for i in (1, 2)]
         # every worker of each predecessor accepted nothing after the handover, and its clients left by themselves
         drains = [_drains(p.read_text()) for p in logs]
-        assert [len(d) for d in drains] == [2, 1], drains
+        assert [len(d) for d in drains] == [1, 3, 2], drains
         for d in drains:
             for pid, (start, end) in d.items():
                 assert start is not None and start == end, (pid, start, end)
-        assert re.search(r"received listen \S+ \(x2\)", (tmp_path / "takeover1.log").read_text())
-        assert re.search(r"received listen \S+ \(x2\)", (tmp_path / "takeover2.log").read_text())
-        assert "3 workers (SO_REUSEPORT)" in (tmp_path / "takeover2.log").read_text()
+        received = [re.findall(r"received listen \S+( \(x\d\))?", (tmp_path / f"takeover{i}.log").read_text())
+                    for i in (1, 2, 3)]
+        assert received == [[""], [" (x3)"], [" (x2)"]], received  # the sockets each predecessor offered
+        assert "3 workers (SO_REUSEPORT)" in (tmp_path / "takeover1.log").read_text()
+        assert "2 workers (SO_REUSEPORT)" in (tmp_path / "takeover2.log").read_text()
+        assert len(re.findall(r"retired listening socket", (tmp_path / "takeover2.log").read_text())) == 2
+        assert len(re.findall(r"retired listening socket", (tmp_path / "takeover3.log").read_text())) == 2
         print(f"takeover under load: {load.ok} transactions, {load.connects} connections, "
               f"{len(load.failures)} failed, {len(load.refused)} refused")
         assert load.failures == [], load.failures[:5]
@@ -245,7 +291,7 @@ async def test_takeover_under_load_workers_2_to_1_to_3(pg, pg_db, tmp_path):
             rows = dict(await a.fetch("SELECT kind, count(*) FROM tk GROUP BY kind"))
         finally:
             await a.close()
-        assert rows == {**load.ok, "span0": 1, "span1": 1}, (rows, load.ok)  # each committed exactly once
+        assert rows == {**load.ok, **{f"span{i}": 1 for i in range(len(steps))}}, (rows, load.ok)  # each committed exactly once
         notify.setblocking(False)
         states = []
         while True:
@@ -310,8 +356,30 @@ async def test_takeover_refused_cases_leave_the_running_gateway_alone(pg, pg_db,
     assert not (tmp_path / "wirepool.ctl").exists()
 
 
+def _spread(socks: list[socket.socket], n: int = 120) -> list[int]:
+    """Connect ``n`` times to the sockets' port: how many landed on each (none refused)."""
+    port = socks[0].getsockname()[1]
+    clients = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(n)]
+    counts = [0] * len(socks)
+    deadline = time.monotonic() + 10
+    while sum(counts) < n and time.monotonic() < deadline:
+        for i, s in enumerate(socks):
+            s.setblocking(False)
+            try:
+                s.accept()[0].close()
+                counts[i] += 1
+            except BlockingIOError:
+                pass
+    for c in clients:
+        c.close()
+    assert sum(counts) == n, counts
+    return counts
+
+
 def test_listening_sockets_for_n_then_m_workers() -> None:
-    """gateway/handover.py: the sockets a successor's workers accept on (real sockets, no gateway)."""
+    """gateway/handover.py + gateway/reuseport.py: the sockets a successor's workers accept
+    on, and where the kernel sends new connections meanwhile (real sockets and connections)."""
+    from gateway import reuseport
     from gateway.handover import listening_sockets
     from gateway.sockets import assign, reuse_port_of
     two, shared = listening_sockets(("127.0.0.1", 0), [], 2, True)  # a supervisor of 2: one socket each
@@ -320,15 +388,29 @@ def test_listening_sockets_for_n_then_m_workers() -> None:
     try:
         assert not shared and len(two) == 2 and all(reuse_port_of(s) for s in two)
         assert two[0].getsockname() == two[1].getsockname()
+        assert all(_spread(two))  # no steering: the kernel's hash spreads them
         three, shared = listening_sockets(("127.0.0.1", 9), two, 3, True)  # 2 -> 3: one more joins the port
         made += three[2:]
         assert not shared and three[:2] == two and len(three) == 3
         assert three[2].getsockname() == two[0].getsockname()
+        assert _spread(three)[2] == 0  # the new one gets nothing until the successor serves...
+        reuseport.grow(three, 2)
+        assert all(_spread(three))  # ...then its share
         assert [assign(three, i, 2, shared) for i in range(2)] == [[three[0], three[2]], [three[1]]]  # 3 -> 2
-        one, shared = listening_sockets(("127.0.0.1", 9), [lone], 3, True)  # 1 -> 3: all accept on the one
-        assert shared and one == [lone] and all(assign(one, i, 3, shared) == [lone] for i in range(3))
+        assert reuseport.shrink({"listen": three}, 2) == [three[2]]  # the third retires: no new connections
+        assert _spread(three)[2] == 0 and all(_spread(three)[:2])
+        # 1 -> 3: the lone process's socket is made joinable; two new ones join it
+        one, shared = listening_sockets(("127.0.0.1", 9), [lone], 3, True)
+        made += one[1:]
+        assert not shared and one[0] is lone and len(one) == 3 and reuse_port_of(lone)
+        assert _spread(one) == [120, 0, 0]
+        reuseport.grow(one, 1)
+        assert all(_spread(one)) and [assign(one, i, 3, shared) for i in range(3)] == [[s] for s in one]
+        reuseport.restore({"listen": one})  # a takeover given up: all of the predecessor's again
+        assert all(_spread(one))
         pre, shared = listening_sockets(("127.0.0.1", 9), two, 3, False)  # no SO_REUSEPORT here: share them
         assert shared and pre == two
+        assert reuseport.foreign(one) == 0 and reuseport.foreign(one[:2]) == 1
     finally:
         for s in made:
             s.close()
