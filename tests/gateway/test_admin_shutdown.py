@@ -36,6 +36,10 @@ async def _refused(port: int) -> bool:
         conn = await _connect(port)
     except (ConnectionRefusedError, OSError):
         return True
+    except asyncpg.PostgresError as e:
+        # accepted in the instant before the listener closed, then turned away
+        assert e.sqlstate in ("57P01", "57P03"), e
+        return True
     await conn.close()
     return False
 
