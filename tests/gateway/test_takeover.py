@@ -293,7 +293,8 @@ async def test_takeover_under_load_workers_1_to_3_to_2_to_1(pg, pg_db, tmp_path)
             rows = dict(await a.fetch("SELECT kind, count(*) FROM tk GROUP BY kind"))
         finally:
             await a.close()
-        assert rows == {**load.ok, **{f"span{i}": 1 for i in range(len(steps))}}, (rows, load.ok)  # each committed exactly once
+        spans = {f"span{i}": 1 for i in range(len(steps))}
+        assert rows == {**load.ok, **spans}, (rows, load.ok)  # each committed exactly once
         notify.setblocking(False)
         states = []
         while True:
