@@ -75,6 +75,8 @@ COPY_DATA: Final = 100
 _STRIDE_AFTER: Final = 3
 _STRIDE_FIRST: Final = 32
 _COLUMNS: Final = (4, 3, 0, 2, 1)
+#: message types framed as runs by MessageReader.feed_read_runs
+_RUNS: Final = frozenset((DATA_ROW, COPY_DATA))
 
 
 def skip_data_rows(buf: bytes | bytearray, pos: int, end: int, max_size: int = DEFAULT_MAX_MESSAGE_SIZE,
@@ -398,24 +400,25 @@ class MessageReader:
         one index entry ``(DATA_ROW, body_start_of_first, body_end_of_last)``
         (see :func:`skip_data_rows`), and so is a run of CopyData
         (``COPY_DATA``).  The chunk holds the same bytes."""
-        if self._pos == len(self._buf) and type(data) is bytes:
+        end = len(data)
+        max_size = self.max_size
+        if self._pos == len(self._buf) and type(data) is bytes and end <= max_size:
             if self._buf:
                 self._buf.clear()
                 self._pos = 0
             # The common case, framed where it lies (offsets from 0); at anything
             # unusual (a partial or bad message) the general loop below takes over.
-            end = len(data)
+            # (No message within ``data`` can be longer than max_size.)
             pos = 0
             index: list[tuple[int, int, int]] = []
             append = index.append
-            max_size = self.max_size
             unpack = _unpack_header
             while end - pos >= 5:
                 mtype, length = unpack(data, pos)
                 stop = pos + 1 + length
-                if stop > end or length < 4 or length > max_size:
+                if stop > end or length < 4:
                     break
-                if mtype == 68 or mtype == 100:  # DataRow, CopyData: one entry per run
+                if mtype in _RUNS:  # DataRow, CopyData: one entry per run
                     if end - stop >= 5 and data[stop] == mtype:
                         stop = skip_data_rows(data, stop, end, max_size, mtype)
                 append((mtype, pos + 5, stop))
@@ -425,6 +428,14 @@ class MessageReader:
                     return data, index
             buf: bytes | bytearray = data
             start = 0
+        elif self._pos == len(self._buf) and type(data) is bytes:
+            if self._buf:
+                self._buf.clear()
+                self._pos = 0
+            buf = data
+            start = pos = 0
+            index = []
+            append = index.append
         else:
             self.feed(data)
             buf = self._buf
