@@ -106,6 +106,7 @@ from __future__ import annotations
 
 import re
 import struct
+from collections import deque
 from typing import Any
 
 from driver.protocol import messages as m
@@ -119,6 +120,7 @@ from .prepared_registry import (
     StatementRegistry,
 )
 from .prepared_replies import (
+    _NO_Q,
     _DATA,
     _E_DESC,
     _E_EXEC,
@@ -217,6 +219,8 @@ class Rewriter(ReplyQueue):
                     else:
                         self._plain += len(index)
                         return chunk, b""
+        if q is _NO_Q:  # the first entry of this link: the queue is made now (not per link)
+            q = self._q = deque()
         if self._plain:
             # materialize the counted replies at the head of the queue
             q.extend([_E_RZ] * self._plain)

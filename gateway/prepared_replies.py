@@ -74,7 +74,7 @@ _E_SYNC: Entry = (_RZ, _PASS, None, None, (), 1)
 
 _DISCARD_TAGS = (b"DISCARD ALL\x00", b"DEALLOCATE ALL\x00")
 
-_NO_Q: Any = ()  # Rewriter._q while unlinked: empty, and any attempt to queue on it fails loudly
+_NO_Q: Any = ()  # Rewriter._q with no entry made yet: empty, and any attempt to queue on it fails loudly
 
 
 class ReplyQueue:
@@ -94,7 +94,8 @@ class ReplyQueue:
         self.limit = limit
         self.enabled = limit > 0
         self.server: ServerStatements | None = None
-        #: the reply queue, a deque while linked; the shared empty tuple while not (idle-session memory)
+        #: the reply queue: a deque from its first entry while linked; the shared empty tuple while
+        #: not linked or before that entry (idle-session memory, no allocation per plain transaction)
         self._q: deque[Entry] = _NO_Q
         self._desc_half = False      # the head Describe('S') got its ParameterDescription
         self._status = 73            # last ReadyForQuery status seen ('I')
@@ -113,10 +114,10 @@ class ReplyQueue:
 
     # -------------------------------------------------------------- linking
     def link(self, server: ServerStatements) -> None:
+        """(The queue itself is made by ``Rewriter.rewrite_frontend`` at its first
+        entry: plain Queries only count, and most transactions need none.)"""
         if self._q or self._plain:
             self.abandon()
-        if self._q is _NO_Q:
-            self._q = deque()
         self.server = server
 
     def unlink(self) -> None:
