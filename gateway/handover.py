@@ -130,6 +130,7 @@ class SupervisorControl:
             return
         roles, fds, forward = self._offer()
         send_sockets(conn, offer_header(roles, forward, generation=self.sup.base.generation.hex(),
+                                        retiring=len(self.sup.base.retiring),
                                         workers=self.sup.count), fds)
         log.info("takeover: offered %d sockets (%s) to a successor; waiting for it to start", len(fds),
                  ", ".join(sorted(set(roles))))

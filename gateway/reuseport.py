@@ -26,7 +26,9 @@ picks one of them for each new connection:
 * **Foreign sockets** (:func:`foreign`).  A socket of the group that is not ours
   (one the predecessor was still retiring when it handed over, closed by it at
   once) would shift the positions of the new ones: growing waits (at most
-  :data:`FOREIGN_WAIT` s) until ``/proc/net/tcp*`` shows none before steering to M.
+  :data:`FOREIGN_WAIT` s) until ``/proc/net/tcp*`` shows none before steering to M
+  (only if the predecessor says it was retiring some: that file is slow to read
+  with many connections).
 
 Where any of this is missing (not Linux, ``WIREPOOL_REUSEPORT=0``, a kernel
 without reuseport BPF) the successor keeps the predecessor's sockets as before:
@@ -158,13 +160,15 @@ def restore(sockets: dict[str, list[socket.socket]]) -> None:
             steer(socks[0], len(socks))
 
 
-def grow(socks: list[socket.socket], received: int) -> None:
+def grow(socks: list[socket.socket], received: int, predecessor_retiring: Any = None) -> None:
     """After the handover: the ``received`` sockets and the new ones after them all get
-    connections, once no foreign socket (a predecessor's retiring one) is left in the group."""
+    connections, once no foreign socket (a predecessor's retiring one) is left in the group.
+    ``predecessor_retiring``: how many it was retiring when it offered (0: none, no need to
+    look; None: an older predecessor that does not say)."""
     if len(socks) <= received:
         return
     deadline = time.monotonic() + FOREIGN_WAIT
-    while (n := foreign(socks)) != 0:
+    while predecessor_retiring != 0 and (n := foreign(socks)) != 0:
         if time.monotonic() > deadline:
             log.warning("takeover: %s: %s other listening sockets on the port; the %d new ones stay idle",
                         _name(socks[0]), n if n > 0 else "unknown", len(socks) - received)

@@ -396,7 +396,7 @@ class ControlServer:
         forward = [self.forward_path] if self.forward_path else []
         conn.setblocking(True)
         try:
-            send_sockets(conn, offer_header(roles, forward), fds)
+            send_sockets(conn, offer_header(roles, forward, retiring=len(getattr(self.app, "retiring", ()))), fds)
         finally:
             conn.setblocking(False)
         log.info("takeover: offered %s to a successor; waiting for it to start", ", ".join(roles))

@@ -331,7 +331,7 @@ class Supervisor:
                 raise
             for role, (socks, shared) in self.base.sockets.items():
                 if not shared:
-                    reuseport.grow(socks, self.received.get(role, 0))
+                    reuseport.grow(socks, self.received.get(role, 0), self.handover.info.get("retiring"))
             if self.base.retiring:
                 self.retire_at = time.monotonic() + reuseport.RETIRE_GRACE + 2
             if g.control_socket:
