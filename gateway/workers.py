@@ -333,7 +333,7 @@ class Supervisor:
                 if not shared:
                     reuseport.grow(socks, self.received.get(role, 0), self.handover.info.get("retiring"))
             if self.base.retiring:
-                self.retire_at = time.monotonic() + reuseport.RETIRE_GRACE + 2
+                self.retire_at = time.monotonic() + reuseport.RETIRE_GRACE + 0.5
             if g.control_socket:
                 self.control = SupervisorControl(self, g.control_socket)
         if self.control is not None:
