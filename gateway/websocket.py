@@ -259,11 +259,9 @@ class WebSocketStream(ProtocolStream):
         return buf[pos:]
 
     def _fast_close(self, buf: bytes, pos: int, end: int) -> bool:
-        """The client's close frame (masked, payload <= 125 bytes) at ``pos``,
-        answered as websockets does -- echo its payload, close TCP (a server
-        does), EOF to the session -- without making a protocol for it.  False
-        (websockets takes over) when the frame is incomplete or its payload is
-        not a valid close payload (websockets then fails the connection)."""
+        """The client's close frame at ``pos`` answered as websockets does (echo
+        its payload, close TCP, EOF to the session) without a protocol; False
+        (websockets takes over) if incomplete or not a valid close payload."""
         n = buf[pos + 1] & 0x7F
         start = pos + 6
         if start + n > end:
@@ -282,10 +280,9 @@ class WebSocketStream(ProtocolStream):
         return True
 
     def _rx_closing(self, data: bytes) -> None:
-        """After our fast-path close frame: skip the client's frames (it may still
-        send some before it sees ours) up to its close frame, then close TCP, as
-        websockets does in CLOSING state.  A frame that is not a client frame
-        (unmasked) ends it the same way (websockets would fail the connection)."""
+        """After our fast-path close frame: skip the client's frames up to its
+        close frame, then close TCP, as websockets does in CLOSING state (an
+        unmasked frame ends it too: websockets would fail the connection)."""
         n = self._rx_left
         if n:
             if len(data) <= n:
@@ -297,8 +294,8 @@ class WebSocketStream(ProtocolStream):
         end = len(buf)
         pos = 0
         while end - pos >= 2:
-            b0, b1 = buf[pos], buf[pos + 1]
-            if (b0 & 0x0F) == 0x08 or b1 < 0x80:
+            b1 = buf[pos + 1]
+            if b1 < 0x80:
                 self._rx = b""
                 self._end_close()
                 return
@@ -311,6 +308,12 @@ class WebSocketStream(ProtocolStream):
             elif n == 127:
                 n = int.from_bytes(buf[pos + 2:pos + 10], "big")
             stop = pos + head + n
+            if (buf[pos] & 0x0F) == 0x08:  # its close frame, once whole (no unread bytes at close: no RST)
+                if stop > end and n < 126:
+                    break
+                self._rx = b""
+                self._end_close()
+                return
             if stop > end:
                 self._rx = b""
                 self._rx_left = stop - end
