@@ -255,7 +255,11 @@ class Authenticator:
         Failed attempts are throttled per source address and per user.
         ``database``: where auth_query looks up users not in ``[users]``."""
         src = source_of(peer)
-        await self._gate(src, user)
+        wait = self.throttle.admit(src, user)  # self._gate, inline (the login hot path)
+        if wait is None:
+            raise Throttled()
+        if wait > 0:
+            await asyncio.sleep(wait)
         try:
             result = await self._exchange(user, send, recv, database)
         except AuthFailed as exc:
@@ -389,7 +393,7 @@ class Authenticator:
             server = pg_auth.ScramServer.mock(user)
             real = False
         send(m.authentication_sasl([server.mechanism]))
-        body = await _expect_password(recv)
+        body = _password_body(*await recv())
         try:
             mechanism, data = m.decode_sasl_initial_response(body)
         except ProtocolError:
@@ -401,7 +405,7 @@ class Authenticator:
         try:
             first = server.handle_client_first(data)
             send(m.authentication_sasl_continue(first))
-            body = await _expect_password(recv)
+            body = _password_body(*await recv())
             final = server.handle_client_final(body)
         except pg_auth.AuthenticationError as exc:
             if exc.sqlstate == "28P01":
@@ -418,7 +422,12 @@ def _check(verifier: pg_auth.ScramVerifier, password: str) -> bool:
 
 
 async def _expect_password(recv: RecvFn) -> bytes:
-    mtype, body = await recv()
+    return _password_body(*await recv())
+
+
+def _password_body(mtype: int, body: bytes) -> bytes:
+    """``body`` of a PasswordMessage-type message (the SCRAM path calls this on
+    ``await recv()`` directly: one coroutine less per message)."""
     if mtype != m.F.PASSWORD:
         raise AuthFailed("08P01", f"expected password response, got message type {chr(mtype)!r}"
                          if mtype else "expected password response, got a startup-phase message")
