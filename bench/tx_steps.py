@@ -1,6 +1,6 @@
 """Python steps per ``pgbench -S`` transaction in the gateway (issue 14): deterministic.
 
-``python -m bench.tx_steps [--baseline REV] [--clients 4]``
+``python -m bench.tx_steps [--baseline REV] [--clients 4] [--mode simple|extended|prepared]``
 
 CPU seconds per transaction on a shared 2-core machine move by 10-30 % from
 one run to the next (``bench.cpu_units`` gives them, side by side with
@@ -78,13 +78,13 @@ def _snap(out: Path, pid: int) -> tuple[int, int, dict[str, int]]:
     raise RuntimeError("the traced gateway did not report its counters")
 
 
-def _pgbench(kw: dict[str, Any], clients: int, tx: int) -> None:
-    subprocess.run(["pgbench", "-n", "-S", "-c", str(clients), "-j", "1", "-t", str(tx), "-h", kw["host"],
+def _pgbench(kw: dict[str, Any], clients: int, tx: int, mode: str) -> None:
+    subprocess.run(["pgbench", "-n", "-S", "-M", mode, "-c", str(clients), "-j", "1", "-t", str(tx), "-h", kw["host"],
                     "-p", str(kw["port"]), "-U", kw["user"], kw["database"]],
                    env=dict(os.environ, PGPASSWORD=kw["password"]), check=True, capture_output=True)
 
 
-def measure(cluster: E.BenchCluster, repo: Path, clients: int, short: int, long: int
+def measure(cluster: E.BenchCluster, repo: Path, clients: int, short: int, long: int, mode: str = "simple"
             ) -> tuple[float, float, dict[str, float]]:
     """(bytecodes, calls, bytecodes by function) per transaction of the gateway in ``repo``."""
     work = Path(tempfile.mkdtemp(prefix="wirepool-tx-steps-"))
@@ -98,11 +98,11 @@ def measure(cluster: E.BenchCluster, repo: Path, clients: int, short: int, long:
     try:
         gw.start()
         kw = gw.tcp_kwargs()
-        _pgbench(kw, clients, 20)  # warm: the pool's servers, the statement caches
+        _pgbench(kw, clients, 20, mode)  # warm: the pool's servers, the statement caches
         s0 = _snap(out, gw.pid)
-        _pgbench(kw, clients, short)
+        _pgbench(kw, clients, short, mode)
         s1 = _snap(out, gw.pid)
-        _pgbench(kw, clients, long)
+        _pgbench(kw, clients, long, mode)
         s2 = _snap(out, gw.pid)
     finally:
         gw.stop()
@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--transactions", type=int, default=300, help="extra transactions per client (-t difference)")
     ap.add_argument("--functions", type=int, default=0, help="list the N functions with most bytecodes")
+    ap.add_argument("--mode", choices=("simple", "extended", "prepared"), default="simple", help="pgbench -M")
     a = ap.parse_args(argv)
     targets: list[tuple[str, Path]] = []
     tmp: Path | None = None
@@ -139,9 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cluster.pgbench_init(1)
         for name, repo in targets:
-            ops, calls, per = measure(cluster, repo, a.clients, 100, 100 + a.transactions)
+            ops, calls, per = measure(cluster, repo, a.clients, 100, 100 + a.transactions, a.mode)
             rows.append((name, ops, calls))
-            print(f"{name:12s} {ops:7.0f} bytecodes {calls:6.1f} Python calls per pgbench -S transaction", flush=True)
+            print(f"{name:12s} {ops:7.0f} bytecodes {calls:6.1f} Python calls per pgbench -S -M {a.mode} transaction",
+                  flush=True)
             for k, v in sorted(per.items(), key=lambda kv: -kv[1])[:a.functions]:
                 print(f"    {v:7.1f}  {k}")
     finally:
