@@ -69,6 +69,11 @@ def listening_sockets(addr: tuple[str, int], received: list[socket.socket], coun
         return socks, not (reuse and all(reuse_port_of(s) for s in received))
     if not reuse:
         return [bind_socket(addr, listen=True, reuse_port=False)], True
+    if addr[1]:
+        # A listener already there (another gateway's workers, bound with SO_REUSEPORT as ours
+        # are) would otherwise be joined, and quietly given half of the new connections: a
+        # probe without SO_REUSEPORT fails with EADDRINUSE as a lone process's bind does.
+        bind_socket(addr, listen=False, reuse_port=False).close()
     first = bind_socket(addr, listen=True, reuse_port=True)  # port 0 resolves here; the others join it
     out = [first]
     try:

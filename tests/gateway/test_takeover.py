@@ -8,6 +8,7 @@ generator counts: zero failed transactions, zero refused connections."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import re
 import signal
@@ -417,3 +418,25 @@ def test_listening_sockets_for_n_then_m_workers() -> None:
     finally:
         for s in made:
             s.close()
+
+
+@pytest.mark.parametrize("first_reuses", [True, False])
+def test_fresh_workers_refuse_a_port_already_listened_on(first_reuses: bool) -> None:
+    """A second `wirepool serve` with workers > 1 on a port a gateway already listens on
+    fails with EADDRINUSE, whether that gateway has workers (SO_REUSEPORT sockets, which
+    ours would otherwise join and share connections with) or is a lone process."""
+    from gateway.handover import listening_sockets
+    from gateway.sockets import address_of
+    first, _ = listening_sockets(("127.0.0.1", 0), [], 2 if first_reuses else 1, first_reuses)
+    addr = address_of(first[0])
+    try:
+        with pytest.raises(OSError) as e:
+            listening_sockets(addr, [], 2, True)
+        assert e.value.errno == errno.EADDRINUSE
+    finally:
+        for s in first:
+            s.close()
+    # and once it is gone, the port is free again
+    again, _ = listening_sockets(addr, [], 2, True)
+    for s in again:
+        s.close()
