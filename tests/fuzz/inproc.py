@@ -21,7 +21,7 @@ Sub-targets (``SUBTARGETS``):
 ``pg_body``      gateway.http_exec._frame_batch + the ``Wirepool-Params`` header checks.
 ``http_head``    h11 parsing as the gateway drives it + the gateway's header helpers
                  (Basic/Bearer credentials, Neon connection strings).
-``ws_frames``    gateway.http.WebSocketStream receive path: the hand-written fast path and
+``ws_frames``    gateway.websocket.WebSocketStream receive path: the hand-written fast path and
                  websockets' parser must deliver the same bytes and agree on errors.
 
 ``run_one(name, data)`` replays one input without atheris (regression tests).
@@ -48,13 +48,17 @@ import atheris
 # Third-party and standard modules the gateway pulls in stay uninstrumented
 # (instrumenting them all takes a minute); only the project's code, and h11
 # (the gateway's HTTP parser), give coverage feedback.
-import websockets.server  # noqa: E402
+import websockets.server  # noqa: E402,F401
 from websockets.protocol import State  # noqa: E402
 from websockets.server import ServerProtocol  # noqa: E402
 import prometheus_client  # noqa: E402,F401
 
-_INSTRUMENT = ["h11", "driver.protocol", "gateway.http", "gateway.neon_sql", "gateway.http_exec",
-               "gateway.http_protocol", "gateway.prepared", "gateway.accounting"]
+# (atheris includes submodules, not siblings: every module split out of http.py and
+# prepared.py is named on its own)
+_INSTRUMENT = ["h11", "driver.protocol", "gateway.http", "gateway.http_listener", "gateway.http_messages",
+               "gateway.websocket", "gateway.neon_sql", "gateway.http_exec", "gateway.http_stream",
+               "gateway.http_sessions", "gateway.http_protocol", "gateway.prepared", "gateway.prepared_registry",
+               "gateway.prepared_server", "gateway.prepared_replies", "gateway.accounting"]
 # replaying saved inputs (regression tests) needs no coverage
 _instrument = (contextlib.nullcontext() if os.environ.get("WIREPOOL_FUZZ_REPLAY")
                else atheris.instrument_imports(include=_INSTRUMENT))
