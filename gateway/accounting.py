@@ -52,6 +52,9 @@ _Q, _S, _F, _X, _P = 81, 83, 70, 88, 80  # frontend types: Query, Sync, Function
 _H = 72  # Flush
 #: frontend CopyData/CopyDone/CopyFail and Flush: no reply of their own
 _COPY = frozenset({100, 99, 102, 72})
+#: the other frontend types Postgres reads after login (Bind, Close, Describe, Execute);
+#: any type outside these, _COPY and QSFXP ends its session with a FATAL 08P01
+_EXTENDED = frozenset(b"BCDE")
 #: backend completion replies of one extended-protocol message (Parse '1', Bind '2',
 #: Close '3', Describe 'T'/'n', Execute 'C'/'I'/'s'); ErrorResponse is the other end.
 _XDONE = frozenset(b"123nTCIs")
@@ -172,6 +175,10 @@ class Accounting:
                 if s < _e and chunk[s] and self.rewriter is None:
                     self.named = True
             elif t not in _COPY:
+                if t not in _EXTENDED:
+                    # Postgres would end the session with this FATAL, taking the pooled
+                    # server with it: the gateway answers it and keeps the server
+                    raise ProtocolError(f"invalid frontend message type {t}")
                 dirty += 1
             elif t == _H and _e != s:
                 # Postgres fails it as an extended-protocol message and then skips

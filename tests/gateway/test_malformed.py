@@ -182,3 +182,42 @@ async def test_flush_with_a_body_does_not_leave_the_server_skipping(gateway_app,
     finally:
         await b.close()
     assert isinstance(msgs, list) and [e.sqlstate for e in errors(msgs)] == ["08P01"], msgs
+
+
+# ------------------------------------------------------------------ unknown message types
+
+@pytest.mark.parametrize("in_tx", [True, False])
+async def test_unknown_message_type_ends_the_client_not_the_server(gateway_app, pg, pg_db, in_tx):
+    """A message type Postgres does not read ('Z', a backend type): Postgres ends the
+    session with a FATAL 08P01, which would take the pooled server with it (the fuzz
+    campaign churned backends this way).  The gateway answers the same FATAL itself; an
+    open transaction is rolled back and the same server serves the next client."""
+    from tests.pgcluster import PgCluster
+    bad = b"Z\x00\x00\x00\x04"
+    direct = await RawClient.connect(pg.port, pg.host)
+    try:
+        await direct.send(m.startup_message({"user": PgCluster.TRUST_USER, "database": PgCluster.DATABASE}))
+        assert not errors(await direct.until(m.ReadyForQuery))
+        await direct.send(bad)
+        want = [(e.sqlstate, e.message) for e in errors(await direct.read_to_eof(timeout=10))]
+    finally:
+        await direct.close()
+    assert want and want[0][0] == "08P01", want
+
+    app = await gateway_app(databases={"app": {"dbname": pg_db, "pool_size": 1}})
+    a = await _login(app)
+    try:
+        pid = rows(await a.query("begin; select pg_backend_pid()" if in_tx else "select pg_backend_pid()"))[0][0]
+        await a.send(bad)
+        got = [(e.sqlstate, e.message) for e in errors(await a.read_to_eof(timeout=10))]
+    finally:
+        await a.close()
+    assert got == want
+    b = await _login(app)
+    try:
+        assert rows(await b.query("select pg_backend_pid()")) == [(pid,)]  # the server was kept
+        # not inside a's transaction: there now() would be its start, not this statement's
+        assert rows(await b.query("select now() = statement_timestamp()")) == [("t",)]
+    finally:
+        await b.close()
+    assert pool_stats(app)["sv_idle"] + pool_stats(app)["sv_active"] == 1
