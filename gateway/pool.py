@@ -226,6 +226,8 @@ class Pool:
                 self._move(server, self.sv_active)
                 if client.assign(server):
                     return
+                if server.pool_list is None:  # discarded by the client (gateway/session.py: _unlink_unused)
+                    return
                 continue
             if fut.done():
                 continue

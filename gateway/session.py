@@ -451,7 +451,8 @@ class Session(ServerStateSync):
             try:
                 self._send_pending(server, now)
             except ProtocolError:
-                pool.release(server)  # untouched: nothing was sent
+                if server.pool_list is not None:  # (not discarded by _unlink_unused)
+                    pool.release(server)  # untouched: nothing was sent
                 raise
         return not terminate
 
@@ -491,7 +492,7 @@ class Session(ServerStateSync):
                 try:
                     chunk = self._rewrite(chunk, idx)
                 except ProtocolError:
-                    self._unlink_unused(server)
+                    self._unlink_unused(server, head)
                     raise
             if chunk:
                 server.write(chunk)
@@ -503,21 +504,28 @@ class Session(ServerStateSync):
                 try:
                     chunk = rewrite(chunk, idx)
                 except ProtocolError:
-                    self._unlink_unused(server)
+                    self._unlink_unused(server, head)
                     raise
             if chunk:
                 parts.append(chunk)
         if parts:
             server.write(parts[0] if len(parts) == 1 else b"".join(parts))
 
-    def _unlink_unused(self, server: ServerConnection) -> None:
-        """Undo :meth:`_link` of a server nothing was written to."""
+    def _unlink_unused(self, server: ServerConnection, head: bytes) -> None:
+        """Undo :meth:`_link` of a server nothing was written to.  ``head``: what
+        :meth:`_link` meant to send first (a reset for another identity, another
+        client's clean-ups, SETs); it already updated what the gateway believes
+        of the server, so that server is discarded, not handed to another client."""
         self.server = None
         server.client = None
         self.acc.swallow = 0
         if self.prepared is not None:
             self.prepared.abandon()  # statements noted for it become uncertain: closed before reuse
             self.prepared.unlink()
+        pool = self.pool
+        if head and pool is not None:
+            log.info("%r: closed; its reset for %r was not sent (malformed message)", server, self)
+            pool.discard(server)
 
     def _rewrite(self, chunk: bytes, idx: list[tuple[int, int, int]]) -> bytes:
         """Named prepared statements: rewrite for the linked server (raises

@@ -221,3 +221,32 @@ async def test_unknown_message_type_ends_the_client_not_the_server(gateway_app, 
     finally:
         await b.close()
     assert pool_stats(app)["sv_idle"] + pool_stats(app)["sv_active"] == 1
+
+
+async def test_malformed_message_from_another_user_leaves_no_state_behind(gateway_app, pg_db):
+    """bob's malformed message waits for a server alice used.  Linking it for bob
+    meant a DISCARD ALL (another identity), so the gateway reset what it knew of
+    the server; the malformed message stopped anything being sent.  The server
+    must not go on as 'reset for bob' with alice's settings still on it."""
+    from tests.gateway.conftest import BOB_PASSWORD
+    app = await gateway_app(databases={"app": {"dbname": pg_db, "pool_size": 1}})
+    alice = await asyncpg.connect(app.pg_dsn("alice", ALICE_PASSWORD, "app"), statement_cache_size=0)
+    bob = await RawClient.connect(app.pg_port)
+    try:
+        await alice.execute("SET statement_timeout = '4321s'")
+        tx = alice.transaction()
+        await tx.start()
+        assert not errors(await bob.login("bob", BOB_PASSWORD, "app"))
+        await bob.send(m.query("select 'first'") + BAD_BIND)
+        await eventually(lambda: pool_stats(app)["cl_waiting"] == 1, what="bob waits for the server")
+        await tx.commit()
+        await _ends_with_08p01(bob)
+    finally:
+        await bob.close()
+        await alice.close()
+    bob2 = await RawClient.connect(app.pg_port)
+    try:
+        assert not errors(await bob2.login("bob", BOB_PASSWORD, "app"))
+        assert rows(await bob2.query("show statement_timeout")) != [("4321s",)]
+    finally:
+        await bob2.close()
