@@ -3,6 +3,10 @@
 The half of :class:`gateway.session.Session` that keeps a shared server in the
 state its client expects (docs/pooling-semantics.md):
 
+* linking (:meth:`ServerStateSync.assign`, :meth:`_send_pending`): a server
+  handed to the client gets what the client queued, after what it needs first;
+  a malformed queued message leaves it unlinked (or discarded, when its state
+  had already been updated for this client);
 * on link (:meth:`ServerStateSync._link`): DISCARD ALL when the server last
   served another ``[users]`` identity, another client's pending clean-up, and
   one batch that re-applies the client's tracked parameters and session
@@ -22,10 +26,12 @@ which holds the state in its ``__slots__``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
 from driver.protocol import messages as m
+from driver.protocol.framing import ProtocolError
 
 from .prepared import server_statements
 from .server import ServerConnection, parse_parameter_status, tracked_signature
@@ -37,6 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .cache_hook import SessionCache
     from .prepared import Rewriter
     from .config import GatewaySettings
+    from .pool import Pool, PoolError
 
 log = logging.getLogger("wirepool.gateway.session")
 
@@ -51,8 +58,8 @@ _SET, _PROBE = "set", "probe"  # kinds of the gateway's own queries (Session._ki
 class ServerStateSync:
     """Mixin of :class:`gateway.session.Session`: owns the slots below, reads the session's."""
 
-    __slots__ = ('_gucs_before', '_kinds', '_probe_rows', '_reset_later', '_reset_next', '_swallow_err',
-                 '_swallow_keys', 'params', 'sig')
+    __slots__ = ('_assigned', '_gucs_before', '_kinds', '_pending', '_pending_bytes', '_probe_rows', '_reset_later',
+                 '_reset_next', '_swallow_err', '_swallow_keys', 'link_time', 'params', 'server', 'sig')
 
     _gucs_before: dict[str, str]
     _kinds: list[str | None]  # one per gateway-owned query in flight: _SET, _PROBE or None
@@ -63,8 +70,12 @@ class ServerStateSync:
     _swallow_keys: tuple[str, ...]
     params: dict[str, str]  # the client's tracked parameters
     sig: Any  # tracked_signature(params)
+    server: ServerConnection | None  # the linked server
+    link_time: float
+    _assigned: "asyncio.Future[None] | None"  # a waiting client's, set when a server is linked
+    _pending: list[tuple[bytes, list[tuple[int, int, int]]]]  # framed client chunks waiting for a server
+    _pending_bytes: int
     # the session's (read here)
-    server: ServerConnection | None
     user: str
     track: Tracker | None
     acc: "Accounting"
@@ -73,8 +84,109 @@ class ServerStateSync:
     settings: "GatewaySettings"
     transaction_mode: bool
 
+    _aborted: bool
+    _finished: bool
+    loop: asyncio.AbstractEventLoop
+    pool: "Pool | None"
+
     def _release(self) -> None:  # the session's
         raise NotImplementedError
+
+    def _abort(self, sqlstate: str | None, message: str | None) -> None:  # the session's
+        raise NotImplementedError
+
+    def _send_or_queue(self, data: bytes) -> None:  # the session's
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ linking
+    def assign(self, server: ServerConnection) -> bool:
+        """Link ``server`` and send what the client queued.  Called directly or
+        by the pool when it hands a released server to this waiting client.
+        Returns False (server not taken) when the session is ending."""
+        if self._aborted or self._finished:
+            return False
+        try:
+            self._send_pending(server)
+        except ProtocolError as exc:
+            self._abort(exc.sqlstate, str(exc))
+            return False
+        fut = self._assigned
+        if fut is not None:
+            self._assigned = None
+            if not fut.done():
+                fut.set_result(None)
+        return True
+
+    def _send_pending(self, server: ServerConnection, now: float | None = None) -> None:
+        """Link ``server`` and write what the client queued.  A malformed
+        message (ProtocolError): nothing is written and the server is not
+        linked -- it goes on untouched, to another client.  ``now``: the
+        loop's time, when the caller has it."""
+        self.server = server
+        server.client = self
+        self.link_time = self.loop.time() if now is None else now
+        head = self._link(server)
+        pending = self._pending
+        self._pending = []
+        self._pending_bytes = 0
+        if not head and len(pending) == 1:  # the common case: one chunk, nothing ahead of it
+            chunk, idx = pending[0]
+            if self.prepared is not None:
+                try:
+                    chunk = self._rewrite(chunk, idx)
+                except ProtocolError:
+                    self._unlink_unused(server, head)
+                    raise
+            if chunk:
+                server.write(chunk)
+            return
+        parts = [head] if head else []
+        rewrite = self._rewrite if self.prepared is not None else None
+        for chunk, idx in pending:
+            if rewrite is not None:
+                try:
+                    chunk = rewrite(chunk, idx)
+                except ProtocolError:
+                    self._unlink_unused(server, head)
+                    raise
+            if chunk:
+                parts.append(chunk)
+        if parts:
+            server.write(parts[0] if len(parts) == 1 else b"".join(parts))
+
+    def _unlink_unused(self, server: ServerConnection, head: bytes) -> None:
+        """Undo :meth:`_link` of a server nothing was written to.  ``head``: what
+        :meth:`_link` meant to send first (a reset for another identity, another
+        client's clean-ups, SETs); it already updated what the gateway believes
+        of the server, so that server is discarded, not handed to another client."""
+        self.server = None
+        server.client = None
+        self.acc.swallow = 0
+        if self.prepared is not None:
+            self.prepared.abandon()  # statements noted for it become uncertain: closed before reuse
+            self.prepared.unlink()
+        pool = self.pool
+        if head and pool is not None:
+            log.info("%r: closed; its reset for %r was not sent (malformed message)", server, self)
+            pool.discard(server)
+
+    def _rewrite(self, chunk: bytes, idx: list[tuple[int, int, int]]) -> bytes:
+        """Named prepared statements: rewrite for the linked server (raises
+        ProtocolError on a malformed message; nothing of ``chunk`` was sent)."""
+        rw = self.prepared
+        assert rw is not None
+        chunk, local = rw.rewrite_frontend(chunk, idx)
+        if rw.dropped_rfq:  # Query messages skipped after a refused message: no ReadyForQuery
+            self.acc.outstanding -= rw.dropped_rfq
+        if local:
+            self._send_or_queue(local)
+        return chunk
+
+    def wait_failed(self, err: PoolError) -> None:
+        """The pool cannot give this waiting client a server."""
+        self._abort(err.sqlstate, err.message)
+
+    # ------------------------------------------------------------ state sync
 
     def _link(self, server: ServerConnection) -> bytes:
         """``server`` was just linked; returns what must be sent to it before the

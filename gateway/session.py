@@ -91,14 +91,14 @@ class Session(ServerStateSync):
     """One client connection."""
 
     # Thousands of idle sessions per process: no per-instance __dict__ (subclasses may have one).
-    __slots__ = ('_aborted', '_assigned', '_cancel_sent', '_cb_done', '_cb_exc', '_cb_hold', '_cb_wait',
+    __slots__ = ('_aborted', '_cancel_sent', '_cb_done', '_cb_exc', '_cb_hold', '_cb_wait',
                  '_direct', '_direct_drain', '_finished', '_holding', '_main',
                  '_out', '_out_bytes', '_partial_since', '_paused', '_pend_chunk', '_pend_idx', '_pend_pos',
-                 '_pending', '_pending_bytes', '_serving',
+                 '_serving',
                  '_track_activity', '_track_partial', '_track_times',
                  '_wake', '_writer', '_writer_stop', 'acc', 'connect_time', 'counted', 'database', 'gw',
-                 'last_activity', 'last_z', 'link_time', 'loop', 'pool', 'pool_list', 'prepared',
-                 'process_id', 'query_start', 'reader', 'secret_key', 'server', 'settings', 'stream',
+                 'last_activity', 'last_z', 'loop', 'pool', 'pool_list', 'prepared',
+                 'process_id', 'query_start', 'reader', 'secret_key', 'settings', 'stream',
                  'track', 'transaction_mode', 'user', 'wait_future', 'wait_start', 'listen', 'cache',
                  '__weakref__')  # a new attribute must be added here or in ServerStateSync's (else AttributeError)
 
@@ -455,93 +455,6 @@ class Session(ServerStateSync):
                     pool.release(server)  # untouched: nothing was sent
                 raise
         return not terminate
-
-    def assign(self, server: ServerConnection) -> bool:
-        """Link ``server`` and send what the client queued.  Called directly or
-        by the pool when it hands a released server to this waiting client.
-        Returns False (server not taken) when the session is ending."""
-        if self._aborted or self._finished:
-            return False
-        try:
-            self._send_pending(server)
-        except ProtocolError as exc:
-            self._abort(exc.sqlstate, str(exc))
-            return False
-        fut = self._assigned
-        if fut is not None:
-            self._assigned = None
-            if not fut.done():
-                fut.set_result(None)
-        return True
-
-    def _send_pending(self, server: ServerConnection, now: float | None = None) -> None:
-        """Link ``server`` and write what the client queued.  A malformed
-        message (ProtocolError): nothing is written and the server is not
-        linked -- it goes on untouched, to another client.  ``now``: the
-        loop's time, when the caller has it."""
-        self.server = server
-        server.client = self
-        self.link_time = self.loop.time() if now is None else now
-        head = self._link(server)
-        pending = self._pending
-        self._pending = []
-        self._pending_bytes = 0
-        if not head and len(pending) == 1:  # the common case: one chunk, nothing ahead of it
-            chunk, idx = pending[0]
-            if self.prepared is not None:
-                try:
-                    chunk = self._rewrite(chunk, idx)
-                except ProtocolError:
-                    self._unlink_unused(server, head)
-                    raise
-            if chunk:
-                server.write(chunk)
-            return
-        parts = [head] if head else []
-        rewrite = self._rewrite if self.prepared is not None else None
-        for chunk, idx in pending:
-            if rewrite is not None:
-                try:
-                    chunk = rewrite(chunk, idx)
-                except ProtocolError:
-                    self._unlink_unused(server, head)
-                    raise
-            if chunk:
-                parts.append(chunk)
-        if parts:
-            server.write(parts[0] if len(parts) == 1 else b"".join(parts))
-
-    def _unlink_unused(self, server: ServerConnection, head: bytes) -> None:
-        """Undo :meth:`_link` of a server nothing was written to.  ``head``: what
-        :meth:`_link` meant to send first (a reset for another identity, another
-        client's clean-ups, SETs); it already updated what the gateway believes
-        of the server, so that server is discarded, not handed to another client."""
-        self.server = None
-        server.client = None
-        self.acc.swallow = 0
-        if self.prepared is not None:
-            self.prepared.abandon()  # statements noted for it become uncertain: closed before reuse
-            self.prepared.unlink()
-        pool = self.pool
-        if head and pool is not None:
-            log.info("%r: closed; its reset for %r was not sent (malformed message)", server, self)
-            pool.discard(server)
-
-    def _rewrite(self, chunk: bytes, idx: list[tuple[int, int, int]]) -> bytes:
-        """Named prepared statements: rewrite for the linked server (raises
-        ProtocolError on a malformed message; nothing of ``chunk`` was sent)."""
-        rw = self.prepared
-        assert rw is not None
-        chunk, local = rw.rewrite_frontend(chunk, idx)
-        if rw.dropped_rfq:  # Query messages skipped after a refused message: no ReadyForQuery
-            self.acc.outstanding -= rw.dropped_rfq
-        if local:
-            self._send_or_queue(local)
-        return chunk
-
-    def wait_failed(self, err: PoolError) -> None:
-        """The pool cannot give this waiting client a server."""
-        self._abort(err.sqlstate, err.message)
 
     # ------------------------------------------------ server -> client (hot)
     def on_server_data(self, server: ServerConnection, data: bytes) -> None:
