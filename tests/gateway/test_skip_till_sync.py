@@ -145,6 +145,16 @@ LEAVING: dict[str, list[tuple[bytes, int]]] = {  # (bytes, ReadyForQuery or Erro
 }
 
 
+async def _next_client_is_answered(app: Any, limit: int) -> None:
+    """The next client (asyncpg: Parse/Bind/Execute/Sync; named statements with the rewriter) is answered."""
+    b = await asyncpg.connect(app.pg_dsn("alice", ALICE_PASSWORD, "app"), statement_cache_size=100 if limit else 0)
+    try:
+        for i in range(3):
+            assert await asyncio.wait_for(b.fetchval("SELECT $1::int", i), 5) == i
+    finally:
+        await b.close()
+
+
 @pytest.mark.parametrize("limit", [0, 200], ids=["no-rewriter", "rewriter"])
 @pytest.mark.parametrize("case", sorted(LEAVING))
 async def test_client_leaving_while_the_server_skips_to_sync(gateway_app: Any, pg_db: str,
@@ -160,13 +170,7 @@ async def test_client_leaving_while_the_server_skips_to_sync(gateway_app: Any, p
             assert msg is not None
             n -= isinstance(msg, (m.ErrorResponse, m.ReadyForQuery))
     await a.close()
-    # the next client (asyncpg: Parse/Bind/Execute/Sync; named statements with the rewriter) is answered
-    b = await asyncpg.connect(app.pg_dsn("alice", ALICE_PASSWORD, "app"), statement_cache_size=100 if limit else 0)
-    try:
-        for i in range(3):
-            assert await asyncio.wait_for(b.fetchval("SELECT $1::int", i), 5) == i
-    finally:
-        await b.close()
+    await _next_client_is_answered(app, limit)
 
 
 # A Query, a message that fails, a Query Postgres then discards -- and no Sync
@@ -216,11 +220,7 @@ async def test_server_skipping_to_a_sync_not_sent_stays_linked(gateway_app: Any,
         assert _shape(await a.query("SELECT 3")) == ["RowDescription", "DataRow", "CommandComplete", "Z:I"]
     else:
         await a.close()
-    # the next client (asyncpg: Parse/Bind/Execute/Sync; named statements with the rewriter) is answered
-    b = await asyncpg.connect(app.pg_dsn("alice", ALICE_PASSWORD, "app"), statement_cache_size=100 if limit else 0)
     try:
-        for i in range(3):
-            assert await asyncio.wait_for(b.fetchval("SELECT $1::int", i), 5) == i
+        await _next_client_is_answered(app, limit)
     finally:
-        await b.close()
         await a.close()
