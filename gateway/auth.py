@@ -48,7 +48,7 @@ from driver.protocol import auth as pg_auth
 from driver.protocol import messages as m
 from driver.protocol.framing import ProtocolError
 
-from .auth_query import LookupUnavailable
+from .auth_query import LookupUnavailable, Secret
 from .ratelimit import LoginThrottle, source_of
 from .tokens import TokenStore
 
@@ -212,30 +212,21 @@ class Authenticator:
         """:meth:`verify_password` for a user not in ``[users]``: the secret
         auth_query finds.  A success is remembered (keyed by user, password and
         that secret, so a changed password is checked afresh)."""
+        secret = await self._lookup(database, user)
+        entry = _Entry(None, secret.verifier, secret.md5) if secret is not None else None
+        stored = (b"" if secret is None else secret.verifier.stored_key if secret.verifier is not None
+                  else (secret.md5 or "").encode())
+        return await self._verify_cleartext(user, entry, password, tag=b"auth_query\0" + stored + b"\0")
+
+    async def _lookup(self, database: str, user: str) -> Secret | None:
+        """auth_query's secret for ``user`` (None: no such user); 08006 when
+        PostgreSQL cannot be asked."""
+        assert self.lookup is not None
         try:
-            secret = await self.lookup.secret(database, user)
+            secret: Secret | None = await self.lookup.secret(database, user)
         except LookupUnavailable as exc:
             raise AuthFailed("08006", f"authentication lookup failed, upstream unreachable: {exc}") from None
-        if secret is None:
-            return await self._verify_cleartext(user, None, password)  # the dummy PBKDF2: same cost, fails
-        stored = secret.verifier.stored_key if secret.verifier is not None else (secret.md5 or "").encode()
-        pw = password or ""
-        key = hmac.digest(self._secret, b"auth_query\0" + user.encode("utf-8", "replace") + b"\0"
-                          + pw.encode("utf-8", "replace") + b"\0" + stored, "sha256")
-        if password is not None and key in self._ok:
-            self._ok.move_to_end(key)
-            return True
-        if secret.verifier is not None:
-            ok = await self._offload(secret.verifier, pw)
-        else:  # a stored md5 hash: the same PBKDF2 as everyone, then the hash decides
-            await self._offload(self._dummy_verifier, pw)
-            ok = hmac.compare_digest(pg_auth.md5_stored(user, pw).encode(), (secret.md5 or "").encode())
-        ok = ok and password is not None
-        if ok:
-            self._ok[key] = None
-            if len(self._ok) > _OK_CACHE_SIZE:
-                self._ok.popitem(last=False)
-        return ok
+        return secret
 
     def check_password(self, user: str, password: str | None) -> bool:
         """Synchronous :meth:`verify_password` (no throttling, runs PBKDF2 on the
@@ -288,10 +279,7 @@ class Authenticator:
             return b""
         looked_up = False
         if entry is None and self.lookup is not None and database is not None and self.lookup.enabled(database):
-            try:
-                secret = await self.lookup.secret(database, user)
-            except LookupUnavailable as exc:
-                raise AuthFailed("08006", f"authentication lookup failed, upstream unreachable: {exc}") from None
+            secret = await self._lookup(database, user)
             looked_up = True
             if secret is not None:
                 entry = _Entry(None, secret.verifier, secret.md5)
@@ -306,12 +294,7 @@ class Authenticator:
         elif t == "password":
             send(m.AUTHENTICATION_CLEARTEXT_PASSWORD)
             password = _decode_password(await _expect_password(recv))
-            if entry is not None and entry.verifier is None and entry.md5 is not None:
-                # md5 hash looked up: same PBKDF2 cost as everyone else, then the hash decides
-                await self._offload(self._dummy_verifier, password)
-                ok = hmac.compare_digest(pg_auth.md5_stored(user, password).encode(), entry.md5.encode())
-            else:
-                ok = await self._verify_cleartext(user, entry, password, cache=not looked_up)
+            ok = await self._verify_cleartext(user, entry, password, tag=None if looked_up else b"")
             if not ok:
                 raise failed_for(user)
             remember(password=password)
@@ -349,16 +332,27 @@ class Authenticator:
         return entry.verifier, True
 
     async def _verify_cleartext(self, user: str, entry: _Entry | None, password: str | None,
-                                cache: bool = True) -> bool:
-        verifier, real = self._verifier_for(entry, password)
+                                tag: bytes | None = b"") -> bool:
+        """A cleartext password against ``entry`` (a SCRAM verifier, or a stored
+        md5 hash found by auth_query: the same PBKDF2 cost as everyone, then the
+        hash decides).  Successes are remembered under ``tag`` + user + password
+        (``tag`` None: not remembered; auth_query users put their secret in it,
+        so a changed password is checked afresh)."""
+        md5 = entry.md5 if entry is not None and entry.verifier is None else None
+        if md5 is not None and password is not None:
+            verifier, real = self._dummy_verifier, True
+        else:
+            verifier, real = self._verifier_for(entry, password)
         key = b""
-        if real and password is not None and cache:
-            key = hmac.digest(self._secret, user.encode("utf-8", "replace") + b"\0"
+        if real and password is not None and tag is not None:
+            key = hmac.digest(self._secret, tag + user.encode("utf-8", "replace") + b"\0"
                               + password.encode("utf-8", "replace"), "sha256")
             if key in self._ok:
                 self._ok.move_to_end(key)
                 return True
         ok = await self._offload(verifier, password or "") and real
+        if md5 is not None:
+            ok = hmac.compare_digest(pg_auth.md5_stored(user, password or "").encode(), md5.encode()) and real
         if ok and key:
             self._ok[key] = None
             if len(self._ok) > _OK_CACHE_SIZE:
