@@ -320,3 +320,28 @@ async def test_admin_console_lists_per_user_pools(gateway_app: Any, pg: PgCluste
         await admin.close()
         for c in conns:
             await c.close()
+
+
+async def test_http_checks_an_md5_hash_found_by_auth_query(gateway_app: Any, pg: PgCluster, role: Any,
+                                                           http_client: Any) -> None:
+    """A role whose password PostgreSQL stores as an md5 hash: an HTTP password login is
+    checked against that hash (after the same PBKDF2 as everyone), remembered once right,
+    and a wrong password is 28P01."""
+    from tests.gateway.test_neon_sql import cs_for
+    dbs = {"forced": {"user": PgCluster.SCRAM_USER, "password": PgCluster.SCRAM_PASSWORD,
+                      "dbname": PgCluster.DATABASE, "auth_user": PgCluster.SUPERUSER}}
+    app = await _app(gateway_app, pg, databases=dbs, auth_query_cache_ttl=60.0, auth_failure_delay=0,
+                     users={"alice": {"password": "alice-secret"},
+                            PgCluster.SUPERUSER: {"password": PgCluster.SUPERUSER_PASSWORD}})
+    name, pw = role("md5")
+    http = http_client(app.http_port)
+    q = {"query": "select current_user", "params": []}
+    auth = app.gateway.authenticator
+    status, _, body = await http.sql(q, cs=cs_for(name, pw, db="forced"))
+    assert status == 200 and body["rows"] == [[PgCluster.SCRAM_USER]], (status, body)
+    derivations = auth.derivations
+    status, _, body = await http.sql(q, cs=cs_for(name, pw, db="forced"))
+    assert status == 200 and auth.derivations == derivations  # remembered
+    status, _, body = await http.sql(q, cs=cs_for(name, pw + "x", db="forced"))
+    assert status == 400 and body["code"] == "28P01", (status, body)
+    assert auth.derivations == derivations + 1  # a wrong password costs the same PBKDF2
