@@ -124,9 +124,7 @@ def _verdict(sql: bytes) -> bool:
     stage 1 are remembered: for the others stage 1 is as cheap as the
     lookup, and a stream of distinct texts (literals inlined, ``pgbench -S``)
     would only churn the dict."""
-    low = sql.lower()  # stage 1, :func:`hint` inlined (hot path)
-    if not (b"set" in low or b"temp" in low or b"advisory" in low or b"prepare" in low
-            or b"hold" in low or b"listen" in low or b"discard" in low):
+    if not hint(sql):
         return False
     hit = stateful(sql)
     if len(sql) <= 4096:
