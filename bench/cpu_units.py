@@ -16,6 +16,12 @@ started fresh in turn and loaded by the same C client:
   over the WebSocket (SCRAM, one query, close; 50 at a time, from a child
   process): gateway CPU / sessions.
 
+``--floor`` adds ``relay``: :mod:`bench.relay_floor`, a byte relay on uvloop
+with one Postgres connection per client and no parsing (Postgres does the
+login) -- the least CPU any pooler written on CPython + uvloop spends to move
+the same messages, measured in the same repeats; its ratio to PgBouncer is the
+platform's floor for the gateway's.
+
 ``--compare PATH`` (repeatable) adds the gateway of another checkout (e.g. a
 ``git worktree`` of an older commit) to every repeat, run right after this
 one's, so before/after figures come from the same run: each is labelled
@@ -96,6 +102,29 @@ def _ws_logins(gw: Gateway, n: int) -> tuple[int, float]:
     return int(p.stdout.split()[-1]), cpu
 
 
+class _Relay(E._Service):
+    """``python -m bench.relay_floor`` in front of the cluster (``--floor``)."""
+
+    name = "relay"
+
+    def __init__(self, cluster: BenchCluster) -> None:
+        self.cluster = cluster
+        self.port = 0
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.relay_floor", "--target", f"{self.cluster.host}:{self.cluster.port}"],
+            stdout=subprocess.PIPE, text=True, cwd=str(E.REPO))
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.strip().isdigit():
+            raise RuntimeError(f"relay_floor did not start: {line!r}")
+        self.port = int(line)
+
+    def conn_kwargs(self) -> dict[str, Any]:
+        return dict(self.cluster.conn_kwargs(), host="127.0.0.1", port=self.port)
+
+
 def _spread(xs: list[float]) -> str:
     if not xs:
         return "-"
@@ -122,27 +151,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scram-iterations", type=int, default=16)
     ap.add_argument("--compare", action="append", default=[], metavar="PATH",
                     help="also measure the gateway of this checkout (before/after in one run)")
+    ap.add_argument("--floor", action="store_true",
+                    help="also measure bench.relay_floor (a uvloop byte relay: the platform's floor)")
     ap.add_argument("--json", help="also write the rows to this file")
     a = ap.parse_args(argv)
     variants = _variants(a.compare)
-    gateways = [label for label, _ in variants]
+    floor = [("relay", None)] if a.floor else []
+    gateways = [label for label, _ in variants] + [label for label, _ in floor]
     print(f"load average at start: {os.getloadavg()}", flush=True)
     cluster = BenchCluster(scram_iterations=a.scram_iterations)
     rows: list[dict[str, Any]] = []
     units = ("pgbench-S", "pgbench-S-C", "login")
     ratios: dict[tuple[str, str], list[float]] = {(g, u): [] for g in gateways for u in units}
-    vs_first: dict[tuple[str, str], list[float]] = {(g, u): [] for g in gateways[1:] for u in (*units, "ws-login")}
+    vs_first: dict[tuple[str, str], list[float]] = {(g, u): [] for g in gateways[1:] for u in (*units, "ws-login")
+                                                    if g != "relay"}
     this_repo = E.REPO
     try:
         cluster.pgbench_init(10)
         for r in range(a.repeat):
             got: dict[tuple[str, str], float] = {}
-            for target, repo in [("pgbouncer", None), *variants]:
+            for target, repo in [("pgbouncer", None), *variants, *floor]:
                 E.REPO = repo if repo is not None else this_repo  # the checkout a Gateway runs from
-                svc: Any = PgBouncer(cluster) if target == "pgbouncer" else Gateway(cluster)
+                svc: Any = (PgBouncer(cluster) if target == "pgbouncer" else _Relay(cluster) if target == "relay"
+                            else Gateway(cluster))
                 try:
                     svc.start()
-                    kw = svc.conn_kwargs() if target == "pgbouncer" else svc.tcp_kwargs()
+                    kw = svc.tcp_kwargs() if isinstance(svc, Gateway) else svc.conn_kwargs()
                     for unit, extra in (("pgbench-S", []), ("pgbench-S-C", ["-C"])):
                         n, cpu = _pgbench(kw, svc.pid, extra, a.clients, a.seconds)
                         got[(target, unit)] = us = cpu / max(1, n) * 1e6
@@ -151,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                               f"load {os.getloadavg()[0]:.1f}", flush=True)
                     got[(target, "login")] = us = got[(target, "pgbench-S-C")] - got[(target, "pgbench-S")]
                     rows.append({"repeat": r, "target": target, "unit": "login", "n": None, "cpu_s": None, "us": us})
-                    if target != "pgbouncer" and a.ws_logins > 0:
+                    if isinstance(svc, Gateway) and a.ws_logins > 0:
                         n, cpu = _ws_logins(svc, a.ws_logins)
                         got[(target, "ws-login")] = us = cpu / max(1, n) * 1e6
                         rows.append({"repeat": r, "target": target, "unit": "ws-login", "n": n,
@@ -169,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
             for g in gateways[1:]:
                 for unit in (*units, "ws-login"):
-                    if (g, unit) in got and (gateways[0], unit) in got:
+                    if (g, unit) in vs_first and (g, unit) in got and (gateways[0], unit) in got:
                         vs_first[(g, unit)].append(got[(gateways[0], unit)] / got[(g, unit)])
     finally:
         E.REPO = this_repo
@@ -182,14 +216,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nCPU per unit, us: median over {a.repeat} repeats; ratio = gateway/PgBouncer within a repeat")
     for g in gateways:
         print(f"[{g}]")
-        print(f"{'unit':14s} {'PgBouncer':>10s} {'gateway':>10s}  ratio median [min-max]")
+        print(f"{'unit':14s} {'PgBouncer':>10s} {g.split('@')[0]:>10s}  ratio median [min-max]")
         for unit in ("pgbench-S", "pgbench-S-C"):
             print(f"{unit:14s} {med('pgbouncer', unit):>10s} {med(g, unit):>10s}  {_spread(ratios[(g, unit)])}")
         print(f"{'login (C - S)':14s} {med('pgbouncer', 'login'):>10s} {med(g, 'login'):>10s}  "
               f"{_spread(ratios[(g, 'login')])}")
-        if a.ws_logins > 0:
+        if a.ws_logins > 0 and g != "relay":
             print(f"{'ws-login':14s} {'-':>10s} {med(g, 'ws-login'):>10s}")
     for g in gateways[1:]:
+        if g == "relay":
+            continue
         print(f"{gateways[0]} CPU / {g} CPU (within a repeat; < 1: this checkout spends less): "
               + ", ".join(f"{u} {_spread(vs_first[(g, u)])}" for u in (*units, "ws-login") if vs_first[(g, u)]))
     print(f"load average at end: {os.getloadavg()}")

@@ -162,3 +162,28 @@ def test_sweep_analysis() -> None:
     pick, sentence = recommend(rows)
     assert pick == 5 and "default_pool_size = 5" in sentence and "1000 TPS at pool size 10" in sentence
     assert recommend([])[0] is None
+
+
+def test_relay_floor_relays_a_postgres_session(pg) -> None:  # type: ignore[no-untyped-def]
+    """``bench.relay_floor`` (the ``cpu_units --floor`` baseline) carries a real session, login
+    included, and passes the client's close through to Postgres: its CPU figures are a relay's."""
+    proc = subprocess.Popen([sys.executable, "-m", "bench.relay_floor", "--target", f"{pg.host}:{pg.port}"],
+                            stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        kw = pg.connect_kwargs(pg.SCRAM_USER, pg.SCRAM_PASSWORD)  # a SCRAM login through the relay
+        env = dict(os.environ, PGPASSWORD=kw["password"])
+        sql = "SELECT pg_backend_pid(), current_user, repeat('x', 300000) = repeat('x', 300000)"
+        out = subprocess.run(["psql", "-XAt", "-h", "127.0.0.1", "-p", str(port), "-U", kw["user"],
+                              "-d", kw["database"], "-c", sql], env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        pid, user, big = out.stdout.strip().split("|")
+        assert user == kw["user"] and big == "t"
+        deadline = time.monotonic() + 20  # the relayed backend ends with the client
+        while pg.psql(f"SELECT count(*) FROM pg_stat_activity WHERE pid = {int(pid)}") != "0":
+            assert time.monotonic() < deadline, "the relayed backend outlived its client"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(10)
