@@ -336,8 +336,8 @@ class Authenticator:
         """A cleartext password against ``entry`` (a SCRAM verifier, or a stored
         md5 hash found by auth_query: the same PBKDF2 cost as everyone, then the
         hash decides).  Successes are remembered under ``tag`` + user + password
-        (``tag`` None: not remembered; auth_query users put their secret in it,
-        so a changed password is checked afresh)."""
+        (``tag`` None: not remembered) and the secret checked against, so a
+        password changed by a reload or in PostgreSQL is checked afresh."""
         md5 = entry.md5 if entry is not None and entry.verifier is None else None
         if md5 is not None and password is not None:
             verifier, real = self._dummy_verifier, True
@@ -345,7 +345,9 @@ class Authenticator:
             verifier, real = self._verifier_for(entry, password)
         key = b""
         if real and password is not None and tag is not None:
-            key = hmac.digest(self._secret, tag + user.encode("utf-8", "replace") + b"\0"
+            assert entry is not None  # (real)
+            stored = entry.verifier.stored_key if entry.verifier is not None else (entry.md5 or "").encode()
+            key = hmac.digest(self._secret, tag + stored + b"\0" + user.encode("utf-8", "replace") + b"\0"
                               + password.encode("utf-8", "replace"), "sha256")
             if key in self._ok:
                 self._ok.move_to_end(key)

@@ -8,6 +8,7 @@ import pytest
 from driver.protocol import messages as m
 from tests.gateway.conftest import ALICE_PASSWORD, BOB_PASSWORD
 from tests.gateway.pool_helpers import RawClient, errors
+from tests.gateway.test_neon_sql import http_client  # noqa: F401 (fixture)
 
 
 async def _login(app, user, password, database="app", **kw):
@@ -129,3 +130,31 @@ async def test_client_login_timeout(gateway_app):
         assert [e.sqlstate for e in errors(msgs)] == ["08006"]
     finally:
         await c.close()
+
+
+@pytest.mark.parametrize("auth_type", ["scram-sha-256", "password"])
+async def test_password_changed_by_reload_stops_working_at_once(gateway_app, pg, http_client, auth_type):
+    """A remembered cleartext success (HTTP /sql, pg_listen's auth_type=password) is
+    keyed by the secret it was checked against: after a reload changes alice's
+    password, the old one is refused (it was remembered by user and password only,
+    so it kept working until 1,024 other successes pushed it out)."""
+    from gateway.reload import apply_config
+    from tests.gateway.conftest import build_config
+    from tests.gateway.test_neon_sql import cs_for
+    app = await gateway_app(auth_type=auth_type, auth_failure_delay=0)
+    http = http_client(app.http_port)
+    q = {"query": "select 7", "params": []}
+    status, _, body = await http.sql(q, cs=cs_for("alice", ALICE_PASSWORD))
+    assert status == 200, (status, body)
+    if auth_type == "password":
+        await _ok(app, "alice", ALICE_PASSWORD)
+    new = ALICE_PASSWORD + "-rotated"
+    cfg = build_config(pg, auth_type=auth_type, auth_failure_delay=0,
+                       users={"alice": {"password": new}, "bob": {"password": BOB_PASSWORD}})
+    apply_config(app.gateway, cfg)
+    status, _, body = await http.sql(q, cs=cs_for("alice", ALICE_PASSWORD))
+    assert status == 400 and body["code"] == "28P01", (status, body)
+    await _fails(app, "alice", ALICE_PASSWORD)
+    status, _, body = await http.sql(q, cs=cs_for("alice", new))
+    assert status == 200, (status, body)
+    await _ok(app, "alice", new)
