@@ -1,6 +1,6 @@
 """Python steps per ``pgbench -S`` transaction in the gateway (issue 14): deterministic.
 
-``python -m bench.tx_steps [--baseline REV] [--clients 4] [--mode simple|extended|prepared]``
+``python -m bench.tx_steps [--baseline REV] [--clients 4] [--mode simple|extended|prepared] [--connect]``
 
 CPU seconds per transaction on a shared 2-core machine move by 10-30 % from
 one run to the next (``bench.cpu_units`` gives them, side by side with
@@ -13,6 +13,8 @@ bytecodes and Python function calls of one transaction -- logins, warm-up
 and the janitor cancel out.  C code (uvloop, the kernel, ``bytes`` methods)
 is not counted: CPU time per transaction is that, plus ~50 ns per bytecode.
 
+``--connect`` runs ``pgbench -C`` instead: the figures are per connection
+(SCRAM login, one transaction, close); minus the plain figure, per login.
 ``--baseline REV`` also measures a git revision of this repository (exported
 with ``git archive`` to a temporary directory) in the same run, and prints
 the ratio.  ``--functions N`` lists the N functions with most bytecodes.
@@ -78,15 +80,16 @@ def _snap(out: Path, pid: int) -> tuple[int, int, dict[str, int]]:
     raise RuntimeError("the traced gateway did not report its counters")
 
 
-def _pgbench(kw: dict[str, Any], clients: int, tx: int, mode: str) -> None:
-    subprocess.run(["pgbench", "-n", "-S", "-M", mode, "-c", str(clients), "-j", "1", "-t", str(tx), "-h", kw["host"],
+def _pgbench(kw: dict[str, Any], clients: int, tx: int, mode: str, connect: bool = False) -> None:
+    subprocess.run(["pgbench", "-n", "-S", *(["-C"] if connect else []), "-M", mode, "-c", str(clients), "-j", "1", "-t", str(tx), "-h", kw["host"],
                     "-p", str(kw["port"]), "-U", kw["user"], kw["database"]],
                    env=dict(os.environ, PGPASSWORD=kw["password"]), check=True, capture_output=True)
 
 
-def measure(cluster: E.BenchCluster, repo: Path, clients: int, short: int, long: int, mode: str = "simple"
-            ) -> tuple[float, float, dict[str, float]]:
-    """(bytecodes, calls, bytecodes by function) per transaction of the gateway in ``repo``."""
+def measure(cluster: E.BenchCluster, repo: Path, clients: int, short: int, long: int, mode: str = "simple",
+            connect: bool = False) -> tuple[float, float, dict[str, float]]:
+    """(bytecodes, calls, bytecodes by function) per transaction of the gateway in ``repo``
+    (``connect``: per ``pgbench -C`` transaction, i.e. a login, one transaction and a close)."""
     work = Path(tempfile.mkdtemp(prefix="wirepool-tx-steps-"))
     out = work / "counters"
     saved = E.REPO, E.gateway_command, E.wait_port
@@ -100,9 +103,9 @@ def measure(cluster: E.BenchCluster, repo: Path, clients: int, short: int, long:
         kw = gw.tcp_kwargs()
         _pgbench(kw, clients, 20, mode)  # warm: the pool's servers, the statement caches
         s0 = _snap(out, gw.pid)
-        _pgbench(kw, clients, short, mode)
+        _pgbench(kw, clients, short, mode, connect)
         s1 = _snap(out, gw.pid)
-        _pgbench(kw, clients, long, mode)
+        _pgbench(kw, clients, long, mode, connect)
         s2 = _snap(out, gw.pid)
     finally:
         gw.stop()
@@ -126,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--transactions", type=int, default=300, help="extra transactions per client (-t difference)")
     ap.add_argument("--functions", type=int, default=0, help="list the N functions with most bytecodes")
     ap.add_argument("--mode", choices=("simple", "extended", "prepared"), default="simple", help="pgbench -M")
+    ap.add_argument("--connect", action="store_true",
+                    help="pgbench -C: per connection (SCRAM login, one transaction, close)")
     a = ap.parse_args(argv)
     targets: list[tuple[str, Path]] = []
     tmp: Path | None = None
@@ -140,10 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cluster.pgbench_init(1)
         for name, repo in targets:
-            ops, calls, per = measure(cluster, repo, a.clients, 100, 100 + a.transactions, a.mode)
+            ops, calls, per = measure(cluster, repo, a.clients, 100, 100 + a.transactions, a.mode, a.connect)
             rows.append((name, ops, calls))
-            print(f"{name:12s} {ops:7.0f} bytecodes {calls:6.1f} Python calls per pgbench -S -M {a.mode} transaction",
-                  flush=True)
+            what = f"pgbench -S{' -C' if a.connect else ''} -M {a.mode} transaction"
+            print(f"{name:12s} {ops:7.0f} bytecodes {calls:6.1f} Python calls per {what}", flush=True)
             for k, v in sorted(per.items(), key=lambda kv: -kv[1])[:a.functions]:
                 print(f"    {v:7.1f}  {k}")
     finally:
