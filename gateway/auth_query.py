@@ -337,7 +337,9 @@ class AuthQuery:
                                      replace(base, password=None) != replace(pool.db, user="", password=None)):
                 _update_pool(pool, replace(base, user=key[1], password=pool.db.password), gw.settings)
             pool.tick(now)
-            if not pool.cl_active and not pool.cl_waiting and pool.total_servers() == 0:
+            hub = getattr(pool, "listen_hub", None)  # GET /listen streams (gateway/listen_sse.py) hold it
+            if not pool.cl_active and not pool.cl_waiting and pool.total_servers() == 0 and \
+                    (hub is None or hub.closed or not hub.registry.channels):
                 del self.user_pools[key]
                 own = gw.pools.get(key[0])
                 if own is not None:

@@ -35,6 +35,7 @@ import logging
 from typing import Any, Callable
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from .auth import AuthFailed
 from .http import HttpRequest, HttpResponse
 from .http_exec import HttpExecError, get_executor
 from .http_protocol import parse_basic
@@ -166,6 +167,10 @@ class ListenEndpoint:
         pool = gw.pools.get(principal.database)
         if pool is None:  # pragma: no cover - authenticate checked it
             return _error(404, "3D000", f'database "{principal.database}" does not exist')
+        try:  # a database without `user`: the client's own pool, whose hub logs in upstream as it
+            pool = gw.auth_query.pool_for(pool, principal.user)
+        except AuthFailed as exc:  # e.g. an API token: no secret to log in upstream with
+            return _error(403, exc.sqlstate, exc.message)
         hub = hub_for(pool)
         if len(channels) > hub.registry.max_channels > 0:
             return _error(400, "53400", f"too many channels ({len(channels)} > listen_max_channels_per_client = "

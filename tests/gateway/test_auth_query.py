@@ -345,3 +345,41 @@ async def test_http_checks_an_md5_hash_found_by_auth_query(gateway_app: Any, pg:
     status, _, body = await http.sql(q, cs=cs_for(name, pw + "x", db="forced"))
     assert status == 400 and body["code"] == "28P01", (status, body)
     assert auth.derivations == derivations + 1  # a wrong password costs the same PBKDF2
+
+
+async def test_http_listen_on_a_database_without_user(gateway_app: Any, pg: PgCluster, role: Any) -> None:
+    """GET /listen on a database without ``user`` listens as the client's own role (its
+    per-user pool's hub; the database's own pool logged in upstream as user "" and never
+    listened), the stream keeps that pool from being dropped as empty, and an API token
+    (no secret to log in upstream with) is a 403 at once."""
+    import asyncio
+    from tests.gateway.pool_helpers import admin
+    from tests.gateway.test_listen_sse import Curl
+    token = "wp_tok_" + secrets.token_hex(8)
+    app = await _app(gateway_app, pg, auth_failure_delay=0, server_connect_timeout=5.0,
+                     users={"alice": {"password": "alice-secret", "tokens": [token]}})
+    name, pw = role()
+    aq = app.gateway.auth_query
+    adm = await admin(pg)
+    c = await Curl.start(f"http://127.0.0.1:{app.http_port}/listen?channel=aq_sse",
+                         f"Neon-Connection-String: postgresql://{name}:{pw}@h/pt")
+    try:
+        await c.until_comment("listening")
+        aq.tick(app.gateway.loop.time())  # the janitor: the pool holding the stream's hub stays
+        assert ("pt", name) in aq.user_pools
+        await adm.execute("notify aq_sse, 'hi'")
+        ev = await c.next()
+        assert ev is not None and ev["event"] == "notification" and ev["data"]["payload"] == "hi", ev
+        listener = await adm.fetchval("SELECT usename FROM pg_stat_activity WHERE query LIKE 'LISTEN%aq_sse%'")
+        assert listener == name, listener
+    finally:
+        await c.stop()
+        await adm.close()
+    t = await Curl.start(f"http://127.0.0.1:{app.http_port}/listen?channel=aq_sse&database=pt",
+                         f"Authorization: Bearer {token}")
+    try:
+        assert t.proc.stdout is not None
+        body = await asyncio.wait_for(t.proc.stdout.read(), 10)
+    finally:
+        await t.stop()
+    assert b"logs in as each client's own user" in body and b"28000" in body, body
