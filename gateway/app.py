@@ -273,7 +273,8 @@ class GatewayApp:
                 async def run(req: HttpRequest) -> HttpResponse:
                     t0 = loop_time()
                     try:
-                        return await handler(req)
+                        resp: HttpResponse = await handler(req)
+                        return resp
                     finally:
                         obs.http_done(endpoint, loop_time() - t0)
                 return run

@@ -297,7 +297,7 @@ def merge_metrics(texts: dict[int, str], count: int) -> bytes:
             return [up, *fams.values()]
 
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(_Merged())  # type: ignore[arg-type]
+    reg.register(_Merged())
     return generate_latest(reg)
 
 

@@ -42,6 +42,7 @@ WebSocket clients, on the same pools.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 from dataclasses import dataclass, field
@@ -60,7 +61,8 @@ from .http_sessions import (
 )
 from .http_stream import COPY_UNSUPPORTED, HttpStream
 from .params import canonical as canonical_value
-from .session import TRACKED, Session
+from .login import TRACKED
+from .session import Session
 
 __all__ = [
     "HttpExecError", "HttpAuthError", "Principal", "ExecResult", "HttpStream", "PreauthSession",
@@ -285,7 +287,7 @@ class HttpExecutor(HttpSessions):
                                         hello_bytes)
                     if keep:
                         self.sessions[hs.sid] = hs
-                        hs.task.add_done_callback(lambda _t, hs=hs: self._on_session_end(hs))
+                        hs.task.add_done_callback(functools.partial(self._session_task_done, hs))
                         result.session_token = self._issue(hs)
                         self._arm(hs)
                     else:
@@ -373,7 +375,7 @@ class HttpExecutor(HttpSessions):
             return None
         if new:
             self.sessions[hs.sid] = hs
-            hs.task.add_done_callback(lambda _t, hs=hs: self._on_session_end(hs))
+            hs.task.add_done_callback(functools.partial(self._session_task_done, hs))
         token = self._issue(hs)
         hs.busy = False
         self._arm(hs)
@@ -419,7 +421,7 @@ def get_executor(gateway: Any) -> HttpExecutor:
     if ex is None:
         ex = HttpExecutor(gateway)
         gateway.http_executor = ex
-    return ex  # type: ignore[no-any-return]
+    return ex
 
 
 # --------------------------------------------------------------------------- helpers
@@ -465,5 +467,6 @@ def _parameter_status(startup_reply: bytes) -> dict[str, str]:
     for t, body in reader.read():
         if t == _S:
             msg = m.decode_backend(t, body)
-            out[msg.name] = msg.value  # type: ignore[attr-defined]
+            assert isinstance(msg, m.ParameterStatus)
+            out[msg.name] = msg.value
     return out

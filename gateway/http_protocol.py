@@ -117,7 +117,7 @@ class HttpProtocolEndpoint:
                 token = None
         cluster = getattr(self.app.gateway, "cluster", None)
         if token is not None and cluster is not None:  # another worker's/instance's session: forward it
-            fwd = await cluster.route_pg(req, token)
+            fwd: HttpResponse | None = await cluster.route_pg(req, token)
             if fwd is not None:
                 return fwd
         params: dict[str, str] = {}

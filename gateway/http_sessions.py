@@ -184,6 +184,9 @@ class HttpSessions:
         self._forget(hs, reason)
         hs.stream.shutdown()  # the Session ends: ROLLBACK if needed, server released
 
+    def _session_task_done(self, hs: _HttpSession, _task: object) -> None:
+        self._on_session_end(hs)
+
     def _on_session_end(self, hs: _HttpSession) -> None:
         if self.sessions.get(hs.sid) is hs:
             f = hs.stream.fatal

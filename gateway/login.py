@@ -256,7 +256,8 @@ async def handshake(self: Any) -> bytes | None:
     self._admit()
     if token is not None:
         return b""
-    return await gw.authenticator.authenticate(user, send, self._next_message, peer, self.database)
+    secret: bytes | None = await gw.authenticator.authenticate(user, send, self._next_message, peer, self.database)
+    return secret
 
 
 def _login_sender(self: Any) -> Callable[[bytes], Any]:
@@ -264,7 +265,7 @@ def _login_sender(self: Any) -> Callable[[bytes], Any]:
     message; each is small and followed by waiting for the client's answer, so
     no flow control is needed), or -- a stream without ``send_nowait`` -- queued
     for the session's writer task, in order."""
-    direct = self._direct
+    direct: Callable[[bytes], Any] | None = self._direct
     if direct is not None:
         return direct
 

@@ -59,10 +59,10 @@ class Pool:
         # lists (ordered sets)
         self.cl_active: dict[Any, None] = {}
         self.cl_waiting: dict[Any, None] = {}
-        self.sv_login: dict[Any, None] = {}
-        self.sv_active: dict[Any, None] = {}
-        self.sv_idle: dict[Any, None] = {}
-        self.sv_used: dict[Any, None] = {}
+        self.sv_login: dict[ServerConnection, None] = {}
+        self.sv_active: dict[ServerConnection, None] = {}
+        self.sv_idle: dict[ServerConnection, None] = {}
+        self.sv_used: dict[ServerConnection, None] = {}
         #: ParameterStatus values of the first successful server login.
         self.server_params: dict[str, str] | None = None
         self._params_waiters: list[asyncio.Future[None]] = []

@@ -347,7 +347,7 @@ class TcpStream(ProtocolStream):
                                          server_side=True)
         if new is None:  # pragma: no cover - transport closed during handshake
             raise TransportError("connection closed during the TLS handshake")
-        self.transport = new  # type: ignore[assignment]
+        self.transport = new
         self.tls = True
 
 

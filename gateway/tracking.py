@@ -283,8 +283,8 @@ class Tracker:
                     hit = _verdict(sql)
                 if hit:
                     self._stateful(sql, chunk, _P, s)
-                elif self.names:
-                    self.names.discard(chunk[s:i])
+                elif self.names:  # (non-empty: a set of its own, not the shared frozenset)
+                    self.names.discard(chunk[s:i])  # type: ignore[union-attr]
                 if not self.names and not self.all_binds:
                     return
             self.scan(chunk, idx, binds_only=True)
@@ -318,7 +318,7 @@ class Tracker:
                 if hit:
                     self._stateful(sql, chunk, t, s)
                 elif t == _P and self.names:
-                    self.names.discard(chunk[s:chunk.index(b"\x00", s)])  # a name reused
+                    self.names.discard(chunk[s:chunk.index(b"\x00", s)])  # type: ignore[union-attr]  # reused
             elif t == _B and (self.names or self.all_binds):
                 i = chunk.index(b"\x00", s) + 1  # portal name, then the statement name
                 if self.all_binds or chunk[i:chunk.index(b"\x00", i)] in self.names:

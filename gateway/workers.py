@@ -343,8 +343,8 @@ class Supervisor:
     def run(self) -> int:
         from .reload import remove_pid_file, write_pid_file
         g = self.cfg.gateway
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, lambda s, f: self._signal(s))
+        for stop_sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(stop_sig, lambda s, f: self._signal(s))
         restart_at: dict[int, float] = {}
         deadline: float | None = None
         try:
