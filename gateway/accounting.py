@@ -44,7 +44,7 @@ from typing import Any, Protocol
 
 from driver.protocol.framing import ProtocolError, split_data_rows
 
-from .auth_query import note_role_tag
+from .auth_query import note_role_end, note_role_tag
 from .observe import error_class
 from .schema import DDL_FIRST, is_ddl_tag
 
@@ -97,7 +97,7 @@ class Accounting:
     """Outstanding replies of one client's link (see the module docstring)."""
 
     __slots__ = ("outstanding", "dirty", "swallow", "texts", "text", "named", "listened", "ddl", "fatal", "errors",
-                 "status", "rewriter", "events",
+                 "status", "rewriter", "events", "roles",
                  "watch", "_risk", "_risky", "_xdone", "_xerr")
 
     def __init__(self, rewriter: Any = None, events: Events | None = None) -> None:
@@ -116,6 +116,8 @@ class Accounting:
         self.listened = False
         #: a DDL completed (gateway.schema.is_ddl_tag): the session bumps the schema epoch
         self.ddl = False
+        #: a role change completed; its transaction has not ended yet
+        self.roles = False
         #: the server sent a FATAL/PANIC ErrorResponse (it is about to close)
         self.fatal = False
         #: ErrorResponses by SQLSTATE class (the session points it at its pool's counter)
@@ -315,8 +317,8 @@ class Accounting:
                 elif chunk[s] in DDL_FIRST:
                     if is_ddl_tag(chunk, s, e):
                         self.ddl = True
-                    else:  # CREATE/ALTER/DROP ROLE: cached auth_query lookups are stale
-                        note_role_tag(chunk, s, e)
+                    elif note_role_tag(chunk, s, e):  # CREATE/ALTER/DROP ROLE: cached auth_query lookups are stale
+                        self.roles = True
             elif t == _ERR:
                 body = chunk[s:e]
                 cls = error_class(body)
@@ -326,6 +328,9 @@ class Accounting:
                     self.fatal = True
         if z < 0:
             return z
+        if self.roles and z == _IDLE:  # ... and again once its transaction is over (lookups made during it)
+            self.roles = False
+            note_role_end()
         rw = self.rewriter
         if rw is not None:
             if out > 0 and rw.skipped_rfq:

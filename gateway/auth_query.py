@@ -14,7 +14,8 @@ database) on that database's upstream.  The password column -- a
 * **Cache**: results (found or not) are kept ``auth_query_cache_ttl`` seconds
   (0: none).  An entry goes at once when a login with it fails, and every
   entry goes when a ``CREATE/ALTER/DROP ROLE`` completes through the gateway
-  (:func:`note_role_tag`, called by the accounting scan), so
+  and again when its transaction ends (:func:`note_role_tag`, called by the
+  accounting scan), so
   ``ALTER USER ... PASSWORD`` through the gateway takes effect for the next
   login; one run elsewhere, within the TTL or at the first failed login.
 * **Errors**: no row, a NULL or unusable password, an SQL error of the query
@@ -48,7 +49,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .core import Gateway
     from .pool import Pool
 
-__all__ = ["AuthQuery", "LookupUnavailable", "Secret", "note_role_tag", "parse_secret"]
+__all__ = ["AuthQuery", "LookupUnavailable", "Secret", "note_role_end", "note_role_tag", "parse_secret"]
 
 log = logging.getLogger("wirepool.gateway.auth_query")
 
@@ -61,11 +62,20 @@ _ROLE_TAGS = (b"ALTER ROLE\x00", b"CREATE ROLE\x00", b"DROP ROLE\x00")
 _role_epoch = [0]
 
 
-def note_role_tag(chunk: bytes, s: int, e: int) -> None:
+def note_role_tag(chunk: bytes, s: int, e: int) -> bool:
     """The accounting scan saw CommandComplete ``chunk[s:e]``: a role change
-    makes every cached lookup stale (in every gateway of this process)."""
+    makes every cached lookup stale (in every gateway of this process).  True
+    for a role change: the scan calls :func:`note_role_end` when its
+    transaction ends, as lookups made before the COMMIT still saw the old role."""
     if chunk[s:e] in _ROLE_TAGS:
         _role_epoch[0] += 1
+        return True
+    return False
+
+
+def note_role_end() -> None:
+    """The transaction of a role change ended: lookups made during it are stale."""
+    _role_epoch[0] += 1
 
 
 class LookupUnavailable(Exception):

@@ -103,6 +103,29 @@ async def test_alter_password_through_the_gateway_applies_at_once(gateway_app: A
     await conn.close()
 
 
+async def test_alter_password_in_a_transaction_applies_at_its_commit(gateway_app: Any, pg: PgCluster,
+                                                                     role: Any) -> None:
+    """ALTER USER inside a transaction: a login before the COMMIT still sees the old
+    password (as PostgreSQL does) and its lookup is cached; the COMMIT must make that
+    entry stale too, or the old password keeps working for auth_query_cache_ttl."""
+    app = await _app(gateway_app, pg, auth_query_cache_ttl=60.0, auth_failure_delay=0)
+    name, old = role()
+    new = old + "-new"
+    conn = await _connect(app, name, old)
+    try:
+        tx = conn.transaction()
+        await tx.start()
+        await conn.execute(f"ALTER USER {name} PASSWORD '{new}'")
+        (await _connect(app, name, old)).terminate()  # not committed yet: the old one is right
+        await tx.commit()
+    finally:
+        await conn.close()
+    assert (await _fails(app, name, old)).sqlstate == "28P01"
+    conn = await _connect(app, name, new)
+    assert await conn.fetchval("SELECT current_user") == name
+    await conn.close()
+
+
 async def test_alter_password_outside_the_gateway(gateway_app: Any, pg: PgCluster, role: Any) -> None:
     """Changed directly in PostgreSQL: the cached lookup answers within the TTL, but the
     first failed login drops it, so the new password works on the next attempt."""
