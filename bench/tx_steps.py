@@ -1,6 +1,7 @@
 """Python steps per ``pgbench -S`` transaction in the gateway (issue 14): deterministic.
 
-``python -m bench.tx_steps [--baseline REV] [--clients 4] [--mode simple|extended|prepared] [--connect]``
+``python -m bench.tx_steps [--baseline REV] [--clients 4] [--mode simple|extended|prepared] [--connect]
+[--ws scram|token]``
 
 CPU seconds per transaction on a shared 2-core machine move by 10-30 % from
 one run to the next (``bench.cpu_units`` gives them, side by side with
@@ -15,6 +16,14 @@ is not counted: CPU time per transaction is that, plus ~50 ns per bytecode.
 
 ``--connect`` runs ``pgbench -C`` instead: the figures are per connection
 (SCRAM login, one transaction, close); minus the plain figure, per login.
+``--ws scram`` counts per WebSocket session of the driver instead
+(``driver.connect("ws://user:pw@.../db", statement_cache_size=0)``: the
+upgrade request, SCRAM login, one ``fetchval``, close -- what
+``bench.cpu_units``' ws-login does), ``--clients`` sessions at a time from a
+child process (this tree's driver, whatever the gateway's revision);
+``--ws token`` the same with the API token and
+``lazy_connect=true&describe_first=false`` (login and query in one flight:
+``bench.cold_start``'s gateway-ws-token case).
 ``--baseline REV`` also measures a git revision of this repository (exported
 with ``git archive`` to a temporary directory) in the same run, and prints
 the ratio.  ``--functions N`` lists the N functions with most bytecodes.
@@ -86,13 +95,50 @@ def _pgbench(kw: dict[str, Any], clients: int, tx: int, mode: str, connect: bool
                    env=dict(os.environ, PGPASSWORD=kw["password"]), check=True, capture_output=True)
 
 
+_WS_CHILD = r"""
+import asyncio, sys
+import driver
+
+async def main(url, n, clients):
+    sem = asyncio.Semaphore(clients)
+    async def one(i):
+        async with sem:
+            c = await driver.connect(url, statement_cache_size=0, timeout=60)
+            try:
+                assert await c.fetchval("SELECT val FROM items WHERE id = $1", i % 1000 + 1) == f"item-{i % 1000 + 1}"
+            finally:
+                await c.close()
+    await asyncio.gather(*(one(i) for i in range(n)))
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
+"""
+
+
+def _ws_sessions(url: str, clients: int, n: int) -> None:
+    """``n`` driver sessions over the WebSocket, ``clients`` at a time (this tree's driver)."""
+    env = dict(os.environ, PYTHONPATH=str(E.REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    p = subprocess.run([sys.executable, "-c", _WS_CHILD, url, str(n), str(clients)], env=env,
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"WebSocket sessions failed: {p.stderr[-500:]}")
+
+
+def ws_url(gw: E.Gateway, ws: str) -> str:
+    if ws == "token":
+        return (f"ws://127.0.0.1:{gw.port}/{E.BENCH_DB}?token={E.BENCH_TOKEN}"
+                "&lazy_connect=true&describe_first=false")
+    return gw.ws_url()
+
+
 def measure(cluster: E.BenchCluster, repo: Path, clients: int, short: int, long: int, mode: str = "simple",
-            connect: bool = False) -> tuple[float, float, dict[str, float]]:
+            connect: bool = False, ws: str | None = None) -> tuple[float, float, dict[str, float]]:
     """(bytecodes, calls, bytecodes by function) per transaction of the gateway in ``repo``
-    (``connect``: per ``pgbench -C`` transaction, i.e. a login, one transaction and a close)."""
+    (``connect``: per ``pgbench -C`` transaction, i.e. a login, one transaction and a close;
+    ``ws``: per driver WebSocket session, ``"scram"`` or ``"token"``)."""
     work = Path(tempfile.mkdtemp(prefix="wirepool-tx-steps-"))
     out = work / "counters"
     saved = E.REPO, E.gateway_command, E.wait_port
+    here = E.REPO
     E.REPO = repo
     E.gateway_command = lambda cfg, uvloop=True: [sys.executable, "-c", f"OUT={str(out)!r}; CFG={cfg!r}\n" + _CHILD]
     E.wait_port = lambda host, port, proc=None, timeout=30.0: saved[2](host, port, proc=proc, timeout=180.0)
@@ -102,10 +148,23 @@ def measure(cluster: E.BenchCluster, repo: Path, clients: int, short: int, long:
         gw.start()
         kw = gw.tcp_kwargs()
         _pgbench(kw, clients, 20, mode)  # warm: the pool's servers, the statement caches
+        if ws is None:
+            def load(n: int) -> None:
+                _pgbench(kw, clients, n, mode, connect)
+        else:
+            url = ws_url(gw, ws)
+
+            def load(n: int) -> None:
+                E.REPO = here  # the driver of this tree drives every revision's gateway
+                try:
+                    _ws_sessions(url, clients, n * clients)
+                finally:
+                    E.REPO = repo
+            load(5)  # warm the WebSocket path too
         s0 = _snap(out, gw.pid)
-        _pgbench(kw, clients, short, mode, connect)
+        load(short)
         s1 = _snap(out, gw.pid)
-        _pgbench(kw, clients, long, mode, connect)
+        load(long)
         s2 = _snap(out, gw.pid)
     finally:
         gw.stop()
@@ -131,7 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mode", choices=("simple", "extended", "prepared"), default="simple", help="pgbench -M")
     ap.add_argument("--connect", action="store_true",
                     help="pgbench -C: per connection (SCRAM login, one transaction, close)")
+    ap.add_argument("--ws", choices=("scram", "token"),
+                    help="per driver WebSocket session (upgrade, login, one fetchval, close): SCRAM, "
+                         "or an API token with lazy_connect=true&describe_first=false")
     a = ap.parse_args(argv)
+    if a.ws and (a.connect or a.mode != "simple"):
+        ap.error("--ws measures driver sessions: not with --connect or --mode")
     targets: list[tuple[str, Path]] = []
     tmp: Path | None = None
     if a.baseline:
@@ -145,9 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cluster.pgbench_init(1)
         for name, repo in targets:
-            ops, calls, per = measure(cluster, repo, a.clients, 100, 100 + a.transactions, a.mode, a.connect)
+            short, long = (10, 10 + a.transactions // 4) if a.ws else (100, 100 + a.transactions)
+            ops, calls, per = measure(cluster, repo, a.clients, short, long, a.mode, a.connect, a.ws)
             rows.append((name, ops, calls))
-            what = f"pgbench -S{' -C' if a.connect else ''} -M {a.mode} transaction"
+            what = (f"WebSocket session ({a.ws})" if a.ws else
+                    f"pgbench -S{' -C' if a.connect else ''} -M {a.mode} transaction")
             print(f"{name:12s} {ops:7.0f} bytecodes {calls:6.1f} Python calls per {what}", flush=True)
             for k, v in sorted(per.items(), key=lambda kv: -kv[1])[:a.functions]:
                 print(f"    {v:7.1f}  {k}")
