@@ -373,19 +373,31 @@ class HttpConnection(asyncio.Protocol):
         parts = urlsplit(target)
         path = parts.path or "/"
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
-        headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in ev.headers]
+        # (raw_items, a list, costs less than iterating h11's Headers, a Sequence; h11 lower-cases
+        # names with bytes.lower: the same as str.lower here, header names being ASCII tokens)
+        headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in ev.headers.raw_items()]
         req = HttpRequest(method, target, path, query, headers, b"", self.peer,
                           ev.http_version.decode("ascii", "replace"))
+        first = dict(reversed(headers))  # name -> its first value, as req.header gives
 
-        on_stream = listener.stream_for(method, path, req.header("upgrade"))
+        on_stream = listener.stream_for(method, path, first.get("upgrade"))
         if on_stream is not None:
+            if "content-length" not in first and "transfer-encoding" not in first:
+                # No body by the request's framing (h11's next events would be EndOfMessage,
+                # PAUSED): the common handshake is answered without stepping h11 through them.
+                answer = plain_handshake(req)
+                if answer is not None:
+                    assert self.transport is not None
+                    self.transport.write(answer)
+                    self._ws_run = (None, req, on_stream)  # run by _serve (after this frame is gone)
+                    return True
             body = await self._read_body(0)
             if body is None:
                 self._send_error_and_close(400, "a WebSocket handshake has no body\n")
                 return True
             return await self._upgrade(ev, req, on_stream)
 
-        clen = req.header("content-length")
+        clen = first.get("content-length")
         if clen is not None and clen.strip().isdigit() and int(clen) > listener.max_body_size:
             await self._respond(HttpResponse(413, b"request body too large\n"), close=True)
             return True
@@ -461,7 +473,7 @@ class HttpConnection(asyncio.Protocol):
     async def _upgrade(self, ev: h11.Request, req: HttpRequest, on_stream: StreamHandler) -> bool:
         assert self.transport is not None
         listener = self.listener
-        answer = plain_handshake(ev)
+        answer = plain_handshake(req)
         if answer is not None:
             self.transport.write(answer)
             self._ws_run = (None, req, on_stream)  # run by _serve (after this frame is gone)

@@ -41,48 +41,51 @@ except ImportError:  # pragma: no cover - pure-Python websockets build
 __all__ = ["WS_CLOSE_TIMEOUT", "WebSocketStream", "_apply_mask", "negotiated_handshake", "plain_handshake",
            "ws_log"]
 
+_OWS = " \t"  # what bytes.strip() strips from an h11-checked value (str.strip() would also take \xa0)
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 WS_CLOSE_TIMEOUT = 5.0
 
 
 # --------------------------------------------------------------------------- handshake
 
-def plain_handshake(ev: h11.Request) -> bytes | None:
+def plain_handshake(req: "HttpRequest") -> bytes | None:
     """The common handshake without websockets' HTTP layer: a valid RFC 6455
     request with no extension or subprotocol offered is answered here (the
     same 101 websockets would send: returned, to write; the stream then makes
     its websockets protocol only if it ever needs one).  Anything else -> None
-    (websockets handles it)."""
-    if ev.http_version != b"1.1":
+    (websockets handles it).  ``req``: the request as h11 parsed it (header
+    names lower-cased, values latin-1 decoded)."""
+    if req.http_version != "1.1":
         return None
     key = version = None
     upgrade_ok = conn_ok = False
-    for name, value in ev.headers:  # h11 lower-cases names
-        if name == b"sec-websocket-key":
+    for name, value in req.headers:
+        if name == "sec-websocket-key":
             if key is not None:
                 return None
             key = value
-        elif name == b"sec-websocket-version":
+        elif name == "sec-websocket-version":
             if version is not None:
                 return None
             version = value
-        elif name == b"upgrade":
-            if upgrade_ok or value.strip().lower() != b"websocket":
+        elif name == "upgrade":
+            if upgrade_ok or value.strip(_OWS).lower() != "websocket":
                 return None
             upgrade_ok = True
-        elif name == b"connection":
-            if any(tok.strip().lower() == b"upgrade" for tok in value.split(b",")):
+        elif name == "connection":
+            if any(tok.strip(_OWS).lower() == "upgrade" for tok in value.split(",")):
                 conn_ok = True
-        elif name in (b"sec-websocket-extensions", b"sec-websocket-protocol"):
+        elif name in ("sec-websocket-extensions", "sec-websocket-protocol"):
             return None
-    if key is None or version != b"13" or not upgrade_ok or not conn_ok:
+    if key is None or version != "13" or not upgrade_ok or not conn_ok:
         return None
+    bkey = key.encode("latin-1")
     try:
-        if len(base64.b64decode(key, validate=True)) != 16:
+        if len(base64.b64decode(bkey, validate=True)) != 16:
             return None
     except binascii.Error:
         return None
-    accept = base64.b64encode(hashlib.sha1(key + _WS_GUID).digest())
+    accept = base64.b64encode(hashlib.sha1(bkey + _WS_GUID).digest())
     return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
             b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
 
