@@ -149,9 +149,13 @@ def _apply_databases(gw: "Gateway", old: dict[str, DatabaseConfig], new: dict[st
         out.append(f"database +{name}")
     for name in sorted(set(old) - set(new)):
         pool = gw.pools.pop(name, None)
-        if pool is not None:
-            sessions = [s for s in gw._all_sessions if s.pool is pool]
-            _drain(gw, sessions, f'database "{name}" removed by a configuration reload', pool)
+        # its own pool, and the per-user pools of a database without `user` (gateway/auth_query.py)
+        users = gw.auth_query.user_pools
+        pools = [pool] + [users.pop(k) for k in [k for k in users if k[0] == name]]
+        for p in pools:
+            if p is not None:
+                sessions = [s for s in gw._all_sessions if s.pool is p]
+                _drain(gw, sessions, f'database "{name}" removed by a configuration reload', p)
         out.append(f"database -{name}")
     for name in sorted(set(old) & set(new)):
         if old[name] != new[name] and name in gw.pools:

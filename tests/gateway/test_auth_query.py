@@ -406,3 +406,30 @@ async def test_http_listen_on_a_database_without_user(gateway_app: Any, pg: PgCl
     finally:
         await t.stop()
     assert b"logs in as each client's own user" in body and b"28000" in body, body
+
+
+async def test_reload_removing_a_database_without_user_ends_its_clients(gateway_app: Any, pg: PgCluster,
+                                                                       role: Any) -> None:
+    """docs/reload.md: a database removed by a reload ends its clients and closes its
+    pools -- the per-user pools of a database without ``user`` too (their clients went
+    on querying the removed database, their pools stayed, unlisted)."""
+    from gateway.config import parse_config
+    from gateway.reload import apply_config
+    from tests.gateway.pool_helpers import eventually
+    app = await _app(gateway_app, pg, auth_failure_delay=0)
+    name, pw = role()
+    conn = await _connect(app, name, pw)
+    assert await conn.fetchval("SELECT current_user") == name
+    gw = app.gateway
+    raw = {"gateway": {"listen": "127.0.0.1:0", "pg_listen": "127.0.0.1:0", "shutdown_timeout": 5.0,
+                       "auth_failure_delay": 0},
+           "databases": {"app": {"host": pg.host, "port": pg.port, "user": PgCluster.SCRAM_USER,
+                                 "password": PgCluster.SCRAM_PASSWORD, "dbname": PgCluster.DATABASE}},
+           "users": {"alice": {"password": "alice-secret"}}}
+    try:
+        assert "database -pt" in apply_config(gw, parse_config(raw))
+        await eventually(lambda: conn.is_closed(), what="the removed database's client is ended", timeout=20)
+        await eventually(lambda: not gw.auth_query.user_pools, what="its per-user pool is gone", timeout=20)
+    finally:
+        await conn.close()
+    await _fails(app, name, pw)  # (28P01: no auth_query for it any more)
