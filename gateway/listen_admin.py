@@ -13,9 +13,11 @@ COLUMNS = ("database", "user", "channel", "state", "subscribers", "backlog", "li
 def show_rows(gw: Any) -> list[tuple[Any, ...]]:
     """One row per channel a pool's hub keeps: ``state`` is ``listening``
     (confirmed upstream) or ``pending``, with `` (linger)`` when nobody
-    subscribes any more (kept listen_linger seconds for SSE resumes)."""
+    subscribes any more (kept listen_linger seconds for SSE resumes).  Pools as
+    SHOW POOLS lists them (with the per-user pools of databases without ``user``)."""
+    from .admin_show import listed_pools
     out: list[tuple[Any, ...]] = []
-    for pool in gw.pools.values():
+    for pool in listed_pools(gw):
         hub = getattr(pool, "listen_hub", None)
         if hub is None or hub.closed:
             continue

@@ -373,13 +373,14 @@ async def test_http_checks_an_md5_hash_found_by_auth_query(gateway_app: Any, pg:
 async def test_http_listen_on_a_database_without_user(gateway_app: Any, pg: PgCluster, role: Any) -> None:
     """GET /listen on a database without ``user`` listens as the client's own role (its
     per-user pool's hub; the database's own pool logged in upstream as user "" and never
-    listened), the stream keeps that pool from being dropped as empty, and an API token
+    listened; SHOW LISTENERS lists it as SHOW POOLS does), the stream keeps that pool from
+    being dropped as empty, and an API token
     (no secret to log in upstream with) is a 403 at once."""
     import asyncio
     from tests.gateway.pool_helpers import admin
     from tests.gateway.test_listen_sse import Curl
     token = "wp_tok_" + secrets.token_hex(8)
-    app = await _app(gateway_app, pg, auth_failure_delay=0, server_connect_timeout=5.0,
+    app = await _app(gateway_app, pg, auth_failure_delay=0, server_connect_timeout=5.0, admin_users=["alice"],
                      users={"alice": {"password": "alice-secret", "tokens": [token]}})
     name, pw = role()
     aq = app.gateway.auth_query
@@ -395,6 +396,10 @@ async def test_http_listen_on_a_database_without_user(gateway_app: Any, pg: PgCl
         assert ev is not None and ev["event"] == "notification" and ev["data"]["payload"] == "hi", ev
         listener = await adm.fetchval("SELECT usename FROM pg_stat_activity WHERE query LIKE 'LISTEN%aq_sse%'")
         assert listener == name, listener
+        from tests.gateway.test_admin import console
+        async with await console(app.pg_port, "alice", "alice-secret") as cons:  # SHOW LISTENERS lists it
+            cur = await cons.execute("SHOW LISTENERS")
+            assert [r[:3] for r in await cur.fetchall()] == [("pt", name, "aq_sse")]
     finally:
         await c.stop()
         await adm.close()
