@@ -31,8 +31,8 @@ from gateway.http_listener import (HEADER_TIMEOUT, KEEPALIVE_TIMEOUT, MAX_BODY_S
                                    HttpListener, StreamHandler)
 from gateway.http_messages import HttpHandler, HttpRequest, HttpResponse, _reason, send_streamed
 from gateway.tcp import WRITE_HIGH_WATER
-from gateway.websocket import (WS_CLOSE_TIMEOUT, WebSocketStream, _apply_mask, negotiated_handshake,
-                               plain_handshake, ws_log)
+from gateway.websocket import WS_CLOSE_TIMEOUT, WebSocketStream, _apply_mask, ws_log
+from gateway.ws_handshake import negotiated_handshake, plain_handshake
 
 __all__ = ["HttpListener", "HttpConnection", "HttpRequest", "HttpResponse", "HttpHandler", "StreamHandler",
            "WebSocketStream", "WS_CLOSE_TIMEOUT", "MAX_BODY_SIZE", "MAX_HEADER_SIZE", "KEEPALIVE_TIMEOUT",
