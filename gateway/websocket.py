@@ -2,7 +2,8 @@
 ``ClientStream`` over websockets' sans-I/O protocol, with a fast path of its
 own for plain binary frames (no protocol object for an idle session).
 
-The opening handshake: :mod:`gateway.ws_handshake`.
+The opening handshake: :mod:`gateway.ws_handshake`; the closing handshake on
+the fast path: :mod:`gateway.ws_close`.
 """
 
 from __future__ import annotations
@@ -11,23 +12,19 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from websockets.frames import Close, CloseCode, Frame, Opcode
+from websockets.frames import CloseCode, Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from gateway.streams import TransportError
 from gateway.tcp import ProtocolStream
+from gateway.ws_close import CLOSE_NORMAL, apply_mask as _apply_mask, close_reply, skip_to_close
 from gateway.ws_handshake import ws_log
 
 if TYPE_CHECKING:
     from gateway.http_messages import HttpRequest
 
 log = logging.getLogger("wirepool.http")
-
-try:
-    from websockets.speedups import apply_mask as _apply_mask
-except ImportError:  # pragma: no cover - pure-Python websockets build
-    from websockets.utils import apply_mask as _apply_mask
 
 __all__ = ["WS_CLOSE_TIMEOUT", "WebSocketStream", "_apply_mask", "ws_log"]
 
@@ -187,18 +184,12 @@ class WebSocketStream(ProtocolStream):
         """The client's close frame at ``pos`` answered as websockets does (echo
         its payload, close TCP, EOF to the session) without a protocol; False
         (websockets takes over) if incomplete or not a valid close payload."""
-        n = buf[pos + 1] & 0x7F
-        start = pos + 6
-        if start + n > end:
-            return False
-        payload = _apply_mask(buf[start:start + n], buf[start - 4:start]) if n else b""
-        try:
-            Close.parse(payload)
-        except Exception:  # ProtocolError, UnicodeDecodeError: websockets' own answer
+        reply = close_reply(buf, pos, end)
+        if reply is None:
             return False
         t = self.transport
-        t.write(b"\x88" + bytes((n,)) + payload)
-        self.bytes_sent += 2 + n
+        t.write(reply)
+        self.bytes_sent += len(reply)
         self._feed_eof()
         self._closed = True  # "further data received is discarded" (RFC 6455 1.4); sends refused
         t.close()
@@ -206,45 +197,10 @@ class WebSocketStream(ProtocolStream):
 
     def _rx_closing(self, data: bytes) -> None:
         """After our fast-path close frame: skip the client's frames up to its
-        close frame, then close TCP, as websockets does in CLOSING state (an
-        unmasked frame ends it too: websockets would fail the connection)."""
-        n = self._rx_left
-        if n:
-            if len(data) <= n:
-                self._rx_left = n - len(data)
-                return
-            data = data[n:]
-            self._rx_left = 0
-        buf = self._rx + data if self._rx else data
-        end = len(buf)
-        pos = 0
-        while end - pos >= 2:
-            b1 = buf[pos + 1]
-            if b1 < 0x80:
-                self._rx = b""
-                self._end_close()
-                return
-            n = b1 & 0x7F
-            head = 6 if n < 126 else 8 if n == 126 else 14
-            if end - pos < head:
-                break
-            if n == 126:
-                n = (buf[pos + 2] << 8) | buf[pos + 3]
-            elif n == 127:
-                n = int.from_bytes(buf[pos + 2:pos + 10], "big")
-            stop = pos + head + n
-            if (buf[pos] & 0x0F) == 0x08:  # its close frame, once whole (no unread bytes at close: no RST)
-                if stop > end and n < 126:
-                    break
-                self._rx = b""
-                self._end_close()
-                return
-            if stop > end:
-                self._rx = b""
-                self._rx_left = stop - end
-                return
-            pos = stop
-        self._rx = buf[pos:] if pos < end else b""
+        close frame, then close TCP (:func:`gateway.ws_close.skip_to_close`)."""
+        ended, self._rx, self._rx_left = skip_to_close(self._rx, self._rx_left, data)
+        if ended:
+            self._end_close()
 
     def _end_close(self) -> None:
         if self._close_timer is not None:
@@ -391,8 +347,8 @@ class WebSocketStream(ProtocolStream):
                 # Plain frames and no protocol yet (the usual case): our close
                 # frame -- 1000 with no reason, exactly what websockets would
                 # serialize -- without making one; see _rx_closing for the rest.
-                self.transport.write(b"\x88\x02\x03\xe8")
-                self.bytes_sent += 4
+                self.transport.write(CLOSE_NORMAL)
+                self.bytes_sent += len(CLOSE_NORMAL)
                 self._close_sent = True
                 if self._reading_paused:
                     self._reading_paused = False
