@@ -617,20 +617,10 @@ class Session(ServerStateSync):
             self._out_bytes = 0
             self._abort(None, None)
 
-    # ------------------------------------------------------------ timeouts
-    def check_timeouts(self, now: float) -> None:  # called by the janitor for linked clients
-        session_timeouts.check_timeouts(self, now)
-
-    def check_idle(self, now: float) -> None:
-        session_timeouts.check_idle(self, now)
-
-    def _note_partial(self, progress: bool) -> None:
-        """A message started but not complete holds its bytes: time it."""
-        if self.reader.buffered:
-            if progress or not self._partial_since:
-                self._partial_since = self.loop.time()
-        elif self._partial_since:
-            self._partial_since = 0.0
+    # ------------------------------------------------------------ timeouts (gateway.session_timeouts)
+    check_timeouts = session_timeouts.check_timeouts  # called by the janitor for linked clients
+    check_idle = session_timeouts.check_idle
+    _note_partial = session_timeouts.note_partial
 
     # ------------------------------------------------------------- closing
     def _abort(self, sqlstate: str | None, message: str | None) -> None:

@@ -1,7 +1,9 @@
-"""Per-session timeouts checked by the janitor (``Session.check_timeouts`` /
-``Session.check_idle`` delegate here): idle-in-transaction, query timeout
-(a CancelRequest), client idle timeout, and a client message that does not
-arrive completely in time."""
+"""Per-session timeouts (these functions are methods of
+:class:`gateway.session.Session`): checked by the janitor
+(``check_timeouts``, ``check_idle``): idle-in-transaction, query timeout (a
+CancelRequest), client idle timeout, and a client message that does not
+arrive completely in time, whose clock ``note_partial`` keeps as bytes
+arrive."""
 
 from __future__ import annotations
 
@@ -38,3 +40,13 @@ def check_idle(session: Any, now: float) -> None:
         session.gw.limits.shed_log.shed("client_message_timeout: message not received in time",
                                         getattr(session.stream, "peer", "?"))
         session._abort("08P01", "client_message_timeout: message not received completely in time")
+
+
+def note_partial(session: Any, progress: bool) -> None:
+    """A message started but not complete holds its bytes: time it (``progress``:
+    a message was completed by the bytes just read, so the clock restarts)."""
+    if session.reader.buffered:
+        if progress or not session._partial_since:
+            session._partial_since = session.loop.time()
+    elif session._partial_since:
+        session._partial_since = 0.0
