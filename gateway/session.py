@@ -51,7 +51,8 @@ from .prepared import Rewriter
 from .schema import database_key
 from .server import TRACKED_ORDER, ServerConnection
 from .server_sync import ServerStateSync
-from .streams import TransportError, direct_writer as _direct_writer
+from .session_output import OUT_HIGH, ClientOutput
+from .streams import TransportError
 from .listen_session import Lazy, SessionListen
 from .tracking import Tracker
 
@@ -65,9 +66,6 @@ assert TRACKED_NAMES == frozenset(TRACKED_ORDER)
 _S = 83  # backend ParameterStatus
 _Z = 90
 _IDLE = 73  # 'I'
-
-_OUT_HIGH = 1 << 20  # pause the server when this much is queued for a slow client
-_OUT_LOW = 1 << 18
 
 
 class _ClientGone(Exception):
@@ -87,20 +85,22 @@ def _fatal(sqlstate: str, message: str) -> bytes:
     return m.error(sqlstate, message, severity="FATAL")
 
 
-class Session(ServerStateSync):
-    """One client connection."""
+class Session(ClientOutput, ServerStateSync):
+    """One client connection: startup, then forwarding between the client
+    and a linked server (the writer: :mod:`gateway.session_output`; linking
+    and state sync: :mod:`gateway.server_sync`; timeouts: :mod:`gateway.session_timeouts`)."""
 
     # Thousands of idle sessions per process: no per-instance __dict__ (subclasses may have one).
     __slots__ = ('_aborted', '_cancel_sent', '_cb_done', '_cb_exc', '_cb_hold', '_cb_wait',
-                 '_direct', '_direct_drain', '_finished', '_holding', '_main',
-                 '_out', '_out_bytes', '_partial_since', '_paused', '_pend_chunk', '_pend_idx', '_pend_pos',
-                 '_serving',
+                 '_finished', '_holding', '_main',
+                 '_partial_since', '_pend_chunk', '_pend_idx', '_pend_pos', '_serving',
                  '_track_activity', '_track_partial', '_track_times',
-                 '_wake', '_writer', '_writer_stop', 'acc', 'connect_time', 'counted', 'database', 'gw',
+                 'acc', 'connect_time', 'counted', 'database', 'gw',
                  'last_activity', 'last_z', 'loop', 'pool', 'pool_list', 'prepared',
                  'process_id', 'query_start', 'reader', 'secret_key', 'settings', 'stream',
                  'track', 'transaction_mode', 'user', 'wait_future', 'wait_start', 'listen', 'cache',
-                 '__weakref__')  # a new attribute must be added here or in ServerStateSync's (else AttributeError)
+                 '__weakref__') + ClientOutput.SLOTS
+    # (a new attribute must be added here, in a mixin's SLOTS or in ServerStateSync's slots: else AttributeError)
 
     def __init__(self, gateway: "Gateway", stream: Any) -> None:
         self.gw = gateway
@@ -149,18 +149,11 @@ class Session(ServerStateSync):
         self.process_id = 0
         self.secret_key = 0
         self.counted = False
-        # output
-        self._out: list[bytes] = []
-        self._out_bytes = 0
-        self._wake: asyncio.Future[None] | None = None
-        self._writer: asyncio.Task[None] | None = None
-        self._writer_stop = False
-        self._paused: ServerConnection | None = None
+        self._init_output(stream)
         #: framed client chunks (bytes, message index) waiting for a server
         self._pending: list[tuple[bytes, list[tuple[int, int, int]]]] = []
         self._pending_bytes = 0
         self._assigned: asyncio.Future[None] | None = None
-        self._direct, self._direct_drain = _direct_writer(stream)
         self._main: asyncio.Task[Any] | None = None
         self._aborted = False
         self._finished = False
@@ -205,24 +198,6 @@ class Session(ServerStateSync):
                 self._send_or_queue(_fatal("XX000", "internal error in the gateway"))
         finally:
             await session_close.cleanup(self)
-
-    def _send_or_queue(self, data: bytes) -> None:
-        """Queue a final message; sent by the writer (or directly in cleanup)."""
-        self._out.append(data)
-        self._out_bytes += len(data)
-        w = self._wake
-        if w is not None:
-            self._wake = None
-            if not w.done():
-                w.set_result(None)
-        elif self._writer is None and self._serving:
-            self._ensure_writer()
-
-    def _ensure_writer(self) -> None:
-        """The writer task is started on demand: with a direct (synchronous)
-        write path most sessions never need it."""
-        if self._writer is None and not self._finished:
-            self._writer = self.loop.create_task(self._write_loop())
 
     # ============================================================ startup
     async def _next_message(self) -> tuple[int, bytes]:
@@ -302,7 +277,7 @@ class Session(ServerStateSync):
             if server is not None:
                 if server.write_paused:
                     await server.drain()
-            elif self._pending_bytes > _OUT_HIGH:
+            elif self._pending_bytes > OUT_HIGH:
                 # Waiting for a server while the client keeps sending: stop reading it.
                 fut = self._assigned = self.loop.create_future()
                 await fut
@@ -313,7 +288,7 @@ class Session(ServerStateSync):
         this task only waits for the end, an error, or a flow-control hold."""
         if self.server is not None and self.server.write_paused:
             self._cb_hold = self.server
-        elif self.server is None and self._pending_bytes > _OUT_HIGH:
+        elif self.server is None and self._pending_bytes > OUT_HIGH:
             self._cb_hold = _HOLD_ASSIGN
         stream = self.stream
         loop = self.loop
@@ -332,7 +307,7 @@ class Session(ServerStateSync):
                     self._cb_hold = None
                     self._holding = True
                     if hold is _HOLD_ASSIGN:
-                        if self.server is None and self._pending_bytes > _OUT_HIGH:
+                        if self.server is None and self._pending_bytes > OUT_HIGH:
                             fut = self._assigned = loop.create_future()
                             await fut
                     elif hold is self.server and hold is not None and not hold.closed:
@@ -386,7 +361,7 @@ class Session(ServerStateSync):
                 self._cb_hold = server
                 self.stream.pause_reading()
                 self._cb_wake()
-        elif self._pending_bytes > _OUT_HIGH and self._cb_hold is None:
+        elif self._pending_bytes > OUT_HIGH and self._cb_hold is None:
             # Waiting for a server while the client keeps sending: stop reading it.
             self._cb_hold = _HOLD_ASSIGN
             self.stream.pause_reading()
@@ -514,7 +489,7 @@ class Session(ServerStateSync):
                 w.set_result(None)
             elif self._writer is None:
                 self._ensure_writer()
-            if z < 0 and self._out_bytes > _OUT_HIGH and self._paused is None and server.transport is not None:
+            if z < 0 and self._out_bytes > OUT_HIGH and self._paused is None and server.transport is not None:
                 self._paused = server
                 server.transport.pause_reading()
         if z < 0:
@@ -579,43 +554,6 @@ class Session(ServerStateSync):
             self._abort(None, None)
         else:
             self._abort("08006", "server connection lost: the upstream server closed the connection unexpectedly")
-
-    # --------------------------------------------------------- writer task
-    async def _write_loop(self) -> None:
-        out = self._out
-        send = self.stream.send
-        try:
-            while True:
-                if not out:
-                    p = self._paused
-                    if p is not None and self._direct_drain is not None:
-                        await self._direct_drain()
-                        if self._paused is p:
-                            self._paused = None
-                            if p.transport is not None and not p.closed:
-                                p.transport.resume_reading()
-                        continue
-                    if self._writer_stop:
-                        return
-                    w = self._wake = self.loop.create_future()
-                    await w
-                    continue
-                data = out[0] if len(out) == 1 else b"".join(out)
-                out.clear()
-                self._out_bytes = 0
-                await send(data)
-                p = self._paused
-                if p is not None and self._out_bytes < _OUT_LOW:
-                    self._paused = None
-                    if p.transport is not None:
-                        p.transport.resume_reading()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            # Client gone: stop the session (its recv will end too).
-            out.clear()
-            self._out_bytes = 0
-            self._abort(None, None)
 
     # ------------------------------------------------------------ timeouts (gateway.session_timeouts)
     check_timeouts = session_timeouts.check_timeouts  # called by the janitor for linked clients
