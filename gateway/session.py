@@ -38,7 +38,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from driver.protocol import messages as m
-from driver.protocol.framing import FrontendReader, MessageReader, ProtocolError
+from driver.protocol.framing import FrontendReader, ProtocolError
 
 from .accounting import Accounting
 from .cache_hook import SessionCache, on_ddl
@@ -51,6 +51,7 @@ from .prepared import Rewriter
 from .schema import database_key
 from .server import TRACKED_ORDER, ServerConnection
 from .server_sync import ServerStateSync
+from .session_input import ClientInput
 from .session_output import OUT_HIGH, ClientOutput
 from .streams import TransportError
 from .listen_session import Lazy, SessionListen
@@ -72,34 +73,28 @@ class _ClientGone(Exception):
     pass
 
 
-_HOLD_ASSIGN = object()  # callback mode: paused until a server is assigned
-
-
 _RFQ_IDLE = m.ready_for_query("I")
-
-#: after login a FrontendReader frames like a MessageReader: its method, one call less (hot path)
-_feed_read_raw = MessageReader.feed_read_raw
 
 
 def _fatal(sqlstate: str, message: str) -> bytes:
     return m.error(sqlstate, message, severity="FATAL")
 
 
-class Session(ClientOutput, ServerStateSync):
+class Session(ClientInput, ClientOutput, ServerStateSync):
     """One client connection: startup, then forwarding between the client
-    and a linked server (the writer: :mod:`gateway.session_output`; linking
-    and state sync: :mod:`gateway.server_sync`; timeouts: :mod:`gateway.session_timeouts`)."""
+    and a linked server (the reading loops: :mod:`gateway.session_input`; the
+    writer: :mod:`gateway.session_output`; linking and state sync:
+    :mod:`gateway.server_sync`; timeouts: :mod:`gateway.session_timeouts`)."""
 
     # Thousands of idle sessions per process: no per-instance __dict__ (subclasses may have one).
-    __slots__ = ('_aborted', '_cancel_sent', '_cb_done', '_cb_exc', '_cb_hold', '_cb_wait',
-                 '_finished', '_holding', '_main',
+    __slots__ = ('_aborted', '_cancel_sent', '_finished', '_main',
                  '_partial_since', '_pend_chunk', '_pend_idx', '_pend_pos', '_serving',
                  '_track_activity', '_track_partial', '_track_times',
                  'acc', 'connect_time', 'counted', 'database', 'gw',
                  'last_activity', 'last_z', 'loop', 'pool', 'pool_list', 'prepared',
                  'process_id', 'query_start', 'reader', 'secret_key', 'settings', 'stream',
                  'track', 'transaction_mode', 'user', 'wait_future', 'wait_start', 'listen', 'cache',
-                 '__weakref__') + ClientOutput.SLOTS
+                 '__weakref__') + ClientInput.SLOTS + ClientOutput.SLOTS
     # (a new attribute must be added here, in a mixin's SLOTS or in ServerStateSync's slots: else AttributeError)
 
     def __init__(self, gateway: "Gateway", stream: Any) -> None:
@@ -111,7 +106,6 @@ class Session(ClientOutput, ServerStateSync):
         self.reader: FrontendReader = login_reader(s)  # Postgres' pre-login limits (gateway/limits.py)
         self._partial_since = 0.0  # first byte of a partially received message (client_message_timeout)
         self._track_partial = s.client_message_timeout > 0
-        self._holding = False  # the client's reading is paused by flow control
         # pool bookkeeping (lists are maintained by Pool._move)
         self.pool: Pool | None = None
         self.pool_list: dict[Any, None] | None = None
@@ -150,6 +144,7 @@ class Session(ClientOutput, ServerStateSync):
         self.secret_key = 0
         self.counted = False
         self._init_output(stream)
+        self._init_input()
         #: framed client chunks (bytes, message index) waiting for a server
         self._pending: list[tuple[bytes, list[tuple[int, int, int]]]] = []
         self._pending_bytes = 0
@@ -158,11 +153,6 @@ class Session(ClientOutput, ServerStateSync):
         self._aborted = False
         self._finished = False
         self._serving = False
-        # callback mode (stream.set_data_callback): client bytes handled in data_received
-        self._cb_wait: asyncio.Future[None] | None = None
-        self._cb_done = False
-        self._cb_exc: BaseException | None = None
-        self._cb_hold: Any = None
         # startup-phase buffered messages (pipelined input, in order)
         self._pend_chunk = b""
         self._pend_idx: list[tuple[int, int, int]] = []
@@ -259,119 +249,7 @@ class Session(ClientOutput, ServerStateSync):
         if set_cb is not None:
             await self._serve_callbacks(set_cb)
             return
-        recv = self.stream.recv
-        from_client = self._from_client
-        while True:
-            data = await recv()
-            if not data:
-                return
-            reader.feed(data)
-            chunk, idx = reader.read_raw()
-            if self._track_partial:
-                self._note_partial(bool(chunk))
-            if not chunk:
-                continue
-            if not from_client(chunk, idx):
-                return
-            server = self.server
-            if server is not None:
-                if server.write_paused:
-                    await server.drain()
-            elif self._pending_bytes > OUT_HIGH:
-                # Waiting for a server while the client keeps sending: stop reading it.
-                fut = self._assigned = self.loop.create_future()
-                await fut
-
-    async def _serve_callbacks(self, set_cb: Any) -> None:
-        """The pooling loop in callback mode: client bytes are framed and
-        forwarded inside the transport's data_received (:meth:`_on_client_data`);
-        this task only waits for the end, an error, or a flow-control hold."""
-        if self.server is not None and self.server.write_paused:
-            self._cb_hold = self.server
-        elif self.server is None and self._pending_bytes > OUT_HIGH:
-            self._cb_hold = _HOLD_ASSIGN
-        stream = self.stream
-        loop = self.loop
-        set_cb(self._on_client_data, self._on_client_end)
-        try:
-            while True:
-                if self._cb_done:
-                    exc = self._cb_exc
-                    if exc is not None:
-                        self._cb_exc = None
-                        raise exc
-                    return
-                hold = self._cb_hold
-                if hold is not None:
-                    # flow control: the client's reading is paused (see _on_client_data)
-                    self._cb_hold = None
-                    self._holding = True
-                    if hold is _HOLD_ASSIGN:
-                        if self.server is None and self._pending_bytes > OUT_HIGH:
-                            fut = self._assigned = loop.create_future()
-                            await fut
-                    elif hold is self.server and hold is not None and not hold.closed:
-                        await hold.drain()
-                    self._holding = False
-                    if self._partial_since:  # its clock ran only while we read
-                        self._partial_since = loop.time()
-                    stream.resume_reading()
-                    continue
-                w = self._cb_wait = loop.create_future()
-                await w
-        finally:
-            self._cb_wait = None
-            self._cb_done = True
-            set_cb(None)
-
-    def _cb_wake(self) -> None:
-        w = self._cb_wait
-        if w is not None:
-            self._cb_wait = None
-            if not w.done():
-                w.set_result(None)
-
-    def _on_client_data(self, data: bytes) -> None:
-        """Client bytes, straight from the transport (callback mode)."""
-        if self._cb_done or self._aborted:
-            return
-        try:
-            reader = self.reader
-            if reader.in_startup:  # (never after login; FrontendReader's override only checks this)
-                chunk, idx = reader.feed_read_raw(data)
-            else:
-                chunk, idx = _feed_read_raw(reader, data)
-            # the partial-message clock: nothing to do with nothing buffered and no clock running
-            if self._track_partial and (reader._buf or self._partial_since):
-                self._note_partial(bool(chunk))
-            if not chunk:
-                return
-            if not self._from_client(chunk, idx):
-                self._cb_done = True
-                self._cb_wake()
-                return
-        except BaseException as exc:  # handled by the session task, as in _serve
-            self._cb_done = True
-            self._cb_exc = exc
-            self._cb_wake()
-            return
-        server = self.server
-        if server is not None:
-            if server.write_paused and self._cb_hold is None:
-                self._cb_hold = server
-                self.stream.pause_reading()
-                self._cb_wake()
-        elif self._pending_bytes > OUT_HIGH and self._cb_hold is None:
-            # Waiting for a server while the client keeps sending: stop reading it.
-            self._cb_hold = _HOLD_ASSIGN
-            self.stream.pause_reading()
-            self._cb_wake()
-
-    def _on_client_end(self, exc: Exception | None) -> None:
-        if not self._cb_done:
-            self._cb_done = True
-            self._cb_exc = exc
-        self._cb_wake()
+        await self._serve_recv()
 
     def _from_client(self, chunk: bytes, idx: list[tuple[int, int, int]]) -> bool:
         """Forward one framed chunk (or queue it until a server is assigned);
