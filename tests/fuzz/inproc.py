@@ -53,12 +53,13 @@ from websockets.protocol import State  # noqa: E402
 from websockets.server import ServerProtocol  # noqa: E402
 import prometheus_client  # noqa: E402,F401
 
-# (atheris includes submodules, not siblings: every module split out of http.py and
-# prepared.py is named on its own)
+# (atheris includes submodules, not siblings: every module split out of http.py,
+# websocket.py and prepared.py is named on its own)
 _INSTRUMENT = ["h11", "driver.protocol", "gateway.http", "gateway.http_listener", "gateway.http_messages",
-               "gateway.websocket", "gateway.neon_sql", "gateway.http_exec", "gateway.http_stream",
-               "gateway.http_sessions", "gateway.http_protocol", "gateway.prepared", "gateway.prepared_registry",
-               "gateway.prepared_server", "gateway.prepared_replies", "gateway.accounting"]
+               "gateway.websocket", "gateway.ws_handshake", "gateway.ws_close", "gateway.neon_sql",
+               "gateway.http_exec", "gateway.http_stream", "gateway.http_sessions", "gateway.http_protocol",
+               "gateway.prepared", "gateway.prepared_registry", "gateway.prepared_server", "gateway.prepared_replies",
+               "gateway.accounting"]
 # replaying saved inputs (regression tests) needs no coverage
 _instrument = (contextlib.nullcontext() if os.environ.get("WIREPOOL_FUZZ_REPLAY")
                else atheris.instrument_imports(include=_INSTRUMENT))
