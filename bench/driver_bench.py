@@ -155,7 +155,6 @@ def measure(dsn: str, *, quick: bool = False, use_uvloop: bool = False) -> list[
     units = {"decode": f"rows/s decoded ({rows:,}-row result, 6 columns, best of {repeat})",
              "fetchval": f"sequential fetchval round trips/s ({trips:,})"}
     for work in ("decode", "fetchval"):
-        d = results.get("driver")
         for lib in ("driver", "pg8000", "asyncpg"):
             r = results[lib]
             scen = f"driver-{work}"

@@ -119,7 +119,6 @@ async def _raw_load(spec: dict[str, Any]) -> dict[str, Any]:
     q = m.query(spec["sql"])
     deadline = spec["start"] + spec["duration"]
     done = [0]
-    rows = [0]
     await asyncio.sleep(max(0.0, spec["start"] - time.monotonic()))
     cpu0 = time.process_time()
 

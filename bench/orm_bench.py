@@ -39,7 +39,7 @@ if str(REPO) not in sys.path:
 
 from sqlalchemy import ForeignKey, String, insert, select, update  # noqa: E402
 from sqlalchemy.dialects import registry  # noqa: E402
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine  # noqa: E402
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine  # noqa: E402
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, selectinload  # noqa: E402
 
 AUTHORS, BOOKS, SELECTS, LOADS, UPDATES, BULK_UPDATES = 2_000, 20_000, 300, 100, 2_000, 50

@@ -259,7 +259,7 @@ async def test_console_over_websocket(gateway_app, pg_db):
 
 
 async def test_commands_set_disable_reconnect_kill(gateway_app, pg, pg_db):
-    from tests.gateway.pool_helpers import admin, backends
+    from tests.gateway.pool_helpers import admin
     app = await gateway_app(databases={"app": {"dbname": pg_db}}, default_pool_size=2, **ADMIN)
     pool = app.gateway.pools["app"]
     adm = await console(app.pg_port)

@@ -287,7 +287,7 @@ async def test_copy_from_stdin_refused(gateway_app: Any, table: str) -> None:
         st, h, d = await raw.post(m.query(f"copy {table} from stdin"))
         assert st == 200 and h["wirepool-status"] == "I"
         assert "not supported over HTTP" in errors(d)[0]["M"]
-        st, h, d = await raw.post(m.query(f"copy (select 1 union all select 2) to stdout"))
+        st, h, d = await raw.post(m.query("copy (select 1 union all select 2) to stdout"))
         assert st == 200 and types(d).count("d") == 2
     finally:
         raw.close()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
-import pytest
 
 from driver.protocol import messages as m
 from tests.gateway.conftest import ALICE_PASSWORD

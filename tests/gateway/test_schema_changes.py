@@ -206,7 +206,6 @@ async def test_migration_cycles_driver_over_websocket(gateway_app: Any, pg_db: s
     gateway's WebSocket, with queries from long-lived connections whose
     statement caches predate each migration: at most one error per statement
     and server after each migration (the first use), never a persistent one."""
-    import sqlalchemy as sa
     from sqlalchemy.dialects import postgresql
     from sqlalchemy.schema import CreateTable, DropTable
 

@@ -13,7 +13,6 @@ import ssl
 from typing import Any, AsyncIterator
 
 import pytest
-import websockets
 from websockets.asyncio.server import serve
 
 import driver
