@@ -285,8 +285,10 @@ class Authenticator:
                 entry = _Entry(None, secret.verifier, secret.md5)
         remember = self._remembering(database, user)
         plain = entry.plaintext.decode("utf-8") if entry is not None and entry.plaintext is not None else None
-        if t == "scram-sha-256" or (t == "md5" and looked_up and entry is not None
-                                    and entry.verifier is not None):
+        # md5 with auth_query: a SCRAM verifier gets a SCRAM exchange, as PostgreSQL's md5
+        # method does; so does an unknown user (PostgreSQL's default password_encryption),
+        # which an md5 challenge would tell apart
+        if t == "scram-sha-256" or (t == "md5" and looked_up and (entry is None or entry.verifier is not None)):
             final, client_key = await self._scram(user, entry, send, recv)
             if entry is not None and entry.verifier is not None and client_key is not None:
                 remember(password=plain, keys=None if plain else (client_key, entry.verifier.server_key))

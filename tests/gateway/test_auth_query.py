@@ -438,3 +438,26 @@ async def test_reload_removing_a_database_without_user_ends_its_clients(gateway_
     finally:
         await conn.close()
     await _fails(app, name, pw)  # (28P01: no auth_query for it any more)
+
+
+async def test_md5_auth_type_does_not_tell_which_users_exist(gateway_app: Any, pg: PgCluster, role: Any) -> None:
+    """auth_type = "md5" with auth_query: a role stored as a SCRAM verifier gets a SCRAM
+    exchange (as PostgreSQL's md5 method does); a user that does not exist, or has no
+    password, must get the same first request -- PostgreSQL picks SCRAM for them under
+    its default password_encryption -- not an md5 challenge that names them unknown."""
+    from driver.protocol import messages as m
+    from tests.gateway.pool_helpers import RawClient, errors
+    app = await _app(gateway_app, pg, auth_type="md5", auth_failure_delay=0)
+    name, pw = role()
+    seen = {}
+    for user in (name, "aq_nobody", PgCluster.TRUST_USER):
+        c = await RawClient.connect(app.pg_port)
+        try:
+            msgs = await c.login(user, "wrong-password", "pt")
+        finally:
+            await c.close()
+        seen[user] = next(x.code for x in msgs if isinstance(x, m.AuthenticationRequest))
+        assert [(e.sqlstate, e.message) for e in errors(msgs)] == [
+            ("28P01", f'password authentication failed for user "{user}"')], msgs
+    assert seen == {name: m.AUTH_SASL, "aq_nobody": m.AUTH_SASL, PgCluster.TRUST_USER: m.AUTH_SASL}, seen
+    (await _connect(app, name, pw)).terminate()  # the role itself still logs in
