@@ -27,6 +27,7 @@ from urllib.parse import parse_qsl, urlsplit
 import h11
 from websockets.server import ServerProtocol
 
+from gateway import http_fast
 from gateway.http_listener import (HEADER_TIMEOUT, KEEPALIVE_TIMEOUT, MAX_BODY_SIZE, MIN_BODY_RATE,
                                    HttpListener, StreamHandler)
 from gateway.http_messages import HttpHandler, HttpRequest, HttpResponse, _reason, send_streamed
@@ -81,7 +82,7 @@ class HttpConnection(asyncio.Protocol):
     # one per idle WebSocket session too: no per-instance __dict__ (a new attribute goes here)
     __slots__ = ("listener", "transport", "peer", "h11", "ws", "_ws_run", "task", "_waiter", "_paused", "_lost",
                  "_write_paused", "_drain_waiter", "_counted", "_req_start", "_in_handler", "_since", "_linger",
-                 "__weakref__")
+                 "_head", "_scan", "__weakref__")
 
     def __init__(self, listener: "HttpListener") -> None:
         self.listener = listener
@@ -101,6 +102,10 @@ class HttpConnection(asyncio.Protocol):
         self._in_handler = False            # a route handler is running (cancelled if the client leaves)
         self._since = 0.0                   # accepted, or last reply sent (idle since)
         self._linger = -1                   # >= 0 while lingering: input bytes still to drop
+        # the first request's bytes, also given to h11, while it may be a plain WebSocket
+        # upgrade that gateway/http_fast.py parses in C (None: h11 alone from here)
+        self._head: bytearray | None = bytearray() if http_fast.available() else None
+        self._scan = 0                      # _head searched for its end up to here
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -154,6 +159,8 @@ class HttpConnection(asyncio.Protocol):
             self.h11.receive_data(data)
         except RuntimeError:  # h11 already closed/errored: ignore trailing bytes
             return
+        if self._head is not None:
+            self._head += data
         w = self._waiter
         if w is not None:
             if not w.done():
@@ -169,6 +176,7 @@ class HttpConnection(asyncio.Protocol):
             return False
         if self._linger >= 0:
             return False  # the transport closes itself: both sides are done
+        self._head = None  # h11 answers a request ended by EOF
         try:
             self.h11.receive_data(b"")
         except RuntimeError:
@@ -256,6 +264,14 @@ class HttpConnection(asyncio.Protocol):
     async def _serve(self) -> None:
         try:
             while True:
+                if self._head is not None:
+                    rest = self._fast_upgrade()
+                    if rest is not None:
+                        self._start_ws(*self._take_ws_run(), rest)
+                        return
+                    if self._head is not None:
+                        await self._wait_data(self._header_deadline())
+                        continue
                 ev = self._next_event()
                 if ev is h11.NEED_DATA:
                     await self._wait_data(self._header_deadline())
@@ -365,20 +381,56 @@ class HttpConnection(asyncio.Protocol):
                 raise ConnectionResetError
             raise h11.RemoteProtocolError(f"unexpected {type(ev).__name__}")  # pragma: no cover
 
+    def _request(self, method: bytes, target: bytes, raw_headers: list[tuple[bytes, bytes]],
+                 version: bytes) -> tuple[HttpRequest, dict[str, str]]:
+        """The request as the handlers see it, and its headers' first values by name."""
+        target_s = target.decode("latin-1")
+        parts = urlsplit(target_s)
+        # (h11 lower-cases names with bytes.lower: the same as str.lower here, names being ASCII tokens)
+        headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in raw_headers]
+        req = HttpRequest(method.decode("ascii", "replace"), target_s, parts.path or "/",
+                          dict(parse_qsl(parts.query, keep_blank_values=True)), headers, b"", self.peer,
+                          version.decode("ascii", "replace"))
+        return req, dict(reversed(headers))  # name -> its first value, as req.header gives
+
+    def _fast_upgrade(self) -> bytes | None:
+        """The first request, while it may be a plain WebSocket upgrade
+        (gateway/http_fast.py): the bytes after it if answered here (101
+        written, ``_ws_run`` set); else None, with ``_head`` kept while the
+        head is not complete, or set to None: h11 parses it (and all after
+        it), as it would have anyway."""
+        head = self._head
+        assert head is not None
+        if len(head) > MAX_HEADER_SIZE or not http_fast.may_be_upgrade(head):
+            self._head = None
+            return None
+        end = http_fast.head_end(head, self._scan)
+        if end < 0:
+            self._scan = max(0, len(head) - 2)
+            return None
+        self._head = None
+        parsed = http_fast.parse_upgrade(bytes(head))
+        if parsed is None:
+            return None
+        target, raw_headers, rest = parsed
+        req, first = self._request(b"GET", target, raw_headers, b"1.1")
+        on_stream = self.listener.stream_for("GET", req.path, first.get("upgrade"))
+        if on_stream is None:
+            return None
+        answer = plain_handshake(req)
+        if answer is None:
+            return None
+        assert self.transport is not None
+        self.transport.write(answer)
+        self._ws_run = (None, req, on_stream)
+        return rest
+
     async def _handle(self, ev: h11.Request) -> bool:
         """Serve one request; True if the connection is no longer in HTTP mode."""
         listener = self.listener
-        method = ev.method.decode("ascii", "replace")
-        target = ev.target.decode("latin-1")
-        parts = urlsplit(target)
-        path = parts.path or "/"
-        query = dict(parse_qsl(parts.query, keep_blank_values=True))
-        # (raw_items, a list, costs less than iterating h11's Headers, a Sequence; h11 lower-cases
-        # names with bytes.lower: the same as str.lower here, header names being ASCII tokens)
-        headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in ev.headers.raw_items()]
-        req = HttpRequest(method, target, path, query, headers, b"", self.peer,
-                          ev.http_version.decode("ascii", "replace"))
-        first = dict(reversed(headers))  # name -> its first value, as req.header gives
+        # (raw_items, a list, costs less than iterating h11's Headers, a Sequence)
+        req, first = self._request(ev.method, ev.target, ev.headers.raw_items(), ev.http_version)
+        method, path = req.method, req.path
 
         on_stream = listener.stream_for(method, path, first.get("upgrade"))
         if on_stream is not None:
@@ -496,13 +548,15 @@ class HttpConnection(asyncio.Protocol):
         self._ws_run = None
         return run
 
-    def _start_ws(self, ws: ServerProtocol | None, req: HttpRequest, on_stream: StreamHandler) -> None:
+    def _start_ws(self, ws: ServerProtocol | None, req: HttpRequest, on_stream: StreamHandler,
+                  rest: bytes | None = None) -> None:
         """The connection becomes a WebSocketStream; ``on_stream`` runs in a
         task of its own (the HTTP request loop's task and frames are gone: an
-        idle session holds one task and the session's own frames)."""
+        idle session holds one task and the session's own frames).  ``rest``:
+        the bytes after the request when h11 did not parse it."""
         assert self.transport is not None
         listener = self.listener
-        trailing, closed = self.h11.trailing_data
+        trailing, closed = self.h11.trailing_data if rest is None else (rest, False)
         stream = WebSocketStream(self.transport, ws, req, listener.ws_max_message_size)
         del req
         self.ws = stream

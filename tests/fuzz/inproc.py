@@ -20,7 +20,8 @@ Sub-targets (``SUBTARGETS``):
 ``sql_results``  gateway.neon_sql.build_results over synthetic rows of JSON/array/scalar types.
 ``pg_body``      gateway.http_exec._frame_batch + the ``Wirepool-Params`` header checks.
 ``http_head``    h11 parsing as the gateway drives it + the gateway's header helpers
-                 (Basic/Bearer credentials, Neon connection strings).
+                 (Basic/Bearer credentials, Neon connection strings).  Invariant: a head
+                 gateway.http_fast takes (httptools) is one h11 parses into the same request.
 ``ws_frames``    gateway.websocket.WebSocketStream receive path: the hand-written fast path and
                  websockets' parser must deliver the same bytes and agree on errors.
 
@@ -55,8 +56,8 @@ import prometheus_client  # noqa: E402,F401
 
 # (atheris includes submodules, not siblings: every module split out of http.py,
 # websocket.py and prepared.py is named on its own)
-_INSTRUMENT = ["h11", "driver.protocol", "gateway.http", "gateway.http_listener", "gateway.http_messages",
-               "gateway.websocket", "gateway.ws_handshake", "gateway.ws_close", "gateway.neon_sql",
+_INSTRUMENT = ["h11", "driver.protocol", "gateway.http", "gateway.http_fast", "gateway.http_listener",
+               "gateway.http_messages", "gateway.websocket", "gateway.ws_handshake", "gateway.ws_close", "gateway.neon_sql",
                "gateway.http_exec", "gateway.http_stream", "gateway.http_sessions", "gateway.http_protocol",
                "gateway.prepared", "gateway.prepared_registry", "gateway.prepared_server", "gateway.prepared_replies",
                "gateway.accounting"]
@@ -69,7 +70,7 @@ with _instrument:
     from driver.protocol import messages as m
     from driver.protocol.framing import FrontendReader, MessageReader, ProtocolError
     from gateway import http as ghttp
-    from gateway import http_exec, http_protocol, neon_sql, prepared
+    from gateway import http_exec, http_fast, http_protocol, neon_sql, prepared
     from gateway.config import GatewaySettings
 
 from tests.fuzz.known import known_reason
@@ -312,6 +313,15 @@ class _App:
 
 
 def http_head(data: bytes) -> None:
+    fast = http_fast.parse_upgrade(data)
+    if fast is not None:  # the C parser takes only what h11 parses into the same request
+        c = h11.Connection(h11.SERVER, max_incomplete_event_size=16384)
+        c.receive_data(data)
+        ev = c.next_event()
+        assert isinstance(ev, h11.Request), ev
+        assert (ev.method, ev.target, ev.http_version) == (b"GET", fast[0], b"1.1"), (ev, fast)
+        assert ev.headers.raw_items() == fast[1], (ev.headers, fast[1])
+        assert bytes(c.trailing_data[0]) == fast[2]
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16384)
     try:
         conn.receive_data(data)

@@ -1,0 +1,97 @@
+"""The common WebSocket upgrade request parsed in C: ``httptools`` (llhttp,
+Node's HTTP parser; what uvicorn uses, with h11 as its fallback too).
+
+h11 (gateway/http.py) parses every other request, and this one too when
+``httptools`` is not installed.  Parsing an edge function's upgrade request
+with h11 was ~2,700 of the ~16,000 Python bytecodes of a WebSocket session
+(``python -m bench.tx_steps --ws scram``); through llhttp it is ~200.
+
+Only what h11 would parse *the same way* is taken here: a complete
+``GET <target> HTTP/1.1`` head in canonical form (CRLF line ends, one
+``Name: value`` per line, no obs-fold, no whitespace around values), every
+byte of which matches h11's own grammar (h11/_abnf.py, RFC 7230), that llhttp
+reports as an upgrade.  Anything else -- incomplete after the first blank
+line, another method or version, a malformed or unusual line, whatever llhttp
+refuses -- returns None, and h11, which has been fed the same bytes all
+along, parses the request as before: its answers to bad input are unchanged.
+gateway/http.py adds the route's and the handshake's checks (a WebSocket
+route, a plain handshake: gateway/websocket.py).
+"""
+
+from __future__ import annotations
+
+import re
+
+try:
+    import httptools
+except ImportError:  # pragma: no cover - the gateway extra installs it
+    httptools = None  # type: ignore[assignment]
+
+__all__ = ["available", "may_be_upgrade", "head_end", "parse_upgrade"]
+
+_GET = b"GET "
+_HEAD_END = re.compile(rb"\n\r?\n")  # where h11 ends a head (h11/_receivebuffer.py)
+# h11's grammar (h11/_abnf.py: request_line, header_field with field_name/field_value) in canonical form
+_TOKEN = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
+_VALUE = rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?"
+_CANONICAL = re.compile(rb"GET [\x21-\x7e]+ HTTP/1\.1\r\n(?:" + _TOKEN + rb": " + _VALUE + rb"\r\n)*\r\n")
+
+
+def available() -> bool:
+    """Is the C parser installed (else every request goes to h11)?"""
+    return httptools is not None
+
+
+def may_be_upgrade(head: bytes | bytearray) -> bool:
+    """Can a head starting with these bytes still be taken here? (Else h11 at
+    once: it answers an invalid request line before the head is complete.)"""
+    return head.startswith(_GET) if len(head) >= 4 else _GET.startswith(head)
+
+
+def head_end(head: bytes | bytearray, start: int) -> int:
+    """End of the head (after its blank line) searching from ``start``, or -1."""
+    m = _HEAD_END.search(head, start)
+    return -1 if m is None else m.end()
+
+
+class _Head:
+    __slots__ = ("url", "headers")
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+
+def parse_upgrade(head: bytes) -> tuple[bytes, list[tuple[bytes, bytes]], bytes] | None:
+    """(target, headers as sent, the bytes after the head) of a complete
+    upgrade request without a body that h11 would parse into the same, or
+    None (h11's turn)."""
+    if httptools is None:
+        return None
+    h = _Head()
+    try:
+        httptools.HttpRequestParser(h).feed_data(head)
+    except httptools.HttpParserUpgrade as e:
+        end = e.args[0]
+    except httptools.HttpParserError:
+        return None
+    else:
+        return None  # not an upgrade, or more than the head
+    m = _CANONICAL.match(head)
+    if m is None or m.end() != end:
+        return None
+    # llhttp's view of the head must be the bytes as they are (h11's view)
+    raw = b"".join([b"GET ", h.url, b" HTTP/1.1\r\n", *[b"%s: %s\r\n" % nv for nv in h.headers], b"\r\n"])
+    if len(raw) != end or not head.startswith(raw):
+        return None
+    # h11's checks of a request (one Host), and no body (h11 would read one)
+    names = [n.lower() for n, _ in h.headers]
+    if names.count(b"host") != 1 or b"content-length" in names or b"transfer-encoding" in names:
+        return None
+    return h.url, h.headers, head[end:]
