@@ -2,7 +2,8 @@
 ``auth_query``, ``auth_dbname``; docs/auth-query.md).
 
 A client whose user is not in ``[users]`` is looked up with ``auth_query``
-(default ``SELECT usename, passwd FROM pg_shadow WHERE usename=$1``) over a
+(default ``SELECT usename, CASE WHEN valuntil < now() THEN NULL ELSE passwd END
+FROM pg_shadow WHERE usename=$1``: no password past VALID UNTIL) over a
 connection as ``auth_user`` to ``auth_dbname`` (default: the client's
 database) on that database's upstream.  The password column -- a
 ``SCRAM-SHA-256$...`` verifier or an ``md5...`` hash -- is what the

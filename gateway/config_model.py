@@ -104,7 +104,8 @@ class GatewaySettings:
     #: [users] is looked up in PostgreSQL with ``auth_query`` over a connection as ``auth_user``
     #: (to ``auth_dbname``, default the client's database); results are cached this many seconds.
     auth_user: str | None = None
-    auth_query: str = "SELECT usename, passwd FROM pg_shadow WHERE usename=$1"
+    auth_query: str = ("SELECT usename, CASE WHEN valuntil < now() THEN NULL ELSE passwd END "
+                       "FROM pg_shadow WHERE usename=$1")  # no password past VALID UNTIL, as PostgreSQL
     auth_dbname: str | None = None
     auth_query_cache_ttl: float = 5.0
     log_level: str = "info"

@@ -461,3 +461,27 @@ async def test_md5_auth_type_does_not_tell_which_users_exist(gateway_app: Any, p
             ("28P01", f'password authentication failed for user "{user}"')], msgs
     assert seen == {name: m.AUTH_SASL, "aq_nobody": m.AUTH_SASL, PgCluster.TRUST_USER: m.AUTH_SASL}, seen
     (await _connect(app, name, pw)).terminate()  # the role itself still logs in
+
+
+async def test_expired_password_is_refused_as_postgres_does(gateway_app: Any, pg: PgCluster, role: Any,
+                                                            http_client: Any) -> None:
+    """A role whose password is past VALID UNTIL cannot log in to PostgreSQL (28P01); on a
+    database with a fixed ``user`` only the gateway checks it, so the default auth_query
+    must not return that password (pg_shadow's valuntil was not looked at)."""
+    from tests.gateway.test_neon_sql import cs_for
+    dbs = {"forced": {"user": PgCluster.SCRAM_USER, "password": PgCluster.SCRAM_PASSWORD,
+                      "dbname": PgCluster.DATABASE, "auth_user": PgCluster.SUPERUSER}}
+    app = await _app(gateway_app, pg, databases=dbs, auth_failure_delay=0,
+                     users={"alice": {"password": "alice-secret"},
+                            PgCluster.SUPERUSER: {"password": PgCluster.SUPERUSER_PASSWORD}})
+    name, pw = role()
+    (await _connect(app, name, pw, "forced")).terminate()
+    pg.psql(f"ALTER ROLE {name} VALID UNTIL '2001-01-01'", db="postgres")
+    app.gateway.auth_query._cache.clear()  # as once auth_query_cache_ttl has passed
+    assert (await _fails(app, name, pw, "forced")).sqlstate == "28P01"
+    status, _, body = await http_client(app.http_port).sql({"query": "select 1", "params": []},
+                                                          cs=cs_for(name, pw, db="forced"))
+    assert status == 400 and body["code"] == "28P01", (status, body)
+    pg.psql(f"ALTER ROLE {name} VALID UNTIL 'infinity'", db="postgres")
+    app.gateway.auth_query._cache.clear()
+    (await _connect(app, name, pw, "forced")).terminate()
