@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import Any, cast
-from urllib.parse import parse_qsl, urlsplit
 
 import h11
 from websockets.server import ServerProtocol
@@ -30,7 +29,7 @@ from websockets.server import ServerProtocol
 from gateway import http_fast
 from gateway.http_listener import (HEADER_TIMEOUT, KEEPALIVE_TIMEOUT, MAX_BODY_SIZE, MIN_BODY_RATE,
                                    HttpListener, StreamHandler)
-from gateway.http_messages import HttpHandler, HttpRequest, HttpResponse, _reason, send_streamed
+from gateway.http_messages import HttpHandler, HttpRequest, HttpResponse, _reason, request_from, send_streamed
 from gateway.tcp import WRITE_HIGH_WATER
 from gateway.websocket import WS_CLOSE_TIMEOUT, WebSocketStream, _apply_mask, ws_log
 from gateway.ws_handshake import negotiated_handshake, plain_handshake
@@ -381,18 +380,6 @@ class HttpConnection(asyncio.Protocol):
                 raise ConnectionResetError
             raise h11.RemoteProtocolError(f"unexpected {type(ev).__name__}")  # pragma: no cover
 
-    def _request(self, method: bytes, target: bytes, raw_headers: list[tuple[bytes, bytes]],
-                 version: bytes) -> tuple[HttpRequest, dict[str, str]]:
-        """The request as the handlers see it, and its headers' first values by name."""
-        target_s = target.decode("latin-1")
-        parts = urlsplit(target_s)
-        # (h11 lower-cases names with bytes.lower: the same as str.lower here, names being ASCII tokens)
-        headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in raw_headers]
-        req = HttpRequest(method.decode("ascii", "replace"), target_s, parts.path or "/",
-                          dict(parse_qsl(parts.query, keep_blank_values=True)), headers, b"", self.peer,
-                          version.decode("ascii", "replace"))
-        return req, dict(reversed(headers))  # name -> its first value, as req.header gives
-
     def _fast_upgrade(self) -> bytes | None:
         """The first request, while it may be a plain WebSocket upgrade
         (gateway/http_fast.py): the bytes after it if answered here (101
@@ -401,25 +388,15 @@ class HttpConnection(asyncio.Protocol):
         it), as it would have anyway."""
         head = self._head
         assert head is not None
-        if len(head) > MAX_HEADER_SIZE or not http_fast.may_be_upgrade(head):
-            self._head = None
-            return None
-        end = http_fast.head_end(head, self._scan)
+        end = http_fast.head_end(head, self._scan, MAX_HEADER_SIZE)
         if end < 0:
             self._scan = max(0, len(head) - 2)
             return None
         self._head = None
-        parsed = http_fast.parse_upgrade(bytes(head))
-        if parsed is None:
+        up = http_fast.plain_upgrade(bytes(head), self.listener, self.peer) if end else None
+        if up is None:
             return None
-        target, raw_headers, rest = parsed
-        req, first = self._request(b"GET", target, raw_headers, b"1.1")
-        on_stream = self.listener.stream_for("GET", req.path, first.get("upgrade"))
-        if on_stream is None:
-            return None
-        answer = plain_handshake(req)
-        if answer is None:
-            return None
+        req, on_stream, answer, rest = up
         assert self.transport is not None
         self.transport.write(answer)
         self._ws_run = (None, req, on_stream)
@@ -429,7 +406,7 @@ class HttpConnection(asyncio.Protocol):
         """Serve one request; True if the connection is no longer in HTTP mode."""
         listener = self.listener
         # (raw_items, a list, costs less than iterating h11's Headers, a Sequence)
-        req, first = self._request(ev.method, ev.target, ev.headers.raw_items(), ev.http_version)
+        req, first = request_from(ev.method, ev.target, ev.headers.raw_items(), ev.http_version, self.peer)
         method, path = req.method, req.path
 
         on_stream = listener.stream_for(method, path, first.get("upgrade"))

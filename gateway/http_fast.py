@@ -14,20 +14,28 @@ reports as an upgrade.  Anything else -- incomplete after the first blank
 line, another method or version, a malformed or unusual line, whatever llhttp
 refuses -- returns None, and h11, which has been fed the same bytes all
 along, parses the request as before: its answers to bad input are unchanged.
-gateway/http.py adds the route's and the handshake's checks (a WebSocket
-route, a plain handshake: gateway/websocket.py).
+:func:`plain_upgrade` adds the route's and the handshake's checks (a
+WebSocket route, a plain handshake: gateway/ws_handshake.py); gateway/http.py
+feeds it the first request's bytes of a connection.
 """
 
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
+
+from gateway.http_messages import HttpRequest, request_from
+from gateway.ws_handshake import plain_handshake
+
+if TYPE_CHECKING:
+    from gateway.http_listener import HttpListener, StreamHandler
 
 try:
     import httptools
 except ImportError:  # pragma: no cover - the gateway extra installs it
     httptools = None  # type: ignore[assignment]
 
-__all__ = ["available", "may_be_upgrade", "head_end", "parse_upgrade"]
+__all__ = ["available", "head_end", "parse_upgrade", "plain_upgrade"]
 
 _GET = b"GET "
 _HEAD_END = re.compile(rb"\n\r?\n")  # where h11 ends a head (h11/_receivebuffer.py)
@@ -42,14 +50,13 @@ def available() -> bool:
     return httptools is not None
 
 
-def may_be_upgrade(head: bytes | bytearray) -> bool:
-    """Can a head starting with these bytes still be taken here? (Else h11 at
-    once: it answers an invalid request line before the head is complete.)"""
-    return head.startswith(_GET) if len(head) >= 4 else _GET.startswith(head)
-
-
-def head_end(head: bytes | bytearray, start: int) -> int:
-    """End of the head (after its blank line) searching from ``start``, or -1."""
+def head_end(head: bytes | bytearray, start: int, limit: int) -> int:
+    """End of the head (after its blank line, searched from ``start``); -1:
+    not there yet; 0: not for this parser -- over ``limit`` bytes, or not
+    starting as a ``GET`` (h11 answers an invalid request line at once,
+    before the head is complete: so must we)."""
+    if len(head) > limit or not (head.startswith(_GET) if len(head) >= 4 else _GET.startswith(head)):
+        return 0
     m = _HEAD_END.search(head, start)
     return -1 if m is None else m.end()
 
@@ -95,3 +102,22 @@ def parse_upgrade(head: bytes) -> tuple[bytes, list[tuple[bytes, bytes]], bytes]
     if names.count(b"host") != 1 or b"content-length" in names or b"transfer-encoding" in names:
         return None
     return h.url, h.headers, head[end:]
+
+
+def plain_upgrade(head: bytes, listener: "HttpListener",
+                  peer: str) -> tuple[HttpRequest, "StreamHandler", bytes, bytes] | None:
+    """(the request, its WebSocket handler, the 101 to write, the bytes after
+    the head) when ``head`` is a plain upgrade on a WebSocket route; else None
+    (h11's turn: another route, a body, a negotiated or invalid handshake...)."""
+    parsed = parse_upgrade(head)
+    if parsed is None:
+        return None
+    target, raw_headers, rest = parsed
+    req, first = request_from(b"GET", target, raw_headers, b"1.1", peer)
+    on_stream = listener.stream_for("GET", req.path, first.get("upgrade"))
+    if on_stream is None:
+        return None
+    answer = plain_handshake(req)
+    if answer is None:
+        return None
+    return req, on_stream, answer, rest

@@ -7,6 +7,7 @@ import asyncio
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Awaitable, Callable
+from urllib.parse import parse_qsl, urlsplit
 
 import h11
 
@@ -28,6 +29,20 @@ class HttpRequest:
             if k == name:
                 return v
         return default
+
+
+def request_from(method: bytes, target: bytes, raw_headers: list[tuple[bytes, bytes]], version: bytes,
+                 peer: str) -> tuple[HttpRequest, dict[str, str]]:
+    """The request as the handlers see it (from h11's or gateway/http_fast.py's parse),
+    and its headers' first values by name (as ``header`` gives them)."""
+    target_s = target.decode("latin-1")
+    parts = urlsplit(target_s)
+    # (h11 lower-cases names with bytes.lower: the same as str.lower here, names being ASCII tokens)
+    headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in raw_headers]
+    req = HttpRequest(method.decode("ascii", "replace"), target_s, parts.path or "/",
+                      dict(parse_qsl(parts.query, keep_blank_values=True)), headers, b"", peer,
+                      version.decode("ascii", "replace"))
+    return req, dict(reversed(headers))
 
 
 @dataclass

@@ -123,5 +123,6 @@ def test_parse_upgrade_only_canonical_heads() -> None:
                 CANONICAL.replace(b"Host: x\r\n", b""), CANONICAL.replace(b"Host: x", b"Host: x\r\nhost: y"),
                 CANONICAL.replace(b"Host: x", b"Host: x\r\nContent-Length: 0")):
         assert http_fast.parse_upgrade(raw) is None, raw
-    assert http_fast.may_be_upgrade(b"GE") and not http_fast.may_be_upgrade(b"POST /")
-    assert http_fast.head_end(CANONICAL, 0) == len(CANONICAL) and http_fast.head_end(CANONICAL[:-1], 0) == -1
+    assert http_fast.head_end(b"GE", 0, 100) == -1 and http_fast.head_end(b"POST /", 0, 100) == 0
+    assert http_fast.head_end(CANONICAL, 0, 1000) == len(CANONICAL) and http_fast.head_end(CANONICAL[:-1], 0, 1000) == -1
+    assert http_fast.head_end(CANONICAL, 0, 10) == 0  # over the limit: h11's 431
