@@ -334,6 +334,7 @@ class AuthQuery:
             from .pool import Pool
             up = self.user_pools[key] = Pool(self.gw, replace(pool.db, user=user, password=creds), self.gw.settings)
             up.paused = pool.paused  # the admin console's PAUSE/KILL of the database holds it too
+            up.per_user = True  # min_pool_size only while a client is connected (gateway/pool.py)
         return up
 
     def tick(self, now: float) -> None:

@@ -56,6 +56,8 @@ class Pool:
         self.min_size: int = _eff(db, "min_pool_size", settings.min_pool_size)
         self.reserve: int = _eff(db, "reserve_pool_size", settings.reserve_pool_size)
         self.transaction_mode = self.mode == "transaction"
+        #: a per-user pool of a database without ``user`` (gateway/auth_query.py)
+        self.per_user = False
         # lists (ordered sets)
         self.cl_active: dict[Any, None] = {}
         self.cl_waiting: dict[Any, None] = {}
@@ -419,18 +421,21 @@ class Pool:
                     "57014", f"query_wait_timeout: no server connection available within "
                              f"{s.query_wait_timeout:g}s"))
         self._launch_if_needed()  # covers reserve_pool_timeout
+        # min_pool_size, as PgBouncer: a pool without a forced user only while a client is
+        # connected (a database without `user`: its own pool never logs in, per-user pools
+        # keep no servers for nobody)
+        min_size = self.min_size if self.db.user and (not self.per_user or self.cl_active) else 0
         # idle servers: oldest first (LIFO reuse leaves the oldest at the front)
         total = self.total_servers()
         for server in list(self.sv_idle):
-            if total <= self.min_size and now - server.created < s.server_lifetime:
+            if total <= min_size and now - server.created < s.server_lifetime:
                 break
             if now - server.last_used >= s.server_idle_timeout or now - server.created >= s.server_lifetime:
                 self._move(server, None)
                 server.close()
                 total -= 1
-        # min_pool_size
-        if self.min_size and not self.closed:
-            missing = self.min_size - self.total_servers()
+        if min_size and not self.closed:
+            missing = min_size - self.total_servers()
             if missing > 0 and not (self.last_login_error is not None and
                                     now - self.last_login_failure < s.server_login_retry):
                 for _ in range(missing):

@@ -485,3 +485,29 @@ async def test_expired_password_is_refused_as_postgres_does(gateway_app: Any, pg
     pg.psql(f"ALTER ROLE {name} VALID UNTIL 'infinity'", db="postgres")
     app.gateway.auth_query._cache.clear()
     (await _connect(app, name, pw, "forced")).terminate()
+
+
+async def test_min_pool_size_of_a_database_without_user(gateway_app: Any, pg: PgCluster, role: Any) -> None:
+    """min_pool_size on a database without ``user`` holds servers only for a per-user pool
+    with a client connected (PgBouncer's rule for pools without a forced user): the
+    database's own pool never logs in (it would log in as user ""), and a per-user pool
+    whose clients left lets its idle servers go and is dropped -- not one pool and
+    min_pool_size upstream connections kept forever per user ever seen."""
+    from tests.gateway.pool_helpers import eventually
+    app = await _app(gateway_app, pg, databases=_dbs(pg, min_pool_size=2))
+    gw = app.gateway
+    aq, own = gw.auth_query, gw.pools["pt"]
+    own.tick(gw.loop.time())
+    assert own.total_servers() == 0 and own.last_login_error is None
+    name, pw = role()
+    conn = await _connect(app, name, pw)
+    try:
+        pool = aq.user_pools[("pt", name)]
+        pool.tick(gw.loop.time())  # a client is connected: min_pool_size applies
+        assert pool.total_servers() == 2
+        await eventually(lambda: not pool.sv_login, what="its second server logged in")
+    finally:
+        await conn.close()
+    await eventually(lambda: not pool.cl_active, what="the client left its pool")
+    aq.tick(gw.loop.time() + gw.settings.server_idle_timeout + 1)  # its idle servers are past server_idle_timeout
+    assert ("pt", name) not in aq.user_pools and pool.total_servers() == 0
