@@ -78,6 +78,19 @@ _COLUMNS: Final = (4, 3, 0, 2, 1)
 #: message types framed as runs by MessageReader.feed_read_runs
 _RUNS: Final = frozenset((DATA_ROW, COPY_DATA))
 
+# The usual extended-protocol exchange ends and begins with fixed bytes; the
+# readers frame them without their loop once the loop has reached them exactly
+# (so they are those messages, not bytes inside another one):
+#: Execute of the unnamed portal (all rows) + Sync: how most client chunks end
+_EXEC_SYNC: Final = b"E\x00\x00\x00\x09\x00\x00\x00\x00\x00S\x00\x00\x00\x04"
+#: ... after Describe of the unnamed portal (libpq's PQexecParams / PQexecPrepared)
+_DESCRIBE_EXEC_SYNC: Final = b"D\x00\x00\x00\x06P\x00" + _EXEC_SYNC
+#: ReadyForQuery without its status byte: how a server's reply ends
+_READY: Final = b"Z\x00\x00\x00\x05"
+#: ParseComplete + BindComplete, BindComplete: how a reply to the chunks above begins
+_PARSE_BIND_DONE: Final = b"1\x00\x00\x00\x042\x00\x00\x00\x04"
+_BIND_DONE: Final = b"2\x00\x00\x00\x04"
+
 
 def skip_data_rows(buf: bytes | bytearray, pos: int, end: int, max_size: int = DEFAULT_MAX_MESSAGE_SIZE,
                    mtype: int = DATA_ROW) -> int:
@@ -373,15 +386,30 @@ class MessageReader:
         pos = 0
         index: list[tuple[int, int, int]] = []
         append = index.append
-        while end - pos >= 5:
-            mtype, length = unpack(data, pos)
-            if length < 4 or length > max_size:
-                break  # buffered below; read_raw reports it (now or on the next call)
-            stop = pos + 1 + length
-            if stop > end:
+        limit = end  # where the loop stops: before a usual tail, once it is checked
+        if data.endswith(_EXEC_SYNC) and max_size >= 9:
+            limit = end - 22 if data.endswith(_DESCRIBE_EXEC_SYNC) else end - 15
+        while True:
+            while limit - pos >= 5:
+                mtype, length = unpack(data, pos)
+                if length < 4 or length > max_size:
+                    break  # buffered below; read_raw reports it (now or on the next call)
+                stop = pos + 1 + length
+                if stop > end:
+                    break
+                append((mtype, pos + 5, stop))
+                pos = stop
+            if limit == end:
                 break
-            append((mtype, pos + 5, stop))
-            pos = stop
+            if pos == limit:  # the tail starts exactly here: its messages, as the loop frames them
+                if end - limit == 22:
+                    append((68, limit + 5, limit + 7))
+                    limit += 7
+                append((69, limit + 5, limit + 10))
+                append((83, end, end))
+                pos = end
+                break
+            limit = end  # those bytes are inside another message: the loop frames on
         if pos == end:
             if self._buf:
                 self._buf.clear()
@@ -409,11 +437,21 @@ class MessageReader:
             # The common case, framed where it lies (offsets from 0); at anything
             # unusual (a partial or bad message) the general loop below takes over.
             # (No message within ``data`` can be longer than max_size.)
-            pos = 0
-            index: list[tuple[int, int, int]] = []
+            index: list[tuple[int, int, int]]
+            if data.startswith(_PARSE_BIND_DONE):
+                index = [(49, 5, 5), (50, 10, 10)]
+                pos = 10
+            elif data.startswith(_BIND_DONE):
+                index = [(50, 5, 5)]
+                pos = 5
+            else:
+                index = []
+                pos = 0
             append = index.append
             unpack = _unpack_header
-            while end - pos >= 5:
+            # a ReadyForQuery at the end: the loop stops before it (if it gets there exactly)
+            limit = end - 6 if data.startswith(_READY, end - 6) else end
+            while limit - pos >= 5:
                 mtype, length = unpack(data, pos)
                 stop = pos + 1 + length
                 if stop > end or length < 4:
@@ -424,8 +462,12 @@ class MessageReader:
                 append((mtype, pos + 5, stop))
                 pos = stop
             else:
-                if pos == end:
+                if pos == limit:
+                    if limit != end:
+                        append((90, end - 1, end))
                     return data, index
+            # anything else -- a partial or bad message, or ReadyForQuery-like bytes
+            # inside another message -- the general loop below, from here
             buf: bytes | bytearray = data
             start = 0
         elif self._pos == len(self._buf) and type(data) is bytes:

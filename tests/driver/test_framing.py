@@ -6,7 +6,7 @@ from __future__ import annotations
 import tracemalloc
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from driver.protocol import messages as m
@@ -404,3 +404,48 @@ def test_read_copy_data_stops_at_a_bad_length() -> None:
     assert r.read_copy_data() == b""
     with pytest.raises(MessageTooLarge):
         r.read()
+
+
+# feed_read_raw frames the usual end of an extended-protocol chunk (Describe of the
+# unnamed portal, Execute, Sync) without its loop once the loop reaches it exactly:
+# the same bytes inside another message, a partial tail, a reader whose limit is
+# below an Execute's length must all frame as feed() + read_raw() does.
+_TAIL = m.describe("P", "") + m.execute() + m.SYNC
+tails = st.sampled_from([_TAIL, _TAIL[7:], _TAIL[:-1], _TAIL[7:-3], b""])
+tail_streams = st.builds(
+    # the first k bytes of the tail inside a CopyData (k: 0, a message boundary, all of it), or none
+    lambda msgs, inner, k, tail: b"".join(msgs) + (m.copy_data(inner + tail[:k]) + tail[k:] if inner is not None
+                                                   else tail),
+    st.lists(frontend_msgs, max_size=4),
+    st.one_of(st.none(), st.none(), st.binary(max_size=6)),
+    st.sampled_from([0, 7, 17, 22]),
+    tails,
+)
+
+
+@given(tail_streams, st.lists(st.integers(0, 600), max_size=4), st.sampled_from([4096, 8, 9]))
+@example(_TAIL, [], 8)  # the Execute is longer than the reader's limit
+@example(m.copy_data(b"D\x00\x00\x00\x06P\x00") + _TAIL[7:], [], 4096)  # the tail's first message in another
+def test_feed_read_raw_usual_tail_matches(stream: bytes, cuts: list[int], max_size: int) -> None:
+    for pieces in (split(stream, cuts), [stream]):
+        fast, slow = MessageReader(max_size=max_size), MessageReader(max_size=max_size)
+        for piece in pieces:
+            try:
+                got: object = fast.feed_read_raw(piece)
+            except ProtocolError as exc:
+                got = str(exc)
+            slow.feed(piece)
+            try:
+                want: object = slow.read_raw()
+            except ProtocolError as exc:
+                want = str(exc)
+            assert got == want and fast.buffered == slow.buffered
+            if isinstance(want, str):
+                break
+
+
+def test_usual_tail_is_framed_without_copying() -> None:
+    data = m.parse("", "select $1", [23]) + m.bind("", "", [0], [b"1"], []) + _TAIL
+    chunk, index = MessageReader().feed_read_raw(data)
+    assert chunk is data and [chr(t) for t, _, _ in index] == list("PBDES")
+    assert [data[s:e] for _, s, e in index[2:]] == [b"P\x00", b"\x00\x00\x00\x00\x00", b""]

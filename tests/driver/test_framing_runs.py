@@ -165,3 +165,37 @@ def test_runs_with_garbage_match_per_message_framing(parts: list[list[bytes]], j
         got, err = _drain_runs(MessageReader(max_size=4096), pieces)
         assert got == want
         assert err == want_err
+
+
+# feed_read_runs frames the usual start (ParseComplete, BindComplete) and end
+# (ReadyForQuery) of a reply without its loop: those bytes inside a DataRow, a
+# partial ReadyForQuery or other messages around them frame as read() does.
+usual = st.builds(
+    lambda head, parts, row, tail: head + b"".join(b"".join(p) for p in parts) + row + tail,
+    st.sampled_from([m.PARSE_COMPLETE + m.BIND_COMPLETE, m.BIND_COMPLETE, m.PARSE_COMPLETE, b""]),
+    st.lists(st.one_of(row_runs, others.map(lambda o: [o])), max_size=4),
+    st.one_of(st.just(b""), st.builds(lambda v: m.data_row([v + b"Z\x00\x00\x00\x05"]), st.binary(max_size=3))),
+    st.sampled_from([m.ready_for_query("I"), m.ready_for_query("T")[:-1], b"", m.ready_for_query("E")]),
+)
+
+
+@given(usual, st.lists(st.integers(0, 2_000), max_size=4))
+def test_usual_reply_shapes_match_per_message_framing(stream: bytes, cuts: list[int]) -> None:
+    expected_reader = MessageReader()
+    expected_reader.feed(stream)
+    expected = expected_reader.read()
+    for pieces in (split(stream, cuts), [stream]):
+        reader = MessageReader()
+        got: list[tuple[int, bytes]] = []
+        for piece in pieces:
+            chunk, index = reader.feed_read_runs(piece)
+            got += _expand(chunk, index)
+        assert got == expected
+
+
+def test_usual_reply_is_framed_whole() -> None:
+    data = m.PARSE_COMPLETE + m.BIND_COMPLETE + m.row_description([]) + m.data_row([b"1"]) + \
+        m.command_complete("SELECT 1") + m.ready_for_query("I")
+    chunk, index = MessageReader().feed_read_runs(data)
+    assert chunk is data and [chr(t) for t, _, _ in index] == list("12TDCZ")
+    assert [data[s:e] for t, s, e in index if t in (49, 50, 90)] == [b"", b"", b"I"]
