@@ -40,6 +40,7 @@ the transaction is over: in transaction mode the server can be released.
 
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import Any, Protocol
 
 from driver.protocol.framing import ProtocolError, split_data_rows
@@ -66,6 +67,12 @@ _DROW = 68  # backend DataRow
 _IDLE = 73  # 'I'
 _LISTEN_TAG = b"LISTEN\x00"
 _NOTED = frozenset({_Z, _PS, _C, _ERR})  # what replies() looks at (RowDescription, DataRow...: nothing)
+#: a client chunk whose types are all these and that ends with a Sync is accounted
+#: without the loop (Accounting.client)
+_SEGMENT = b"PBCDES"
+_SYNC = b"S"
+_PARSE = b"P"
+_TYPE = itemgetter(0)  # an index entry's message type
 
 Index = list[tuple[int, int, int]]
 
@@ -142,6 +149,23 @@ class Accounting:
                 self.outstanding += 1
                 self.texts = 1
                 self.text = s, e
+                return chunk, idx, False
+        if not self._risky:
+            sig = bytes(map(_TYPE, idx))  # the message types, in order (C loops)
+            if sig.endswith(_SYNC) and not sig.translate(None, _SEGMENT):
+                # Sync segments only (Parse/Bind/Describe/Execute/Close..., Sync; the
+                # extended protocol's usual chunk): the loop below, counted
+                self.outstanding += sig.count(_SYNC)
+                self.dirty = 0
+                texts = self.texts = sig.count(_PARSE)
+                if texts:
+                    if texts == 1:
+                        _t, s, e = idx[sig.find(_PARSE)]
+                        self.text = s, -e
+                    if self.rewriter is None and not self.named:
+                        for t, s, e in idx:
+                            if t == _P and s < e and chunk[s]:
+                                self.named = True
                 return chunk, idx, False
         out = self.outstanding
         dirty = d0 = self.dirty

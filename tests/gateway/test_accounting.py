@@ -299,3 +299,36 @@ def test_one_query_chunk_is_accounted_like_the_general_loop() -> None:
         assert c(a, q) == (q, False)
         assert c(b, q + m.flush())[1] is False
         assert _state(a) == _state(b)
+
+
+_SEGMENT_MSGS = [P, m.parse("s1", "SELECT 1", []), m.bind("", "", [], [], []), m.describe("P", ""),
+                 m.execute(""), m.close("S", "s1"), m.describe("S", "s1")]
+
+
+def test_sync_segment_chunks_are_accounted_like_the_general_loop() -> None:
+    """``client()`` accounts a chunk of extended-protocol messages ending with a
+    Sync (Parse/Bind/Describe/Execute/Close..., Sync, any number of segments)
+    without its loop: after any history (at-risk Queries, skipped segments,
+    open segments), with and without the rewriter, its state must equal the
+    general loop's (fed the same chunk followed by a Flush, which owes nothing
+    and defeats the shortcut)."""
+    import random
+    rnd = random.Random(1414)
+    shortcut = 0
+    for i in range(600):
+        a, b = Accounting(FakeRewriter() if i % 2 else None), Accounting(FakeRewriter() if i % 2 else None)
+        for _ in range(rnd.randrange(6)):
+            if rnd.random() < 0.6:
+                data = b"".join(rnd.choice(_CLIENT_MSGS) for _ in range(rnd.randrange(1, 4)))
+                assert c(a, data) == c(b, data)
+            else:
+                data = b"".join(rnd.choice(_SERVER_MSGS) for _ in range(rnd.randrange(1, 3)))
+                assert s(a, data) == s(b, data)
+        segments = [b"".join(rnd.choice(_SEGMENT_MSGS) for _ in range(rnd.randrange(4))) + m.sync()
+                    for _ in range(rnd.randrange(1, 3))]
+        chunk = b"".join(segments)
+        shortcut += not a._risky
+        assert c(a, chunk) == (chunk, False)
+        assert c(b, chunk + m.flush())[1] is False
+        assert _state(a) == _state(b)
+    assert shortcut > 300  # (the shortcut is not taken after an at-risk Query)
