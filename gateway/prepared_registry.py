@@ -145,7 +145,7 @@ class StatementRegistry:
             # from before a schema bump) is as stale: all get new names
             same = {o for o in list(self.by_name.values()) if o.key == st.key}
             same.add(st)
-            for o in same:
+            for o in sorted(same, key=_by_name):  # (in a set order would depend on addresses)
                 o.rename(self._new_name(), self.clock)  # parsed from now on: current schema
                 self.by_name[o.name] = o
             self.clock += 1  # servers close the old names before their next use
@@ -164,6 +164,10 @@ class StatementRegistry:
         self.by_name[st.name] = st
         self.clock += 1
         return True
+
+
+def _by_name(st: Statement) -> bytes:
+    return st.name
 
 
 class ClientStatements:
