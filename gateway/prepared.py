@@ -107,6 +107,7 @@ from __future__ import annotations
 import re
 import struct
 from collections import deque
+from operator import itemgetter
 from typing import Any
 
 from driver.protocol import messages as m
@@ -121,6 +122,8 @@ from .prepared_registry import (
 )
 from .prepared_replies import (
     _NO_Q,
+    _RSEG,
+    Entry,
     _DATA,
     _E_DESC,
     _E_EXEC,
@@ -158,6 +161,11 @@ FAIL_MESSAGE = m.describe("S", "__wp_refused")
 #: otherwise answer itself (closed before every use).
 SCRATCH_NAME = b"__wp_scratch"
 _CLOSE_SCRATCH = m.close("S", SCRATCH_NAME.decode())
+
+#: the message types of the usual extended-protocol chunk (libpq, psycopg, asyncpg,
+#: JDBC...): [Parse] Bind [Describe] Execute Sync (Rewriter._one_segment)
+_ONE_SEGMENT = frozenset((b"PBDES", b"PBES", b"BDES", b"BES"))
+_TYPE = itemgetter(0)  # an index entry's message type
 
 _DISCARD_RE = re.compile(rb"(?i)\b(?:discard\s+all|deallocate\s+(?:prepare\s+)?all)\b")
 
@@ -200,50 +208,121 @@ class Rewriter(ReplyQueue):
         q = self._q
         if sv.seen != self.client.registry.clock and not q and not self._plain:
             self._sweep(sv)
-        if not q and not self._skipping and not sv.maybe:
-            # Fastest path: only simple Queries (pgbench -S) that cannot be a
-            # DISCARD/DEALLOCATE ALL: no queue entries, just a count.
-            for t, _s, _e in index:
-                if t != _Q:
-                    break
+        if not q and not self._skipping and not sv.maybe and self.FAST:
+            t0 = index[0][0]
+            if t0 != _Q and bytes(map(_TYPE, index)) in _ONE_SEGMENT:
+                # the usual extended-protocol chunk: [Parse] Bind [Describe] Execute Sync
+                to_server = self._one_segment(chunk, index, t0, sv)
+                if to_server is not None:
+                    return to_server, b""
+            # Plain chunks: no queue entries, just a count of the ReadyForQuery
+            # replies owed.  A Query is plain unless it may be a DISCARD/DEALLOCATE
+            # ALL and it does not follow extended messages of its segment (those
+            # may fail and make the server skip it); a Sync is plain when all of its
+            # segment is in this chunk and names no statement (nothing in its
+            # reply is changed or undone: its ReadyForQuery ends it, errors or not).
+            last = self._last_stmt
+            syncs = queries = 0
+            pend = False  # extended messages since the last Sync
+            for t, s, e in index:
+                if t == _S:
+                    syncs += 1
+                    pend = False
+                elif t == _B:
+                    i = chunk.find(b"\x00", s, e) + 1
+                    if i <= 0 or i >= e or chunk[i]:
+                        break
+                    last = None
+                    pend = True
+                elif t == _Q or t == _F:
+                    if pend:
+                        break
+                    queries += 1
+                elif t == _E:
+                    if last is not None:
+                        break
+                    pend = True
+                elif t == _P:
+                    if s >= e or chunk[s]:
+                        break
+                    pend = True
+                elif t == _D or t == _C:
+                    if e - s < 2 or (chunk[s] == 83 and chunk[s + 1]):
+                        break
+                    pend = True
             else:
-                if len(chunk) <= 1024:
-                    if b"all" not in chunk.lower():
-                        self._plain += len(index)
-                        return chunk, b""
-                else:
-                    search = _DISCARD_RE.search
-                    for _t, s, e in index:
-                        if search(chunk, s, e) is not None:
-                            break
-                    else:
-                        self._plain += len(index)
-                        return chunk, b""
+                if (not pend and not (syncs and queries)
+                        and (not self._plain or self._plain_sync == (syncs > 0))
+                        and (not queries or not self._may_discard(chunk, index))):
+                    if syncs:
+                        self._plain += syncs
+                        self._plain_sync = True
+                        sv.sent += syncs
+                    elif queries:
+                        self._plain += queries
+                        self._plain_sync = False
+                    self._last_stmt = last
+                    return chunk, b""
         if q is _NO_Q:  # the first entry of this link: the queue is made now (not per link)
             q = self._q = deque()
         if self._plain:
             # materialize the counted replies at the head of the queue
-            q.extend([_E_RZ] * self._plain)
+            q.extend([_E_SYNC if self._plain_sync else _E_RZ] * self._plain)
             self._plain = 0
-        if self._skipping or sv.maybe:
+        if self._skipping or sv.maybe or not self.FAST:
             return self._slow_frontend(chunk, index, sv)
-        # Fast path: nothing names a statement (unnamed ones are fine).
-        n0 = len(q)
-        append = q.append
+        # Fast path: nothing names a statement the server may lack (unnamed ones are
+        # fine; a Bind of a named statement the server surely has is renamed here).
+        ents: list[Entry] = []
+        append = ents.append
         last = self._last_stmt
         syncs = 0
+        rz = False  # a Query/FunctionCall among the entries
+        refs = False  # an entry names a statement
+        out: list[bytes] | None = None
+        copy_from = 0
         for t, s, e in index:
             if t == _E:
-                append(_E_EXEC if last is None else (_REXEC, _PASS, None, last, (), 0))
+                if last is None:
+                    append(_E_EXEC)
+                else:
+                    append((_REXEC, _PASS, None, last, (), 0))
+                    refs = True
             elif t == _S:
                 append(_E_SYNC)
                 syncs += 1
             elif t == _B:
                 i = chunk.find(b"\x00", s, e) + 1
-                if i <= 0 or i >= e or chunk[i]:
+                if i <= 0 or i >= e:
                     break
-                append(_E_R1)
-                last = None
+                if chunk[i]:
+                    # named: renamed when the server surely has it (else the slow path injects it)
+                    ne = chunk.find(b"\x00", i, e)
+                    if ne < 0:
+                        break
+                    st = self.client.names.get(chunk[i:ne])
+                    if st is None:
+                        break
+                    gname = st.name
+                    if gname not in sv.lru:
+                        break
+                    ch = sv.changed.get(gname)
+                    if ch is not None and ch != sv.sent + syncs and ch >= sv.acked:
+                        break
+                    sv.lru.move_to_end(gname)  # (done again, in the same order, if the slow path takes over)
+                    if out is None:
+                        out = []
+                    if s - 5 > copy_from:
+                        out.append(chunk[copy_from:s - 5])
+                    body = chunk[s:i] + gname + chunk[ne:e]
+                    out.append(b"B" + _pack_i32(len(body) + 4) + body)
+                    copy_from = e
+                    last = (st, gname)
+                    append((_R1, _PASS, None, last, (), 0))
+                    refs = True
+                else:
+                    append(_E_R1)
+                    last = None
             elif t == _P:
                 if s >= e or chunk[s]:
                     break
@@ -261,15 +340,103 @@ class Rewriter(ReplyQueue):
                 if _DISCARD_RE.search(chunk, s, e) is not None:
                     break
                 append(_E_RZ)
+                rz = True
             elif t == _F:
                 append(_E_RZ)
+                rz = True
         else:
             sv.sent += syncs
             self._last_stmt = last
-            return chunk, b""
-        while len(q) > n0:  # a named statement: start over on the slow path
-            q.pop()
+            if syncs == 1 and not rz and ents[-1] is _E_SYNC:
+                # one whole segment: one entry (its Sync alone when nothing in it names a statement)
+                q.append((_RSEG, _PASS, tuple(ents), None, (), 1) if refs else _E_SYNC)
+            else:
+                q.extend(ents)
+            if out is None:
+                return chunk, b""
+            if len(chunk) > copy_from:
+                out.append(chunk[copy_from:])
+            return b"".join(out), b""
         return self._slow_frontend(chunk, index, sv)
+
+    def _one_segment(self, chunk: bytes, index: list[tuple[int, int, int]], t0: int,
+                     sv: ServerStatements) -> bytes | None:
+        """``rewrite_frontend`` for a chunk of one of the shapes in
+        :data:`_ONE_SEGMENT` (the queue empty, nothing uncertain): what goes to
+        the server, or None when the general paths must decide (a named Parse
+        or Describe, a statement the server may lack...).  Unnamed statements:
+        one plain Sync counted.  A Bind of a named statement the server surely
+        has: renamed, and the segment is one queue entry."""
+        k = 0
+        if t0 == _P:
+            _t, s, e = index[0]
+            if s >= e or chunk[s]:
+                return None
+            k = 1
+        _t, s, e = index[k]  # the Bind
+        i = chunk.find(b"\x00", s, e) + 1  # its statement name
+        if i <= 0 or i >= e:
+            return None
+        desc: Entry | None = None
+        t, ds, de = index[k + 1]
+        if t == _D:
+            if de - ds < 2:
+                return None
+            if chunk[ds] == 83:  # 'S'
+                if chunk[ds + 1]:
+                    return None
+                desc = _E_DESC
+            else:
+                desc = _E_R1
+        if not chunk[i]:  # the unnamed statement: a plain Sync
+            if self._plain and not self._plain_sync:
+                return None
+            self._plain += 1
+            self._plain_sync = True
+            sv.sent += 1
+            self._last_stmt = None
+            return chunk
+        if self._plain:
+            return None
+        ne = chunk.find(b"\x00", i, e)
+        if ne < 0:
+            return None
+        st = self.client.names.get(chunk[i:ne])
+        if st is None:
+            return None
+        gname = st.name
+        if gname not in sv.lru:
+            return None
+        ch = sv.changed.get(gname)
+        if ch is not None and ch != sv.sent and ch >= sv.acked:
+            return None
+        sv.lru.move_to_end(gname)
+        ref = self._last_stmt = (st, gname)
+        bind = (_R1, _PASS, None, ref, (), 0)
+        run = (_REXEC, _PASS, None, ref, (), 0)
+        sub = (bind, run, _E_SYNC) if desc is None else (bind, desc, run, _E_SYNC)
+        if k:
+            sub = (_E_R1,) + sub
+        q = self._q
+        if q is _NO_Q:
+            q = self._q = deque()
+        q.append((_RSEG, _PASS, sub, None, (), 1))
+        sv.sent += 1
+        body = chunk[s:i] + gname + chunk[ne:e]
+        return b"".join((chunk[:s - 5], b"B", _pack_i32(len(body) + 4), body, chunk[e:]))
+
+    @staticmethod
+    def _may_discard(chunk: bytes, index: list[tuple[int, int, int]]) -> bool:
+        """Can a Query of this chunk be a DISCARD ALL / DEALLOCATE ALL?  (A cheap
+        test first: most chunks do not contain "all" at all.)"""
+        if len(chunk) <= 1024:
+            if b"all" not in chunk.lower():
+                return False
+        search = _DISCARD_RE.search
+        for t, s, e in index:
+            if t == _Q and search(chunk, s, e) is not None:
+                return True
+        return False
 
     def _sweep(self, sv: ServerStatements) -> None:
         """A schema changed (or a statement was renamed) since this server was
@@ -346,7 +513,7 @@ class Rewriter(ReplyQueue):
                 gname = st.name
                 if self._certain(sv, gname):
                     sv.lru.move_to_end(gname)
-                    if self._status != 69 and not any(x[_KIND] == _RZ for x in q):
+                    if self._status != 69 and not any(x[_KIND] == _RZ or x[_KIND] == _RSEG for x in q):
                         # surely not in an aborted transaction: answer it here
                         q.append((_RSYN, _PASS, m.PARSE_COMPLETE, None, (cundo,), 0))
                     else:

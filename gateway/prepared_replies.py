@@ -51,6 +51,13 @@ _RDESC = 1   # ParameterDescription then T/n (Describe 'S')
 _REXEC = 2   # ... CommandComplete / EmptyQueryResponse / PortalSuspended (Execute)
 _RZ = 3      # ... ReadyForQuery (Sync, Query, FunctionCall)
 _RSYN = 4    # nothing from the server: synthesized reply bytes
+#: a whole Sync segment of pass-through messages as one entry: ``data`` holds the
+#: entries its messages would have had (the last one ``_E_SYNC``).  None of them
+#: undoes anything or is a Query/FunctionCall, so while the segment's reply is
+#: unread it is expanded back only when needed: when it reaches the head of the
+#: queue before the reply comes in one error-free chunk, or when the server
+#: skips it up to its Sync (it then stands for that Sync alone).
+_RSEG = 5
 # what to do with the reply
 _PASS = 0
 _SWALLOW = 1
@@ -73,6 +80,14 @@ _E_RZ: Entry = (_RZ, _PASS, None, None, (), 0)
 _E_SYNC: Entry = (_RZ, _PASS, None, None, (), 1)
 
 _DISCARD_TAGS = (b"DISCARD ALL\x00", b"DEALLOCATE ALL\x00")
+#: every DISCARD/DEALLOCATE ALL tag contains it (a chunk without it has none)
+_ALL_TAG = b"ALL\x00"
+#: every ReadyForQuery starts so (a chunk holding it once has at most one)
+_Z_HEAD = b"Z\x00\x00\x00\x05"
+#: chunks up to this size are checked with the two substring counts above
+_SHORT = 4096
+#: backend types that stop the one-chunk shortcut of a segment entry
+_SEG_STOP = frozenset((_ERR, _Z, _CC))
 
 _NO_Q: Any = ()  # Rewriter._q with no entry made yet: empty, and any attempt to queue on it fails loudly
 
@@ -87,7 +102,11 @@ class ReplyQueue:
     """
 
     __slots__ = ("client", "limit", "enabled", "server", "_q", "_desc_half", "_status", "_skipping",
-                 "_last_stmt", "_plain", "dropped_rfq", "skipped_rfq")
+                 "_last_stmt", "_plain", "_plain_sync", "dropped_rfq", "skipped_rfq")
+
+    #: the shortcuts (plain counts, segment entries, the one-chunk reply); a
+    #: subclass with False runs the general loops only (the tests compare the two)
+    FAST = True
 
     def __init__(self, client: ClientStatements, limit: int) -> None:
         self.client = client
@@ -101,9 +120,12 @@ class ReplyQueue:
         self._status = 73            # last ReadyForQuery status seen ('I')
         self._skipping = False       # a local error: drop client messages until Sync
         self._last_stmt: tuple[Statement, bytes] | None = None
-        #: plain Query replies outstanding that have no queue entry (they stand
-        #: for ``_E_RZ`` entries at the head of the queue; only while it is empty)
+        #: plain Query or Sync replies outstanding that have no queue entry (they
+        #: stand for ``_E_RZ`` entries -- ``_E_SYNC`` with ``_plain_sync`` -- at the
+        #: head of the queue; only while it is empty).  A Sync is plain when every
+        #: message of its segment is (unnamed statements, no Query/FunctionCall)
         self._plain = 0
+        self._plain_sync = False
         #: Query/FunctionCall messages dropped while skipping in the last
         #: rewrite_frontend call (they will get no ReadyForQuery).
         self.dropped_rfq = 0
@@ -155,6 +177,7 @@ class ReplyQueue:
             q.clear()
         self._plain = 0
         self._skipping = False
+        self._desc_half = False
         self.skipped_rfq = 0
 
     def _discarded(self, sv: ServerStatements | None) -> None:
@@ -174,6 +197,25 @@ class ReplyQueue:
                 self._plain_replies(chunk, index)
             return chunk, index
         sv = self.server
+        head = q[0]
+        if head[_KIND] == _RSEG:
+            if len(q) == 1 and index[-1][0] == _Z and self.FAST:
+                # the segment's whole reply in one chunk: if nothing in it is an
+                # error, another ReadyForQuery or a tag to look at, it passes as is
+                stop = _SEG_STOP
+                for t, s, _e in index[:-1]:
+                    if t in stop and (t != _CC or chunk[s] == 68):
+                        break
+                else:
+                    q.clear()
+                    self._status = chunk[index[-1][1]]
+                    if sv is not None:
+                        sv.acked += 1
+                        if sv.acked >= sv.sent:
+                            sv.changed.clear()
+                    return chunk, index
+            q.popleft()
+            q.extendleft(reversed(head[_DATA]))
         out: list[bytes] | None = None   # built only when something changes
         copy_from = 0
         for t, s, e in index:
@@ -231,7 +273,10 @@ class ReplyQueue:
                     sv.acked += 1
                     if sv.acked >= sv.sent:
                         sv.changed.clear()
-            if q and q[0][_KIND] == _RSYN:
+            if q and q[0][_KIND] >= _RSYN:
+                if q[0][_KIND] == _RSEG:  # its messages' replies come next: one entry each
+                    q.extendleft(reversed(q.popleft()[_DATA]))
+                    continue
                 # synthetic replies due right after this message
                 if out is None:
                     out = []
@@ -240,6 +285,8 @@ class ReplyQueue:
                 copy_from = e
                 while q and q[0][_KIND] == _RSYN:
                     out.append(q.popleft()[_DATA])
+                if q and q[0][_KIND] == _RSEG:
+                    q.extendleft(reversed(q.popleft()[_DATA]))
         if out is None:
             return chunk, index
         if copy_from < len(chunk):
@@ -250,13 +297,33 @@ class ReplyQueue:
         return reader.read_raw()
 
     def _plain_replies(self, chunk: bytes, index: list[tuple[int, int, int]]) -> None:
-        """Replies to counted plain Queries (the queue is empty): nothing to
-        change, only ReadyForQuery status and a DISCARD/DEALLOCATE ALL tag
-        (a query the pre-check could not see, e.g. built by a function)."""
+        """Replies to counted plain Queries or Syncs (the queue is empty): nothing
+        to change, only ReadyForQuery status, acknowledged Syncs and a
+        DISCARD/DEALLOCATE ALL tag (a query the pre-check could not see, e.g.
+        built by a function, or sent as a Parse)."""
+        t, s, _e = index[-1]
+        if (t == _Z and self._plain == 1 and len(chunk) <= _SHORT and self.FAST
+                and chunk.count(_Z_HEAD) == 1 and _ALL_TAG not in chunk):
+            # the usual reply: the one ReadyForQuery owed ends the chunk, no tag to check
+            self._status = chunk[s]
+            self._plain = 0
+            if self._plain_sync:
+                sv = self.server
+                if sv is not None:
+                    sv.acked += 1
+                    if sv.acked >= sv.sent:
+                        sv.changed.clear()
+            return
         for t, s, e in index:
             if t == _Z:
                 self._status = chunk[s]
                 self._plain -= 1
+                if self._plain_sync:
+                    sv = self.server
+                    if sv is not None:
+                        sv.acked += 1
+                        if sv.acked >= sv.sent:
+                            sv.changed.clear()
                 if not self._plain:
                     return
             elif t == _CC and chunk[s] == 68 and chunk.startswith(_DISCARD_TAGS, s):
@@ -290,6 +357,10 @@ class ReplyQueue:
             skipped.append(q.popleft())
             if skipped[-1][_KIND] == _RZ:  # a Query/FunctionCall Postgres discards: no ReadyForQuery
                 self.skipped_rfq += 1
+        if q and q[0][_KIND] == _RSEG:
+            # a segment entry: its messages are skipped (none undoes anything or
+            # is a Query), its Sync is answered
+            q[0] = _E_SYNC
         if not q:
             # the client has not sent that Sync yet: drop its messages up to it
             # (Postgres would discard them), as after a local error
