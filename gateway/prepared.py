@@ -412,9 +412,9 @@ class Rewriter(ReplyQueue):
             return None
         sv.lru.move_to_end(gname)
         ref = self._last_stmt = (st, gname)
-        bind = (_R1, _PASS, None, ref, (), 0)
-        run = (_REXEC, _PASS, None, ref, (), 0)
-        sub = (bind, run, _E_SYNC) if desc is None else (bind, desc, run, _E_SYNC)
+        bind: Entry = (_R1, _PASS, None, ref, (), 0)
+        run: Entry = (_REXEC, _PASS, None, ref, (), 0)
+        sub: tuple[Entry, ...] = (bind, run, _E_SYNC) if desc is None else (bind, desc, run, _E_SYNC)
         if k:
             sub = (_E_R1,) + sub
         q = self._q
