@@ -9,15 +9,16 @@ in order, so StartupMessage + PasswordMessage + the first query in one chunk
 work.
 
 Pooling loop (the hot path): every client chunk is framed with
-``FrontendReader.read_raw()`` and forwarded whole; only message types are
-inspected.  A server is linked at the first message of a transaction.  What
+``FrontendReader.read_raw()`` (:mod:`gateway.session_input` reads the
+client) and forwarded whole; only message types are inspected.  A server is linked at the first message of a transaction.  What
 the server still owes the client (outstanding ReadyForQuery, skip-till-Sync,
 swallowed replies) is counted by :class:`gateway.accounting.Accounting`; in
 transaction mode the server is released when it says the transaction is over
 (ReadyForQuery ``I`` with nothing owed).  In session mode it stays linked
 until the client leaves.  Server -> client bytes are handled in the server's
-``data_received`` callback (:meth:`Session.on_server_data`) and queued for a
-per-session writer task.
+``data_received`` callback (:meth:`Session.on_server_data`): written straight
+to the client's transport, or queued for the session's writer task
+(:mod:`gateway.session_output`).
 
 Session state (transaction mode): SET/RESET/set_config, temp objects,
 advisory locks, SQL PREPARE, WITH HOLD cursors and LISTEN are detected by
