@@ -8,6 +8,10 @@ client's server is linked first and BackendKeyData carries its real pid
 
 Functions of the :class:`~gateway.session.Session` they serve (PgBouncer's
 ``client.c`` login half); the pooling loop stays in :mod:`gateway.session`.
+Messages are read strictly in order (:func:`next_message`): what a client
+sends together (StartupMessage + PasswordMessage + its first query) is handed
+out one at a time by :class:`Pipelined`, and what login did not consume goes
+to the pooling loop (:func:`take_pipelined`).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from driver.protocol.framing import ProtocolError
 from .admin import ADMIN_DATABASES, serve_console
 from .auth import AuthFailed
 from .cache_hook import attach as cache_attach
-from .limits import after_login
+from .limits import after_login, check_login_message
 from .listen_session import LAZY as LISTEN_LAZY, enabled as listen_enabled
 from .params import OptionsError, tracked_options
 from .params import canonical as canonical_value
@@ -92,6 +96,81 @@ def tracked_values(server_params: dict[str, str],
         _TRACKED_VALUES.clear()
     _TRACKED_VALUES[key] = (server_params, filled, sig)
     return filled, sig
+
+
+class ClientGone(Exception):
+    """The client closed the connection during login."""
+
+
+class Pipelined:
+    """Messages a client sent together during login, framed at once by the
+    reader (``read_raw``: the chunk and its ``(type, start, end)`` index),
+    handed out one at a time in arrival order.  Sans-I/O."""
+
+    __slots__ = ("chunk", "idx", "pos")
+
+    def __init__(self, chunk: bytes, idx: list[tuple[int, int, int]], pos: int = 0) -> None:
+        self.chunk = chunk
+        self.idx = idx
+        self.pos = pos  # the next message to hand out
+
+    def __len__(self) -> int:
+        """How many are left."""
+        return len(self.idx) - self.pos
+
+    def next(self) -> tuple[int, bytes] | None:
+        """The next message (type, body), or None when all were handed out."""
+        pos = self.pos
+        if pos >= len(self.idx):
+            return None
+        t, s, e = self.idx[pos]
+        self.pos = pos + 1
+        return t, self.chunk[s:e]
+
+    def rest(self) -> tuple[bytes, list[tuple[int, int, int]]]:
+        """The messages not handed out, as one chunk with its index (as
+        ``read_raw`` gives them); none are left afterwards."""
+        pos = self.pos
+        idx = self.idx
+        if pos >= len(idx):
+            return b"", []
+        start = idx[pos][1] - 5
+        chunk = self.chunk[start:]
+        rest = [(t, s - start, e - start) for t, s, e in idx[pos:]]
+        self.pos = len(idx)
+        return chunk, rest
+
+
+async def next_message(self: Any) -> tuple[int, bytes]:
+    """Next complete message, in arrival order (startup/auth phase)."""
+    p: Pipelined | None = self._pipelined
+    if p is not None:
+        msg = p.next()
+        if msg is not None:
+            return msg
+        self._pipelined = None
+    reader = self.reader
+    while True:
+        chunk, idx = reader.read_raw()
+        if chunk:
+            t, s, e = idx[0]
+            if len(idx) > 1:  # pipelined: the rest is handed out in order
+                self._pipelined = Pipelined(chunk, idx, 1)
+            return t, chunk[s:e]
+        check_login_message(reader)
+        data = await self.stream.recv()
+        if not data:
+            raise ClientGone()
+        reader.feed(data)
+
+
+def take_pipelined(self: Any) -> tuple[bytes, list[tuple[int, int, int]]]:
+    """Messages received during login but not consumed (a pipelined query)."""
+    p: Pipelined | None = self._pipelined
+    if p is None:
+        return b"", []
+    self._pipelined = None
+    return p.rest()
 
 
 async def startup(self: Any) -> bool:
@@ -206,7 +285,7 @@ async def handshake(self: Any) -> bytes | None:
         if type(msg) is m.StartupMessage:  # (the usual case first)
             break
         if isinstance(msg, m.SSLRequest) and getattr(self.stream, "tls_available", False):
-            if self.reader.buffered or self._pend_pos < len(self._pend_idx):
+            if self.reader.buffered or self._pipelined:
                 # Bytes sent in clear after the SSLRequest must not count as encrypted.
                 raise ProtocolError("unencrypted data received after SSLRequest")
             send(b"S")

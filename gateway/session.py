@@ -46,7 +46,7 @@ from .cache_hook import SessionCache, on_ddl
 from .auth import AuthFailed
 from . import login, session_close, session_timeouts
 from .login import TRACKED, TRACKED_NAMES  # noqa: F401 (TRACKED: re-exported for http_exec)
-from .limits import check_login_message, login_reader
+from .limits import login_reader
 from .pool import Pool, PoolError
 from .prepared import Rewriter
 from .schema import database_key
@@ -70,10 +70,6 @@ _Z = 90
 _IDLE = 73  # 'I'
 
 
-class _ClientGone(Exception):
-    pass
-
-
 _RFQ_IDLE = m.ready_for_query("I")
 
 
@@ -89,7 +85,7 @@ class Session(ClientInput, ClientOutput, ServerStateSync):
 
     # Thousands of idle sessions per process: no per-instance __dict__ (subclasses may have one).
     __slots__ = ('_aborted', '_cancel_sent', '_finished', '_main',
-                 '_partial_since', '_pend_chunk', '_pend_idx', '_pend_pos', '_serving',
+                 '_partial_since', '_pipelined', '_serving',
                  '_track_activity', '_track_partial', '_track_times',
                  'acc', 'connect_time', 'counted', 'database', 'gw',
                  'last_activity', 'last_z', 'loop', 'pool', 'pool_list', 'prepared',
@@ -154,10 +150,7 @@ class Session(ClientInput, ClientOutput, ServerStateSync):
         self._aborted = False
         self._finished = False
         self._serving = False
-        # startup-phase buffered messages (pipelined input, in order)
-        self._pend_chunk = b""
-        self._pend_idx: list[tuple[int, int, int]] = []
-        self._pend_pos = 0
+        self._pipelined: login.Pipelined | None = None  # messages received together during login
 
     def __repr__(self) -> str:
         return f"<Session {getattr(self.stream, 'peer', '?')} {self.user}@{self.database}>"
@@ -177,7 +170,7 @@ class Session(ClientInput, ClientOutput, ServerStateSync):
                     self._main.uncancel()
             except ProtocolError as exc:
                 self._send_or_queue(_fatal(exc.sqlstate, str(exc)))
-            except (_ClientGone, TransportError, ConnectionError, OSError):
+            except (login.ClientGone, TransportError, ConnectionError, OSError):
                 pass
             except AuthFailed as exc:
                 self.gw.obs.login_failed(getattr(self.stream, "kind", "?"), exc.sqlstate)
@@ -190,43 +183,11 @@ class Session(ClientInput, ClientOutput, ServerStateSync):
         finally:
             await session_close.cleanup(self)
 
-    # ============================================================ startup
-    async def _next_message(self) -> tuple[int, bytes]:
-        """Next complete message, in arrival order (startup/auth phase)."""
-        pos = self._pend_pos
-        if pos < len(self._pend_idx):
-            t, s, e = self._pend_idx[pos]
-            self._pend_pos = pos + 1
-            return t, self._pend_chunk[s:e]
-        reader = self.reader
-        while True:
-            chunk, idx = reader.read_raw()
-            if chunk:
-                t, s, e = idx[0]
-                if len(idx) > 1:  # pipelined: the rest is handed out in order
-                    self._pend_chunk, self._pend_idx, self._pend_pos = chunk, idx, 1
-                return t, chunk[s:e]
-            check_login_message(reader)
-            data = await self.stream.recv()
-            if not data:
-                raise _ClientGone()
-            reader.feed(data)
-
-    def _take_pending(self) -> tuple[bytes, list[tuple[int, int, int]]]:
-        """Messages buffered during startup but not consumed (pipelined query)."""
-        pos = self._pend_pos
-        idx = self._pend_idx
-        if pos >= len(idx):
-            return b"", []
-        start = idx[pos][1] - 5
-        chunk = self._pend_chunk[start:]
-        rest = [(t, s - start, e - start) for t, s, e in idx[pos:]]
-        self._pend_chunk, self._pend_idx, self._pend_pos = b"", [], 0
-        return chunk, rest
-
     # ======================================================== login (gateway/login.py)
     # (the functions themselves, not wrappers: one coroutine less per login step)
     _startup = login.startup
+    _next_message = login.next_message  # (also the authenticator's and the admin console's reader)
+    _take_pending = login.take_pipelined
     #: Startup packet(s) and authentication (overridden by /pg's pre-authenticated session).
     _handshake = login.handshake
 
