@@ -42,6 +42,8 @@ _HEAD_END = re.compile(rb"\n\r?\n")  # where h11 ends a head (h11/_receivebuffer
 # h11's grammar (h11/_abnf.py: request_line, header_field with field_name/field_value) in canonical form
 _TOKEN = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
 _VALUE = rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?"
+_HOST = re.compile(rb"\r\nhost:", re.IGNORECASE)
+_BODY = re.compile(rb"\r\n(?:content-length|transfer-encoding):", re.IGNORECASE)
 _CANONICAL = re.compile(rb"GET [\x21-\x7e]+ HTTP/1\.1\r\n(?:" + _TOKEN + rb": " + _VALUE + rb"\r\n)*\r\n")
 
 
@@ -97,9 +99,9 @@ def parse_upgrade(head: bytes) -> tuple[bytes, list[tuple[bytes, bytes]], bytes]
     raw = b"".join([b"GET ", h.url, b" HTTP/1.1\r\n", *[b"%s: %s\r\n" % nv for nv in h.headers], b"\r\n"])
     if len(raw) != end or not head.startswith(raw):
         return None
-    # h11's checks of a request (one Host), and no body (h11 would read one)
-    names = [n.lower() for n, _ in h.headers]
-    if names.count(b"host") != 1 or b"content-length" in names or b"transfer-encoding" in names:
+    # h11's checks of a request (one Host), and no body (h11 would read one); in a
+    # canonical head, CRLF + name + ":" is where a header starts, and only there
+    if len(_HOST.findall(head, 0, end)) != 1 or _BODY.search(head, 0, end) is not None:
         return None
     return h.url, h.headers, head[end:]
 
