@@ -246,17 +246,40 @@ class AuthQuery:
         if not task.cancelled():
             task.exception()  # retrieved (the waiters, if any, got it too)
 
+    def _target(self, database: str) -> _Target:
+        """The lookup connection of ``database`` (one per upstream, auth_dbname and auth_user)."""
+        g = self.gw.settings
+        db = self.gw.config.databases[database]
+        auth_user = db.auth_user or g.auth_user
+        dbname = db.auth_dbname or g.auth_dbname or db.dbname
+        tkey = (db.host, db.port, dbname, auth_user, db.sslmode, db.sslrootcert)
+        target = self._targets.get(tkey)
+        if target is None:
+            target = self._targets[tkey] = _Target(self, db, dbname, auth_user, self._password_of(db, auth_user))
+        return target
+
+    async def probe(self, database: str) -> bool:
+        """/healthz for a database without ``user`` (its own pool never logs in): one
+        of its per-user pools holds a server, or its lookup connection (as auth_user)
+        gets an answer from PostgreSQL."""
+        for (name, _user), pool in list(self.user_pools.items()):
+            if name == database and (pool.sv_idle or pool.sv_active or pool.sv_used):
+                return True
+        if not self.enabled(database):
+            return False
+        try:
+            await self._target(database).run("SELECT $1", "")
+        except (LookupUnavailable, ServerError):
+            return False
+        return True
+
     async def _lookup(self, database: str, user: str) -> Secret | None:
         gw = self.gw
         g = gw.settings
         db = gw.config.databases[database]
         auth_user = db.auth_user or g.auth_user
         sql = db.auth_query or g.auth_query
-        dbname = db.auth_dbname or g.auth_dbname or db.dbname
-        tkey = (db.host, db.port, dbname, auth_user, db.sslmode, db.sslrootcert)
-        target = self._targets.get(tkey)
-        if target is None:
-            target = self._targets[tkey] = _Target(self, db, dbname, auth_user, self._password_of(db, auth_user))
+        target = self._target(database)
         epoch = _role_epoch[0]
         self.lookups += 1
         try:

@@ -288,6 +288,8 @@ class Pool:
             return False
         if self.sv_idle or self.sv_active or self.sv_used:
             return True
+        if not self.db.user:  # a database without `user`: its pools are per user (gateway/auth_query.py)
+            return bool(await self.gateway.auth_query.probe(self.name))
         err = self.last_login_error
         if err is not None and \
                 self.gateway.loop.time() - self.last_login_failure < self.settings.server_login_retry:

@@ -490,7 +490,7 @@ async def test_expired_password_is_refused_as_postgres_does(gateway_app: Any, pg
 async def test_min_pool_size_of_a_database_without_user(gateway_app: Any, pg: PgCluster, role: Any) -> None:
     """min_pool_size on a database without ``user`` holds servers only for a per-user pool
     with a client connected (PgBouncer's rule for pools without a forced user): the
-    database's own pool never logs in (it would log in as user ""), and a per-user pool
+    database's own pool does not even start a login slot, and a per-user pool
     whose clients left lets its idle servers go and is dropped -- not one pool and
     min_pool_size upstream connections kept forever per user ever seen."""
     from tests.gateway.pool_helpers import eventually
@@ -511,3 +511,24 @@ async def test_min_pool_size_of_a_database_without_user(gateway_app: Any, pg: Pg
     await eventually(lambda: not pool.cl_active, what="the client left its pool")
     aq.tick(gw.loop.time() + gw.settings.server_idle_timeout + 1)  # its idle servers are past server_idle_timeout
     assert ("pt", name) not in aq.user_pools and pool.total_servers() == 0
+
+
+async def test_healthz_with_only_databases_without_user(gateway_app: Any, pg: PgCluster, http_client: Any) -> None:
+    """/healthz of a gateway whose databases have no ``user`` (docs/auth-query.md's
+    example): ready when the upstream answers its lookup connection (as auth_user) --
+    the database's own pool, which would log in as user "", cannot say -- and 503
+    when the upstream is down."""
+    from gateway.config import parse_config
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    dead = s.getsockname()[1]
+    s.close()  # nothing listens there
+    for port, expect in ((pg.port, 200), (dead, 503)):
+        raw = {"gateway": {"listen": "127.0.0.1:0", "pg_listen": "", "shutdown_timeout": 5.0,
+                           "server_connect_timeout": 3.0},
+               "databases": {"pt": {"host": pg.host, "port": port, **_dbs(pg)["pt"]}},
+               "users": {"alice": {"password": "alice-secret"}}}
+        app = await gateway_app(config=parse_config(raw))
+        status, _, body = await http_client(app.http_port).request("GET", "/healthz", b"", {})
+        assert status == expect, (port, status, body)
+        assert app.gateway.pools["pt"].total_servers() == 0
