@@ -24,7 +24,8 @@ text/event-stream`` with (docs/listen.md)::
 backlog (``listen_backlog`` entries, ``listen_backlog_bytes``) still holds
 after that id is sent first, preceded by a ``gap`` event when it no longer
 covers everything since.  Errors before the stream starts are 4xx JSON
-``{"message", "code"}`` (401/404/429 for credentials, 400 for bad channels).
+``{"message", "code"}`` (401/404/429 for credentials, 403 for an API token on a
+database without ``user``, 400 for bad channels).
 """
 
 from __future__ import annotations
