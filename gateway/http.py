@@ -30,22 +30,19 @@ from gateway import http_fast
 from gateway.http_listener import (HEADER_TIMEOUT, KEEPALIVE_TIMEOUT, MAX_BODY_SIZE, MIN_BODY_RATE,
                                    HttpListener, StreamHandler)
 from gateway.http_messages import HttpHandler, HttpRequest, HttpResponse, _reason, request_from, send_streamed
+from gateway.linger import LINGER_BYTES, LINGER_SECONDS, Linger, linger_close
 from gateway.tcp import WRITE_HIGH_WATER
 from gateway.websocket import WS_CLOSE_TIMEOUT, WebSocketStream, _apply_mask, ws_log
 from gateway.ws_handshake import negotiated_handshake, plain_handshake
 
 __all__ = ["HttpListener", "HttpConnection", "HttpRequest", "HttpResponse", "HttpHandler", "StreamHandler",
            "WebSocketStream", "WS_CLOSE_TIMEOUT", "MAX_BODY_SIZE", "MAX_HEADER_SIZE", "KEEPALIVE_TIMEOUT",
-           "HEADER_TIMEOUT", "MIN_BODY_RATE", "_apply_mask", "_reason", "ws_log"]
+           "HEADER_TIMEOUT", "MIN_BODY_RATE", "_apply_mask", "_reason", "ws_log", "LINGER_SECONDS", "LINGER_BYTES"]
 
 log = logging.getLogger("wirepool.http")
 MAX_HEADER_SIZE = 16 << 10
-# Closing a socket with unread input makes the kernel answer with RST, which can
-# destroy a reply (408, 413, 400) before the client has read it.  So, like
-# nginx's lingering_close, a reply sent while the client may still be sending
-# is followed by a half-close, and input is read and dropped for a bounded time.
-LINGER_SECONDS = 2.0
-LINGER_BYTES = 16 << 20  # above the default max_body_size: a client sending an oversized body still gets its 413
+# A reply sent while the client may still be sending (408, 413, 400) is followed
+# by a lingering close (gateway/linger.py), so that no RST destroys it.
 _SHED_BODY = b"too many connections; retry later\n"
 _SHED_503 = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
              b"content-length: %d\r\nconnection: close\r\nretry-after: 1\r\n\r\n%s" % (len(_SHED_BODY), _SHED_BODY))
@@ -100,7 +97,7 @@ class HttpConnection(asyncio.Protocol):
         self._req_start: float | None = None  # first byte of the request being read
         self._in_handler = False            # a route handler is running (cancelled if the client leaves)
         self._since = 0.0                   # accepted, or last reply sent (idle since)
-        self._linger = -1                   # >= 0 while lingering: input bytes still to drop
+        self._linger: Linger | None = None  # set while lingering (gateway/linger.py)
         # the first request's bytes, also given to h11, while it may be a plain WebSocket
         # upgrade that gateway/http_fast.py parses in C (None: h11 alone from here)
         self._head: bytearray | None = bytearray() if http_fast.available() else None
@@ -147,11 +144,6 @@ class HttpConnection(asyncio.Protocol):
         if ws is not None:
             ws._ws_data(data)
             return
-        if self._linger >= 0:
-            self._linger -= len(data)
-            if self._linger < 0 and self.transport is not None:
-                self.transport.close()
-            return
         if self._req_start is None:
             self._req_start = asyncio.get_running_loop().time()
         try:
@@ -173,8 +165,6 @@ class HttpConnection(asyncio.Protocol):
         if self.ws is not None:
             self.ws._ws_eof()
             return False
-        if self._linger >= 0:
-            return False  # the transport closes itself: both sides are done
         self._head = None  # h11 answers a request ended by EOF
         try:
             self.h11.receive_data(b"")
@@ -303,29 +293,21 @@ class HttpConnection(asyncio.Protocol):
             log.exception("HTTP connection %s failed", self.peer)
             self._send_error_and_close(500, "internal error\n")
         finally:
-            if (self.ws is None and self._linger < 0 and self.transport is not None
+            if (self.ws is None and self._linger is None and self.transport is not None
                     and not self.transport.is_closing()):
                 self.transport.close()
 
     def _close_after_reply(self) -> None:
-        """Close once the reply is out; linger (see LINGER_SECONDS) when the
+        """Close once the reply is out; linger (gateway/linger.py) when the
         client may still be sending its request."""
         tr = self.transport
-        if tr is None or self._lost or tr.is_closing() or self._linger >= 0:
+        if tr is None or self._lost or tr.is_closing() or self._linger is not None:
             return
-        if self.h11.their_state is h11.DONE or not tr.can_write_eof():
+        if self.h11.their_state is h11.DONE:
             tr.close()
             return
-        try:
-            tr.write_eof()
-        except (OSError, RuntimeError):
-            tr.close()
-            return
-        self._linger = LINGER_BYTES
-        if self._paused:
-            self._paused = False
-            tr.resume_reading()
-        asyncio.get_running_loop().call_later(LINGER_SECONDS, tr.close)
+        self._paused = False
+        self._linger = linger_close(tr, self)
 
     def _send_error_and_close(self, status: int, text: str) -> None:
         if self._lost or self.transport is None:

@@ -19,6 +19,7 @@ import h11
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 
 from gateway.http_messages import HttpHandler, HttpResponse
+from gateway.linger import wait_lingering
 from gateway.websocket import WebSocketStream
 
 if TYPE_CHECKING:
@@ -171,12 +172,16 @@ class HttpListener:
 
     async def close(self) -> None:
         self.stop_accepting()
+        lingering = []
         for c in list(self.connections):
-            if c.transport is not None:
+            if c._linger is not None:  # its last reply is out: let it reach the client (bounded)
+                lingering.append(c._linger)
+            elif c.transport is not None:
                 c.transport.abort()
         tasks = [c.task for c in self.connections if c.task is not None and not c.task.done()]
         if tasks:
             await asyncio.wait(tasks, timeout=5)
+        await wait_lingering(lingering)
 
     async def close_idle_http(self) -> None:
         """Close keep-alive HTTP connections that are between requests (used at shutdown)."""

@@ -19,6 +19,7 @@ import socket
 import ssl
 from typing import Any, Awaitable, Callable, cast
 
+from gateway.linger import Linger, linger_close, wait_lingering
 from gateway.streams import TransportError
 
 log = logging.getLogger("wirepool.tcp")
@@ -318,7 +319,7 @@ class TcpStream(ProtocolStream):
     """
 
     kind = "tcp"
-    __slots__ = ("_protocol", "_ssl_context", "token", "headers", "tls")
+    __slots__ = ("_protocol", "_ssl_context", "token", "headers", "tls", "linger")
 
     def __init__(self, transport: asyncio.Transport, protocol: "TcpProtocol",
                  ssl_context: ssl.SSLContext | None) -> None:
@@ -328,6 +329,23 @@ class TcpStream(ProtocolStream):
         self.token: str | None = None
         self.headers: list[tuple[str, str]] = []
         self.tls = False
+        #: set while the connection lingers after close() (gateway/linger.py)
+        self.linger: Linger | None = None
+
+    async def close(self) -> None:
+        """Close; the client may still be sending (a FATAL for a message too
+        large, a login refused with pipelined input...): half-close and drop
+        its input for a bounded time, so that no RST destroys the reply."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._lost:
+            return
+        if self._eof:  # the client is done sending: nothing is left to reset the reply
+            self.transport.close()
+            return
+        self._reading_paused = False
+        self.linger = linger_close(self.transport, self._protocol)
 
     @property
     def tls_available(self) -> bool:
@@ -446,11 +464,19 @@ class TcpListener:
             self.server.close()
 
     async def close(self) -> None:
-        """Stop accepting and abort connections still open (sessions are ended by the gateway)."""
+        """Stop accepting and abort connections still open (sessions are ended
+        by the gateway); connections lingering after their last reply (a FATAL
+        57P01...) get up to LINGER_SECONDS to finish first."""
         self.stop_accepting()
+        lingering: list[Linger] = []
         for proto in list(self.connections):
-            if proto.stream is not None:
-                proto.stream.abort()
+            stream = proto.stream
+            if stream is not None:
+                if stream.linger is not None:
+                    lingering.append(stream.linger)
+                else:
+                    stream.abort()
         tasks = [p.task for p in self.connections if p.task is not None and not p.task.done()]
         if tasks:
             await asyncio.wait(tasks, timeout=5)
+        await wait_lingering(lingering)
