@@ -1,0 +1,262 @@
+"""A FATAL sent to a client that is still sending survives the close
+(gateway/linger.py): the client reads the whole ErrorResponse, then EOF --
+never a reset.
+
+Closing a socket with unread input makes the kernel answer RST; the client's
+next send fails and most clients then drop what they had not read yet.  Each
+test client here keeps sending without reading until the gateway's reply is
+readable (the gateway has decided to end the connection), then sends 1 MiB
+more -- input the gateway cannot have read before closing -- and only then
+reads to EOF.  A gateway that closes without lingering fails every case: the
+send after the reply, or the read, raises ConnectionResetError/BrokenPipeError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import select
+import socket
+import ssl
+import struct
+import threading
+import time
+from typing import Any, Callable
+
+import pytest
+
+from driver.protocol import messages as m
+from driver.protocol.framing import MessageReader
+from gateway import linger
+from tests.gateway.pool_helpers import RawClient, errors, eventually
+
+CHUNK = 64 << 10
+AFTER = 1 << 20        # sent once the reply is readable: certainly unread when the gateway closes
+CAP = 48 << 20         # a gateway that never answers fails the test instead of taking memory
+SYNCS = m.sync() * (CHUNK // 5)  # pipelined messages the gateway never reaches
+
+
+@pytest.fixture(autouse=True)
+def _long_linger(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A loaded CI machine must not see the 2 s budget run out mid-test; the
+    # lingering still ends at once when the client closes (tested below).
+    monkeypatch.setattr(linger, "LINGER_SECONDS", 30.0)
+
+
+def _connect(port: int, tls: ssl.SSLContext | None = None) -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # a fixed, small send buffer: the client cannot park much of its input in its own kernel
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CHUNK)
+    s.settimeout(30)
+    s.connect(("127.0.0.1", port))
+    if tls is not None:
+        s.sendall(m.ssl_request())
+        assert s.recv(1) == b"S"
+        s = tls.wrap_socket(s, server_hostname="localhost")
+    return s
+
+
+def _recv_nowait(s: socket.socket) -> bytes | None:
+    """Bytes readable now (b"" at EOF), or None (nothing yet / only TLS records)."""
+    try:
+        return s.recv(65536)
+    except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        return None
+
+
+def flood(s: socket.socket, head: bytes, filler: bytes, *, after: int = AFTER, pace: float = 0.0,
+          started: threading.Event | None = None, msgs: list[Any] | None = None) -> list[Any]:
+    """Send ``head``, then ``filler`` over and over, until an ErrorResponse
+    has arrived (the gateway has decided to end the connection); then
+    ``after`` more bytes; then read to EOF.  Returns the decoded messages.
+    Raises ConnectionResetError (or BrokenPipeError) if the gateway reset the
+    connection.  ``pace``: at most one chunk per ``pace`` seconds (a slow but
+    steady client); ``started`` is set once ``CHUNK`` bytes of filler are out;
+    ``msgs``: the list the messages are appended to as they arrive."""
+    s.sendall(head)
+    buf = filler * max(1, CHUNK // len(filler))
+    reader = MessageReader()
+    msgs = [] if msgs is None else msgs
+    s.setblocking(False)
+    sent = 0
+    deadline = time.monotonic() + 30
+    while not errors(msgs):
+        readable, writable, _ = select.select([s], [s], [], 1.0)
+        if readable:
+            data = _recv_nowait(s)
+            if data == b"":
+                return msgs  # EOF without an error: the caller's asserts say what is missing
+            if data:
+                reader.feed(data)
+                msgs += [m.decode_backend(t, b) for t, b in reader.read()]
+                continue
+        if writable:
+            try:
+                sent += s.send(buf)
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                pass
+            if started is not None and sent >= CHUNK:
+                started.set()
+            if pace:
+                select.select([s], [], [], pace)
+        assert sent < CAP and time.monotonic() < deadline, "the gateway never answered"
+    s.settimeout(30)
+    left = after
+    while left > 0:
+        s.sendall(buf[:left])
+        left -= min(left, len(buf))
+    while True:
+        data = s.recv(65536)
+        if not data:
+            break
+        reader.feed(data)
+        msgs += [m.decode_backend(t, b) for t, b in reader.read()]
+    assert not reader.buffered, "a message cut short"
+    return msgs
+
+
+def fatal(msgs: list[Any]) -> tuple[str, str]:
+    """The one ErrorResponse, last: (sqlstate, message); it must be FATAL."""
+    errs = errors(msgs)
+    assert len(errs) == 1 and msgs[-1] is errs[0], msgs
+    assert errs[0].severity == "FATAL", errs[0]
+    return errs[0].sqlstate, errs[0].message
+
+
+def startup(user: str = "alice", database: str = "app") -> bytes:
+    return m.startup_message({"user": user, "database": database})
+
+
+async def in_thread(fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    return await asyncio.wait_for(asyncio.to_thread(fn, *args, **kw), 60)
+
+
+async def run_flood(port: int, head: bytes, filler: bytes, tls: ssl.SSLContext | None = None) -> tuple[str, str]:
+    def client() -> list[Any]:
+        s = _connect(port, tls)
+        try:
+            return flood(s, head, filler)
+        finally:
+            s.close()
+    return fatal(await in_thread(client))
+
+
+# ------------------------------------------------------------------ pg_listen cases
+
+#: (id, gateway settings, head, filler, sqlstate, message)
+CASES = [
+    ("startup_packet_too_large", {}, struct.pack("!II", 20000, 196608), b"\0",
+     "08P01", "exceeds the limit of 10000 bytes"),
+    ("message_too_large", {}, startup() + b"Q" + struct.pack("!I", 100 << 20), b"x",
+     "08P01", "exceeds the limit of 16777216 bytes"),
+    ("unknown_message_type", {}, startup() + b"Z\0\0\0\x04", SYNCS,
+     "08P01", "invalid frontend message type 90"),
+    ("not_a_password_while_logging_in", {"auth_type": "password"}, startup() + b"Q\0\0\0\x05\0", b"\0",
+     "08P01", "expected password response"),
+    ("wrong_password", {"auth_type": "password"}, startup() + m.password_message("wrong"), SYNCS,
+     "28P01", 'password authentication failed for user "alice"'),
+    ("admin_console_refused", {"admin_users": ["bob"]}, startup("alice", "pgbouncer"), SYNCS,
+     "28000", "not allowed to use the admin console"),
+    ("max_client_conn", {"max_client_conn": 1}, startup(), SYNCS,
+     "53300", "sorry, too many clients already"),
+    ("max_login_clients", {"max_login_clients": 1, "client_login_timeout": 60}, startup(), SYNCS,
+     "53300", "sorry, too many clients are logging in"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+async def test_fatal_survives_a_client_still_sending(gateway_app, case) -> None:
+    name, settings, head, filler, sqlstate, message = case
+    app = await gateway_app(**{"auth_type": "trust", **settings})
+    held: list[Any] = []
+    try:
+        if name == "max_client_conn":  # the one client slot is taken
+            held.append(await RawClient.connect(app.pg_port))
+            await held[0].send(startup())
+            assert not errors(await held[0].until(m.ReadyForQuery))
+        elif name == "max_login_clients":  # the one login slot is taken
+            held.append(socket.create_connection(("127.0.0.1", app.pg_port)))
+            await eventually(lambda: app.gateway.limits.logging_in == 1, what="a client logging in")
+        got = await run_flood(app.pg_port, head, filler)
+    finally:
+        for h in held:
+            await h.close() if isinstance(h, RawClient) else h.close()
+    assert got[0] == sqlstate and message in got[1], got
+    # the lingering connection is gone once the client closed (nothing left behind)
+    await eventually(lambda: not app.tcp.connections, what="no connection left")
+
+
+# ------------------------------------------------------------------ side by side with PostgreSQL
+
+def flood_tolerant(port: int, head: bytes, filler: bytes) -> tuple[list[Any], bool]:
+    """:func:`flood`, but a reset is an outcome: (messages read, reset seen)."""
+    s = _connect(port)
+    msgs: list[Any] = []
+    try:
+        flood(s, head, filler, msgs=msgs)
+        return msgs, False
+    except (ConnectionResetError, BrokenPipeError):
+        return msgs, True
+    finally:
+        s.close()
+
+
+#: (id, bytes after a login, Postgres sends the same FATAL)
+SIDE_BY_SIDE = [
+    ("unknown_message_type", b"Z\0\0\0\x04", SYNCS, True),
+    ("message_over_1gb", b"Q" + struct.pack("!I", 0x7FFFFFF0), b"x", False),
+]
+
+
+@pytest.mark.parametrize("case", SIDE_BY_SIDE, ids=[c[0] for c in SIDE_BY_SIDE])
+async def test_side_by_side_with_postgres(gateway_app, pg, case) -> None:
+    """PostgreSQL ends these connections too -- and closes at once: a client
+    still sending gets a reset (what it can still read depends on its kernel
+    and library).  For a message type it does not know it sends the same FATAL
+    first; for a message over its 1 GB limit it sends nothing ("invalid
+    message length" goes to its log).  The gateway sends its FATAL and lingers."""
+    from tests.pgcluster import PgCluster
+    _name, after_login, filler, same = case
+    direct = startup(PgCluster.TRUST_USER, PgCluster.DATABASE) + after_login
+    pg_msgs, pg_reset = await in_thread(flood_tolerant, pg.port, direct, filler)
+    app = await gateway_app(auth_type="trust")
+    got = await run_flood(app.pg_port, startup() + after_login, filler)
+    assert got[0] == "08P01"
+    want = [(e.sqlstate, e.message) for e in errors(pg_msgs)]
+    if same:
+        assert want == [got], (want, got)
+    else:
+        assert want == [], want
+    assert pg_reset, "PostgreSQL does not linger: its close resets a client still sending"
+
+
+# ------------------------------------------------------------------ wirepool serve (uvloop), admin SHUTDOWN
+
+async def test_57p01_of_admin_shutdown_survives_under_uvloop(pg, pg_db, tmp_path) -> None:
+    """A real ``wirepool serve`` (uvloop transports): a client streaming a
+    large query when the admin console's SHUTDOWN ends every session reads
+    its FATAL 57P01 and EOF; the process then exits cleanly."""
+    import psycopg
+
+    from tests.gateway.served import Served
+    with Served(pg, pg_db, {"listen": "127.0.0.1:0", "auth_type": "trust", "admin_users": ["alice"],
+                            "max_message_size": 256 << 20}, directory=tmp_path) as gw:
+        await gw.wait_ready(timeout=30)
+        port = gw.pg_port
+        assert port is not None
+        started = threading.Event()
+
+        def client() -> list[Any]:
+            s = _connect(port)
+            try:  # a 200 MiB query, sent at a steady pace: still arriving at SHUTDOWN
+                return flood(s, startup() + b"Q" + struct.pack("!I", 200 << 20), b"x", pace=0.005,
+                             started=started, after=256 << 10)
+            finally:
+                s.close()
+        result = asyncio.ensure_future(in_thread(client))
+        assert await asyncio.to_thread(started.wait, 30)
+        async with await psycopg.AsyncConnection.connect(host="127.0.0.1", port=port, user="alice",
+                                                         dbname="pgbouncer", autocommit=True) as conn:
+            cur = await conn.execute("SHUTDOWN")
+            assert cur.statusmessage == "SHUTDOWN"
+        assert fatal(await result) == ("57P01", "terminating connection due to administrator command")
+        assert await asyncio.to_thread(gw.proc.wait, 15) == 0
