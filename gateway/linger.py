@@ -16,12 +16,17 @@ transports both support it): the owning protocol gets no more data, holds
 no buffer, and is told ``connection_lost`` when the transport is finally
 gone.  Nothing else is held meanwhile (no session, no pooled server).
 
-A transport that cannot half-close (TLS: ``can_write_eof()`` is False) is
-closed at once; closing a TLS transport sends close_notify after the queued
-output and then reads (and discards) the peer's records until its
-close_notify, EOF, or the transport's TLS shutdown timeout -- the TLS layer
-lingers by itself.  Used by gateway/tcp.py (``pg_listen``), gateway/http.py
-and gateway/websocket.py (``listen``).
+TLS: the TLS layer is closed properly -- close_notify after the queued
+output -- and the client's records arriving after it are discarded unread,
+for the same bounded time: the client reads the reply, close_notify, then
+EOF.  uvloop's TLS transport does exactly this by itself (it skips
+application data until the client's close_notify, for at most its
+``ssl_shutdown_timeout``; gateway/tcp.py sets that to :data:`LINGER_SECONDS`).
+asyncio's (Python 3.11) fails its shutdown on application data arriving after
+its close_notify and resets the connection, so under asyncio the lingering is
+done on the TCP transport beneath it: after close_notify, the client's
+records go to a :class:`Linger`, never to OpenSSL.  Used by gateway/tcp.py
+(``pg_listen``) and gateway/http.py (``listen``).
 """
 
 from __future__ import annotations
@@ -120,8 +125,15 @@ def linger_close(transport: Any, inner: Any | None = None) -> Linger | None:
     if transport.is_closing():
         return None
     if not transport.can_write_eof():
-        transport.close()
-        return None
+        raw = _tcp_beneath_asyncio_tls(transport)
+        if raw is not None:
+            # records already received are decrypted (and dropped by the owner)
+            # before close_notify, not met by OpenSSL's shutdown
+            transport.resume_reading()
+        transport.close()  # TLS: close_notify after the queued output
+        if raw is None or raw.is_closing():
+            return None  # uvloop's TLS lingers by itself (see the module's doc)
+        transport, inner = raw, None
     try:
         transport.write_eof()  # FIN once the queued output is written
     except (OSError, RuntimeError, NotImplementedError):
@@ -136,6 +148,16 @@ def linger_close(transport: Any, inner: Any | None = None) -> Linger | None:
     except (RuntimeError, AttributeError):  # pragma: no cover - closing transport
         pass
     return lg
+
+
+def _tcp_beneath_asyncio_tls(transport: Any) -> Any:
+    """The TCP transport under an asyncio TLS transport, or None (uvloop's,
+    or not TLS): asyncio's sslproto keeps it as ``_ssl_protocol._transport``."""
+    proto = getattr(transport, "_ssl_protocol", None)
+    raw = getattr(proto, "_transport", None)
+    if raw is None or not hasattr(raw, "can_write_eof") or not raw.can_write_eof():
+        return None
+    return raw
 
 
 async def wait_lingering(lingering: "list[Linger]", timeout: float | None = None) -> None:

@@ -19,7 +19,8 @@ import socket
 import ssl
 from typing import Any, Awaitable, Callable, cast
 
-from gateway.linger import Linger, linger_close, wait_lingering
+from gateway import linger
+from gateway.linger import Linger, linger_close
 from gateway.streams import TransportError
 
 log = logging.getLogger("wirepool.tcp")
@@ -319,7 +320,7 @@ class TcpStream(ProtocolStream):
     """
 
     kind = "tcp"
-    __slots__ = ("_protocol", "_ssl_context", "token", "headers", "tls", "linger")
+    __slots__ = ("_protocol", "_ssl_context", "token", "headers", "tls", "linger", "closing")
 
     def __init__(self, transport: asyncio.Transport, protocol: "TcpProtocol",
                  ssl_context: ssl.SSLContext | None) -> None:
@@ -331,6 +332,8 @@ class TcpStream(ProtocolStream):
         self.tls = False
         #: set while the connection lingers after close() (gateway/linger.py)
         self.linger: Linger | None = None
+        #: closed, not gone yet (lingering, or TLS shutting down): done when it is
+        self.closing: asyncio.Future[None] | None = None
 
     async def close(self) -> None:
         """Close; the client may still be sending (a FATAL for a message too
@@ -345,7 +348,13 @@ class TcpStream(ProtocolStream):
             self.transport.close()
             return
         self._reading_paused = False
+        self.closing = self._loop.create_future()
         self.linger = linger_close(self.transport, self._protocol)
+
+    def _connection_lost(self, exc: Exception | None) -> None:
+        super()._connection_lost(exc)
+        if self.closing is not None and not self.closing.done():
+            self.closing.set_result(None)
 
     @property
     def tls_available(self) -> bool:
@@ -361,8 +370,10 @@ class TcpStream(ProtocolStream):
             # Bytes that arrived in clear after the SSLRequest must not be
             # treated as if they came over TLS (CVE-2021-23214 class of bug).
             raise TransportError("unencrypted data received after SSLRequest")
+        # ssl_shutdown_timeout: how long a TLS close waits for the client's close_notify,
+        # skipping what it still sends (uvloop; see gateway/linger.py)
         new = await self._loop.start_tls(self.transport, self._protocol, self._ssl_context,
-                                         server_side=True)
+                                         server_side=True, ssl_shutdown_timeout=linger.LINGER_SECONDS)
         if new is None:  # pragma: no cover - transport closed during handshake
             raise TransportError("connection closed during the TLS handshake")
         self.transport = new
@@ -468,15 +479,22 @@ class TcpListener:
         by the gateway); connections lingering after their last reply (a FATAL
         57P01...) get up to LINGER_SECONDS to finish first."""
         self.stop_accepting()
-        lingering: list[Linger] = []
+        closing: list[asyncio.Future[None]] = []
         for proto in list(self.connections):
             stream = proto.stream
-            if stream is not None:
-                if stream.linger is not None:
-                    lingering.append(stream.linger)
-                else:
-                    stream.abort()
+            if stream is None:
+                continue
+            if stream.closing is None:
+                stream.abort()
+                continue
+            if stream.linger is not None and not stream.linger.dropped:
+                stream.linger.close()  # the client sends nothing: nothing unread, no RST
+            closing.append(stream.closing)
         tasks = [p.task for p in self.connections if p.task is not None and not p.task.done()]
         if tasks:
             await asyncio.wait(tasks, timeout=5)
-        await wait_lingering(lingering)
+        if closing:
+            await asyncio.wait(closing, timeout=linger.LINGER_SECONDS)
+        for proto in list(self.connections):
+            if proto.stream is not None:
+                proto.stream.abort()

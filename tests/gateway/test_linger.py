@@ -140,6 +140,20 @@ async def run_flood(port: int, head: bytes, filler: bytes, tls: ssl.SSLContext |
     return fatal(await in_thread(client))
 
 
+@pytest.fixture(scope="module")
+def pki() -> Any:
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from tests.tls_certs import make_pki
+    d = Path(tempfile.mkdtemp(prefix="wirepool-pki-"))
+    try:
+        yield make_pki(d)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 # ------------------------------------------------------------------ pg_listen cases
 
 #: (id, gateway settings, head, filler, sqlstate, message)
@@ -231,32 +245,53 @@ async def test_side_by_side_with_postgres(gateway_app, pg, case) -> None:
 
 # ------------------------------------------------------------------ wirepool serve (uvloop), admin SHUTDOWN
 
-async def test_57p01_of_admin_shutdown_survives_under_uvloop(pg, pg_db, tmp_path) -> None:
-    """A real ``wirepool serve`` (uvloop transports): a client streaming a
-    large query when the admin console's SHUTDOWN ends every session reads
-    its FATAL 57P01 and EOF; the process then exits cleanly."""
+async def test_57p01_of_admin_shutdown_survives_under_uvloop(pg, pg_db, tmp_path, pki) -> None:
+    """A real ``wirepool serve`` (uvloop transports, TCP and TLS): clients
+    streaming a large query when the admin console's SHUTDOWN ends every
+    session read their FATAL 57P01 and EOF; the process then exits cleanly."""
     import psycopg
 
     from tests.gateway.served import Served
     with Served(pg, pg_db, {"listen": "127.0.0.1:0", "auth_type": "trust", "admin_users": ["alice"],
-                            "max_message_size": 256 << 20}, directory=tmp_path) as gw:
+                            "max_message_size": 256 << 20, "tls_cert_file": str(pki.cert),
+                            "tls_key_file": str(pki.key)}, directory=tmp_path) as gw:
         await gw.wait_ready(timeout=30)
         port = gw.pg_port
         assert port is not None
-        started = threading.Event()
 
-        def client() -> list[Any]:
-            s = _connect(port)
+        def client(tls: ssl.SSLContext | None, started: threading.Event) -> list[Any]:
+            s = _connect(port, tls)
             try:  # a 200 MiB query, sent at a steady pace: still arriving at SHUTDOWN
                 return flood(s, startup() + b"Q" + struct.pack("!I", 200 << 20), b"x", pace=0.005,
                              started=started, after=256 << 10)
             finally:
                 s.close()
-        result = asyncio.ensure_future(in_thread(client))
-        assert await asyncio.to_thread(started.wait, 30)
-        async with await psycopg.AsyncConnection.connect(host="127.0.0.1", port=port, user="alice",
+        started = [threading.Event(), threading.Event()]
+        results = [asyncio.ensure_future(in_thread(client, tls, ev))
+                   for tls, ev in zip([None, pki.client_context()], started)]
+        for ev in started:
+            assert await asyncio.to_thread(ev.wait, 30)
+        async with await psycopg.AsyncConnection.connect(host="127.0.0.1", port=port, user="alice", sslmode="disable",
                                                          dbname="pgbouncer", autocommit=True) as conn:
             cur = await conn.execute("SHUTDOWN")
             assert cur.statusmessage == "SHUTDOWN"
-        assert fatal(await result) == ("57P01", "terminating connection due to administrator command")
+        for r in results:
+            assert fatal(await r) == ("57P01", "terminating connection due to administrator command")
         assert await asyncio.to_thread(gw.proc.wait, 15) == 0
+
+
+# ------------------------------------------------------------------ TLS (SSLRequest on pg_listen)
+
+TLS_CASES = [c for c in CASES if c[0] in ("startup_packet_too_large", "message_too_large", "unknown_message_type")]
+
+
+@pytest.mark.parametrize("case", TLS_CASES, ids=[c[0] for c in TLS_CASES])
+async def test_fatal_survives_over_tls(gateway_app, pki, case) -> None:
+    """Over TLS the close is the TLS layer's: close_notify after the FATAL,
+    then the client's records are read and discarded until its close_notify
+    or EOF -- the client reads the FATAL and a clean end of the TLS stream."""
+    _name, settings, head, filler, sqlstate, message = case
+    app = await gateway_app(auth_type="trust", tls_cert_file=str(pki.cert), tls_key_file=str(pki.key), **settings)
+    got = await run_flood(app.pg_port, head, filler, tls=pki.client_context())
+    assert got[0] == sqlstate and message in got[1], got
+    await eventually(lambda: not app.tcp.connections, what="no connection left")
