@@ -182,6 +182,8 @@ class HttpConnection(asyncio.Protocol):
             self.task.cancel()
         self._uncount()
         self.listener.connections.discard(self)
+        if self.listener._gone is not None:
+            self.listener._gone.set()
         if self.ws is not None:
             self.ws._connection_lost(exc)
         self._wake()

@@ -19,7 +19,7 @@ import h11
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 
 from gateway.http_messages import HttpHandler, HttpResponse
-from gateway.linger import wait_lingering
+from gateway import linger
 from gateway.websocket import WebSocketStream
 
 if TYPE_CHECKING:
@@ -64,6 +64,8 @@ class HttpListener:
         self.limits: Any = None
         self.server: asyncio.base_events.Server | None = None
         self.connections: set[HttpConnection] = set()
+        #: set while close() waits for closing connections (HttpConnection.connection_lost sets it)
+        self._gone: asyncio.Event | None = None
         self.accepted_total = 0
         self.ws_opened_total = 0
         #: an already listening socket to serve instead of binding (takeover, gateway/takeover.py)
@@ -171,17 +173,36 @@ class HttpListener:
             self.server.close()
 
     async def close(self) -> None:
+        """Stop accepting; abort connections still open, except those whose last
+        reply is on its way (lingering after an error, a WebSocket closing): they
+        get up to LINGER_SECONDS to end (gateway/linger.py)."""
         self.stop_accepting()
-        lingering = []
+        closing: list[HttpConnection] = []
         for c in list(self.connections):
-            if c._linger is not None:  # its last reply is out: let it reach the client (bounded)
-                lingering.append(c._linger)
+            if c._linger is not None or (c.ws is not None and c.ws._closed and not c._lost):
+                if c.transport is not None:
+                    linger.hurry(c.transport)
+                closing.append(c)
             elif c.transport is not None:
                 c.transport.abort()
         tasks = [c.task for c in self.connections if c.task is not None and not c.task.done()]
         if tasks:
             await asyncio.wait(tasks, timeout=5)
-        await wait_lingering(lingering)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + linger.LINGER_SECONDS
+        gone = self._gone = asyncio.Event()
+        try:
+            while any(not c._lost for c in closing) and loop.time() < deadline:
+                try:
+                    await asyncio.wait_for(gone.wait(), deadline - loop.time())
+                except asyncio.TimeoutError:
+                    break
+                gone.clear()
+        finally:
+            self._gone = None
+        for c in list(self.connections):
+            if c.transport is not None:
+                c.transport.abort()
 
     async def close_idle_http(self) -> None:
         """Close keep-alive HTTP connections that are between requests (used at shutdown)."""

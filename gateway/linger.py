@@ -34,13 +34,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-__all__ = ["LINGER_SECONDS", "LINGER_BYTES", "Linger", "linger_close", "active"]
+__all__ = ["LINGER_SECONDS", "LINGER_BYTES", "Linger", "linger_close", "lingering", "active"]
 
 #: longest wait for the client to stop sending (read at each close: tests may change it)
 LINGER_SECONDS = 2.0
 #: most input dropped while lingering (above the default max_body_size and max_message_size:
 #: a client sending an oversized body or message still gets its error)
 LINGER_BYTES = 16 << 20
+#: a listener shutting down: a lingering client silent this long is done sending
+QUIET_SECONDS = 0.25
 
 #: connections lingering now (this process)
 _active: set["Linger"] = set()
@@ -56,21 +58,23 @@ class Linger(asyncio.Protocol):
     at the peer's EOF, and forwards ``connection_lost`` to the protocol it
     replaced (``inner``), so that its owner's bookkeeping runs as usual."""
 
-    __slots__ = ("transport", "inner", "left", "dropped", "_timer", "_waiters")
+    __slots__ = ("transport", "inner", "left", "deadline", "last", "grace", "_timer")
 
-    def __init__(self, transport: Any, inner: Any, nbytes: int) -> None:
+    def __init__(self, transport: Any, inner: Any, nbytes: int, deadline: float, now: float) -> None:
         self.transport = transport
         self.inner = inner
-        self.left = nbytes
-        self.dropped = 0  # input dropped so far
+        self.left = nbytes           # input still to drop before closing
+        self.deadline = deadline     # loop time: closed then at the latest
+        self.last = now              # loop time of the last input (or of the half-close)
+        self.grace: float | None = None  # set by hurry()
         self._timer: asyncio.TimerHandle | None = None
-        self._waiters: list[asyncio.Future[None]] = []
 
     def data_received(self, data: bytes) -> None:
-        self.dropped += len(data)
         self.left -= len(data)
         if self.left < 0:
             self.close()
+            return
+        self.last = asyncio.get_running_loop().time()
 
     def eof_received(self) -> bool:
         return False  # the client is done too: the transport closes itself
@@ -80,6 +84,26 @@ class Linger(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.inner.resume_writing()
+
+    def hurry(self, grace: float = QUIET_SECONDS) -> None:
+        """The listener closes: end as soon as the client has sent nothing
+        for ``grace`` seconds (a client still sending keeps the rest of its
+        time: its reply is what the lingering is for)."""
+        if self.grace is None:
+            self.grace = grace
+            self._arm(min(self.deadline, self.last + grace))
+
+    def _arm(self, when: float) -> None:
+        self._cancel_timer()
+        self._timer = asyncio.get_running_loop().call_at(when, self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        now = asyncio.get_running_loop().time()
+        if now >= self.deadline or self.grace is None or now >= self.last + self.grace:
+            self.close()
+        else:
+            self._arm(min(self.deadline, self.last + self.grace))
 
     def close(self) -> None:
         """Stop lingering now (time or byte budget spent, or the listener closes)."""
@@ -103,18 +127,20 @@ class Linger(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
         _active.discard(self)
-        for w in self._waiters:
-            if not w.done():
-                w.set_result(None)
-        self._waiters.clear()
         self.inner.connection_lost(exc)
 
-    async def wait_closed(self) -> None:
-        if self not in _active:
-            return
-        fut = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        await fut
+
+def lingering(transport: Any) -> bool:
+    """True once :func:`linger_close` has taken ``transport`` over."""
+    return isinstance(transport.get_protocol(), Linger)
+
+
+def hurry(transport: Any) -> None:
+    """A listener closes: a lingering ``transport`` ends once its client is
+    quiet (:meth:`Linger.hurry`); anything else is left alone."""
+    lg = transport.get_protocol()
+    if isinstance(lg, Linger):
+        lg.hurry()
 
 
 def linger_close(transport: Any, inner: Any | None = None) -> Linger | None:
@@ -139,9 +165,11 @@ def linger_close(transport: Any, inner: Any | None = None) -> Linger | None:
     except (OSError, RuntimeError, NotImplementedError):
         transport.close()
         return None
-    lg = Linger(transport, transport.get_protocol() if inner is None else inner, LINGER_BYTES)
+    now = asyncio.get_running_loop().time()
+    lg = Linger(transport, transport.get_protocol() if inner is None else inner, LINGER_BYTES,
+                now + LINGER_SECONDS, now)
     transport.set_protocol(lg)
-    lg._timer = asyncio.get_running_loop().call_later(LINGER_SECONDS, lg.close)
+    lg._arm(lg.deadline)
     _active.add(lg)
     try:
         transport.resume_reading()  # (reading may have been paused by flow control)
@@ -158,24 +186,3 @@ def _tcp_beneath_asyncio_tls(transport: Any) -> Any:
     if raw is None or not hasattr(raw, "can_write_eof") or not raw.can_write_eof():
         return None
     return raw
-
-
-async def wait_lingering(lingering: "list[Linger]", timeout: float | None = None) -> None:
-    """A listener shutting down lets the replies it has sent (e.g. FATAL 57P01)
-    reach their clients: connections whose client is still sending get up to
-    ``timeout`` seconds (default :data:`LINGER_SECONDS`) to end, then are
-    aborted; the quiet ones (nothing received since the half-close, so nothing
-    unread: no RST) are closed now."""
-    for lg in lingering:
-        if lg in _active and not lg.dropped:
-            lg.close()
-    lingering = [lg for lg in lingering if lg in _active and lg.dropped]
-    if not lingering:
-        return
-    tasks = [asyncio.ensure_future(lg.wait_closed()) for lg in lingering]
-    _done, pending = await asyncio.wait(tasks, timeout=LINGER_SECONDS if timeout is None else timeout)
-    for t in pending:
-        t.cancel()
-    for lg in lingering:
-        if lg in _active:
-            lg.abort()

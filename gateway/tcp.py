@@ -487,8 +487,8 @@ class TcpListener:
             if stream.closing is None:
                 stream.abort()
                 continue
-            if stream.linger is not None and not stream.linger.dropped:
-                stream.linger.close()  # the client sends nothing: nothing unread, no RST
+            if stream.linger is not None:
+                stream.linger.hurry()
             closing.append(stream.closing)
         tasks = [p.task for p in self.connections if p.task is not None and not p.task.done()]
         if tasks:

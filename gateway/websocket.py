@@ -16,6 +16,7 @@ from websockets.frames import CloseCode, Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from gateway.linger import linger_close, lingering
 from gateway.streams import TransportError
 from gateway.tcp import ProtocolStream
 from gateway.ws_close import CLOSE_NORMAL, apply_mask as _apply_mask, close_reply, skip_to_close
@@ -289,7 +290,8 @@ class WebSocketStream(ProtocolStream):
                 if self._close_timer is not None:
                     self._close_timer.cancel()
                     self._close_timer = None
-                t.close()
+                # (after a failure, e.g. 1009, the client may still be sending: no RST)
+                linger_close(t)
 
     # -- ClientStream API
     def send_nowait(self, data: bytes) -> bool:
@@ -362,9 +364,10 @@ class WebSocketStream(ProtocolStream):
                 ws.send_close(code)
                 if self._rx_left:
                     # the client is inside a frame (perhaps megabytes long): its close
-                    # frame cannot come before that frame's end -- do not read it all
+                    # frame cannot come before that frame's end -- do not read it all;
+                    # but linger, so that no RST destroys the frames sent (gateway/linger.py)
                     self._flush_ws()
-                    self.transport.close()
+                    linger_close(self.transport)
                     return
                 if self._reading_paused:
                     self._reading_paused = False
@@ -372,7 +375,7 @@ class WebSocketStream(ProtocolStream):
                 self._flush_ws()
                 if not self._lost and not self.transport.is_closing():
                     self._close_timer = self._loop.call_later(WS_CLOSE_TIMEOUT, self._close_timeout)
-            elif not self.transport.is_closing():
+            elif not self.transport.is_closing() and not lingering(self.transport):
                 self.transport.close()
         except Exception:  # pragma: no cover - close never raises
             self.transport.abort()

@@ -63,31 +63,38 @@ def _recv_nowait(s: socket.socket) -> bytes | None:
         return None
 
 
+class PgReader(MessageReader):
+    def feed(self, data: bytes) -> list[Any]:  # type: ignore[override]
+        super().feed(data)
+        return [m.decode_backend(t, b) for t, b in self.read()]
+
+
 def flood(s: socket.socket, head: bytes, filler: bytes, *, after: int = AFTER, pace: float = 0.0,
-          started: threading.Event | None = None, msgs: list[Any] | None = None) -> list[Any]:
+          started: threading.Event | None = None, msgs: list[Any] | None = None, reader: Any = None) -> list[Any]:
     """Send ``head``, then ``filler`` over and over, until an ErrorResponse
     has arrived (the gateway has decided to end the connection); then
     ``after`` more bytes; then read to EOF.  Returns the decoded messages.
     Raises ConnectionResetError (or BrokenPipeError) if the gateway reset the
     connection.  ``pace``: at most one chunk per ``pace`` seconds (a slow but
     steady client); ``started`` is set once ``CHUNK`` bytes of filler are out;
-    ``msgs``: the list the messages are appended to as they arrive."""
+    ``msgs``: the list the messages are appended to as they arrive;
+    ``reader``: how received bytes become messages (default: Postgres
+    messages; :class:`WsReader` for WebSocket frames)."""
     s.sendall(head)
     buf = filler * max(1, CHUNK // len(filler))
-    reader = MessageReader()
+    reader = PgReader() if reader is None else reader
     msgs = [] if msgs is None else msgs
     s.setblocking(False)
     sent = 0
     deadline = time.monotonic() + 30
-    while not errors(msgs):
+    while not errors(msgs) and not any(isinstance(x, tuple) for x in msgs):
         readable, writable, _ = select.select([s], [s], [], 1.0)
         if readable:
             data = _recv_nowait(s)
             if data == b"":
                 return msgs  # EOF without an error: the caller's asserts say what is missing
             if data:
-                reader.feed(data)
-                msgs += [m.decode_backend(t, b) for t, b in reader.read()]
+                msgs += reader.feed(data)
                 continue
         if writable:
             try:
@@ -108,8 +115,7 @@ def flood(s: socket.socket, head: bytes, filler: bytes, *, after: int = AFTER, p
         data = s.recv(65536)
         if not data:
             break
-        reader.feed(data)
-        msgs += [m.decode_backend(t, b) for t, b in reader.read()]
+        msgs += reader.feed(data)
     assert not reader.buffered, "a message cut short"
     return msgs
 
@@ -295,3 +301,94 @@ async def test_fatal_survives_over_tls(gateway_app, pki, case) -> None:
     got = await run_flood(app.pg_port, head, filler, tls=pki.client_context())
     assert got[0] == sqlstate and message in got[1], got
     await eventually(lambda: not app.tcp.connections, what="no connection left")
+
+
+# ------------------------------------------------------------------ WebSocket (/v2)
+
+def ws_frame_header(length: int, opcode: int = 2) -> bytes:
+    """A client frame's header, masked with the all-zero key (the payload goes as is)."""
+    if length < 126:
+        return bytes((0x80 | opcode, 0x80 | length)) + b"\0\0\0\0"
+    if length < 65536:
+        return bytes((0x80 | opcode, 0x80 | 126)) + struct.pack("!H", length) + b"\0\0\0\0"
+    return bytes((0x80 | opcode, 0x80 | 127)) + struct.pack("!Q", length) + b"\0\0\0\0"
+
+
+class WsReader:
+    """Server frames -> Postgres messages of the binary payloads, and
+    ``("close", code)`` for a close frame (what :func:`flood` collects)."""
+
+    def __init__(self) -> None:
+        self.raw = b""
+        self.pg = MessageReader()
+
+    @property
+    def buffered(self) -> int:
+        return len(self.raw) + self.pg.buffered
+
+    def feed(self, data: bytes) -> list[Any]:
+        self.raw += data
+        out: list[Any] = []
+        while len(self.raw) >= 2:
+            op, n, pos = self.raw[0] & 0x0F, self.raw[1] & 0x7F, 2
+            if n == 126:
+                n, pos = (struct.unpack("!H", self.raw[2:4])[0], 4) if len(self.raw) >= 4 else (-1, 0)
+            elif n == 127:
+                n, pos = (struct.unpack("!Q", self.raw[2:10])[0], 10) if len(self.raw) >= 10 else (-1, 0)
+            if n < 0 or len(self.raw) < pos + n:
+                break
+            payload, self.raw = self.raw[pos:pos + n], self.raw[pos + n:]
+            if op == 8:
+                out.append(("close", struct.unpack("!H", payload[:2])[0] if payload else None))
+            elif op in (0, 2):
+                self.pg.feed(payload)
+                out += [m.decode_backend(t, b) for t, b in self.pg.read()]
+        return out
+
+
+def ws_connect(port: int) -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CHUNK)
+    s.settimeout(30)
+    s.connect(("127.0.0.1", port))
+    s.sendall(b"GET /v2 HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):  # byte by byte: nothing of the frames after it is consumed
+        head += s.recv(1)
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    return s
+
+
+#: (id, gateway settings, frames then the start of a frame still being sent, filler, what the client reads)
+WS_CASES = [
+    # a Postgres message over max_message_size, inside a 12 MiB frame still arriving
+    ("message_too_large", {}, ws_frame_header(len(startup())) + startup() + ws_frame_header(12 << 20)
+     + b"Q" + struct.pack("!I", 100 << 20), b"x", ("08P01", "exceeds the limit of 16777216 bytes"), 1000),
+    # a frame over the WebSocket message size: websockets fails the connection (1009)
+    ("frame_too_large", {"max_message_size": 1024}, ws_frame_header(len(startup())) + startup()
+     + ws_frame_header(64 << 20), b"x", None, 1009),
+]
+
+
+@pytest.mark.parametrize("case", WS_CASES, ids=[c[0] for c in WS_CASES])
+async def test_ws_error_and_close_frame_survive_a_client_still_sending(gateway_app, case) -> None:
+    """The client gets the ErrorResponse (a binary message) and the close
+    frame, then EOF, while still inside a frame it cannot end early -- so
+    it can never answer with its own close frame: the gateway half-closes."""
+    _name, settings, head, filler, error, code = case
+    app = await gateway_app(auth_type="trust", **settings)
+
+    def client() -> list[Any]:
+        s = ws_connect(app.http_port)
+        try:
+            return flood(s, head, filler, reader=WsReader())
+        finally:
+            s.close()
+    msgs = await in_thread(client)
+    closes = [x for x in msgs if isinstance(x, tuple)]
+    assert closes == [("close", code)] and msgs[-1] == closes[0], msgs
+    if error is not None:
+        got = fatal(msgs[:-1])
+        assert got[0] == error[0] and error[1] in got[1], got
+    await eventually(lambda: not app.http.connections, what="no connection left")
