@@ -33,6 +33,7 @@ from gateway.neon_sql import register as register_neon_sql
 from gateway.sockets import start_on
 from gateway.tcp import TcpListener
 from gateway.tls import ServerTls
+from gateway.linger import active as linger_active
 
 log = logging.getLogger("wirepool")
 
@@ -255,6 +256,8 @@ class GatewayApp:
             "tcp_connections_accepted": tcp.accepted_total if tcp else 0,
             "ready": 1 if self.is_ready() else 0,
             "http_forwarded": self.cluster.forwarded if self.cluster is not None else 0,
+            # closed after an error, still reading what the client sends (gateway/linger.py)
+            "lingering_connections": linger_active(),
         }
 
     def _shed_totals(self) -> dict[str, int]:

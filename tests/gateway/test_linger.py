@@ -392,3 +392,41 @@ async def test_ws_error_and_close_frame_survive_a_client_still_sending(gateway_a
         got = fatal(msgs[:-1])
         assert got[0] == error[0] and error[1] in got[1], got
     await eventually(lambda: not app.http.connections, what="no connection left")
+
+
+# ------------------------------------------------------------------ bounds
+
+@pytest.mark.parametrize("bound", ["seconds", "bytes"])
+async def test_lingering_is_bounded_and_holds_nothing(gateway_app, monkeypatch, bound) -> None:
+    """While it lingers a connection is no client (no max_client_conn slot,
+    no session, no server) and shows in wirepool_lingering_connections; it
+    ends at LINGER_SECONDS, or at LINGER_BYTES of input, even if the client
+    never closes."""
+    from tests.gateway.served import http_get
+    if bound == "seconds":
+        monkeypatch.setattr(linger, "LINGER_SECONDS", 0.5)
+    else:
+        monkeypatch.setattr(linger, "LINGER_BYTES", 256 << 10)
+    app = await gateway_app(auth_type="trust", max_client_conn=1)
+    s = await asyncio.to_thread(_connect, app.pg_port)
+    try:
+        got = await in_thread(flood, s, startup() + b"Z\0\0\0\x04", SYNCS, after=0 if bound == "seconds" else CHUNK)
+        assert fatal(got)[0] == "08P01"
+        assert app.gateway.n_clients == 0 and not app.gateway._all_sessions
+        status, body = await http_get(app.http_port, "/metrics")
+        assert status == 200 and b"wirepool_lingering_connections 1.0" in body, body[-2000:]
+        # the one client slot is free for the next client while this one lingers
+        other = await RawClient.connect(app.pg_port)
+        await other.send(startup())
+        assert not errors(await other.until(m.ReadyForQuery))
+        await other.close()
+        if bound == "bytes":  # the client keeps sending: past LINGER_BYTES the gateway closes
+            def more() -> None:
+                with pytest.raises((ConnectionResetError, BrokenPipeError)):
+                    for _ in range(CAP // CHUNK):
+                        s.sendall(SYNCS)
+            await in_thread(more)
+        await eventually(lambda: not app.tcp.connections, what="the lingering connection closed")
+        assert linger.active() == 0
+    finally:
+        s.close()
