@@ -119,12 +119,18 @@ _SEEN: dict[bytes, bool] = {}
 _SEEN_MAX = 4096
 
 
-def _verdict(sql: bytes) -> bool:
+def _verdict(sql: bytes, misses: bool = False) -> bool:
     """Both stages for a text not in :data:`_SEEN`.  Only texts that pass
     stage 1 are remembered: for the others stage 1 is as cheap as the
     lookup, and a stream of distinct texts (literals inlined, ``pgbench -S``)
-    would only churn the dict."""
+    would only churn the dict -- except with ``misses`` (a Parse's text: its
+    values come as parameters, so clients send the same texts again, and
+    ``pgbench -M extended`` parses one per transaction)."""
     if not hint(sql):
+        if misses and len(sql) <= 4096:
+            if len(_SEEN) >= _SEEN_MAX:
+                _SEEN.clear()
+            _SEEN[sql] = False
         return False
     hit = stateful(sql)
     if len(sql) <= 4096:
@@ -276,11 +282,17 @@ class Tracker:
                     return
             else:
                 e = -e  # a Parse: its end comes negated
-                i = parse_name_end(chunk, s, e)
-                sql = statement_text(chunk, _P, s, e)
+                # parse_name_end and statement_text, inlined (hot path: pgbench -M extended)
+                i = chunk.find(b"\x00", s, e)
+                if i < 0:
+                    i = e
+                    sql = b""
+                else:
+                    j = chunk.find(b"\x00", i + 1, e)
+                    sql = chunk[i + 1:e if j < 0 else j]
                 hit = _SEEN.get(sql)
                 if hit is None:
-                    hit = _verdict(sql)
+                    hit = _verdict(sql, True)
                 if hit:
                     self._stateful(sql, chunk, _P, s)
                 elif self.names:  # (non-empty: a set of its own, not the shared frozenset)

@@ -185,3 +185,26 @@ def test_look_like_the_session(framing: str) -> None:
     if framing == "parse":  # a later Bind alone of the stateful statement marks
         _look(t, m.bind("", "st", [], [], []) + m.execute("") + m.sync())
         assert t.marked
+
+
+def test_parse_texts_are_remembered_even_when_plain() -> None:
+    """A Parse's text comes back with every execution (its values are
+    parameters): its verdict is cached even when stage 1 clears it; a Query's
+    plain text is not (literals inlined: every text is new).  Texts cut
+    short by a malformed Parse are judged on what they hold."""
+    t = tr.Tracker()
+    parse_sql = b"SELECT abalance FROM pgbench_accounts WHERE aid = $1 /* parse */"
+    query_sql = b"SELECT abalance FROM pgbench_accounts WHERE aid = 42 /* query */"
+    _look(t, m.parse("", parse_sql.decode(), [23]) + m.bind("", "", [0], [b"1"], []) + m.execute("") + m.sync())
+    _look(t, m.query(query_sql.decode()))
+    assert tr._SEEN.get(parse_sql) is False and query_sql not in tr._SEEN
+    assert tr.statement_text(*_framed_parse(m.parse("n", parse_sql.decode(), []))) == parse_sql
+    body = b"name\x00SET x = 1"  # no NUL after the text: what it holds
+    _look(t, b"P" + (len(body) + 4).to_bytes(4, "big") + body)
+    assert t.marked and tr._SEEN.get(b"SET x = 1") is True
+
+
+def _framed_parse(data: bytes) -> tuple[bytes, int, int, int]:
+    chunk, idx = _framed(data)
+    (typ, s, e), = idx
+    return chunk, typ, s, e
