@@ -73,6 +73,10 @@ _SEGMENT = b"PBCDES"
 _SYNC = b"S"
 _PARSE = b"P"
 _TYPE = itemgetter(0)  # an index entry's message type
+_ERRB, _PSB, _CB, _ZB = b"E", b"S", b"C", b"Z"
+#: first bytes of the CommandComplete tags replies() looks at (LISTEN, DDL_FIRST)
+_TAGGED = DDL_FIRST | {ord("L")}
+_NO_INDEX: Index = []  # (never appended to)
 
 Index = list[tuple[int, int, int]]
 
@@ -327,6 +331,20 @@ class Accounting:
         ParameterStatus messages are reported to ``events``."""
         z = -1
         out = self.outstanding
+        sig = bytes(map(_TYPE, idx))
+        if _ERRB not in sig and _PSB not in sig and sig.count(_CB) <= 1:
+            # the usual reply (no error, no ParameterStatus, one CommandComplete at
+            # most): the loop below, counted
+            k = sig.find(_CB)
+            if k >= 0:
+                _t, s, e = idx[k]
+                if chunk[s] in _TAGGED:
+                    self._tag(chunk, s, e)
+            n = sig.count(_ZB)
+            if n:
+                out -= n
+                z = chunk[idx[sig.rfind(_ZB)][1]]
+            idx = _NO_INDEX
         for t, s, e in idx:
             if t not in _NOTED:
                 continue
@@ -336,13 +354,8 @@ class Accounting:
             elif t == _PS:
                 self.events.parameter_status(chunk[s:e])
             elif t == _C:
-                if chunk[s:e] == _LISTEN_TAG:
-                    self.listened = True
-                elif chunk[s] in DDL_FIRST:
-                    if is_ddl_tag(chunk, s, e):
-                        self.ddl = True
-                    elif note_role_tag(chunk, s, e):  # CREATE/ALTER/DROP ROLE: cached auth_query lookups are stale
-                        self.roles = True
+                if chunk[s] in _TAGGED:
+                    self._tag(chunk, s, e)
             elif t == _ERR:
                 body = chunk[s:e]
                 cls = error_class(body)
@@ -368,6 +381,16 @@ class Accounting:
                 self.dirty = self.dirty or 1
         self.outstanding = out if out > 0 else 0
         return z
+
+    def _tag(self, chunk: bytes, s: int, e: int) -> None:
+        """A CommandComplete whose tag starts with one of :data:`_TAGGED`."""
+        if chunk[s:e] == _LISTEN_TAG:
+            self.listened = True
+        elif chunk[s] in DDL_FIRST:
+            if is_ddl_tag(chunk, s, e):
+                self.ddl = True
+            elif note_role_tag(chunk, s, e):  # CREATE/ALTER/DROP ROLE: cached auth_query lookups are stale
+                self.roles = True
 
     def settled(self) -> bool:
         """Nothing owed: no ReadyForQuery due and no extended message waiting for its Sync."""

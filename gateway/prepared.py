@@ -210,7 +210,16 @@ class Rewriter(ReplyQueue):
             self._sweep(sv)
         if not q and not self._skipping and not sv.maybe and self.FAST:
             t0 = index[0][0]
-            if t0 != _Q and bytes(map(_TYPE, index)) in _ONE_SEGMENT:
+            if t0 == _Q:
+                if len(index) == 1 and not (self._plain_sync and self._plain):
+                    # Fastest path: one simple Query (pgbench -S) that cannot be a
+                    # DISCARD/DEALLOCATE ALL: no queue entry, just a count.
+                    if (b"all" not in chunk.lower() if len(chunk) <= 1024
+                            else _DISCARD_RE.search(chunk, 5) is None):
+                        self._plain += 1
+                        self._plain_sync = False
+                        return chunk, b""
+            elif bytes(map(_TYPE, index)) in _ONE_SEGMENT:
                 # the usual extended-protocol chunk: [Parse] Bind [Describe] Execute Sync
                 to_server = self._one_segment(chunk, index, t0, sv)
                 if to_server is not None:

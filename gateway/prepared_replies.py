@@ -28,6 +28,7 @@ anyway); the Sync is.  A failed injected Parse passes its error to the client.
 from __future__ import annotations
 
 from collections import deque
+from operator import itemgetter
 from typing import Any, Final
 
 from driver.protocol import messages as m
@@ -86,8 +87,9 @@ _ALL_TAG = b"ALL\x00"
 _Z_HEAD = b"Z\x00\x00\x00\x05"
 #: chunks up to this size are checked with the two substring counts above
 _SHORT = 4096
-#: backend types that stop the one-chunk shortcut of a segment entry
-_SEG_STOP = frozenset((_ERR, _Z, _CC))
+_TYPE = itemgetter(0)  # an index entry's message type
+_ZB = b"Z"
+_EB = b"E"
 
 _NO_Q: Any = ()  # Rewriter._q with no entry made yet: empty, and any attempt to queue on it fails loudly
 
@@ -194,28 +196,36 @@ class ReplyQueue:
         q = self._q
         if not q:
             if self._plain:
-                self._plain_replies(chunk, index)
+                t, s, _e = index[-1]
+                if (t == _Z and self._plain == 1 and len(chunk) <= _SHORT and self.FAST
+                        and chunk.count(_Z_HEAD) == 1 and _ALL_TAG not in chunk):
+                    # the usual reply: the one ReadyForQuery owed ends the chunk, no tag to check
+                    self._status = chunk[s]
+                    self._plain = 0
+                    if self._plain_sync and (sv := self.server) is not None:
+                        sv.acked += 1
+                        if sv.acked >= sv.sent:
+                            sv.changed.clear()
+                else:
+                    self._plain_replies(chunk, index)
             return chunk, index
-        sv = self.server
         head = q[0]
         if head[_KIND] == _RSEG:
-            if len(q) == 1 and index[-1][0] == _Z and self.FAST:
+            if len(q) == 1 and len(chunk) <= _SHORT and self.FAST:
                 # the segment's whole reply in one chunk: if nothing in it is an
                 # error, another ReadyForQuery or a tag to look at, it passes as is
-                stop = _SEG_STOP
-                for t, s, _e in index[:-1]:
-                    if t in stop and (t != _CC or chunk[s] == 68):
-                        break
-                else:
+                sig = bytes(map(_TYPE, index))
+                if sig.find(_ZB) == len(sig) - 1 and _EB not in sig and _ALL_TAG not in chunk:
                     q.clear()
                     self._status = chunk[index[-1][1]]
-                    if sv is not None:
+                    if (sv := self.server) is not None:
                         sv.acked += 1
                         if sv.acked >= sv.sent:
                             sv.changed.clear()
                     return chunk, index
             q.popleft()
             q.extendleft(reversed(head[_DATA]))
+        sv = self.server
         out: list[bytes] | None = None   # built only when something changes
         copy_from = 0
         for t, s, e in index:
@@ -296,34 +306,25 @@ class ReplyQueue:
         reader.feed(new)
         return reader.read_raw()
 
+    @staticmethod
+    def _acked(sv: ServerStatements | None) -> None:
+        """The server answered one more Sync."""
+        if sv is not None:
+            sv.acked += 1
+            if sv.acked >= sv.sent:
+                sv.changed.clear()
+
     def _plain_replies(self, chunk: bytes, index: list[tuple[int, int, int]]) -> None:
         """Replies to counted plain Queries or Syncs (the queue is empty): nothing
         to change, only ReadyForQuery status, acknowledged Syncs and a
         DISCARD/DEALLOCATE ALL tag (a query the pre-check could not see, e.g.
         built by a function, or sent as a Parse)."""
-        t, s, _e = index[-1]
-        if (t == _Z and self._plain == 1 and len(chunk) <= _SHORT and self.FAST
-                and chunk.count(_Z_HEAD) == 1 and _ALL_TAG not in chunk):
-            # the usual reply: the one ReadyForQuery owed ends the chunk, no tag to check
-            self._status = chunk[s]
-            self._plain = 0
-            if self._plain_sync:
-                sv = self.server
-                if sv is not None:
-                    sv.acked += 1
-                    if sv.acked >= sv.sent:
-                        sv.changed.clear()
-            return
         for t, s, e in index:
             if t == _Z:
                 self._status = chunk[s]
                 self._plain -= 1
                 if self._plain_sync:
-                    sv = self.server
-                    if sv is not None:
-                        sv.acked += 1
-                        if sv.acked >= sv.sent:
-                            sv.changed.clear()
+                    self._acked(self.server)
                 if not self._plain:
                     return
             elif t == _CC and chunk[s] == 68 and chunk.startswith(_DISCARD_TAGS, s):

@@ -332,3 +332,46 @@ def test_sync_segment_chunks_are_accounted_like_the_general_loop() -> None:
         assert c(b, chunk + m.flush())[1] is False
         assert _state(a) == _state(b)
     assert shortcut > 300  # (the shortcut is not taken after an at-risk Query)
+
+
+_REPLY_MSGS = [Z_I, Z_T, Z_E, ERR, PARSE_OK, BIND_OK, m.NO_DATA, m.row_description([]), m.data_row([b"1"]),
+               m.command_complete("SELECT 1"), m.command_complete("INSERT 0 1"), m.command_complete("LISTEN"),
+               m.command_complete("CREATE TABLE"), m.command_complete("ALTER ROLE"), m.command_complete("DELETE 2"),
+               m.error("57P01", "bye", severity="FATAL")]
+
+
+def test_usual_replies_are_accounted_like_the_general_loop() -> None:
+    """``replies()`` counts a chunk without an ErrorResponse or ParameterStatus
+    and with one CommandComplete at most from its type string: its result and
+    state must equal the general loop's (fed the same chunk followed by a
+    ParameterStatus, which only reports an event and defeats the shortcut)."""
+    import random
+    rnd = random.Random(1415)
+    shortcut = 0
+    ps = m.parameter_status("TimeZone", "UTC")
+    for i in range(800):
+        ra, rb = Rec(), Rec()
+        a, b = Accounting(FakeRewriter() if i % 2 else None, ra), Accounting(FakeRewriter() if i % 2 else None, rb)
+        for _ in range(rnd.randrange(4)):
+            data = b"".join(rnd.choice(_CLIENT_MSGS) for _ in range(rnd.randrange(1, 4)))
+            assert c(a, data) == c(b, data)
+        data = b"".join(rnd.choice(_REPLY_MSGS) for _ in range(rnd.randrange(1, 6)))
+        types = [bytes([t]) for t, _ in _read(data)]
+        shortcut += b"E" not in types and types.count(b"C") <= 1
+        za = _replies(a, data)
+        zb = _replies(b, data + ps)
+        assert za == zb and _state(a) == _state(b) and a.errors == b.errors
+        assert rb.params == ra.params + [ps[5:]]
+    assert shortcut > 300
+
+
+def _read(data: bytes) -> list[tuple[int, bytes]]:
+    r = MessageReader()
+    r.feed(data)
+    return r.read()
+
+
+def _replies(acc: Accounting, data: bytes) -> int:
+    r = MessageReader()
+    chunk, idx = r.feed_read_runs(data)
+    return acc.replies(chunk, idx)
