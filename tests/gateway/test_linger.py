@@ -30,7 +30,12 @@ from gateway import linger
 from tests.gateway.pool_helpers import RawClient, errors, eventually
 
 CHUNK = 64 << 10
-AFTER = 1 << 20        # sent once the reply is readable: certainly unread when the gateway closes
+#: the gateway's settings in every test: a fixed socket buffer after login (else up to 8 MiB, which
+#: could swallow AFTER before the gateway closes); pre-login buffers are small anyway (LOGIN_RCVBUF)
+GATEWAY = {"auth_type": "trust", "tcp_socket_buffer": CHUNK}
+#: sent once the reply is readable: more than the gateway can take in before it closes (its read
+#: queue pauses at 1 MiB, its socket buffer holds 128 KiB): certainly unread when it closes
+AFTER = 2 << 20
 CAP = 48 << 20         # a gateway that never answers fails the test instead of taking memory
 SYNCS = m.sync() * (CHUNK // 5)  # pipelined messages the gateway never reaches
 
@@ -70,7 +75,8 @@ class PgReader(MessageReader):
 
 
 def flood(s: socket.socket, head: bytes, filler: bytes, *, after: int = AFTER, pace: float = 0.0,
-          started: threading.Event | None = None, msgs: list[Any] | None = None, reader: Any = None) -> list[Any]:
+          started: threading.Event | None = None, msgs: list[Any] | None = None, reader: Any = None,
+          chunk: int = CHUNK) -> list[Any]:
     """Send ``head``, then ``filler`` over and over, until an ErrorResponse
     has arrived (the gateway has decided to end the connection); then
     ``after`` more bytes; then read to EOF.  Returns the decoded messages.
@@ -79,9 +85,9 @@ def flood(s: socket.socket, head: bytes, filler: bytes, *, after: int = AFTER, p
     steady client); ``started`` is set once ``CHUNK`` bytes of filler are out;
     ``msgs``: the list the messages are appended to as they arrive;
     ``reader``: how received bytes become messages (default: Postgres
-    messages; :class:`WsReader` for WebSocket frames)."""
+    messages; :class:`WsReader` for WebSocket frames); ``chunk``: bytes per send."""
     s.sendall(head)
-    buf = filler * max(1, CHUNK // len(filler))
+    buf = filler * max(1, chunk // len(filler))
     reader = PgReader() if reader is None else reader
     msgs = [] if msgs is None else msgs
     s.setblocking(False)
@@ -97,8 +103,8 @@ def flood(s: socket.socket, head: bytes, filler: bytes, *, after: int = AFTER, p
                 msgs += reader.feed(data)
                 continue
         if writable:
-            try:
-                sent += s.send(buf)
+            try:  # (from where the last partial send stopped: message boundaries are kept)
+                sent += s.send(buf[sent % len(buf):])
             except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 pass
             if started is not None and sent >= CHUNK:
@@ -107,6 +113,9 @@ def flood(s: socket.socket, head: bytes, filler: bytes, *, after: int = AFTER, p
                 select.select([s], [], [], pace)
         assert sent < CAP and time.monotonic() < deadline, "the gateway never answered"
     s.settimeout(30)
+    pos = sent % len(buf)
+    buf = buf[pos:] + buf[:pos]  # (continuing the stream where it stopped)
+    buf = buf * max(1, CHUNK // len(buf))
     left = after
     while left > 0:
         s.sendall(buf[:left])
@@ -186,7 +195,7 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 async def test_fatal_survives_a_client_still_sending(gateway_app, case) -> None:
     name, settings, head, filler, sqlstate, message = case
-    app = await gateway_app(**{"auth_type": "trust", **settings})
+    app = await gateway_app(**{**GATEWAY, **settings})
     held: list[Any] = []
     try:
         if name == "max_client_conn":  # the one client slot is taken
@@ -203,6 +212,39 @@ async def test_fatal_survives_a_client_still_sending(gateway_app, case) -> None:
     assert got[0] == sqlstate and message in got[1], got
     # the lingering connection is gone once the client closed (nothing left behind)
     await eventually(lambda: not app.tcp.connections, what="no connection left")
+
+
+@pytest.mark.parametrize("timeout", ["client_login_timeout", "query_wait_timeout"])
+async def test_fatal_at_a_timeout_survives_a_client_still_sending(gateway_app, timeout) -> None:
+    """The FATAL of a timeout reaches a client that is sending all the while:
+    one trickling its startup packet (client_login_timeout, 08006), one
+    pipelining while no server is free (query_wait_timeout, 57014)."""
+    app = await gateway_app(**GATEWAY, client_login_timeout=1, query_wait_timeout=1,
+                            databases={"app": {"pool_size": 1}})
+    holder = None
+    try:
+        if timeout == "client_login_timeout":  # a 9,000-byte startup packet, a byte every 20 ms
+            head, filler, kw = struct.pack("!II", 9000, 196608), b"\0", {"chunk": 1, "pace": 0.02}
+            want = ("08006", "client_login_timeout: login not completed in time")
+        else:  # the one server is in another client's transaction
+            holder = await RawClient.connect(app.pg_port)
+            await holder.send(startup())
+            assert not errors(await holder.until(m.ReadyForQuery))
+            await holder.send(m.query("begin"))
+            assert not errors(await holder.until(m.ReadyForQuery))
+            head, filler, kw = startup(), SYNCS, {}
+            want = ("57014", "query_wait_timeout: no server connection available within 1s")
+
+        def client() -> list[Any]:
+            s = _connect(app.pg_port)
+            try:
+                return flood(s, head, filler, **kw)
+            finally:
+                s.close()
+        assert fatal(await in_thread(client)) == want
+    finally:
+        if holder is not None:
+            await holder.close()
 
 
 # ------------------------------------------------------------------ side by side with PostgreSQL
@@ -238,7 +280,7 @@ async def test_side_by_side_with_postgres(gateway_app, pg, case) -> None:
     _name, after_login, filler, same = case
     direct = startup(PgCluster.TRUST_USER, PgCluster.DATABASE) + after_login
     pg_msgs, pg_reset = await in_thread(flood_tolerant, pg.port, direct, filler)
-    app = await gateway_app(auth_type="trust")
+    app = await gateway_app(**GATEWAY)
     got = await run_flood(app.pg_port, startup() + after_login, filler)
     assert got[0] == "08P01"
     want = [(e.sqlstate, e.message) for e in errors(pg_msgs)]
@@ -258,7 +300,7 @@ async def test_57p01_of_admin_shutdown_survives_under_uvloop(pg, pg_db, tmp_path
     import psycopg
 
     from tests.gateway.served import Served
-    with Served(pg, pg_db, {"listen": "127.0.0.1:0", "auth_type": "trust", "admin_users": ["alice"],
+    with Served(pg, pg_db, {"listen": "127.0.0.1:0", **GATEWAY, "admin_users": ["alice"],
                             "max_message_size": 256 << 20, "tls_cert_file": str(pki.cert),
                             "tls_key_file": str(pki.key)}, directory=tmp_path) as gw:
         await gw.wait_ready(timeout=30)
@@ -269,7 +311,7 @@ async def test_57p01_of_admin_shutdown_survives_under_uvloop(pg, pg_db, tmp_path
             s = _connect(port, tls)
             try:  # a 200 MiB query, sent at a steady pace: still arriving at SHUTDOWN
                 return flood(s, startup() + b"Q" + struct.pack("!I", 200 << 20), b"x", pace=0.005,
-                             started=started, after=256 << 10)
+                             started=started)
             finally:
                 s.close()
         started = [threading.Event(), threading.Event()]
@@ -297,7 +339,7 @@ async def test_fatal_survives_over_tls(gateway_app, pki, case) -> None:
     then the client's records are read and discarded until its close_notify
     or EOF -- the client reads the FATAL and a clean end of the TLS stream."""
     _name, settings, head, filler, sqlstate, message = case
-    app = await gateway_app(auth_type="trust", tls_cert_file=str(pki.cert), tls_key_file=str(pki.key), **settings)
+    app = await gateway_app(**GATEWAY, tls_cert_file=str(pki.cert), tls_key_file=str(pki.key), **settings)
     got = await run_flood(app.pg_port, head, filler, tls=pki.client_context())
     assert got[0] == sqlstate and message in got[1], got
     await eventually(lambda: not app.tcp.connections, what="no connection left")
@@ -377,7 +419,7 @@ async def test_ws_error_and_close_frame_survive_a_client_still_sending(gateway_a
     frame, then EOF, while still inside a frame it cannot end early -- so
     it can never answer with its own close frame: the gateway half-closes."""
     _name, settings, head, filler, error, code = case
-    app = await gateway_app(auth_type="trust", **settings)
+    app = await gateway_app(**{**GATEWAY, **settings})
 
     def client() -> list[Any]:
         s = ws_connect(app.http_port)
@@ -407,7 +449,7 @@ async def test_lingering_is_bounded_and_holds_nothing(gateway_app, monkeypatch, 
         monkeypatch.setattr(linger, "LINGER_SECONDS", 0.5)
     else:  # more than can be in flight when the FATAL is read (the kernel buffers)
         monkeypatch.setattr(linger, "LINGER_BYTES", 12 << 20)
-    app = await gateway_app(auth_type="trust", max_client_conn=1)
+    app = await gateway_app(**GATEWAY, max_client_conn=1)
     s = await asyncio.to_thread(_connect, app.pg_port)
     try:
         got = await in_thread(flood, s, startup() + b"Z\0\0\0\x04", SYNCS, after=0)
