@@ -365,6 +365,9 @@ class _Transport(asyncio.Transport):
     def is_closing(self) -> bool:
         return self.closed
 
+    def can_write_eof(self) -> bool:  # (gateway/linger.py: closed at once, no lingering)
+        return False
+
     def pause_reading(self) -> None:
         pass
 
