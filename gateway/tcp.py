@@ -78,9 +78,10 @@ class ProtocolStream:
                  "_reading_paused", "_high_water", "_write_paused", "_drain_waiter", "_lost", "_closed",
                  "bytes_received", "bytes_sent", "_rcv_small", "_sock", "_on_data", "_on_end", "__weakref__")
 
-    def __init__(self, transport: asyncio.Transport, *, read_high_water: int = READ_HIGH_WATER) -> None:
+    def __init__(self, transport: asyncio.Transport, *, read_high_water: int = READ_HIGH_WATER,
+                 peer: str | None = None) -> None:
         self.transport: asyncio.Transport = transport
-        self.peer: str = _peer_of(transport)
+        self.peer: str = _peer_of(transport) if peer is None else peer  # (given: known already)
         self._loop = asyncio.get_running_loop()
         self._chunks: list[bytes] = []
         self._buffered = 0

@@ -59,8 +59,7 @@ class WebSocketStream(ProtocolStream):
 
     def __init__(self, transport: asyncio.Transport, ws: ServerProtocol | None, request: "HttpRequest",
                  max_size: int | None = None) -> None:
-        super().__init__(transport)
-        self.peer = request.peer
+        super().__init__(transport, peer=request.peer)
         self.ws: ServerProtocol | None = ws
         self.path = request.path
         self.query = request.query
