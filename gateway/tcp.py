@@ -371,8 +371,7 @@ class TcpStream(ProtocolStream):
             # Bytes that arrived in clear after the SSLRequest must not be
             # treated as if they came over TLS (CVE-2021-23214 class of bug).
             raise TransportError("unencrypted data received after SSLRequest")
-        # ssl_shutdown_timeout: how long a TLS close waits for the client's close_notify,
-        # skipping what it still sends (uvloop; see gateway/linger.py)
+        # ssl_shutdown_timeout: a TLS close waits this long for the client's close_notify (gateway/linger.py)
         new = await self._loop.start_tls(self.transport, self._protocol, self._ssl_context,
                                          server_side=True, ssl_shutdown_timeout=linger.LINGER_SECONDS)
         if new is None:  # pragma: no cover - transport closed during handshake
@@ -483,14 +482,12 @@ class TcpListener:
         closing: list[asyncio.Future[None]] = []
         for proto in list(self.connections):
             stream = proto.stream
-            if stream is None:
-                continue
-            if stream.closing is None:
+            if stream is not None and stream.closing is not None:  # its last reply is on its way
+                if stream.linger is not None:
+                    stream.linger.hurry()  # (a client sending nothing more is done: closed soon)
+                closing.append(stream.closing)
+            elif stream is not None:
                 stream.abort()
-                continue
-            if stream.linger is not None:
-                stream.linger.hurry()
-            closing.append(stream.closing)
         tasks = [p.task for p in self.connections if p.task is not None and not p.task.done()]
         if tasks:
             await asyncio.wait(tasks, timeout=5)

@@ -475,3 +475,26 @@ async def test_lingering_is_bounded_and_holds_nothing(gateway_app, monkeypatch, 
         assert linger.active() == 0
     finally:
         s.close()
+
+
+async def test_ws_57p01_at_shutdown_survives_a_client_still_sending(gateway_app) -> None:
+    """The gateway shutting down: a WebSocket client inside a large frame
+    gets its 57P01 and the close frame, then EOF -- the listener lets the
+    closing connection finish before it aborts what is left."""
+    app = await gateway_app(**GATEWAY)
+    head = ws_frame_header(len(startup())) + startup() + ws_frame_header(12 << 20) + b"Q" + struct.pack("!I", 10 << 20)
+    started = threading.Event()
+
+    def client() -> list[Any]:
+        s = ws_connect(app.http_port)
+        try:
+            return flood(s, head, b"x", reader=WsReader(), pace=0.005, started=started)
+        finally:
+            s.close()
+    result = asyncio.ensure_future(in_thread(client))
+    assert await asyncio.to_thread(started.wait, 30)
+    await eventually(lambda: app.gateway.n_clients == 1, what="the client logged in")
+    await app.shutdown(timeout=0)
+    msgs = await result
+    assert msgs[-1] == ("close", 1000), msgs
+    assert fatal(msgs[:-1]) == ("57P01", "terminating connection due to administrator command")
