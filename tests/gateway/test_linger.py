@@ -262,10 +262,11 @@ def flood_tolerant(port: int, head: bytes, filler: bytes) -> tuple[list[Any], bo
         s.close()
 
 
-#: (id, bytes after a login, Postgres sends the same FATAL)
+#: (id, bytes after a login (None: instead of the startup packet), filler, Postgres sends the same FATAL)
 SIDE_BY_SIDE = [
     ("unknown_message_type", b"Z\0\0\0\x04", SYNCS, True),
     ("message_over_1gb", b"Q" + struct.pack("!I", 0x7FFFFFF0), b"x", False),
+    ("startup_packet_too_large", None, b"\0", False),
 ]
 
 
@@ -274,14 +275,19 @@ async def test_side_by_side_with_postgres(gateway_app, pg, case) -> None:
     """PostgreSQL ends these connections too -- and closes at once: a client
     still sending gets a reset (what it can still read depends on its kernel
     and library).  For a message type it does not know it sends the same FATAL
-    first; for a message over its 1 GB limit it sends nothing ("invalid
-    message length" goes to its log).  The gateway sends its FATAL and lingers."""
+    first; for a message or startup packet over its limits it sends nothing
+    (its log says "invalid message length", "invalid length of startup
+    packet").  The gateway sends its FATAL 08P01 and lingers."""
     from tests.pgcluster import PgCluster
     _name, after_login, filler, same = case
-    direct = startup(PgCluster.TRUST_USER, PgCluster.DATABASE) + after_login
-    pg_msgs, pg_reset = await in_thread(flood_tolerant, pg.port, direct, filler)
+    if after_login is None:
+        pg_head = gw_head = struct.pack("!II", 20000, 196608)
+    else:
+        pg_head = startup(PgCluster.TRUST_USER, PgCluster.DATABASE) + after_login
+        gw_head = startup() + after_login
+    pg_msgs, pg_reset = await in_thread(flood_tolerant, pg.port, pg_head, filler)
     app = await gateway_app(**GATEWAY)
-    got = await run_flood(app.pg_port, startup() + after_login, filler)
+    got = await run_flood(app.pg_port, gw_head, filler)
     assert got[0] == "08P01"
     want = [(e.sqlstate, e.message) for e in errors(pg_msgs)]
     if same:
