@@ -215,7 +215,7 @@ class ReplyQueue:
                 # the segment's whole reply in one chunk: if nothing in it is an
                 # error, another ReadyForQuery or a tag to look at, it passes as is
                 sig = bytes(map(_TYPE, index))
-                if sig.find(_ZB) == len(sig) - 1 and _EB not in sig and _ALL_TAG not in chunk:
+                if 0 <= sig.find(_ZB) == len(sig) - 1 and _EB not in sig and _ALL_TAG not in chunk:  # one Z, last
                     q.clear()
                     self._status = chunk[index[-1][1]]
                     if (sv := self.server) is not None:

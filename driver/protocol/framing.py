@@ -370,7 +370,7 @@ class MessageReader:
         it).  Otherwise this is exactly ``feed(data); read_raw()``.  Results,
         errors and the state left behind are the same as with that pair.
         """
-        if self._pos != len(self._buf) or type(data) is not bytes:
+        if self._buf or type(data) is not bytes:  # (nothing buffered <=> _buf empty: _consume clears it)
             self.feed(data)
             return self.read_raw()
         end = len(data)
@@ -379,9 +379,6 @@ class MessageReader:
         if end >= 5:
             mtype, length = unpack(data, 0)
             if length + 1 == end and 4 <= length <= max_size:  # exactly one message: the common case
-                if self._buf:
-                    self._buf.clear()
-                    self._pos = 0
                 return data, [(mtype, 5, end)]
         pos = 0
         index: list[tuple[int, int, int]] = []
@@ -411,13 +408,8 @@ class MessageReader:
                 break
             limit = end  # those bytes are inside another message: the loop frames on
         if pos == end:
-            if self._buf:
-                self._buf.clear()
-                self._pos = 0
             return data, index
-        # keep the unframed tail (incomplete, or a bad header) buffered
-        self._buf.clear()
-        self._pos = 0
+        # keep the unframed tail (incomplete, or a bad header) buffered (the buffer is empty)
         self._buf += data[pos:] if pos else data
         if not index:
             return self.read_raw()  # raises on a bad header; b"" when incomplete
@@ -430,10 +422,7 @@ class MessageReader:
         (``COPY_DATA``).  The chunk holds the same bytes."""
         end = len(data)
         max_size = self.max_size
-        if self._pos == len(self._buf) and type(data) is bytes and end <= max_size:
-            if self._buf:
-                self._buf.clear()
-                self._pos = 0
+        if not self._buf and type(data) is bytes and end <= max_size:
             # The common case, framed where it lies (offsets from 0); at anything
             # unusual (a partial or bad message) the general loop below takes over.
             # (No message within ``data`` can be longer than max_size.)
