@@ -372,7 +372,7 @@ class HttpConnection(asyncio.Protocol):
         it), as it would have anyway."""
         head = self._head
         assert head is not None
-        end = http_fast.head_end(head, self._scan, MAX_HEADER_SIZE)
+        end = http_fast.head_end(head, self._scan, http_fast.HEAD_LIMIT)
         if end < 0:
             self._scan = max(0, len(head) - 2)
             return None

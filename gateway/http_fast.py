@@ -35,8 +35,11 @@ try:
 except ImportError:  # pragma: no cover - the gateway extra installs it
     httptools = None  # type: ignore[assignment]
 
-__all__ = ["available", "head_end", "parse_upgrade", "plain_upgrade"]
+__all__ = ["HEAD_LIMIT", "available", "head_end", "parse_upgrade", "plain_upgrade"]
 
+#: a longer head is left to h11 (an upgrade request is ~250-1,000 bytes): while the
+#: first request's head is read it is buffered twice (here and in h11), this much at most
+HEAD_LIMIT = 8192
 _GET = b"GET "
 _HEAD_END = re.compile(rb"\n\r?\n")  # where h11 ends a head (h11/_receivebuffer.py)
 # h11's grammar (h11/_abnf.py: request_line, header_field with field_name/field_value) in canonical form

@@ -58,6 +58,7 @@ CASES: list[tuple[str, bytes, int, bool]] = [
     ("no WebSocket route", CANONICAL.replace(b"/v2", b"/healthz"), 0, False),
     ("TLS hello", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(40), 0, False),
     ("head over 16 KB", b"GET /v2 HTTP/1.1\r\nHost: x\r\nX: " + b"a" * (17 << 10), 4096, False),
+    ("head over HEAD_LIMIT", CANONICAL.replace(b"User-Agent: t/1", b"X: " + b"a" * http_fast.HEAD_LIMIT), 0, False),
 ]
 
 
