@@ -156,7 +156,10 @@ class HttpListener:
         from gateway.http import HttpConnection  # it imports this module
         self.server = await loop.create_server(lambda: HttpConnection(self), **where,
                                                backlog=self.backlog, ssl=self.ssl_context,
-                                               ssl_handshake_timeout=hs if hs and hs > 0 else None)
+                                               ssl_handshake_timeout=hs if hs and hs > 0 else None,
+                                               # a TLS close waits this long for the client's close_notify
+                                               ssl_shutdown_timeout=(linger.LINGER_SECONDS if self.ssl_context
+                                                                     is not None else None))
         self.port = self.bound_port
 
     @property

@@ -504,3 +504,43 @@ async def test_ws_57p01_at_shutdown_survives_a_client_still_sending(gateway_app)
     msgs = await result
     assert msgs[-1] == ("close", 1000), msgs
     assert fatal(msgs[:-1]) == ("57P01", "terminating connection due to administrator command")
+
+
+class HttpReader:
+    """An HTTP response -> ``("http", status)`` once whole (what :func:`flood` collects)."""
+
+    def __init__(self) -> None:
+        self.raw = b""
+        self.buffered = 0
+
+    def feed(self, data: bytes) -> list[Any]:
+        self.raw += data
+        head, sep, body = self.raw.partition(b"\r\n\r\n")
+        if not sep:
+            return []
+        length = int(next(v for k, v in (line.split(b":", 1) for line in head.split(b"\r\n")[1:])
+                          if k.strip().lower() == b"content-length"))
+        if len(body) < length:
+            return []
+        self.raw = body[length:]
+        self.buffered = len(self.raw)
+        return [("http", int(head.split()[1]))]
+
+
+async def test_https_413_survives_a_client_still_sending(gateway_app, pki) -> None:
+    """HTTP over TLS (gateway/http.py's lingering close, TLS branch): a body
+    over max_body_size still being sent gets its 413, close_notify, EOF."""
+    app = await gateway_app(**GATEWAY, tls_cert_file=str(pki.cert), tls_key_file=str(pki.key))
+    assert app.http is not None
+    app.http.max_body_size = 1000
+
+    def client() -> list[Any]:
+        s = socket.create_connection(("127.0.0.1", app.http_port), timeout=30)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CHUNK)
+        s = pki.client_context().wrap_socket(s, server_hostname="localhost")
+        try:
+            return flood(s, b"POST /sql HTTP/1.1\r\nHost: x\r\nContent-Length: 50000000\r\n\r\n", b"x",
+                         reader=HttpReader())
+        finally:
+            s.close()
+    assert await in_thread(client) == [("http", 413)]
