@@ -150,6 +150,9 @@ def linger_close(transport: Any, inner: Any | None = None) -> Linger | None:
     transport was closed at once (already closing, or it cannot half-close)."""
     if transport.is_closing():
         return None
+    current = transport.get_protocol()
+    if isinstance(current, Linger):  # (closed twice: already lingering)
+        return current
     if not transport.can_write_eof():
         raw = _tcp_beneath_asyncio_tls(transport)
         if raw is not None:
