@@ -150,9 +150,6 @@ def linger_close(transport: Any, inner: Any | None = None) -> Linger | None:
     transport was closed at once (already closing, or it cannot half-close)."""
     if transport.is_closing():
         return None
-    current = transport.get_protocol()
-    if isinstance(current, Linger):  # (closed twice: already lingering)
-        return current
     if not transport.can_write_eof():
         raw = _tcp_beneath_asyncio_tls(transport)
         if raw is not None:
@@ -163,13 +160,16 @@ def linger_close(transport: Any, inner: Any | None = None) -> Linger | None:
         if raw is None or raw.is_closing():
             return None  # uvloop's TLS lingers by itself (see the module's doc)
         transport, inner = raw, None
+    current = transport.get_protocol()
+    if isinstance(current, Linger):  # (closed twice: already lingering)
+        return current
     try:
         transport.write_eof()  # FIN once the queued output is written
     except (OSError, RuntimeError, NotImplementedError):
         transport.close()
         return None
     now = asyncio.get_running_loop().time()
-    lg = Linger(transport, transport.get_protocol() if inner is None else inner, LINGER_BYTES,
+    lg = Linger(transport, current if inner is None else inner, LINGER_BYTES,
                 now + LINGER_SECONDS, now)
     transport.set_protocol(lg)
     lg._arm(lg.deadline)
