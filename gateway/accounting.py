@@ -76,9 +76,9 @@ _TYPE = itemgetter(0)  # an index entry's message type
 _ERRB, _PSB, _CB, _ZB = b"E", b"S", b"C", b"Z"
 #: first bytes of the CommandComplete tags replies() looks at (LISTEN, DDL_FIRST)
 _TAGGED = DDL_FIRST | {ord("L")}
-_NO_INDEX: Index = []  # (never appended to)
 
 Index = list[tuple[int, int, int]]
+_NO_INDEX: Index = []  # (never appended to)
 
 
 class Events(Protocol):

@@ -63,7 +63,14 @@ on the server under :data:`SCRATCH_NAME`, so a 25P02 comes from Postgres.
 
 Hot path: a chunk in which no Parse/Bind/Describe/Close names a statement is
 returned unchanged (the same object) after one pass over its index; a server
-chunk is returned unchanged when the queue needs no change to it.
+chunk is returned unchanged when the queue needs no change to it.  Replies
+nothing will change get no queue entries: a simple Query that cannot be a
+DISCARD ALL, or a Sync whose whole segment is in the chunk and names no
+statement, is only counted (``_plain``); the usual driver chunk, [Parse] Bind
+[Describe] Execute Sync, is checked by its shape (``_one_segment``), and when
+its Bind names a statement the server surely has, it is renamed there and the
+segment queued as one entry (``_RSEG``, see :mod:`gateway.prepared_replies`).
+``Rewriter.FAST = False`` turns these shortcuts off (the tests compare both).
 ``max_prepared_statements = 0`` disables everything (``Rewriter.enabled`` is
 false; callers skip it).  Use it in transaction mode only (session mode keeps
 a client on one server: nothing to do).

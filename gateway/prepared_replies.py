@@ -23,6 +23,15 @@ implicit or explicit transaction as Postgres would -- and its ErrorResponse
 is replaced by the gateway's.  After a refusal or a duplicate Parse the
 client's messages up to Sync are not forwarded (the server skips them
 anyway); the Sync is.  A failed injected Parse passes its error to the client.
+
+Fewer entries (the hot path): replies to plain Queries and to Sync segments
+naming no statement are only counted (``_plain``: nothing in them is changed or
+undone, their ReadyForQuery ends them, errors or not), and a segment whose
+entries only pass replies is one ``_RSEG`` entry: its reply passes in one step
+when it comes whole in one chunk without an error, DISCARD tag or other
+ReadyForQuery; otherwise it is expanded into its entries before any of its
+reply is read (and, if the server skips it after an earlier error, it stands
+for its Sync alone).
 """
 
 from __future__ import annotations

@@ -33,6 +33,13 @@ Two ways to take messages out:
   of equal length (most result sets come in long runs of them) are framed
   by strided slices checked in C (:func:`skip_data_rows`), not one Python
   step per row; :func:`split_data_rows` recovers the rows when needed.
+
+The usual extended-protocol exchange ends (client: Describe of the unnamed
+portal, Execute, Sync; server: ReadyForQuery) and begins (server:
+ParseComplete, BindComplete) with fixed bytes; ``feed_read_raw`` and
+``feed_read_runs`` take those as fixed index entries, without their loop, once
+the loop has reached them exactly (so they are those messages, not bytes
+inside another one).
 """
 
 from __future__ import annotations
