@@ -40,7 +40,6 @@ the transaction is over: in transaction mode the server can be released.
 
 from __future__ import annotations
 
-from operator import itemgetter
 from typing import Any, Protocol
 
 from driver.protocol.framing import ProtocolError, split_data_rows
@@ -67,18 +66,10 @@ _DROW = 68  # backend DataRow
 _IDLE = 73  # 'I'
 _LISTEN_TAG = b"LISTEN\x00"
 _NOTED = frozenset({_Z, _PS, _C, _ERR})  # what replies() looks at (RowDescription, DataRow...: nothing)
-#: a client chunk whose types are all these and that ends with a Sync is accounted
-#: without the loop (Accounting.client)
-_SEGMENT = b"PBCDES"
-_SYNC = b"S"
-_PARSE = b"P"
-_TYPE = itemgetter(0)  # an index entry's message type
-_ERRB, _PSB, _CB, _ZB = b"E", b"S", b"C", b"Z"
 #: first bytes of the CommandComplete tags replies() looks at (LISTEN, DDL_FIRST)
 _TAGGED = DDL_FIRST | {ord("L")}
 
 Index = list[tuple[int, int, int]]
-_NO_INDEX: Index = []  # (never appended to)
 
 
 class Events(Protocol):
@@ -154,22 +145,28 @@ class Accounting:
                 self.texts = 1
                 self.text = s, e
                 return chunk, idx, False
-        if not self._risky:
-            sig = bytes(map(_TYPE, idx))  # the message types, in order (C loops)
-            if sig.endswith(_SYNC) and not sig.translate(None, _SEGMENT):
-                # Sync segments only (Parse/Bind/Describe/Execute/Close..., Sync; the
-                # extended protocol's usual chunk): the loop below, counted
-                self.outstanding += sig.count(_SYNC)
+        if not self._risky and idx[-1][0] == _S:
+            # Sync segments only (Parse/Bind/Describe/Execute/Close..., Sync: the
+            # extended protocol's usual chunk): the loop below, reduced to counting
+            syncs = texts = 0
+            for t, s, e in idx:
+                if t in _EXTENDED:  # Bind, Close, Describe, Execute
+                    continue
+                if t == _P:
+                    texts += 1
+                    text = s, -e
+                    if s < e and chunk[s] and self.rewriter is None:
+                        self.named = True
+                elif t == _S:
+                    syncs += 1
+                else:
+                    break
+            else:
+                self.outstanding += syncs
                 self.dirty = 0
-                texts = self.texts = sig.count(_PARSE)
-                if texts:
-                    if texts == 1:
-                        _t, s, e = idx[sig.find(_PARSE)]
-                        self.text = s, -e
-                    if self.rewriter is None and not self.named:
-                        for t, s, e in idx:
-                            if t == _P and s < e and chunk[s]:
-                                self.named = True
+                self.texts = texts
+                if texts == 1:
+                    self.text = text
                 return chunk, idx, False
         out = self.outstanding
         dirty = d0 = self.dirty
@@ -331,20 +328,6 @@ class Accounting:
         ParameterStatus messages are reported to ``events``."""
         z = -1
         out = self.outstanding
-        sig = bytes(map(_TYPE, idx))
-        if _ERRB not in sig and _PSB not in sig and sig.count(_CB) <= 1:
-            # the usual reply (no error, no ParameterStatus, one CommandComplete at
-            # most): the loop below, counted
-            k = sig.find(_CB)
-            if k >= 0:
-                _t, s, e = idx[k]
-                if chunk[s] in _TAGGED:
-                    self._tag(chunk, s, e)
-            n = sig.count(_ZB)
-            if n:
-                out -= n
-                z = chunk[idx[sig.rfind(_ZB)][1]]
-            idx = _NO_INDEX
         for t, s, e in idx:
             if t not in _NOTED:
                 continue

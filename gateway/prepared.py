@@ -114,7 +114,6 @@ from __future__ import annotations
 import re
 import struct
 from collections import deque
-from operator import itemgetter
 from typing import Any
 
 from driver.protocol import messages as m
@@ -169,10 +168,6 @@ FAIL_MESSAGE = m.describe("S", "__wp_refused")
 SCRATCH_NAME = b"__wp_scratch"
 _CLOSE_SCRATCH = m.close("S", SCRATCH_NAME.decode())
 
-#: the message types of the usual extended-protocol chunk (libpq, psycopg, asyncpg,
-#: JDBC...): [Parse] Bind [Describe] Execute Sync (Rewriter._one_segment)
-_ONE_SEGMENT = frozenset((b"PBDES", b"PBES", b"BDES", b"BES"))
-_TYPE = itemgetter(0)  # an index entry's message type
 
 _DISCARD_RE = re.compile(rb"(?i)\b(?:discard\s+all|deallocate\s+(?:prepare\s+)?all)\b")
 
@@ -226,8 +221,8 @@ class Rewriter(ReplyQueue):
                         self._plain += 1
                         self._plain_sync = False
                         return chunk, b""
-            elif bytes(map(_TYPE, index)) in _ONE_SEGMENT:
-                # the usual extended-protocol chunk: [Parse] Bind [Describe] Execute Sync
+            elif 3 <= len(index) <= 5 and index[-1][0] == _S and index[-2][0] == _E:
+                # maybe the usual extended-protocol chunk: [Parse] Bind [Describe] Execute Sync
                 to_server = self._one_segment(chunk, index, t0, sv)
                 if to_server is not None:
                     return to_server, b""
@@ -377,8 +372,8 @@ class Rewriter(ReplyQueue):
 
     def _one_segment(self, chunk: bytes, index: list[tuple[int, int, int]], t0: int,
                      sv: ServerStatements) -> bytes | None:
-        """``rewrite_frontend`` for a chunk of one of the shapes in
-        :data:`_ONE_SEGMENT` (the queue empty, nothing uncertain): what goes to
+        """``rewrite_frontend`` for a chunk of the usual shape, [Parse] Bind
+        [Describe] Execute Sync (the queue empty, nothing uncertain): what goes to
         the server, or None when the general paths must decide (a named Parse
         or Describe, a statement the server may lack...).  Unnamed statements:
         one plain Sync counted.  A Bind of a named statement the server surely
@@ -389,13 +384,20 @@ class Rewriter(ReplyQueue):
             if s >= e or chunk[s]:
                 return None
             k = 1
-        _t, s, e = index[k]  # the Bind
+        t, s, e = index[k]  # the Bind
+        if t != _B:
+            return None
         i = chunk.find(b"\x00", s, e) + 1  # its statement name
         if i <= 0 or i >= e:
             return None
         desc: Entry | None = None
         t, ds, de = index[k + 1]
-        if t == _D:
+        if t != _D:
+            if t != _E or len(index) - k != 3:
+                return None
+        elif len(index) - k != 4:
+            return None
+        else:
             if de - ds < 2:
                 return None
             if chunk[ds] == 83:  # 'S'

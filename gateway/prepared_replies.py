@@ -37,7 +37,6 @@ for its Sync alone).
 from __future__ import annotations
 
 from collections import deque
-from operator import itemgetter
 from typing import Any, Final
 
 from driver.protocol import messages as m
@@ -90,15 +89,6 @@ _E_RZ: Entry = (_RZ, _PASS, None, None, (), 0)
 _E_SYNC: Entry = (_RZ, _PASS, None, None, (), 1)
 
 _DISCARD_TAGS = (b"DISCARD ALL\x00", b"DEALLOCATE ALL\x00")
-#: every DISCARD/DEALLOCATE ALL tag contains it (a chunk without it has none)
-_ALL_TAG = b"ALL\x00"
-#: every ReadyForQuery starts so (a chunk holding it once has at most one)
-_Z_HEAD = b"Z\x00\x00\x00\x05"
-#: chunks up to this size are checked with the two substring counts above
-_SHORT = 4096
-_TYPE = itemgetter(0)  # an index entry's message type
-_ZB = b"Z"
-_EB = b"E"
 
 _NO_Q: Any = ()  # Rewriter._q with no entry made yet: empty, and any attempt to queue on it fails loudly
 
@@ -205,26 +195,17 @@ class ReplyQueue:
         q = self._q
         if not q:
             if self._plain:
-                t, s, _e = index[-1]
-                if (t == _Z and self._plain == 1 and len(chunk) <= _SHORT and self.FAST
-                        and chunk.count(_Z_HEAD) == 1 and _ALL_TAG not in chunk):
-                    # the usual reply: the one ReadyForQuery owed ends the chunk, no tag to check
-                    self._status = chunk[s]
-                    self._plain = 0
-                    if self._plain_sync and (sv := self.server) is not None:
-                        sv.acked += 1
-                        if sv.acked >= sv.sent:
-                            sv.changed.clear()
-                else:
-                    self._plain_replies(chunk, index)
+                self._plain_replies(chunk, index)
             return chunk, index
         head = q[0]
         if head[_KIND] == _RSEG:
-            if len(q) == 1 and len(chunk) <= _SHORT and self.FAST:
+            if len(q) == 1 and index[-1][0] == _Z and self.FAST:
                 # the segment's whole reply in one chunk: if nothing in it is an
                 # error, another ReadyForQuery or a tag to look at, it passes as is
-                sig = bytes(map(_TYPE, index))
-                if 0 <= sig.find(_ZB) == len(sig) - 1 and _EB not in sig and _ALL_TAG not in chunk:  # one Z, last
+                for t, s, _e in index[:-1]:
+                    if t == _ERR or t == _Z or (t == _CC and chunk[s] == 68):
+                        break
+                else:
                     q.clear()
                     self._status = chunk[index[-1][1]]
                     if (sv := self.server) is not None:

@@ -391,7 +391,7 @@ class MessageReader:
         index: list[tuple[int, int, int]] = []
         append = index.append
         limit = end  # where the loop stops: before a usual tail, once it is checked
-        if data.endswith(_EXEC_SYNC) and max_size >= 9:
+        if end > 20 and data[-5] == 83 and data.endswith(_EXEC_SYNC) and max_size >= 9:
             limit = end - 22 if data.endswith(_DESCRIBE_EXEC_SYNC) else end - 15
         while True:
             while limit - pos >= 5:
@@ -434,19 +434,19 @@ class MessageReader:
             # unusual (a partial or bad message) the general loop below takes over.
             # (No message within ``data`` can be longer than max_size.)
             index: list[tuple[int, int, int]]
-            if data.startswith(_PARSE_BIND_DONE):
-                index = [(49, 5, 5), (50, 10, 10)]
-                pos = 10
-            elif data.startswith(_BIND_DONE):
-                index = [(50, 5, 5)]
-                pos = 5
-            else:
-                index = []
-                pos = 0
+            index = []
+            pos = 0
+            if end > 10 and data[0] <= 50:  # ('1', '2': the byte test first, the call only then)
+                if data.startswith(_PARSE_BIND_DONE):
+                    index = [(49, 5, 5), (50, 10, 10)]
+                    pos = 10
+                elif data.startswith(_BIND_DONE):
+                    index = [(50, 5, 5)]
+                    pos = 5
             append = index.append
             unpack = _unpack_header
             # a ReadyForQuery at the end: the loop stops before it (if it gets there exactly)
-            limit = end - 6 if data.startswith(_READY, end - 6) else end
+            limit = end - 6 if end > 6 and data[-6] == 90 and data.startswith(_READY, end - 6) else end
             while limit - pos >= 5:
                 mtype, length = unpack(data, pos)
                 stop = pos + 1 + length
