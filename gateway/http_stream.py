@@ -27,6 +27,7 @@ class HttpStream:
     """In-memory ClientStream between an HTTP request and a Session."""
 
     kind = "http"
+    terminated = False  # (ClientStream; nothing to linger for in memory)
 
     def __init__(self, peer: str = "http") -> None:
         self.peer = peer

@@ -200,12 +200,14 @@ class Session(ClientInput, ClientOutput, ServerStateSync):
             self._ensure_writer()
         chunk, idx = self._take_pending()
         if chunk and not self._from_client(chunk, idx):
+            self.stream.terminated = True
             return
         reader = self.reader
         if reader.buffered:
             # Pipelined after a startup that needed no password message (token, trust).
             chunk, idx = reader.read_raw()
             if chunk and not self._from_client(chunk, idx):
+                self.stream.terminated = True
                 return
         set_cb = getattr(self.stream, "set_data_callback", None)
         if set_cb is not None:

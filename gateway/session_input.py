@@ -89,6 +89,7 @@ class ClientInput:
             if not chunk:
                 continue
             if not from_client(chunk, idx):
+                self.stream.terminated = True
                 return
             server = self.server
             if server is not None:
@@ -164,6 +165,7 @@ class ClientInput:
             if not chunk:
                 return
             if not self._from_client(chunk, idx):
+                self.stream.terminated = True
                 self._cb_done = True
                 self._cb_wake()
                 return

@@ -19,6 +19,9 @@ class ClientStream(Protocol):
     kind: str
     #: "ip:port" of the peer, for logs.
     peer: str
+    #: set by the session when the client sent Terminate: it has nothing more to send, so
+    #: closing needs no lingering (gateway/linger.py) to keep a reply from a reset
+    terminated: bool
 
     async def recv(self) -> bytes:
         """Next chunk of bytes from the client; ``b""`` at end of stream.

@@ -76,7 +76,8 @@ class ProtocolStream:
     kind = "?"
     __slots__ = ("transport", "peer", "_loop", "_chunks", "_buffered", "_eof", "_error", "_waiter",
                  "_reading_paused", "_high_water", "_write_paused", "_drain_waiter", "_lost", "_closed",
-                 "bytes_received", "bytes_sent", "_rcv_small", "_sock", "_on_data", "_on_end", "__weakref__")
+                 "bytes_received", "bytes_sent", "_rcv_small", "_sock", "_on_data", "_on_end", "terminated",
+                 "__weakref__")
 
     def __init__(self, transport: asyncio.Transport, *, read_high_water: int = READ_HIGH_WATER,
                  peer: str | None = None) -> None:
@@ -86,6 +87,9 @@ class ProtocolStream:
         self._chunks: list[bytes] = []
         self._buffered = 0
         self._eof = False
+        #: the client sent Terminate (set by the session): it has nothing more to send, so close()
+        #: needs no lingering
+        self.terminated = False
         self._error: Exception | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._reading_paused = False
@@ -345,7 +349,7 @@ class TcpStream(ProtocolStream):
         self._closed = True
         if self._lost:
             return
-        if self._eof:  # the client is done sending: nothing is left to reset the reply
+        if self._eof or self.terminated:  # the client is done sending: nothing is left to reset the reply
             self.transport.close()
             return
         self._reading_paused = False

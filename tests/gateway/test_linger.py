@@ -544,3 +544,25 @@ async def test_https_413_survives_a_client_still_sending(gateway_app, pki) -> No
         finally:
             s.close()
     assert await in_thread(client) == [("http", 413)]
+
+
+# ------------------------------------------------------------------ Terminate
+
+async def test_terminate_closes_at_once_without_lingering(gateway_app) -> None:
+    """A client that sent Terminate has nothing more to send: its connection is
+    closed outright (no half-close, no Linger, nothing left in the listener's
+    connections) even while the client keeps its socket open and sends nothing."""
+    app = await gateway_app(**GATEWAY)
+    c = await RawClient.connect(app.pg_port)
+    try:
+        await c.send(startup())
+        assert not errors(await c.until(m.ReadyForQuery))
+        await c.send(m.query("SELECT 1"))
+        assert not errors(await c.until(m.ReadyForQuery))
+        await c.send(m.terminate())
+        assert await c.read_to_eof() == []  # EOF; the client does not close its side
+        assert linger.active() == 0
+        # (lingering would keep the connection for LINGER_SECONDS, 30 s here)
+        await eventually(lambda: not app.tcp.connections, timeout=10.0, what="the connection closed")
+    finally:
+        await c.close()
