@@ -14,7 +14,7 @@ import pytest
 
 from driver.protocol import messages as m
 from tests.gateway.conftest import ALICE_PASSWORD
-from tests.gateway.pool_helpers import RawClient, errors, eventually, pool_stats
+from tests.gateway.pool_helpers import RawClient, admin, errors, eventually, pool_stats
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -75,7 +75,7 @@ async def test_psycopg_cancel_with_real_pid(gateway_app):
         assert (await (await conn.execute("select 2")).fetchone()) == (2,)
 
 
-async def test_new_secret_per_client_on_a_reused_server(gateway_app):
+async def test_new_secret_per_client_on_a_reused_server(gateway_app, pg):
     """Same server, same pid, for the next client: the previous client's key
     cancels nothing; only the current client's key cancels."""
     app = await gateway_app(databases={"app": {"pool_mode": "session", "pool_size": 1}})
@@ -90,6 +90,13 @@ async def test_new_secret_per_client_on_a_reused_server(gateway_app):
         await _cancel(app, key_a.process_id, key_a.secret_key)  # the old key: nothing
         assert not errors(await b.until(m.ReadyForQuery))
         await b.send(m.query("SELECT pg_sleep(30)"))
+        adm = await admin(pg)
+        try:  # (a cancel that reaches the server before the query cancels nothing)
+            await eventually(lambda: adm.fetchval(
+                "SELECT count(*) = 1 FROM pg_stat_activity WHERE pid = $1 AND state = 'active' "
+                "AND query LIKE '%pg_sleep(30)%'", key_b.process_id), timeout=15, what="the query to run")
+        finally:
+            await adm.close()
         await _cancel(app, key_b.process_id, key_b.secret_key)
         msgs = await b.until(m.ReadyForQuery, timeout=15)
         assert [x.sqlstate for x in errors(msgs)] == ["57014"]
