@@ -209,6 +209,7 @@ class Session(ClientInput, ClientOutput, ServerStateSync):
             if chunk and not self._from_client(chunk, idx):
                 self.stream.terminated = True
                 return
+            reader.check_buffered()  # (a bad header behind them: 08P01 now)
         set_cb = getattr(self.stream, "set_data_callback", None)
         if set_cb is not None:
             await self._serve_callbacks(set_cb)

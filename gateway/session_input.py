@@ -91,6 +91,8 @@ class ClientInput:
             if not from_client(chunk, idx):
                 self.stream.terminated = True
                 return
+            if reader._buf:  # a bad header behind the forwarded messages: 08P01 now, not at the next read
+                reader.check_buffered()
             server = self.server
             if server is not None:
                 if server.write_paused:
@@ -169,6 +171,8 @@ class ClientInput:
                 self._cb_done = True
                 self._cb_wake()
                 return
+            if reader._buf:  # a bad header behind the forwarded messages: 08P01 now, not at the next read
+                reader.check_buffered()
         except BaseException as exc:  # handled by the session task, as in _serve
             self._cb_done = True
             self._cb_exc = exc

@@ -250,6 +250,17 @@ class MessageReader:
             return self._buf[self._pos]
         return None
 
+    def check_buffered(self) -> None:
+        """Raise now the error that a bad header left buffered raises at the
+        next read.  The reads hand out the good messages before a bad header
+        and fail on the following call; a caller that has nothing more to read
+        (all its input came in one piece) would otherwise wait for input that
+        never comes.  Nothing is consumed; a partial message is no error."""
+        pos = self._pos
+        if len(self._buf) - pos >= 5:
+            mtype, length = _unpack_header(self._buf, pos)
+            self._check_length(mtype, length)
+
     def _check_length(self, mtype: int, length: int) -> None:
         if length < 4:
             raise ProtocolError(f"invalid message length {length} for message type {mtype!r}")

@@ -449,3 +449,24 @@ def test_usual_tail_is_framed_without_copying() -> None:
     chunk, index = MessageReader().feed_read_raw(data)
     assert chunk is data and [chr(t) for t, _, _ in index] == list("PBDES")
     assert [data[s:e] for _, s, e in index[2:]] == [b"P\x00", b"\x00\x00\x00\x00\x00", b""]
+
+
+def test_check_buffered_raises_for_a_bad_header_left_behind_good_messages() -> None:
+    r = MessageReader()
+    chunk, idx = r.feed_read_raw(m.query("select 1") + b"Q\x00\x00\x00\x02")
+    assert [t for t, _, _ in idx] == [ord("Q")]  # the good message is handed out first
+    with pytest.raises(ProtocolError, match="invalid message length 2"):
+        r.check_buffered()
+    big = MessageReader(max_size=100)
+    big.feed_read_raw(m.query("select 1") + b"Q\x00\x01\x00\x00")
+    with pytest.raises(ProtocolError):
+        big.check_buffered()
+
+
+def test_check_buffered_accepts_a_partial_message() -> None:
+    msg = m.query("select 1")
+    for cut in range(len(msg)):  # nothing, a partial header, a partial body
+        r = MessageReader()
+        r.feed_read_raw(m.query("select 0") + msg[:cut])
+        r.check_buffered()  # no error, nothing consumed
+        assert r.buffered == cut

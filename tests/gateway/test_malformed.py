@@ -250,3 +250,29 @@ async def test_malformed_message_from_another_user_leaves_no_state_behind(gatewa
         assert rows(await bob2.query("show statement_timeout")) != [("4321s",)]
     finally:
         await bob2.close()
+
+
+@pytest.mark.parametrize("in_tx", [False, True])
+async def test_bad_header_behind_a_good_message_is_answered_at_once(gateway_app, pg_db, in_tx):
+    """A good message and a bad header in one piece: the framing hands out the
+    good one first; the bad one must still get its 08P01 without the client
+    sending anything more (it waited for more input: with
+    client_message_timeout = 0 the client hung).  The server goes back clean."""
+    app = await gateway_app(client_message_timeout=0, databases={"app": {"dbname": pg_db, "pool_size": 1}})
+    a = await _login(app)
+    try:
+        if in_tx:
+            await a.query("begin; create temp table t(x int)")
+        await a.send(m.query("select 1") + b"Q\x00\x00\x00\x02")  # length 2 < 4: invalid
+        msgs = await a.read_to_eof(timeout=10)
+        errs = errors(msgs)
+        assert [e.sqlstate for e in errs] == ["08P01"] and "invalid message length" in errs[0].message, msgs
+    finally:
+        await a.close()
+    b = await _login(app)
+    try:
+        assert rows(await b.query("select 2")) == [("2",)]
+        assert rows(await b.query("select count(*) from pg_class where relname = 't' and relpersistence = 't'")) \
+            == [("0",)]  # the open transaction (and its temp table) did not survive
+    finally:
+        await b.close()
