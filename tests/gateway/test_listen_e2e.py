@@ -18,6 +18,7 @@ import pytest
 import driver
 from driver.protocol import messages as m
 from gateway.listen import hub_for
+from gateway.listen_core import Registry
 from tests.gateway.conftest import ALICE_PASSWORD
 from tests.gateway.node_helpers import JS_DIR
 from prometheus_client.parser import text_string_to_metric_families
@@ -146,9 +147,11 @@ async def test_delivery_to_every_client_while_50_others_work(gateway_app: Any) -
 
 # ------------------------------------------------------------------ semantics
 
-async def _script(listener: RawClient, notify: Any) -> tuple[list[Any], list[tuple[str, str]]]:
+async def _script(listener: RawClient, notify: Any, arrived: Any = None) -> tuple[list[Any], list[tuple[str, str]]]:
     """The same steps on a direct connection and through the gateway: replies
-    (type, tag/status) per query, and the notifications received, in order."""
+    (type, tag/status) per query, and the notifications received, in order.
+    ``arrived(payload)``: waits until the gateway's listener connection has
+    received that notification (the gateway's run), where the order matters."""
     replies: list[Any] = []
     notes: list[tuple[str, str]] = []
 
@@ -187,6 +190,11 @@ async def _script(listener: RawClient, notify: Any) -> tuple[list[Any], list[tup
     await q("BEGIN")
     await q("LISTEN t_c")
     await notify("t_c", "before commit")
+    if arrived is not None:
+        # Held (and dropped at this first LISTEN's COMMIT) is what reached the gateway before
+        # the COMMIT; one still on its way from Postgres when the COMMIT returns is delivered
+        # (docs/listen.md, "first LISTEN"): wait for it, so that the case tested is the first.
+        await arrived("before commit")
     await q("UNLISTEN t_nothing")
     await q("COMMIT")
     await notify("t_c", "after commit")
@@ -204,7 +212,8 @@ async def _script(listener: RawClient, notify: Any) -> tuple[list[Any], list[tup
     return replies, notes
 
 
-async def test_transaction_semantics_match_a_direct_connection(gateway_app: Any, pg: PgCluster) -> None:
+async def test_transaction_semantics_match_a_direct_connection(gateway_app: Any, pg: PgCluster,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     app = await gateway_app(databases={"app": {"pool_size": 2}})
     adm = await admin(pg)
 
@@ -217,7 +226,17 @@ async def test_transaction_semantics_match_a_direct_connection(gateway_app: Any,
         via = await RawClient.connect(app.pg_port)
         await via.login("alice", ALICE_PASSWORD, "app")
         want = await _script(direct, notify)
-        got = await _script(via, notify)
+        seen: list[str] = []
+        dispatch = Registry.dispatch
+
+        def spy(self: Registry, channel: str, payload: str, pid: int) -> Any:  # what reaches the gateway
+            seen.append(payload)
+            return dispatch(self, channel, payload, pid)
+        monkeypatch.setattr(Registry, "dispatch", spy)
+
+        async def arrived(payload: str) -> None:
+            await eventually(lambda: payload in seen, 10, f"{payload!r} at the listener connection")
+        got = await _script(via, notify, arrived)
         assert got[0] == want[0]  # the same replies, query by query
         assert want[1] == [("t_un", "one"), ("t_c", "after commit"), ("t_end", "end")]
         assert got[1] == want[1]
