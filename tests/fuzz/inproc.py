@@ -60,6 +60,7 @@ _INSTRUMENT = ["h11", "driver.protocol", "gateway.http", "gateway.http_fast", "g
                "gateway.http_messages", "gateway.websocket", "gateway.ws_handshake", "gateway.ws_close", "gateway.neon_sql",
                "gateway.http_exec", "gateway.http_stream", "gateway.http_sessions", "gateway.http_protocol",
                "gateway.prepared", "gateway.prepared_registry", "gateway.prepared_server", "gateway.prepared_replies",
+               "gateway.prepared_general",
                "gateway.accounting"]
 # replaying saved inputs (regression tests) needs no coverage
 _instrument = (contextlib.nullcontext() if os.environ.get("WIREPOOL_FUZZ_REPLAY")
