@@ -44,6 +44,7 @@ from driver.protocol import messages as m
 from driver.protocol.framing import MessageReader, ProtocolError
 
 from .auth_passthrough import Credentials
+from .ratelimit import compact_name
 from .server import ServerConnection, ServerError, open_server
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -229,7 +230,7 @@ class AuthQuery:
         :class:`LookupUnavailable` when PostgreSQL cannot be reached."""
         if not self.enabled(database):
             return None
-        key = (database, user)
+        key = (database, compact_name(user))  # (bounded: a client-given name)
         loop = asyncio.get_running_loop()
         hit = self._cache.get(key)
         if hit is not None and hit[0] > loop.time() and hit[1] == _role_epoch[0]:
@@ -301,7 +302,7 @@ class AuthQuery:
             secret = parse_secret(raw.decode("utf-8", "replace") if raw is not None else None)
         ttl = gw.settings.auth_query_cache_ttl
         if ttl > 0:
-            key = (database, user)
+            key = (database, compact_name(user))
             self._cache[key] = (asyncio.get_running_loop().time() + ttl, epoch, secret)
             self._cache.move_to_end(key)
             while len(self._cache) > CACHE_SIZE:
@@ -321,7 +322,7 @@ class AuthQuery:
 
     def forget(self, database: str, user: str) -> None:
         """A login with the cached secret failed: ask PostgreSQL next time."""
-        self._cache.pop((database, user), None)
+        self._cache.pop((database, compact_name(user)), None)
 
     # ------------------------------------------------------ pass-through
     def remember(self, database: str, user: str, *, password: str | None = None,

@@ -28,15 +28,27 @@ cannot lock the user out.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import time
 from collections import OrderedDict
 from typing import Callable
 
-__all__ = ["LoginThrottle", "source_of"]
+__all__ = ["LoginThrottle", "source_of", "compact_name"]
 
-#: Most keys remembered (addresses + user names); ~100 bytes each.
+#: Most keys remembered (addresses + user names); ~200 bytes each (names: compact_name).
 MAX_KEYS = 65536
+
+
+def compact_name(name: str) -> str:
+    """A client-given name as a key of bounded size, for the caches that count
+    by entries: the name itself up to 64 characters (every PostgreSQL role
+    name fits: NAMEDATALEN is 64 bytes), else a digest of it (65 characters,
+    so never equal to a name kept as it is).  A user name may be 16 KiB long
+    (HTTP headers) and the caches hold tens of thousands of keys."""
+    if len(name) <= 64:
+        return name
+    return "#" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def source_of(peer: str) -> str:
@@ -106,7 +118,7 @@ class LoginThrottle:
         now = self._clock()
         n = self._count("a:" + source, now)
         if user is not None:
-            n = max(n, self._count("u:" + user, now))
+            n = max(n, self._count("u:" + compact_name(user), now))
         return self._delay(n)
 
     def admit(self, source: str, user: str | None) -> float | None:
@@ -133,7 +145,7 @@ class LoginThrottle:
                 return None
             entry[2] = now + wait
         if user is not None:
-            wait = max(wait, self._delay(self._count("u:" + user, now)))
+            wait = max(wait, self._delay(self._count("u:" + compact_name(user), now)))
         if wait > 0:
             self.delayed += 1
         return wait
@@ -143,7 +155,7 @@ class LoginThrottle:
         if not self.enabled:
             return
         now = self._clock()
-        for key in ("a:" + source, None if user is None else "u:" + user):
+        for key in ("a:" + source, None if user is None else "u:" + compact_name(user)):
             if key is None:
                 continue
             n = self._count(key, now)
@@ -155,7 +167,7 @@ class LoginThrottle:
 
     def succeeded(self, source: str, user: str | None) -> None:
         if user is not None:
-            self._keys.pop("u:" + user, None)
+            self._keys.pop("u:" + compact_name(user), None)
 
     def __len__(self) -> int:
         return len(self._keys)

@@ -162,6 +162,24 @@ def test_throttle_memory_is_bounded_and_can_be_disabled() -> None:
     assert off.delay_for("1.1.1.1", "x") == 0 and len(off) == 0
 
 
+def test_throttle_keys_stay_small_for_huge_user_names() -> None:
+    """Entries are counted, so each must be small: a 16 KiB user name (what an
+    HTTP header allows) is kept as a digest, and still throttles that name."""
+    now = [0.0]
+    t = LoginThrottle(free=1, delay=0.1, max_delay=1.0, window=60, max_keys=1000, clock=lambda: now[0])
+    huge = ["x" * 16000 + str(i) for i in range(500)]
+    for i, name in enumerate(huge):
+        t.failed(f"10.1.{i // 256}.{i % 256}", name)
+    assert max(len(k) for k in t._keys) < 100
+    t.failed("10.9.9.9", huge[0])  # the same huge name again: its own count goes on
+    assert t.delay_for("10.8.8.8", huge[0]) > 0 and t.delay_for("10.8.8.8", huge[1]) == 0
+    t.succeeded("10.9.9.9", huge[0])
+    assert t.delay_for("10.8.8.8", huge[0]) == 0
+    short = "r" * 64  # a name as long as a role name can be is kept as it is
+    t.failed("10.7.7.7", short)
+    assert "u:" + short in t._keys
+
+
 def test_source_of() -> None:
     assert source_of("1.2.3.4:5678") == "1.2.3.4"
     assert source_of("[2001:db8::1]:5432") == "2001:db8::/64"

@@ -532,3 +532,16 @@ async def test_healthz_with_only_databases_without_user(gateway_app: Any, pg: Pg
         status, _, body = await http_client(app.http_port).request("GET", "/healthz", b"", {})
         assert status == expect, (port, status, body)
         assert app.gateway.pools["pt"].total_servers() == 0
+
+
+async def test_lookup_cache_keys_stay_small_for_huge_user_names(gateway_app: Any, pg: PgCluster) -> None:
+    """The lookup cache counts entries: a 16 KiB user name (HTTP allows it) is
+    kept as a digest; the answer (no such role) is cached all the same."""
+    app = await _app(gateway_app, pg, auth_query_cache_ttl=60.0)
+    aq = app.gateway.auth_query
+    names = ["n" * 16000 + str(i) for i in range(3)]
+    for name in names:
+        assert await aq.secret("pt", name) is None
+    before = aq.lookups
+    assert await aq.secret("pt", names[0]) is None and aq.lookups == before  # cached
+    assert max(len(user) for _db, user in aq._cache) <= 65
