@@ -288,17 +288,22 @@ def test_one_query_chunk_is_accounted_like_the_general_loop() -> None:
     rnd = random.Random(14)
     for _ in range(400):
         a, b = Accounting(), Accounting()
-        for _ in range(rnd.randrange(6)):
-            if rnd.random() < 0.6:
-                data = b"".join(rnd.choice(_CLIENT_MSGS) for _ in range(rnd.randrange(1, 4)))
-                assert c(a, data) == c(b, data)
-            else:
-                data = b"".join(rnd.choice(_SERVER_MSGS) for _ in range(rnd.randrange(1, 3)))
-                assert s(a, data) == s(b, data)
+        _same_random_history(rnd, a, b)
         q = m.query("SELECT 2")
         assert c(a, q) == (q, False)
         assert c(b, q + m.flush())[1] is False
         assert _state(a) == _state(b)
+
+
+def _same_random_history(rnd: Any, a: Accounting, b: Accounting) -> None:
+    """Feed ``a`` and ``b`` the same random client and server chunks; they must agree on each."""
+    for _ in range(rnd.randrange(6)):
+        if rnd.random() < 0.6:
+            data = b"".join(rnd.choice(_CLIENT_MSGS) for _ in range(rnd.randrange(1, 4)))
+            assert c(a, data) == c(b, data)
+        else:
+            data = b"".join(rnd.choice(_SERVER_MSGS) for _ in range(rnd.randrange(1, 3)))
+            assert s(a, data) == s(b, data)
 
 
 _SEGMENT_MSGS = [P, m.parse("s1", "SELECT 1", []), m.bind("", "", [], [], []), m.describe("P", ""),
@@ -318,13 +323,7 @@ def test_sync_segment_chunks_are_accounted_like_the_general_loop() -> None:
     shortcut = 0
     for i in range(600):
         a, b = Accounting(FakeRewriter() if i % 2 else None), Accounting(FakeRewriter() if i % 2 else None)
-        for _ in range(rnd.randrange(6)):
-            if rnd.random() < 0.6:
-                data = b"".join(rnd.choice(_CLIENT_MSGS) for _ in range(rnd.randrange(1, 4)))
-                assert c(a, data) == c(b, data)
-            else:
-                data = b"".join(rnd.choice(_SERVER_MSGS) for _ in range(rnd.randrange(1, 3)))
-                assert s(a, data) == s(b, data)
+        _same_random_history(rnd, a, b)
         segments = [b"".join(rnd.choice(_SEGMENT_MSGS) for _ in range(rnd.randrange(4))) + m.sync()
                     for _ in range(rnd.randrange(1, 3))]
         chunk = b"".join(segments)
