@@ -97,16 +97,22 @@ def parse_name_end(chunk: bytes, s: int, e: int) -> int:
     return e if i < 0 else i
 
 
+def parse_parts(chunk: bytes, s: int, e: int) -> tuple[int, bytes]:
+    """(end of the statement name, SQL text) of a Parse body ``chunk[s:e]``
+    (never reads past the message: a malformed body gives ``(e, b"")`` or what it holds)."""
+    i = chunk.find(b"\x00", s, e)
+    if i < 0:
+        return e, b""
+    j = chunk.find(b"\x00", i + 1, e)
+    return i, chunk[i + 1:e if j < 0 else j]
+
+
 def statement_text(chunk: bytes, t: int, s: int, e: int) -> bytes:
     """The SQL text of a Query or Parse message body ``chunk[s:e]`` (never
     reads past the message: a malformed body gives what it holds)."""
     if t == _Q:
         return chunk[s:e - 1]
-    i = parse_name_end(chunk, s, e)  # Parse: statement name, then the query
-    if i >= e:
-        return b""
-    j = chunk.find(b"\x00", i + 1, e)
-    return chunk[i + 1:e if j < 0 else j]
+    return parse_parts(chunk, s, e)[1]
 
 
 def stateful(sql: bytes) -> bool:
@@ -282,14 +288,7 @@ class Tracker:
                     return
             else:
                 e = -e  # a Parse: its end comes negated
-                # parse_name_end and statement_text, inlined (hot path: pgbench -M extended)
-                i = chunk.find(b"\x00", s, e)
-                if i < 0:
-                    i = e
-                    sql = b""
-                else:
-                    j = chunk.find(b"\x00", i + 1, e)
-                    sql = chunk[i + 1:e if j < 0 else j]
+                i, sql = parse_parts(chunk, s, e)  # (one scan for the name and the text)
                 hit = _SEEN.get(sql)
                 if hit is None:
                     hit = _verdict(sql, True)

@@ -208,3 +208,16 @@ def _framed_parse(data: bytes) -> tuple[bytes, int, int, int]:
     chunk, idx = _framed(data)
     (typ, s, e), = idx
     return chunk, typ, s, e
+
+
+@pytest.mark.parametrize("body, want", [
+    (b"n\x00SELECT 1\x00\x00\x00", (1, b"SELECT 1")),   # name, text, no parameter types
+    (b"\x00SELECT 1\x00\x00\x00", (0, b"SELECT 1")),    # unnamed
+    (b"n\x00SET x = 1", (1, b"SET x = 1")),             # no NUL after the text: what it holds
+    (b"no-nul-at-all", (13, b"")),                      # no name end: nothing
+])
+def test_parse_parts_never_reads_past_the_body(body: bytes, want: tuple[int, bytes]) -> None:
+    chunk = b"junk\x00" + body + b"\x00more"  # NULs around the body must not be found
+    i, sql = tr.parse_parts(chunk, 5, 5 + len(body))
+    assert (i - 5, sql) == want
+    assert tr.statement_text(chunk, ord("P"), 5, 5 + len(body)) == want[1]
